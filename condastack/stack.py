@@ -1,0 +1,391 @@
+"""The stack file: `environments/stack.yml` and the layer files it names.
+
+A stack names layers; each layer is an ordinary conda environment.yml and
+may extend one parent. The whole stack is loaded and validated at once so
+that every later stage can trust it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import CondastackError
+
+STACK_FILE = Path("environments") / "stack.yml"
+
+KNOWN_PLATFORMS = (
+    "linux-64",
+    "linux-aarch64",
+    "linux-ppc64le",
+    "osx-64",
+    "osx-arm64",
+    "win-64",
+)
+_STACK_KEYS = {"name", "platforms", "virtual-packages", "layers", "pip-index", "channels"}
+_LAYER_KEYS = {"file", "extends", "description"}
+_ENV_KEYS = {
+    "name",
+    "channels",
+    "dependencies",
+    "platforms",
+    "pip-repositories",
+    "allow-pypi-requests",
+    "category",
+    "variables",
+    "prefix",
+}
+_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VPKG_NAME = re.compile(r"^__[a-z0-9_]+$")
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<auth>[^/@\s]+@)")
+_URL_TOKEN = re.compile(r"/t/[^/\s]+/")
+
+
+def redact(text: str) -> str:
+    """Strip user:password@ and /t/<token>/ from any URL in `text`."""
+    text = _URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", text)
+    return _URL_TOKEN.sub("/t/***/", text)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the stack: an environment.yml plus its place in the tree."""
+
+    name: str
+    file: Path
+    extends: str | None
+    channels: tuple[str, ...]
+    conda: dict[str, tuple[str, ...]]  # platform -> conda match specs (own, after selectors)
+    pip: dict[str, tuple[str, ...]]  # platform -> pip requirement strings (own)
+    pip_repositories: tuple[str, ...] = ()
+    description: str = ""
+
+    def file_digest(self) -> str:
+        return hashlib.sha256(self.file.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stack:
+    root: Path  # the project folder (the one holding environments/)
+    file: Path
+    name: str
+    platforms: tuple[str, ...]
+    virtual_packages: dict[str, dict[str, str]]
+    layers: dict[str, Layer]
+    pip_index: tuple[str, ...] = ()
+    channels: tuple[str, ...] = field(default=())
+
+    @property
+    def default_platform(self) -> str:
+        return self.platforms[0]
+
+    def layer(self, name: str) -> Layer:
+        try:
+            return self.layers[name]
+        except KeyError:
+            known = ", ".join(self.layers) or "none"
+            raise CondastackError(
+                f"{self.file}: unknown layer '{name}' (layers: {known})."
+            ) from None
+
+    def chain(self, name: str) -> list[Layer]:
+        """The layer and its ancestors, root first."""
+        out: list[Layer] = []
+        cur: str | None = name
+        while cur is not None:
+            layer = self.layer(cur)
+            out.append(layer)
+            cur = layer.extends
+        return list(reversed(out))
+
+    def parent(self, name: str) -> Layer | None:
+        ext = self.layer(name).extends
+        return None if ext is None else self.layers[ext]
+
+    def children(self, name: str) -> list[str]:
+        return [n for n, l in self.layers.items() if l.extends == name]
+
+    def order(self, names: list[str] | None = None) -> list[str]:
+        """Layers (and their ancestors) in dependency order, parents first."""
+        wanted = list(self.layers) if not names else names
+        out: list[str] = []
+        for n in wanted:
+            for layer in self.chain(n):
+                if layer.name not in out:
+                    out.append(layer.name)
+        return out
+
+    def channels_for(self, name: str) -> list[str]:
+        """Effective channels: the ancestors' channels first, then the layer's new ones."""
+        out: list[str] = list(self.channels)
+        for layer in self.chain(name):
+            for ch in layer.channels:
+                if ch not in out:
+                    out.append(ch)
+        return out
+
+    def specs_for(self, name: str, platform: str) -> tuple[list[str], list[str]]:
+        """All conda and pip specs of a layer and its ancestors for one platform."""
+        conda: list[str] = []
+        pip: list[str] = []
+        for layer in self.chain(name):
+            conda += [s for s in layer.conda.get(platform, ()) if s not in conda]
+            pip += [s for s in layer.pip.get(platform, ()) if s not in pip]
+        return conda, pip
+
+    def pip_indexes_for(self, name: str) -> list[str]:
+        out = list(self.pip_index)
+        for layer in self.chain(name):
+            out += [r for r in layer.pip_repositories if r not in out]
+        return out
+
+    def virtual_packages_for(self, platform: str) -> dict[str, str]:
+        return dict(self.virtual_packages.get(platform, {}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "file": str(self.file),
+            "platforms": list(self.platforms),
+            "virtual-packages": self.virtual_packages,
+            "layers": {
+                n: {
+                    "file": str(l.file),
+                    "extends": l.extends,
+                    "channels": self.channels_for(n),
+                    "own": {
+                        p: {"conda": list(l.conda.get(p, ())), "pip": list(l.pip.get(p, ()))}
+                        for p in self.platforms
+                    },
+                    "inherited": {
+                        p: _inherited(self, n, p) for p in self.platforms
+                    },
+                }
+                for n, l in self.layers.items()
+            },
+        }
+
+
+def _inherited(stack: Stack, name: str, platform: str) -> dict[str, list[str]]:
+    parent = stack.layer(name).extends
+    if parent is None:
+        return {"conda": [], "pip": []}
+    conda, pip = stack.specs_for(parent, platform)
+    return {"conda": conda, "pip": pip}
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader that records the line of every mapping key."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=True)
+    lines = {}
+    for key_node, _ in node.value:
+        try:
+            lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
+        except TypeError:
+            pass
+    return _LinedDict(mapping, lines)
+
+
+class _LinedDict(dict):
+    def __init__(self, data: dict[Any, Any], lines: dict[Any, int]) -> None:
+        super().__init__(data)
+        self.lines = lines
+
+    def line(self, key: Any) -> int | None:
+        return self.lines.get(key)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """Read a YAML file; every problem becomes one CondastackError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CondastackError(f"{what} not found: {path}.")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CondastackError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+    except OSError as e:
+        raise CondastackError(f"{path}: cannot read {what}: {e.strerror}.") from None
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CondastackError(f"{path}{where}: malformed YAML in {what}: {problem}.") from None
+
+
+def _at(path: Path, data: Any, key: Any) -> str:
+    line = data.line(key) if isinstance(data, _LinedDict) else None
+    return f"{path}, line {line}" if line else str(path)
+
+
+def _expect(cond: bool, path: Path, data: Any, key: Any, msg: str) -> None:
+    if not cond:
+        raise CondastackError(f"{_at(path, data, key)}: {msg}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_stack_file(root: Path) -> Path:
+    return Path(root) / STACK_FILE
+
+
+def load_stack(root: Path | str = ".") -> Stack:
+    """Load and validate `ROOT/environments/stack.yml` and every layer file."""
+    root = Path(root).resolve()
+    path = find_stack_file(root)
+    if not path.is_file():
+        raise CondastackError(
+            f"no stack file at {path}. Create environments/stack.yml (see README) "
+            "or point -C at the project folder."
+        )
+    data = load_yaml(path, "stack file")
+    if not isinstance(data, dict):
+        raise CondastackError(f"{path}: the stack file must be a mapping with 'name', 'platforms' and 'layers'.")
+    for key in data:
+        _expect(key in _STACK_KEYS, path, data, key,
+                f"unknown key '{key}' in the stack file (allowed: {', '.join(sorted(_STACK_KEYS))}).")
+    for key in ("name", "layers"):
+        _expect(key in data, path, data, None, f"the stack file has no '{key}'.")
+    name = data["name"]
+    _expect(isinstance(name, str) and bool(name), path, data, "name", "'name' must be a non-empty string.")
+
+    platforms = data.get("platforms", ["linux-64"])
+    _expect(isinstance(platforms, list) and bool(platforms) and all(isinstance(p, str) for p in platforms),
+            path, data, "platforms", "'platforms' must be a non-empty list of platform names.")
+    for p in platforms:
+        _expect(p in KNOWN_PLATFORMS, path, data, "platforms",
+                f"unknown platform '{p}' (known: {', '.join(KNOWN_PLATFORMS)}).")
+    _expect(len(set(platforms)) == len(platforms), path, data, "platforms", "a platform is listed twice.")
+
+    vpkgs_raw = data.get("virtual-packages") or {}
+    _expect(isinstance(vpkgs_raw, dict), path, data, "virtual-packages",
+            "'virtual-packages' must map a platform to {__name: version}.")
+    vpkgs: dict[str, dict[str, str]] = {}
+    for plat, pk in vpkgs_raw.items():
+        _expect(plat in platforms, path, vpkgs_raw, plat,
+                f"virtual-packages names platform '{plat}', which is not in 'platforms' ({', '.join(platforms)}).")
+        _expect(isinstance(pk, dict), path, vpkgs_raw, plat,
+                f"virtual-packages for {plat} must map names like __cuda to versions.")
+        for vname, ver in pk.items():
+            _expect(isinstance(vname, str) and bool(_VPKG_NAME.match(vname)), path, pk, vname,
+                    f"'{vname}' is not a virtual package name (they start with '__', e.g. __cuda).")
+            _expect(isinstance(ver, (str, int, float)) and not isinstance(ver, bool), path, pk, vname,
+                    f"the version of {vname} must be a string such as \"12.6\".")
+        vpkgs[plat] = {k: str(v) for k, v in pk.items()}
+
+    pip_index = _str_list(data.get("pip-index", []), path, data, "pip-index")
+    channels = _str_list(data.get("channels", []), path, data, "channels")
+
+    layers_raw = data["layers"]
+    _expect(isinstance(layers_raw, dict) and bool(layers_raw), path, data, "layers",
+            "'layers' must map layer names to {file: ..., extends: ...}.")
+    for lname, spec in layers_raw.items():
+        _expect(isinstance(lname, str) and bool(_LAYER_NAME.match(str(lname))), path, layers_raw, lname,
+                f"'{lname}' is not a valid layer name (letters, digits, '-', '_', '.').")
+        _expect(isinstance(spec, dict), path, layers_raw, lname,
+                f"layer '{lname}' must be a mapping with 'file' (and optionally 'extends').")
+        for key in spec:
+            _expect(key in _LAYER_KEYS, path, spec, key,
+                    f"unknown key '{key}' in layer '{lname}' (allowed: {', '.join(sorted(_LAYER_KEYS))}).")
+        _expect("file" in spec and isinstance(spec["file"], str), path, layers_raw, lname,
+                f"layer '{lname}' needs 'file: <environment.yml>'.")
+        ext = spec.get("extends")
+        _expect(ext is None or isinstance(ext, str), path, spec, "extends",
+                f"'extends' of layer '{lname}' must be one layer name.")
+        _expect(ext is None or ext in layers_raw, path, spec, "extends",
+                f"layer '{lname}' extends unknown layer '{ext}' (layers: {', '.join(map(str, layers_raw))}).")
+    _check_cycles(path, layers_raw)
+
+    layers: dict[str, Layer] = {}
+    for lname, spec in layers_raw.items():
+        lfile = (path.parent / spec["file"]).resolve()
+        layers[lname] = _load_layer(lname, lfile, spec.get("extends"), list(platforms), path, layers_raw,
+                                    str(spec.get("description", "")))
+    return Stack(
+        root=root,
+        file=path,
+        name=name,
+        platforms=tuple(platforms),
+        virtual_packages=vpkgs,
+        layers=layers,
+        pip_index=tuple(pip_index),
+        channels=tuple(channels),
+    )
+
+
+def _str_list(value: Any, path: Path, data: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    _expect(isinstance(value, list) and all(isinstance(v, str) for v in value), path, data, key,
+            f"'{key}' must be a list of strings.")
+    return list(value)
+
+
+def _check_cycles(path: Path, layers_raw: dict[str, Any]) -> None:
+    for start in layers_raw:
+        seen = [start]
+        cur = layers_raw[start].get("extends")
+        while cur is not None:
+            if cur in seen:
+                loop = " -> ".join([*seen[seen.index(cur):], cur])
+                raise CondastackError(f"{_at(path, layers_raw, start)}: layers extend each other in a cycle: {loop}.")
+            seen.append(cur)
+            cur = layers_raw[cur].get("extends")
+
+
+def _load_layer(name: str, lfile: Path, extends: str | None, platforms: list[str], stack_path: Path,
+                layers_raw: Any, description: str) -> Layer:
+    if not lfile.is_file():
+        raise CondastackError(
+            f"{_at(stack_path, layers_raw, name)}: layer '{name}' names file {lfile}, which does not exist."
+        )
+    data = load_yaml(lfile, f"layer file of '{name}'")
+    if not isinstance(data, dict):
+        raise CondastackError(f"{lfile}: layer '{name}' must be a conda environment.yml (a mapping with 'dependencies').")
+    for key in data:
+        _expect(key in _ENV_KEYS, lfile, data, key,
+                f"unknown key '{key}' in layer '{name}' (an environment.yml has: {', '.join(sorted(_ENV_KEYS))}).")
+    channels = _str_list(data.get("channels", []) or [], lfile, data, "channels")
+    deps = data.get("dependencies", [])
+    _expect(isinstance(deps, list), lfile, data, "dependencies", f"'dependencies' of layer '{name}' must be a list.")
+    for d in deps:
+        ok = isinstance(d, str) or (isinstance(d, dict) and set(d) <= {"pip"} and isinstance(d.get("pip") or [], list))
+        _expect(ok, lfile, data, "dependencies",
+                f"layer '{name}': each dependency must be a conda spec string or a 'pip:' list, not {json.dumps(d, default=str)}.")
+    pip_repos = _str_list(data.get("pip-repositories", []) or [], lfile, data, "pip-repositories")
+
+    conda: dict[str, tuple[str, ...]] = {}
+    pip: dict[str, tuple[str, ...]] = {}
+    from .solve import parse_layer_specs  # the conda-lock seam
+
+    for plat in platforms:
+        c, p = parse_layer_specs(lfile, plat, layer=name)
+        conda[plat], pip[plat] = tuple(c), tuple(p)
+    return Layer(
+        name=name,
+        file=lfile,
+        extends=extends,
+        channels=tuple(c for c in channels if c != "nodefaults"),
+        conda=conda,
+        pip=pip,
+        pip_repositories=tuple(pip_repos),
+        description=description,
+    )

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what condastack and its tests need on a fresh Debian machine:
+# apt tools (when root) and a virtual environment at .venv with condastack.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+APT_PKGS="squashfs-tools squashfuse fuse3 zstd pigz patchelf skopeo umoci lmod debootstrap binutils"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=""
+  for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  if [ -n "$missing" ]; then
+    echo "setup: apt-get install$missing"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  fi
+fi
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.condastack-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
