@@ -1,0 +1,579 @@
+"""Export a built environment as a relocatable archive: tar.zst, tar.gz or SquashFS.
+
+The file list and placeholder records come from conda-pack's environment model
+(`conda_pack.core.CondaEnv`): conda-managed files are taken from the package
+cache, so they still carry their original placeholders, and the archive holds
+conda-pack's activate scripts and `bin/conda-unpack`. A user with only `tar`
+can therefore extract it and run `./bin/conda-unpack` with the env's python.
+
+What differs from conda-pack is the writer. conda-pack streams every byte
+through Python's tarfile; we hand GNU tar lists of paths (files unchanged
+since the build come straight from the prefix, placeholder files from the
+cache, the few rewritten files from a small staging folder) and pipe it into
+multithreaded `zstd -T<threads>` (or `pigz`). Nothing is buffered, so memory
+stays flat whatever the size of the environment. SquashFS images are made
+with `mksquashfs -processors N -comp zstd` from a tree of hard links.
+
+Beside ARCHIVE go `ARCHIVE.sha256` (sha256sum format) and
+`ARCHIVE.manifest.json`. Manifest fields (format_version 1):
+
+    format_version  1
+    format          "tar.zst" | "tar.gz" | "squashfs"
+    archive         file name of the archive
+    sha256, size    of the archive file
+    dest_prefix     the path the archive is relocated for (--dest-prefix), or null
+                    when the files carry placeholders and need `unpack`/`conda-unpack`
+    layer, stack, platform, lock_hash, lockfile
+                    copied from the env's conda-meta/condastack.json (lock_hash is
+                    the lock's content hash)
+    source_prefix   where the env was built
+    packages        [{name, version, build, channel, subdir, fn, sha256, md5}]
+    file_count      number of archive members that are files or links
+    bytes_unpacked  total size of those files once extracted
+    placeholders    [{file, placeholder, mode}] files that still hold a placeholder
+                    (mode "text" or "binary"); empty when dest_prefix is set
+    level, threads  compression settings used
+    created_by, created
+
+The env inside also carries `conda-meta/condastack.prefixes` (JSON: "current",
+the prefix now baked into the files, or null for placeholders, and "records",
+[file, placeholder, mode] lists), which makes relocation repeatable
+(see `condastack.unpack.relocate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import CondastackError
+from .fsutil import atomic_path, atomic_write_text, make_tempdir, remove_path
+
+FORMATS = ("tar.zst", "tar.gz", "squashfs")
+SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
+DEFAULT_LEVEL = {"tar.zst": 3, "tar.gz": 4, "squashfs": 3}
+META_FILE = "conda-meta/condastack.json"
+PREFIXES_FILE = "conda-meta/condastack.prefixes"
+_SCAN_CHUNK = 1 << 20
+
+
+@dataclass
+class PackResult:
+    output: Path
+    sha256: str
+    manifest: Path
+    file_count: int
+    bytes_unpacked: int
+    bytes_archive: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """Where each archive member comes from."""
+
+    from_prefix: list[str] = field(default_factory=list)
+    from_cache: dict[str, list[str]] = field(default_factory=dict)  # package folder -> relative names
+    staged: list[str] = field(default_factory=list)  # written under the staging folder
+    records: list[tuple[str, str, str]] = field(default_factory=list)  # (file, placeholder, mode)
+    packages: list[dict] = field(default_factory=list)
+    bytes_unpacked: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.from_prefix) + sum(map(len, self.from_cache.values())) + len(self.staged)
+
+
+# --------------------------------------------------------------------------- the environment
+
+
+def read_env_meta(prefix: Path, *, allow_foreign: bool = False) -> dict:
+    """Check `prefix` is a conda env built by condastack; return its condastack.json."""
+    prefix = Path(prefix)
+    if not prefix.is_dir():
+        raise CondastackError(f"{prefix}: no such environment. Build it with `condastack build LAYER` first.")
+    if not (prefix / "conda-meta").is_dir():
+        raise CondastackError(f"{prefix}: not a conda environment (no conda-meta folder); nothing to pack.")
+    meta_path = prefix / META_FILE
+    if not meta_path.is_file():
+        if allow_foreign:
+            return {}
+        raise CondastackError(
+            f"{prefix}: this environment was not built by condastack (no {META_FILE}), so its lock "
+            "is unknown. Build it with `condastack build LAYER`, or pass --allow-foreign to pack it anyway."
+        )
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CondastackError(f"{meta_path}: unreadable ({e}). Rebuild the layer with `condastack build`.") from None
+
+
+@contextlib.contextmanager
+def _hide_our_meta() -> Iterator[None]:
+    """Let conda-pack ignore our conda-meta/condastack.json.
+
+    conda-pack reads every conda-meta/*.json as a package record and fails on
+    one without `link`; our file is not a package, so it is listed as an
+    ordinary (unmanaged) file instead.
+    """
+    import conda_pack.core as cpc
+
+    real_os = cpc.os
+
+    class _OsView:
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(real_os, name)
+
+        @staticmethod
+        def listdir(path):  # noqa: ANN001, ANN205
+            names = real_os.listdir(path)
+            if real_os.path.basename(str(path).rstrip("/")) == "conda-meta":
+                names = [n for n in names if n != "condastack.json"]
+            return names
+
+    cpc.os = _OsView()
+    try:
+        yield
+    finally:
+        cpc.os = real_os
+
+
+def load_env(prefix: Path):  # noqa: ANN201 - conda_pack.core.CondaEnv
+    """conda-pack's view of the env: its file list with sources and placeholders."""
+    from conda_pack.core import CondaEnv, CondaPackException
+
+    try:
+        with _hide_our_meta():
+            return CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
+    except CondaPackException as e:
+        text = " ".join(str(e).split())
+        if "editable" in text:
+            raise CondastackError(
+                f"{prefix}: {text}. Editable installs point outside the environment and cannot be packed; "
+                "install the package as a wheel (or `condastack wrap` it) and rebuild."
+            ) from None
+        if "without entries in the package cache" in text:
+            raise CondastackError(
+                f"{prefix}: {text}. The package cache ($CONDASTACK_PKGS) no longer holds these packages; "
+                "rebuild the layer with `condastack build` to refill it."
+            ) from None
+        raise CondastackError(f"{prefix}: conda-pack cannot read this environment: {text}") from None
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
+
+
+def find_modified(prefix: Path) -> list[str]:
+    """Conda-managed files whose content changed since the install (e.g. clobbered by pip).
+
+    A file still hard-linked to the package cache is unchanged; others are
+    compared by size, then sha256, with the record in conda-meta.
+    """
+    changed: list[str] = []
+    for meta in sorted((prefix / "conda-meta").glob("*.json")):
+        try:
+            info = json.loads(meta.read_text())
+        except ValueError:
+            continue
+        if "paths_data" not in info:
+            continue
+        source = Path((info.get("link") or {}).get("source") or "")
+        for rec in info["paths_data"].get("paths", []):
+            rel = rec["_path"]
+            if rec.get("path_type") not in (None, "hardlink"):
+                continue
+            p = prefix / rel
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                continue  # missing files are reported by conda-pack
+            if p.is_symlink():
+                changed.append(rel)
+                continue
+            if rec.get("prefix_placeholder"):
+                want = rec.get("sha256_in_prefix")
+                if want and _sha256(p) != want:
+                    changed.append(rel)
+                continue
+            with contextlib.suppress(OSError):
+                if _same_file(st, (source / rel).stat()):
+                    continue
+            if rec.get("size_in_bytes") is not None and st.st_size != rec["size_in_bytes"]:
+                changed.append(rel)
+            elif rec.get("sha256") and _sha256(p) != rec["sha256"]:
+                changed.append(rel)
+    return changed
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while b := f.read(_SCAN_CHUNK):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _contains(path: str, needle: bytes) -> bool:
+    """Whether a file contains `needle`, read in chunks (files may be huge)."""
+    keep = len(needle) - 1
+    tail = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(_SCAN_CHUNK):
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-keep:] if keep else b""
+    return False
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def check_dest_fits(records: list[tuple[str, str, str]], dest: str) -> None:
+    """A binary placeholder can only be replaced by a path no longer than itself."""
+    for f, ph, mode in records:
+        if mode == "binary" and len(dest.encode()) > len(ph.encode()):
+            raise CondastackError(
+                f"{f}: the prefix {dest} is {len(dest.encode())} bytes long, but this binary file holds a "
+                f"placeholder of {len(ph.encode())} bytes, so the environment can only be relocated to a path "
+                f"of at most {len(ph.encode())} characters. Choose a shorter path."
+            )
+
+
+def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]) -> _Plan:  # noqa: ANN001, C901
+    from conda_pack.core import BIN_DIR, rewrite_conda_meta, rewrite_shebang
+    from conda_pack.prefixes import replace_prefix
+
+    plan = _Plan()
+    prefix_s = str(prefix)
+    prefix_b = prefix_s.encode()
+
+    def stage(target: str, data: bytes, like: str) -> None:
+        out = staging / target
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        shutil.copymode(like, out)
+        plan.staged.append(target)
+        plan.bytes_unpacked += len(data)
+
+    def from_cache(source: str, target: str) -> None:
+        src = Path(source)
+        base = str(src)[: -len(target)].rstrip("/") if str(src).endswith("/" + target) else ""
+        if base:
+            plan.from_cache.setdefault(base, []).append(target)
+        else:  # e.g. noarch python: the cache path differs from the target path
+            out = staging / target
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, out)
+            plan.staged.append(target)
+        plan.bytes_unpacked += src.stat().st_size
+
+    for f in env.files:
+        target = f.target
+        in_prefix = os.path.join(prefix_s, target)
+        if target in modified:  # --allow-modified: keep the prefix's version, as an unmanaged file
+            f.source, f.is_conda, f.file_mode, f.prefix_placeholder = in_prefix, False, "unknown", None
+        if os.path.islink(in_prefix) or os.path.isdir(in_prefix):
+            plan.from_prefix.append(target)
+            continue
+        if f.file_mode is None:
+            if fnmatch.fnmatch(target, "conda-meta/*.json"):
+                data, info = rewrite_conda_meta(f.source)
+                plan.packages.append(info)
+                stage(target, data, f.source)
+            else:
+                plan.from_prefix.append(target)
+                plan.bytes_unpacked += os.lstat(in_prefix).st_size
+            continue
+        mode, placeholder = f.file_mode, f.prefix_placeholder
+        if mode == "unknown":
+            if not _contains(f.source, prefix_b):
+                plan.from_prefix.append(target)
+                plan.bytes_unpacked += os.lstat(in_prefix).st_size
+                continue
+            data = Path(f.source).read_bytes()
+            if not _is_text(data):  # like conda-pack: unmanaged binaries are left alone on Unix
+                plan.from_prefix.append(target)
+                plan.bytes_unpacked += len(data)
+                continue
+            mode, placeholder = "text", prefix_s
+        elif dest is None and not (mode == "text" and target.startswith(BIN_DIR + "/")):
+            from_cache(f.source, target)
+            plan.records.append((target, placeholder, mode))
+            continue
+        else:
+            data = Path(f.source).read_bytes()
+        if dest is not None:
+            check_dest_fits([(target, placeholder, mode)], dest)
+            stage(target, replace_prefix(data, mode, placeholder, dest), f.source)
+            continue
+        fixed = False
+        if mode == "text" and target.startswith(BIN_DIR + "/"):
+            data, fixed = rewrite_shebang(data, target, placeholder)
+        if not fixed:
+            plan.records.append((target, placeholder, mode))
+        stage(target, data, f.source)
+    return plan
+
+
+def _add_scripts(plan: _Plan, staging: Path, dest: str | None) -> None:
+    """conda-pack's activate scripts and, without a dest prefix, its bin/conda-unpack."""
+    import re
+
+    import conda_pack
+    import conda_pack.core as cpc
+
+    here = Path(cpc.__file__).parent
+    has_conda = any(p.get("name") == "conda" for p in plan.packages)
+
+    def write(target: str, text: str, executable: bool) -> None:
+        out = staging / target
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.chmod(0o755 if executable else 0o644)
+        if target not in plan.staged:
+            plan.staged.append(target)
+        plan.bytes_unpacked += out.stat().st_size
+
+    if not (dest is not None and has_conda):
+        for source, target in cpc._scripts:
+            write(target, Path(source).read_text(), True)
+    if dest is None:
+        write("bin/conda_unpack_progress.py", (here / "_progress.py").read_text(), False)
+        python = re.compile("bin/python")
+        records = ",\n".join(repr(r) for r in plan.records if not python.match(r[0]))
+        script = cpc._conda_unpack_template.format(
+            shebang="#!/usr/bin/env python", prefix_records=records,
+            prefixes_py=(here / "prefixes.py").read_text(), version=conda_pack.__version__)
+        write("bin/conda-unpack", script + _UNPACK_NOTE, True)
+    state = {"current": dest, "records": [list(r) for r in plan.records]}
+    write(PREFIXES_FILE, json.dumps(state, indent=1) + "\n", False)
+
+
+# Appended to conda-pack's conda-unpack: record where the files now point, so
+# that `condastack relocate` can move the env again later.
+_UNPACK_NOTE = """
+    if not args.version:
+        import json as _json
+        _state_path = os.path.join(new_prefix, 'conda-meta', 'condastack.prefixes')
+        if os.path.exists(_state_path):
+            with open(_state_path) as _f:
+                _state = _json.load(_f)
+            _state['current'] = new_prefix
+            with open(_state_path + '.tmp', 'w') as _f:
+                _json.dump(_state, _f, indent=1)
+            os.replace(_state_path + '.tmp', _state_path)
+"""
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _tar_args(prefix: Path, plan: _Plan, staging: Path, lists: Path) -> list[str]:
+    args = ["tar", "-cf", "-", "--no-recursion", "--numeric-owner", "--null", "--verbatim-files-from"]
+    groups = [(prefix, plan.from_prefix), *((Path(k), v) for k, v in sorted(plan.from_cache.items())),
+              (staging, plan.staged)]
+    for i, (base, names) in enumerate(groups):
+        if not names:
+            continue
+        lf = lists / f"list{i}"
+        lf.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
+        args += ["-C", str(Path(base).resolve()), "-T", str(lf)]
+    return args
+
+
+def _run_pipeline(tar_args: list[str], comp_args: list[str], out: Path) -> str:
+    """tar | compressor > out, hashing the output as it streams; returns the sha256."""
+    h = hashlib.sha256()
+    with open(out, "wb") as sink:
+        tar = subprocess.Popen(tar_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            comp = subprocess.Popen(comp_args, stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            tar.kill()
+            tar.wait()
+            raise CondastackError(f"{comp_args[0]} is not installed; install it or choose another --format.") from None
+        tar.stdout.close()
+        errs: dict[str, bytes] = {}
+        readers = [threading.Thread(target=lambda p=p, k=k: errs.__setitem__(k, p.stderr.read()))
+                   for k, p in (("tar", tar), ("comp", comp))]
+        for t in readers:
+            t.start()
+        try:
+            while block := comp.stdout.read(_SCAN_CHUNK):
+                h.update(block)
+                sink.write(block)
+        finally:
+            rc_c = comp.wait()
+            if rc_c != 0 and tar.poll() is None:
+                tar.kill()
+            rc_t = tar.wait()
+            for t in readers:
+                t.join()
+    if rc_t != 0:
+        raise CondastackError(f"packing failed: tar exited {rc_t}: {errs.get('tar', b'').decode(errors='replace').strip()}")
+    if rc_c != 0:
+        raise CondastackError(
+            f"packing failed: {comp_args[0]} exited {rc_c}: {errs.get('comp', b'').decode(errors='replace').strip()}")
+    return h.hexdigest()
+
+
+def _link_tree(prefix: Path, plan: _Plan, tree: Path) -> None:
+    """Fill `tree` (which already holds the staged files) with links to every other member."""
+    def put(src: Path, target: str) -> None:
+        out = tree / target
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), out)
+        elif src.is_dir():
+            out.mkdir(exist_ok=True)
+        else:
+            try:
+                os.link(src, out)
+            except OSError:  # another file system: copy
+                shutil.copy2(src, out)
+
+    for t in plan.from_prefix:
+        put(prefix / t, t)
+    for base, names in plan.from_cache.items():
+        for t in names:
+            put(Path(base) / t, t)
+
+
+def _threads(threads: int | None) -> int:
+    return threads if threads and threads > 0 else (os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix: str | None = None,
+                level: int | None = None, threads: int | None = None, allow_modified: bool = False,
+                allow_foreign: bool = False) -> PackResult:
+    """Pack the env at `prefix` into `output` (+ .sha256 and .manifest.json beside it)."""
+    t0 = time.perf_counter()
+    if fmt not in FORMATS:
+        raise CondastackError(f"unknown archive format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    prefix = Path(prefix).absolute()
+    output = Path(output).absolute()
+    if dest_prefix is not None:
+        if not os.path.isabs(dest_prefix):
+            raise CondastackError(f"--dest-prefix {dest_prefix}: must be an absolute path.")
+        dest_prefix = os.path.normpath(dest_prefix)
+    if fmt == "squashfs" and dest_prefix is None:
+        raise CondastackError("a squashfs image is mounted read-only where it runs, so it needs --dest-prefix "
+                              "PATH (the mount point).")
+    meta = read_env_meta(prefix, allow_foreign=allow_foreign)
+    level = DEFAULT_LEVEL[fmt] if level is None else level
+    nthreads = _threads(threads)
+
+    env = load_env(prefix)
+    modified = find_modified(prefix)
+    if modified and not allow_modified:
+        shown = "\n".join(f"  - {m}" for m in modified[:20]) + (f"\n  + {len(modified) - 20} more" if len(modified) > 20 else "")
+        raise CondastackError(
+            f"{prefix}: {len(modified)} conda-managed file(s) changed since the build (pip may have clobbered "
+            f"them):\n{shown}\nRebuild the layer, or pass --allow-modified to pack the changed files as they are.")
+    t_scan = time.perf_counter()
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = make_tempdir(prefix.parent if fmt == "squashfs" else output.parent, "pack")
+    try:
+        plan = _plan(prefix, env, staging, dest_prefix, set(modified))
+        _add_scripts(plan, staging, dest_prefix)
+        t_plan = time.perf_counter()
+        with atomic_path(output) as tmp:
+            if fmt == "squashfs":
+                _link_tree(prefix, plan, staging)
+                cmd = ["mksquashfs", str(staging), str(tmp), "-noappend", "-no-progress", "-quiet", "-comp", "zstd",
+                       "-Xcompression-level", str(level), "-processors", str(nthreads), "-all-root", "-no-xattrs"]
+                try:
+                    p = subprocess.run(cmd, capture_output=True, text=True)
+                except FileNotFoundError:
+                    raise CondastackError("mksquashfs is not installed (apt-get install squashfs-tools).") from None
+                if p.returncode != 0:
+                    raise CondastackError(f"mksquashfs failed for {output}: {(p.stderr or p.stdout).strip()}")
+                from .fsutil import sha256_file
+                digest = sha256_file(tmp)
+            else:
+                lists = staging.parent / (staging.name + ".lists")
+                lists.mkdir()
+                try:
+                    comp = (["zstd", f"-T{nthreads}", f"-{level}", "-q", "-c"] if fmt == "tar.zst"
+                            else ["pigz", "-p", str(nthreads), f"-{level}", "-c"])
+                    if level > 19 and fmt == "tar.zst":
+                        comp.insert(1, "--ultra")
+                    digest = _run_pipeline(_tar_args(prefix, plan, staging, lists), comp, tmp)
+                finally:
+                    remove_path(lists)
+            size = tmp.stat().st_size
+            manifest = {
+                "format_version": 1, "format": fmt, "archive": output.name, "sha256": digest, "size": size,
+                "dest_prefix": dest_prefix,
+                **{k: meta.get(k) for k in ("layer", "stack", "platform", "lock_hash", "lockfile")},
+                "source_prefix": str(prefix),
+                "packages": sorted(({k: p.get(k) for k in ("name", "version", "build", "channel", "subdir", "fn",
+                                                           "sha256", "md5")} for p in plan.packages),
+                                   key=lambda p: p["name"] or ""),
+                "file_count": plan.count, "bytes_unpacked": plan.bytes_unpacked,
+                "placeholders": [{"file": f, "placeholder": ph, "mode": m} for f, ph, m in plan.records]
+                if dest_prefix is None else [],
+                "level": level, "threads": nthreads,
+                "created_by": f"condastack {__version__}", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            # Sidecars first, archive last: an archive at `output` is always complete.
+            mpath = output.with_name(output.name + ".manifest.json")
+            atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
+            atomic_write_text(output.with_name(output.name + ".sha256"), f"{digest}  {output.name}\n")
+    finally:
+        remove_path(staging)
+    t_end = time.perf_counter()
+    return PackResult(output=output, sha256=digest, manifest=mpath, file_count=plan.count,
+                      bytes_unpacked=plan.bytes_unpacked, bytes_archive=size,
+                      timings={"scan": t_scan - t0, "plan": t_plan - t_scan, "write": t_end - t_plan, "total": t_end - t0})
+
+
+def env_prefix(root: Path, layer: str) -> Path:
+    return Path(root) / "envs" / layer
+
+
+def default_output(root: Path, layer: str, platform: str, fmt: str) -> Path:
+    return Path(root) / "pack" / f"{layer}-{platform}{SUFFIX[fmt]}"
+
+
+def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> PackResult:  # noqa: ANN003
+    """Pack the built env of `layer` (`<root>/envs/<layer>`), by default to pack/<layer>-<platform>.<ext>."""
+    prefix = env_prefix(root, layer)
+    if not prefix.exists():
+        raise CondastackError(f"layer '{layer}': no environment at {prefix}. Run `condastack build {layer}` first.")
+    meta = read_env_meta(prefix, allow_foreign=kw.get("allow_foreign", False))
+    if meta.get("layer") not in (None, layer):
+        raise CondastackError(f"{prefix}: holds layer '{meta.get('layer')}', not '{layer}'. Rebuild it.")
+    fmt = kw.get("fmt", "tar.zst")
+    if fmt not in FORMATS:
+        raise CondastackError(f"unknown archive format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    out = output or default_output(root, layer, meta.get("platform") or "unknown", fmt)
+    return pack_prefix(prefix, out, **kw)
+
+
+__all__ = ["PackResult", "pack_prefix", "pack_layer", "find_modified", "load_env", "read_env_meta",
+           "check_dest_fits", "default_output", "FORMATS", "PREFIXES_FILE"]

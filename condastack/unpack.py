@@ -1,0 +1,407 @@
+"""Unpack an archive made by `condastack pack` (or conda-pack) safely, and relocate it.
+
+Extraction is one pass: `zstd -dc` (or `gzip -dc`) feeds Python, which reads
+every tar header, checks it, and forwards the bytes to GNU tar, which writes
+the files. A member is refused before tar sees it when its name is absolute
+or has `..`, when it is a device, fifo or unknown type, or when it (or the
+target of a symlink or hard link) would resolve outside DEST through the
+links seen so far. The archive is extracted into a temporary sibling of DEST
+and renamed into place only when complete and relocated, so on any refusal
+or failure DEST is as it was and nothing is left behind.
+
+Relocation rewrites the placeholder records kept in
+`conda-meta/condastack.prefixes` (or, for a plain conda-pack archive, those in
+`bin/conda-unpack`). Text files get the new prefix in place of the old one;
+binary files get it padded with NULs to the length of the original
+placeholder, which is therefore the longest prefix allowed. The file records
+which prefix is now baked in, so relocation can be repeated after a move
+(`condastack relocate PATH`), unlike conda-pack's one-shot `conda-unpack`.
+Only condastack itself runs on the host: no conda, no python in the env.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import re
+import subprocess
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CondastackError
+from .fsutil import TMP_MARK, _fsync_dir, remove_path
+
+PREFIXES_FILE = "conda-meta/condastack.prefixes"
+_CHUNK = 1 << 20
+_OK_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+             tarfile.CONTTYPE}
+_META_TYPES = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+               tarfile.SOLARIS_XHDTYPE}
+
+
+@dataclass
+class UnpackResult:
+    dest: Path
+    members: int
+    bytes: int
+    relocated_files: int
+
+
+@dataclass
+class RelocateResult:
+    prefix: Path
+    old_prefix: str | None
+    files_changed: int
+
+
+class _Refused(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- the member checker
+
+
+class _Guard:
+    """Follows the tree an archive builds (names and symlinks) without touching disk."""
+
+    def __init__(self, max_members: int | None, max_bytes: int | None) -> None:
+        self.links: dict[str, str] = {}
+        self.files: set[str] = set()
+        self.members = 0
+        self.bytes = 0
+        self.max_members = max_members
+        self.max_bytes = max_bytes
+
+    @staticmethod
+    def clean(name: str, what: str = "member") -> str:
+        if "\0" in name:
+            raise _Refused(f"{what} {name!r} has a NUL byte in its name")
+        if name.startswith("/"):
+            raise _Refused(f"{what} {name!r} is an absolute path")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise _Refused(f"{what} {name!r} contains '..'")
+        return "/".join(parts)
+
+    def resolve(self, parts: list[str], name: str) -> list[str]:
+        """Resolve a path inside the archive root through the symlinks seen; refuse an escape."""
+        out: list[str] = []
+        todo = list(parts)
+        hops = 0
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not out:
+                    raise _Refused(f"member {name!r} resolves outside the destination")
+                out.pop()
+                continue
+            cur = "/".join([*out, part])
+            if cur in self.links:
+                hops += 1
+                if hops > 40:
+                    raise _Refused(f"member {name!r}: too many levels of symbolic links")
+                target = self.links[cur]
+                if target.startswith("/"):
+                    raise _Refused(f"member {name!r} goes through an absolute symlink")
+                todo = target.split("/") + todo
+                continue
+            out.append(part)
+        return out
+
+    def check(self, info: tarfile.TarInfo, name: str, linkname: str) -> None:
+        self.members += 1
+        if self.max_members is not None and self.members > self.max_members:
+            raise _Refused(f"more than {self.max_members} members (the --max-members limit)")
+        if info.type not in _OK_TYPES:
+            kind = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
+                    tarfile.FIFOTYPE: "a fifo"}.get(info.type, f"of unsupported type {info.type!r}")
+            raise _Refused(f"member {name!r} is {kind}")
+        if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+            self.bytes += info.size
+            if self.max_bytes is not None and self.bytes > self.max_bytes:
+                raise _Refused(f"more than {self.max_bytes} bytes once expanded (the --max-bytes limit)")
+        rel = self.clean(name)
+        if not rel:
+            if info.type == tarfile.DIRTYPE:
+                return
+            raise _Refused(f"member {name!r} has an empty name")
+        parts = rel.split("/")
+        parent = self.resolve(parts[:-1], name)
+        full = "/".join([*parent, parts[-1]])
+        if info.type == tarfile.SYMTYPE:
+            if not linkname or linkname.startswith("/"):
+                raise _Refused(f"symlink {name!r} -> {linkname!r} points outside the destination")
+            self.resolve(parent + linkname.split("/"), name)  # raises on escape
+            self.links[full] = linkname
+            self.files.discard(full)
+        elif info.type == tarfile.LNKTYPE:
+            target = "/".join(self.resolve(self.clean(linkname, "hard link target").split("/"), name))
+            if target not in self.files:
+                raise _Refused(f"hard link {name!r} -> {linkname!r} does not point to a file of the archive")
+            self.links.pop(full, None)
+            self.files.add(full)
+        else:
+            self.links.pop(full, None)
+            if info.type != tarfile.DIRTYPE:
+                self.files.add(full)
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        sp = data.index(b" ", pos)
+        length = int(data[pos:sp])
+        key, _, val = data[sp + 1: pos + length - 1].partition(b"=")
+        out[key.decode("utf-8", "surrogateescape")] = val.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _filter_stream(src, dst, guard: _Guard) -> None:  # noqa: ANN001, C901 - binary file objects
+    """Copy a tar stream from src to dst, checking each header before it is forwarded."""
+    long_name = long_link = None
+    pax: dict[str, str] = {}
+    glob_pax: dict[str, str] = {}
+    pending: list[bytes] = []  # meta headers are forwarded together with the member they describe
+
+    def read_exact(n: int) -> bytes:
+        buf = src.read(n)
+        while len(buf) < n:
+            more = src.read(n - len(buf))
+            if not more:
+                raise _Refused("the archive is truncated")
+            buf += more
+        return buf
+
+    while True:
+        hdr = src.read(512)
+        if not hdr:
+            raise _Refused("the archive is truncated (no end-of-archive marker)")
+        if len(hdr) < 512:
+            hdr += read_exact(512 - len(hdr))
+        if hdr == b"\0" * 512:
+            dst.write(b"".join(pending) + hdr)
+            while rest := src.read(_CHUNK):  # the trailer; tar stops at it
+                dst.write(rest)
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(hdr, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as e:
+            raise _Refused(f"bad tar header ({e})") from None
+        padded = (info.size + 511) // 512 * 512
+        if info.type in _META_TYPES:
+            data = read_exact(padded)
+            pending.append(hdr + data)
+            body = data[: info.size]
+            if info.type == tarfile.GNUTYPE_LONGNAME:
+                long_name = body.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            elif info.type == tarfile.GNUTYPE_LONGLINK:
+                long_link = body.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            elif info.type == tarfile.XGLTYPE:
+                glob_pax.update(_pax(body))
+            else:
+                pax.update(_pax(body))
+            continue
+        fields = {**glob_pax, **pax}
+        name = fields.get("path", long_name if long_name is not None else info.name)
+        link = fields.get("linkpath", long_link if long_link is not None else info.linkname)
+        if "size" in fields:
+            info.size = int(fields["size"])
+            padded = (info.size + 511) // 512 * 512
+        if info.type in (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE):
+            padded = 0 if info.type != tarfile.LNKTYPE else padded
+        guard.check(info, name, link)
+        dst.write(b"".join(pending) + hdr)
+        pending.clear()
+        long_name = long_link = None
+        pax = {}
+        left = padded
+        while left:
+            block = src.read(min(left, _CHUNK))
+            if not block:
+                raise _Refused("the archive is truncated")
+            dst.write(block)
+            left -= len(block)
+
+
+# --------------------------------------------------------------------------- unpack
+
+
+def _decompressor(archive: Path) -> list[str]:
+    with open(archive, "rb") as f:
+        magic = f.read(4)
+    if magic == b"\x28\xb5\x2f\xfd":
+        return ["zstd", "-dcq", str(archive)]
+    if magic[:2] == b"\x1f\x8b":
+        return ["pigz", "-dc", str(archive)] if _which("pigz") else ["gzip", "-dc", str(archive)]
+    if magic == b"hsqs":
+        raise CondastackError(
+            f"{archive}: is a SquashFS image; it is not unpacked but mounted read-only at the prefix it was "
+            "packed for (`squashfuse IMAGE DIR` or `mount -o loop,ro IMAGE DIR`).")
+    return ["cat", str(archive)]  # plain tar
+
+
+def _which(name: str) -> bool:
+    import shutil
+
+    return shutil.which(name) is not None
+
+
+def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
+                   max_bytes: int | None = None) -> UnpackResult:
+    """Extract `archive` safely into `dest` (which must not exist or be empty) and relocate it there."""
+    archive, dest = Path(archive), Path(dest).absolute()
+    if not archive.is_file():
+        raise CondastackError(f"{archive}: no such archive.")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise CondastackError(f"{dest}: already exists and is not empty; choose a new folder or remove it first.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{TMP_MARK}{dest.name}.{os.getpid()}"
+    remove_path(tmp)
+    tmp.mkdir()
+    guard = _Guard(max_members, max_bytes)
+    try:
+        _extract(archive, tmp, guard)
+        changed = relocate(tmp, as_prefix=dest).files_changed
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        os.rename(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        remove_path(tmp)
+    return UnpackResult(dest=dest, members=guard.members, bytes=guard.bytes, relocated_files=changed)
+
+
+def _extract(archive: Path, into: Path, guard: _Guard) -> None:
+    dec = subprocess.Popen(_decompressor(archive), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tar = subprocess.Popen(["tar", "-xf", "-", "-C", str(into), "--no-same-owner", "--delay-directory-restore"],
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    errs: dict[str, bytes] = {}
+    threads = [threading.Thread(target=lambda p=p, k=k: errs.__setitem__(k, p.stderr.read()))
+               for k, p in (("dec", dec), ("tar", tar))]
+    for t in threads:
+        t.start()
+    refused: str | None = None
+    broken = False
+    try:
+        _filter_stream(dec.stdout, tar.stdin, guard)
+    except _Refused as e:
+        refused = str(e)
+    except BrokenPipeError:
+        broken = True
+    finally:
+        if refused:
+            tar.kill()
+        with contextlib.suppress(BrokenPipeError):
+            tar.stdin.close()
+        dec.stdout.close()
+        rc_t, rc_d = tar.wait(), dec.wait()
+        for t in threads:
+            t.join()
+    if refused:
+        if rc_d not in (0, None) and "truncated" in refused:
+            raise CondastackError(f"{archive}: cannot be decompressed: "
+                                  f"{errs.get('dec', b'').decode(errors='replace').strip()}")
+        raise CondastackError(f"{archive}: refused: {refused}. Nothing was written to the destination.")
+    if rc_d != 0:
+        raise CondastackError(f"{archive}: cannot be decompressed: {errs.get('dec', b'').decode(errors='replace').strip()}")
+    if rc_t != 0 or broken:
+        raise CondastackError(f"{archive}: tar failed: {errs.get('tar', b'').decode(errors='replace').strip()}")
+
+
+# --------------------------------------------------------------------------- relocation
+
+
+def _read_state(prefix: Path) -> dict | None:
+    p = prefix / PREFIXES_FILE
+    if p.is_file():
+        return json.loads(p.read_text())
+    script = prefix / "bin" / "conda-unpack"
+    if script.is_file():  # a plain conda-pack archive: read its records
+        m = re.search(r"^_prefix_records = \[\n(.*?)^\]", script.read_text(), re.S | re.M)
+        if m:
+            return {"current": None, "records": [list(r) for r in ast.literal_eval("[" + m.group(1) + "]")]}
+    return None
+
+
+def _binary_relocate(data: bytes, old: bytes, new: bytes, room: int, path: str) -> bytes:
+    """Replace `old` by `new` in NUL-terminated strings, keeping each string's padded length.
+
+    `room` is the original placeholder length: the first relocation padded
+    every string to it with NULs, so a later, longer prefix still fits.
+    """
+    pad_now = room - len(old)
+    pat = re.compile(re.escape(old) + rb"([^\0]*?)\0" + (b"\0" * max(pad_now, 0)))
+
+    def sub(m: re.Match) -> bytes:
+        return new + m.group(1) + b"\0" * (room - len(new) + 1)
+
+    out = pat.sub(sub, data)
+    if len(out) != len(data):
+        raise CondastackError(f"{path}: binary relocation changed the file length; the file is not as packed.")
+    return out
+
+
+def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
+    """Point the placeholder files of the env at `prefix` to `as_prefix` (default: `prefix`).
+
+    Repeatable: the prefix baked in is recorded, so a moved env can be relocated again.
+    """
+    prefix = Path(prefix).absolute()
+    new = str(Path(as_prefix).absolute() if as_prefix else prefix)
+    state = _read_state(prefix)
+    if state is None:
+        if not (prefix / "conda-meta").is_dir():
+            raise CondastackError(f"{prefix}: not a conda environment (no conda-meta folder).")
+        raise CondastackError(f"{prefix}: has no relocation records ({PREFIXES_FILE}); it was not unpacked "
+                              "from a condastack or conda-pack archive.")
+    current = state.get("current")
+    records = [tuple(r) for r in state.get("records", [])]
+    for f, ph, mode in records:  # check every binary first, so nothing is half-done
+        if mode == "binary" and len(new.encode()) > len(ph.encode()):
+            raise CondastackError(
+                f"{f}: cannot relocate to {new} ({len(new.encode())} bytes): this binary file holds a placeholder "
+                f"of {len(ph.encode())} bytes, so the prefix can be at most {len(ph.encode())} characters long. "
+                "Choose a shorter path.")
+    changed = 0
+    if current != new:
+        for f, ph, mode in records:
+            old = current or ph
+            path = prefix / f
+            if path.is_symlink() or not path.is_file():
+                continue
+            data = path.read_bytes()
+            out = data
+            # conda-unpack leaves bin/python* alone, so those may still hold the placeholder.
+            for o in dict.fromkeys([old, ph]):
+                if mode == "binary":
+                    out = _binary_relocate(data, o.encode(), new.encode(), len(ph.encode()), f)
+                else:
+                    out = data.replace(o.encode(), new.encode())
+                if out != data:
+                    break
+            if out != data:
+                _replace_file(path, out)
+                changed += 1
+        state["current"] = new
+        _replace_file(prefix / PREFIXES_FILE, (json.dumps(state, indent=1) + "\n").encode())
+    return RelocateResult(prefix=prefix, old_prefix=current, files_changed=changed)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write a new copy and rename it over: running programs and hard links keep the old one."""
+    tmp = path.with_name(f"{TMP_MARK}{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+    os.replace(tmp, path)
+
+
+__all__ = ["UnpackResult", "RelocateResult", "unpack_archive", "relocate"]
