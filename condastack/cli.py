@@ -139,3 +139,120 @@ def layers(obj: Ctx, as_json: bool) -> None:
 
 
 # Commands of later stages register below, each a thin wrapper over its module.
+
+
+# --------------------------------------------------------------------------- pack / unpack / relocate (issue 5)
+
+
+@main.command("pack")
+@click.argument("layer", required=False)
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Pack this env instead of envs/LAYER.")
+@click.option("--format", "fmt", type=click.Choice(["tar.zst", "tar.gz", "squashfs"]), default="tar.zst",
+              show_default=True)
+@click.option("--dest-prefix", help="Rewrite placeholders for this install path now (no unpack step needed).")
+@click.option("-o", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Archive path (default: pack/LAYER-PLATFORM.EXT).")
+@click.option("--level", type=int, help="Compression level (zstd default 3, gzip 4).")
+@click.option("-j", "threads", type=int, help="Compression threads (default: all cores).")
+@click.option("--allow-modified", is_flag=True, help="Pack conda files changed since the build as they are.")
+@click.option("--allow-foreign", is_flag=True, help="Pack an env not built by condastack.")
+@click.pass_obj
+def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_prefix: str | None,
+             output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
+             allow_foreign: bool) -> None:
+    """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
+    from .pack import pack_layer, pack_prefix
+
+    kw = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads, allow_modified=allow_modified,
+              allow_foreign=allow_foreign)
+    if prefix is not None:
+        if output is None:
+            fail("--prefix needs -o FILE (where to write the archive).")
+        res = pack_prefix(prefix, output, **kw)
+    elif layer:
+        res = pack_layer(obj.root, layer, output=output, **kw)
+    else:
+        fail("name a LAYER to pack, or give --prefix PATH -o FILE.")
+    t = res.timings["total"]
+    obj.console.print(f"packed {res.file_count} files, {res.bytes_unpacked / 1e6:.1f} MB -> {res.output} "
+                      f"({res.bytes_archive / 1e6:.1f} MB, {t:.1f} s)\nsha256 {res.sha256}\nmanifest {res.manifest}",
+                      markup=False)
+
+
+@main.command("unpack")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--max-members", type=int, help="Refuse archives with more members than this.")
+@click.option("--max-bytes", type=int, help="Refuse archives larger than this once expanded.")
+@click.pass_obj
+def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None) -> None:
+    """Extract ARCHIVE safely into DEST and relocate it there."""
+    from .unpack import unpack_archive
+
+    res = unpack_archive(archive, dest, max_members=max_members, max_bytes=max_bytes)
+    obj.console.print(f"unpacked {res.members} members ({res.bytes / 1e6:.1f} MB) into {res.dest}; "
+                      f"relocated {res.relocated_files} files", markup=False)
+
+
+@main.command("relocate")
+@click.argument("prefix", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_obj
+def relocate_cmd(obj: Ctx, prefix: Path) -> None:
+    """Point an unpacked env that was moved to PREFIX at its new path (repeatable)."""
+    from .unpack import relocate
+
+    if not prefix.is_dir():
+        fail(f"{prefix}: no such folder.")
+    res = relocate(prefix)
+    obj.console.print(f"{res.prefix}: relocated {res.files_changed} files (was {res.old_prefix or 'placeholders'})",
+                      markup=False)
+
+
+# --------------------------------------------------------------------------- container (issue 6)
+
+
+@main.command()
+@click.argument("layer", required=False)
+@click.option("--base-image", metavar="IMAGE", help="FROM image (default: fits the stack's __cuda and __glibc).")
+@click.option("--prefix", default="/opt/env", show_default=True, help="Where the env lives in the image.")
+@click.option("--oci", type=click.Path(dir_okay=False, path_type=Path), help="Also write an OCI image archive here.")
+@click.option("--oci-base", metavar="DIR[:TAG]", help="Base image for --oci: a local OCI layout (default: scratch).")
+@click.option("--apptainer", type=click.Path(dir_okay=False, path_type=Path),
+              help="Apptainer definition to write (default: pack/<layer>.def).")
+@click.option("-o", "--dockerfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Dockerfile to write (default: Dockerfile.thin for the default layer, else pack/<layer>.Dockerfile).")
+@click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
+              help="The --dest-prefix archive to use (default: found in pack/).")
+@click.option("--platform", help="Target platform (default: the stack's first).")
+@click.option("--command", "command", metavar="CMD", help="The image's CMD (default: /bin/sh).")
+@click.option("--ld-library-path", is_flag=True, help="Also set LD_LIBRARY_PATH=<prefix>/lib (not needed for "
+              "conda packages, which find their libraries through RPATH).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, oci: Path | None,
+              oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
+              platform: str | None, command: str | None, ld_library_path: bool, as_json: bool) -> None:
+    """Thin container files for LAYER: Dockerfile.thin, an Apptainer definition, and with --oci an OCI archive."""
+    from .container import make_container, shlex_command
+
+    res = make_container(obj.root, layer, base_image=base_image, prefix=prefix, oci=oci, oci_base=oci_base,
+                         apptainer=apptainer, dockerfile=dockerfile, archive=archive, platform=platform,
+                         ld_library_path=ld_library_path, command=shlex_command(command))
+    spec = res.spec
+    out = {"layer": spec.layer, "platform": spec.platform, "prefix": spec.prefix, "base_image": spec.base_image,
+           "archive": str(spec.archive.path), "archive_sha256": spec.archive.sha256,
+           "lock_hash": spec.archive.lock_hash, "dockerfile": str(res.dockerfile) if res.dockerfile else None,
+           "apptainer": str(res.apptainer) if res.apptainer else None,
+           "oci": None if res.oci is None else {"path": str(res.oci.path), "tag": res.oci.tag,
+                                                "manifest": res.oci.manifest_digest,
+                                                "layer": res.oci.layer_digest, "layer_size": res.oci.layer_size}}
+    if as_json:
+        emit_json(out)
+        return
+    for what in ("dockerfile", "apptainer"):
+        if out[what]:
+            obj.console.print(f"wrote {out[what]}", markup=False)
+    if res.oci is not None:
+        obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer)",
+                          markup=False)
+    obj.console.print(f"layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
