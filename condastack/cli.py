@@ -256,3 +256,44 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
         obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer)",
                           markup=False)
     obj.console.print(f"layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
+
+
+# --------------------------------------------------------------------------- wrap (issue 8)
+
+
+@main.command("wrap")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--name", help="Conda package name (default for a wheel: its project name).")
+@click.option("--version", "pkg_version", help="Package version (default for a wheel: its version).")
+@click.option("--depends", multiple=True, metavar="SPEC", help="Run dependency, a conda match spec (repeatable).")
+@click.option("--channel", "channel_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Site channel folder (default: environments/channel beside the stack).")
+@click.option("--recipe", is_flag=True, help="SOURCE is a rattler-build recipe: build it (needs its toolchain).")
+@click.option("--platform", default="linux-64", show_default=True,
+              type=click.Choice(["linux-64", "linux-aarch64", "noarch"]), help="Subdir of the package.")
+@click.option("--python", "python", metavar="X.Y", help="Python of a pure wheel (cpXY wheels say it themselves).")
+@click.option("--build-number", default=0, show_default=True, type=click.IntRange(0), help="Conda build number.")
+@click.option("--build-string", help="Use this build string instead of the input hash.")
+@click.option("-c", "--build-channel", "build_channels", multiple=True, metavar="URL",
+              help="Channels for a recipe's build/host deps (repeatable; default conda-forge).")
+@click.option("--force", is_flag=True, help="Replace a different package with the same name-version-build.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, depends: tuple[str, ...],
+             channel_dir: Path | None, recipe: bool, platform: str, python: str | None, build_number: int,
+             build_string: str | None, build_channels: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
+    from .wrap import default_channel, wrap
+
+    channel = channel_dir if channel_dir is not None else default_channel(obj.root)
+    pkgs = wrap(source, channel=channel, name=name, version=pkg_version, depends=depends, recipe=recipe,
+                platform=platform, python=python, build_number=build_number, build_string=build_string,
+                build_channels=build_channels or ("conda-forge",), force=force)
+    if as_json:
+        emit_json([{"path": str(p.path), "name": p.name, "version": p.version, "build": p.build,
+                    "subdir": p.subdir, "status": p.status, "entry_points": list(p.entry_points)} for p in pkgs])
+        return
+    for p in pkgs:
+        eps = f" (entry points: {', '.join(p.entry_points)})" if p.entry_points else ""
+        obj.console.print(f"{p.status}: {p.subdir}/{p.path.name}{eps}", markup=False)
+    obj.console.print(f"site channel: {channel.resolve()} (re-indexed)", markup=False)
