@@ -100,3 +100,255 @@ def spec_name(spec: str) -> str:
     """The package name of a conda match spec string."""
     m = _SPEC_NAME.match(spec.strip())
     return m.group(1).lower() if m else spec.strip().lower()
+
+
+# --------------------------------------------------------------------------- conda part (py-rattler)
+
+
+def virtual_packages(spec: dict[str, str]) -> list:
+    """The stack's declared virtual packages as rattler objects (never the host's)."""
+    import rattler
+
+    out = []
+    for name, version in sorted(spec.items()):
+        ver, _, build = str(version).partition("=")
+        out.append(rattler.GenericVirtualPackage(rattler.PackageName(name), rattler.Version(ver),
+                                                 rattler.BuildString(build or "0")))
+    return out
+
+
+def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dict[str, str], *,
+                pinned: list | None = None, locked: list | None = None) -> list:
+    """Solve conda specs for one platform with py-rattler; returns RepoDataRecords.
+
+    `pinned` records are hard pins (a parent layer's lock); `locked` ones are
+    preferences (the previous lock, so a re-solve moves as little as possible).
+    """
+    import asyncio
+
+    import rattler
+
+    return asyncio.run(rattler.solve(
+        channels, specs, platforms=[platform, "noarch"], virtual_packages=virtual_packages(vpkgs),
+        pinned_packages=pinned or None, locked_packages=locked or None,
+    ))
+
+
+_AUTH = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@")
+_TOKEN = re.compile(r"/t/[^/\s]+/")
+
+
+def strip_credentials(url: str) -> str:
+    """Drop user:password@ and conda /t/<token>/ parts, which must never reach a lockfile."""
+    return _TOKEN.sub("/", _AUTH.sub(lambda m: m.group("scheme"), url))
+
+
+def record_key(rec: object) -> tuple[str, str, str]:
+    return (rec.name.normalized, str(rec.version), str(rec.build))  # type: ignore[attr-defined]
+
+
+def split_depend(dep: str) -> tuple[str, str]:
+    name, _, spec = dep.strip().partition(" ")
+    return name, spec.strip() or "*"
+
+
+def records_to_locked(records: list, platform: str, *, category: str = "main") -> list:
+    """RepoDataRecords -> conda-lock LockedDependency (md5 + sha256, build as str)."""
+    from conda_lock.lockfile.v1.models import HashModel
+    from conda_lock.lockfile.v2prelim.models import LockedDependency
+
+    out = []
+    for r in records:
+        if r.sha256 is None or r.md5 is None:
+            raise CondastackError(f"{r.url}: the channel gives no sha256/md5 for {r.name.normalized}; "
+                                  "condastack only locks packages it can verify.")
+        out.append(LockedDependency(
+            name=r.name.normalized, version=str(r.version), manager="conda", platform=platform,
+            dependencies=dict(split_depend(d) for d in r.depends), url=r.url,
+            hash=HashModel(md5=r.md5.hex(), sha256=r.sha256.hex()), categories={category},
+            build=str(r.build),
+        ))
+    return out
+
+
+def read_lock_records(path: Path, platform: str) -> list:
+    """The conda RepoDataRecords of one platform of a conda-lock file, read by py-rattler."""
+    import rattler
+
+    try:
+        env = rattler.LockFile.from_path(str(path)).default_environment()
+    except Exception as e:
+        raise CondastackError(f"{path}: not a readable conda-lock file: {e}") from None
+    if env is None:
+        return []
+    for lp in env.platforms():
+        if lp.name == platform:
+            return list(env.conda_repodata_records_for_platform(lp) or [])
+    return []
+
+
+def explain_solver_error(err: Exception) -> str:
+    """rattler's solver message, condensed to its informative lines."""
+    text = str(err).strip()
+    lines = [l.rstrip() for l in text.splitlines() if l.strip()]
+    keep = [l for l in lines if not l.strip().startswith(("Cannot solve the request because of:",))]
+    return "\n".join(keep[:12]) + ("\n  …" if len(keep) > 12 else "")
+
+
+# --------------------------------------------------------------------------- pip part (conda-lock)
+
+
+def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: dict[str, str], *,
+              indexes: list[str], previous: list | None = None, update: list[str] | None = None) -> list:
+    """Solve pip requirements with conda-lock's PyPI solver against conda's python.
+
+    With `indexes`, only those PEP 503 indexes are asked (no request to pypi.org).
+    """
+    from conda_lock.models.pip_repository import PipRepository
+    from conda_lock.pypi_solver import solve_pypi
+    from conda_lock.src_parser.pyproject_toml import parse_python_requirement
+
+    by_name = {d.name: d for d in conda_locked}
+    python = by_name.get("python")
+    if python is None:
+        raise CondastackError("pip dependencies need python in the conda part of the layer; add `python` to its "
+                              "dependencies.")
+    specs = {}
+    for req in pip_specs:
+        dep = parse_python_requirement(req, manager="pip", category="main", mapping_url=mapping_url())
+        specs[dep.name] = dep
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink):
+            solved = solve_pypi(
+                pip_specs=specs, use_latest=list(update or []),
+                pip_locked={d.name: d for d in (previous or [])}, conda_locked=by_name,
+                python_version=python.version, platform=platform,
+                pip_repositories=[PipRepository.from_string(u) for u in indexes],
+                allow_pypi_requests=not indexes, mapping_url=mapping_url(), strip_auth=True,
+            )
+    except Exception as e:  # poetry's resolver raises many types; all are user-facing here
+        msg = str(e).strip().splitlines()
+        raise CondastackError("pip requirements cannot be resolved: " + " ".join(m.strip() for m in msg[:8])) from None
+    return [d for d in solved.values() if d.manager == "pip"]
+
+
+# --------------------------------------------------------------------------- lockfile format (conda-lock)
+
+
+def write_lockfile(path: Path, packages: list, *, channels: list[str], platforms: list[str], sources: list[str],
+                   content_hash: dict[str, str], custom: dict[str, str]) -> None:
+    """Write conda-lock's unified lockfile (v1 on disk) with conda-lock's own writer."""
+    from conda_lock.lockfile import write_conda_lock_file
+    from conda_lock.lockfile.v1.models import LockMeta
+    from conda_lock.lockfile.v2prelim.models import Lockfile
+    from conda_lock.models.channel import Channel
+
+    lf = Lockfile(package=packages, metadata=LockMeta(
+        content_hash=content_hash, channels=[Channel.from_string(c) for c in channels], platforms=platforms,
+        sources=sources, custom_metadata=custom,
+    ))
+    write_conda_lock_file(lf, Path(path), metadata_choices=set())
+
+
+def parse_lockfile(path: Path):  # noqa: ANN201 - conda_lock Lockfile
+    from conda_lock.lockfile import parse_conda_lock_file
+
+    try:
+        return parse_conda_lock_file(Path(path))
+    except FileNotFoundError:
+        raise CondastackError(f"lockfile not found: {path}.") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CondastackError(f"{path}: not a valid conda-lock lockfile: {first}") from None
+
+
+def render_explicit(lockfile, platform: str) -> str:  # noqa: ANN001
+    """conda-lock's own @EXPLICIT rendering for one platform (pip lines become comments)."""
+    from conda_lock.conda_lock import render_lockfile_for_platform
+
+    lines = render_lockfile_for_platform(lockfile=lockfile, include_dev_dependencies=False, extras=set(),
+                                         kind="explicit", platform=platform,
+                                         suppress_warning_for_pip_and_explicit=True)
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- build seam (issue 4: build/verify)
+# Reading a conda-lock file for installing: py-rattler parses conda-lock v1 files
+# itself (tests/test_build.py checks it agrees with conda-lock's parser) and is
+# ~10x quicker to import, which keeps a no-op `condastack build` under a second.
+
+import hashlib  # noqa: E402 - this block is appended to the seam
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LockedWheel:
+    """One pip package of a lock: where to get it and its sha256."""
+
+    name: str
+    version: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LockedEnv:
+    """What one platform of a lockfile installs: conda RepoDataRecords and pip wheels."""
+
+    path: Path
+    platform: str
+    platforms: tuple[str, ...]  # every platform the lockfile covers
+    conda: tuple  # rattler RepoDataRecords
+    pip: tuple[LockedWheel, ...]
+
+    def lock_hash(self) -> str:
+        """A content hash of the locked entries of this platform (what ends up installed)."""
+        lines = sorted(
+            [f"conda\t{r.name.normalized}\t{r.version}\t{r.build}\t{r.sha256.hex() if r.sha256 else ''}\t{r.url}"
+             for r in self.conda]
+            + [f"pip\t{w.name}\t{w.version}\t{w.sha256}\t{w.url}" for w in self.pip]
+        )
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def read_locked_env(path: Path, platform: str) -> LockedEnv:
+    """The conda records and pip wheels of one platform of a conda-lock v1 file."""
+    import rattler
+
+    path = Path(path)
+    try:
+        env = rattler.LockFile.from_path(str(path)).default_environment()
+    except Exception as e:  # rattler reports format problems as one exception type per cause
+        raise CondastackError(f"{path}: not a readable conda-lock file: {e}. Re-create it with `condastack lock`.") \
+            from None
+    plats = tuple(p.name for p in env.platforms()) if env is not None else ()
+    if env is None or platform not in plats:
+        raise CondastackError(
+            f"{path}: this lock covers {', '.join(plats) or 'no platform'}, not this machine's platform {platform}. "
+            f"Add {platform} to 'platforms' in environments/stack.yml and run `condastack lock`, "
+            f"or build on a {'/'.join(plats) or 'matching'} machine."
+        )
+    lp = next(p for p in env.platforms() if p.name == platform)
+    conda = tuple(env.conda_repodata_records_for_platform(lp) or [])
+    for r in conda:
+        if r.sha256 is None:
+            raise CondastackError(f"{path}: package {r.name.normalized} {r.version} has no sha256 in the lock; "
+                                  "condastack installs only packages it can verify. Re-lock it.")
+    wheels = []
+    for p in env.pypi_packages_for_platform(lp) or []:
+        sha = p.hashes.sha256.hex() if p.hashes is not None and p.hashes.sha256 is not None else None
+        if not sha:
+            raise CondastackError(f"{path}: pip package {p.name} {p.version} has no sha256 in the lock; "
+                                  "`pip --require-hashes` needs one. Re-lock it.")
+        wheels.append(LockedWheel(name=p.name, version=str(p.version), url=str(p.location), sha256=sha))
+    return LockedEnv(path=path, platform=platform, platforms=plats, conda=conda, pip=tuple(wheels))
+
+
+def with_url(record: object, url: str) -> object:
+    """A copy of a RepoDataRecord that is fetched from `url` (our verified archive)."""
+    import rattler
+
+    r = record
+    channel = r.channel or url.rsplit("/", 1)[0] + "/"  # type: ignore[attr-defined]
+    return rattler.RepoDataRecord(r, r.file_name, url, channel)  # type: ignore[attr-defined]

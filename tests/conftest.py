@@ -110,3 +110,83 @@ def base_app_project(tmp_path: Path, channel_url: str) -> Path:
             """,
         },
     )
+
+
+# --------------------------------------------------------------------------- a local PyPI index
+
+
+def make_wheel(folder: Path, name: str, version: str, *, requires: list[str] | None = None,
+               scripts: dict[str, str] | None = None) -> Path:
+    """Write a small pure-python wheel by hand (PEP 427), with an optional console script."""
+    import base64
+    import hashlib
+    import zipfile
+
+    mod = name.replace("-", "_")
+    dist = f"{mod}-{version}.dist-info"
+    files: dict[str, str] = {
+        f"{mod}/__init__.py": f'__version__ = "{version}"\n\ndef main():\n    print("{name} {version} running")\n',
+        f"{dist}/METADATA": "Metadata-Version: 2.1\n" f"Name: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires or []),
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: condastack-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    if scripts:
+        files[f"{dist}/entry_points.txt"] = "[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in scripts.items())
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
+    out = folder / f"{mod}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(out, "w") as z:
+        for path, text in files.items():
+            info = zipfile.ZipInfo(path, date_time=(2024, 1, 1, 0, 0, 0))
+            z.writestr(info, text)
+    return out
+
+
+@dataclass
+class PyIndex:
+    url: str  # PEP 503 simple index root, e.g. http://127.0.0.1:PORT/simple/
+    wheels: dict[str, Path]  # file name -> path
+
+
+@pytest.fixture(scope="session")
+def pypi_index(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A PEP 503 index on 127.0.0.1 serving wheels built here: tinylib 1.0/2.0, tinyapp 1.0 (needs tinylib>=1)."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    root = tmp_path_factory.mktemp("pypi")
+    files = root / "files"
+    files.mkdir()
+    wheels = [
+        make_wheel(files, "tinylib", "1.0"),
+        make_wheel(files, "tinylib", "2.0"),
+        make_wheel(files, "tinyapp", "1.0", requires=["tinylib>=1"], scripts={"tinyapp": "tinyapp:main"}),
+    ]
+    by_project: dict[str, list[Path]] = {}
+    for w in wheels:
+        by_project.setdefault(w.name.split("-")[0].replace("_", "-"), []).append(w)
+    simple = root / "simple"
+    for proj, ws in by_project.items():
+        d = simple / proj
+        d.mkdir(parents=True)
+        links = "".join(
+            f'<a href="../../files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">{w.name}</a>\n'
+            for w in ws)
+        (d / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
+    (simple / "index.html").write_text("".join(f'<a href="{p}/">{p}</a>\n' for p in by_project))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield PyIndex(url=f"http://127.0.0.1:{server.server_address[1]}/simple/", wheels={w.name: w for w in wheels})
+    server.shutdown()

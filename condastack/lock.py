@@ -1,0 +1,408 @@
+"""Layered locking: `lock/<layer>.conda-lock.yml`, `@EXPLICIT` files and pip requirements.
+
+A child layer is solved with every conda package of its parent's lock pinned
+exactly, so `app` is a superset of `base`, package for package. The conda
+part is solved by py-rattler and the pip part by conda-lock's PyPI solver;
+the lockfile is written by conda-lock's own writer (see solve.py, the seam).
+
+Each platform's `content_hash` is a hash of everything the solve depends on
+(specs, channels, virtual packages, pip indexes, and the parent's pins), so a
+re-lock with unchanged inputs does not solve at all and rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import CondastackError
+from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock
+from .solve import (
+    explain_solver_error,
+    parse_lockfile,
+    read_lock_records,
+    records_to_locked,
+    render_explicit,
+    solve_conda,
+    solve_pip,
+    spec_name,
+    split_depend,
+    strip_credentials,
+    write_lockfile,
+)
+from .stack import Stack, redact
+
+LOCK_FORMAT = "condastack-lock-1"
+Progress = Callable[[str], None]
+
+
+def lock_dir(root: Path) -> Path:
+    return Path(root) / "lock"
+
+
+def lockfile_path(root: Path, layer: str) -> Path:
+    return lock_dir(root) / f"{layer}.conda-lock.yml"
+
+
+def explicit_path(stack: Stack, layer: str, platform: str) -> Path:
+    if platform == stack.default_platform:
+        return lock_dir(stack.root) / f"{layer}.lock"
+    return lock_dir(stack.root) / f"{layer}.{platform}.lock"
+
+
+def pip_txt_path(stack: Stack, layer: str, platform: str) -> Path:
+    if platform == stack.default_platform:
+        return lock_dir(stack.root) / f"{layer}.pip.txt"
+    return lock_dir(stack.root) / f"{layer}.{platform}.pip.txt"
+
+
+@dataclass
+class LayerLock:
+    """What `lock` did for one layer."""
+
+    layer: str
+    path: Path
+    solved: list[str] = field(default_factory=list)  # platforms re-solved
+    unchanged: list[str] = field(default_factory=list)  # platforms whose hash matched
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # platform -> {conda, pip}
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.solved)
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _parent_pins(stack: Stack, layer: str, platform: str) -> list[str]:
+    parent = stack.layer(layer).extends
+    if parent is None:
+        return []
+    path = lockfile_path(stack.root, parent)
+    if not path.is_file():
+        return []
+    lf = parse_lockfile(path)
+    return sorted(f"{p.manager}:{p.name}:{p.version}:{p.hash.sha256 or p.hash.md5}"
+                  for p in lf.package if p.platform == platform)
+
+
+def input_hash(stack: Stack, layer: str, platform: str) -> str:
+    """The hash of every input of one layer's solve on one platform."""
+    conda, pip = stack.specs_for(layer, platform)
+    data = {
+        "format": LOCK_FORMAT,
+        "conda": conda,
+        "pip": pip,
+        "channels": stack.channels_for(layer),
+        "virtual-packages": stack.virtual_packages_for(platform),
+        "pip-index": stack.pip_indexes_for(layer),
+        "parent": _parent_pins(stack, layer, platform),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[str, str]]:
+    """Layers whose lock is missing or no longer matches their specs: (layer, why)."""
+    out: list[tuple[str, str]] = []
+    for name in stack.order(layers):
+        path = lockfile_path(stack.root, name)
+        if not path.is_file():
+            out.append((name, f"{path.name} is missing"))
+            continue
+        meta = parse_lockfile(path).metadata
+        for plat in stack.platforms:
+            if meta.content_hash.get(plat) != input_hash(stack, name, plat):
+                out.append((name, f"{plat} inputs changed since {path.name} was written"))
+                break
+    return out
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def dry_run(stack: Stack, layers: list[str] | None = None) -> list[dict[str, object]]:
+    """What `lock` would solve, per layer and platform, and the channels it needs."""
+    out = []
+    for name in stack.order(layers):
+        path = lockfile_path(stack.root, name)
+        meta = parse_lockfile(path).metadata if path.is_file() else None
+        for plat in stack.platforms:
+            conda, pip = stack.specs_for(name, plat)
+            up_to_date = meta is not None and meta.content_hash.get(plat) == input_hash(stack, name, plat)
+            out.append({
+                "layer": name, "platform": plat, "extends": stack.layer(name).extends,
+                "channels": [redact(c) for c in stack.channels_for(name)],
+                "pip-index": [redact(c) for c in stack.pip_indexes_for(name)] if pip else [],
+                "virtual-packages": stack.virtual_packages_for(plat),
+                "conda": conda, "pip": pip,
+                "action": "up to date" if up_to_date else "solve",
+            })
+    return out
+
+
+# --------------------------------------------------------------------------- locking
+
+
+def lock_stack(stack: Stack, layers: list[str] | None = None, *, platforms: list[str] | None = None,
+               update: list[str] | None = None, progress: Progress | None = None) -> list[LayerLock]:
+    """Lock the named layers and their parents (all layers by default)."""
+    for p in platforms or []:
+        if p not in stack.platforms:
+            raise CondastackError(f"{stack.file}: platform '{p}' is not one of the stack's platforms "
+                                  f"({', '.join(stack.platforms)}).")
+    ldir = lock_dir(stack.root)
+    ldir.mkdir(parents=True, exist_ok=True)
+    # One lock run at a time per project: a second one waits, then sees the fresh locks.
+    with file_lock(ldir / ".condastack.lock"):
+        clean_stale_temporaries(ldir)
+        return [_lock_layer(stack, name, platforms or list(stack.platforms), update or [], progress)
+                for name in stack.order(layers)]
+
+
+def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str],
+                progress: Progress | None) -> LayerLock:
+    path = lockfile_path(stack.root, name)
+    previous = parse_lockfile(path) if path.is_file() else None
+    old_hash = dict(previous.metadata.content_hash) if previous else {}
+    result = LayerLock(layer=name, path=path)
+    new_hash: dict[str, str] = {}
+    packages = []
+    wants_update = bool(update)  # --update re-solves; everything not named stays preferred
+    for plat in stack.platforms:
+        h = input_hash(stack, name, plat)
+        new_hash[plat] = h
+        prev_pkgs = [p for p in previous.package if p.platform == plat] if previous else []
+        keep = plat not in platforms or (old_hash.get(plat) == h and not wants_update)
+        if keep and prev_pkgs:
+            packages += prev_pkgs
+            new_hash[plat] = old_hash.get(plat, h)
+            result.unchanged.append(plat)
+        else:
+            if progress:
+                progress(f"solving {name} for {plat}")
+            packages += _solve_platform(stack, name, plat, previous, update)
+            result.solved.append(plat)
+        plat_pkgs = [p for p in packages if p.platform == plat]
+        result.counts[plat] = {"conda": sum(p.manager == "conda" for p in plat_pkgs),
+                               "pip": sum(p.manager == "pip" for p in plat_pkgs)}
+    if result.solved:
+        sources = [str(Path("..") / stack.layer(l.name).file.relative_to(stack.root))
+                   if stack.layer(l.name).file.is_relative_to(stack.root) else str(l.file)
+                   for l in stack.chain(name)]
+        custom = {"condastack.layer": name, "condastack.extends": stack.layer(name).extends or "",
+                  "condastack.stack": stack.name, "condastack.version": __version__}
+        tmp = path.parent / f"{TMP_MARK}{path.name}.{os.getpid()}.new"  # cleaned by the next run if killed
+        write_lockfile(tmp, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
+                       platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
+        text = tmp.read_text()
+        tmp.unlink()
+        _write_derived(stack, name, text)
+        atomic_write_text(path, text)
+    else:
+        _write_derived(stack, name, path.read_text())
+    return result
+
+
+def _write_derived(stack: Stack, name: str, lock_text: str) -> None:
+    """Write the @EXPLICIT and pip requirement files that follow from the lockfile text.
+
+    They are rewritten only when their content differs, so a no-op lock touches nothing.
+    """
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".conda-lock.yml", delete=False) as f:
+        f.write(lock_text)
+    try:
+        lf = parse_lockfile(Path(f.name))
+    finally:
+        Path(f.name).unlink()
+    for plat in stack.platforms:
+        conda = [p for p in lf.package if p.platform == plat and p.manager == "conda"]
+        if not conda:
+            continue
+        _write_if_changed(explicit_path(stack, name, plat), render_explicit(lf, plat))
+        pip = sorted((p for p in lf.package if p.platform == plat and p.manager == "pip"), key=lambda p: p.name)
+        pip_path = pip_txt_path(stack, name, plat)
+        if pip:
+            lines = [f"# pip packages of layer {name} ({plat}), locked by condastack\n"]
+            lines += [f"{p.name}=={p.version} --hash=sha256:{p.hash.sha256}\n" for p in pip]
+            _write_if_changed(pip_path, "".join(lines))
+        elif pip_path.exists():
+            pip_path.unlink()
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
+def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[str]) -> list:  # noqa: ANN001
+    layer = stack.layer(name)
+    channels = stack.channels_for(name)
+    vpkgs = stack.virtual_packages_for(plat)
+    conda_specs, pip_specs = stack.specs_for(name, plat)
+    if not channels:
+        raise CondastackError(f"{layer.file}: layer '{name}' lists no channels (and inherits none).")
+
+    pinned = []
+    parent_pip = []
+    if layer.extends:
+        ppath = lockfile_path(stack.root, layer.extends)
+        pinned = read_lock_records(ppath, plat)
+        parent_pip = [p for p in parse_lockfile(ppath).package if p.platform == plat and p.manager == "pip"]
+        # The child holds every package of its parent, not only those its specs reach.
+        have = {spec_name(s) for s in conda_specs}
+        conda_specs = conda_specs + [r.name.normalized for r in pinned if r.name.normalized not in have]
+    upd = {u.lower() for u in update}
+    locked = [r for r in read_lock_records(lockfile_path(stack.root, name), plat)
+              if r.name.normalized not in upd] if previous else []
+    try:
+        records = solve_conda(channels, conda_specs, plat, vpkgs, pinned=pinned, locked=locked)
+    except Exception as e:
+        raise _solve_failure(stack, name, plat, e, channels, conda_specs, vpkgs, pinned) from None
+    records.sort(key=lambda r: r.name.normalized)
+    for r in records:
+        r_url = strip_credentials(r.url)
+        if r_url != r.url:
+            r.url = r_url
+    conda_locked = records_to_locked(records, plat)
+
+    pip_locked = []
+    if pip_specs or parent_pip:
+        pins = [f"{p.name}=={p.version}" for p in parent_pip]
+        have = {s.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for s in pip_specs}
+        specs = pip_specs + [s for s in pins if s.split("==")[0].lower() not in have]
+        prev_pip = [p for p in previous.package if p.platform == plat and p.manager == "pip"] if previous else []
+        try:
+            pip_locked = solve_pip(specs, conda_locked, plat, vpkgs, indexes=stack.pip_indexes_for(name),
+                                   previous=prev_pip + parent_pip, update=list(update))
+        except CondastackError as e:
+            raise CondastackError(f"layer {name} ({plat}): {e}") from None
+        for p in pip_locked:
+            p.url = strip_credentials(p.url)
+            _check_parent_pip(name, layer.extends, p, parent_pip)
+    return conda_locked + pip_locked
+
+
+def _check_parent_pip(name: str, parent: str | None, p, parent_pip: list) -> None:  # noqa: ANN001
+    for q in parent_pip:
+        if q.name == p.name and q.version != p.version:
+            raise CondastackError(f"layer {name}: pip package {p.name} resolved to {p.version}, but layer "
+                                  f"{parent} pins {q.name} {q.version}.")
+
+
+def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels: list[str], specs: list[str],
+                   vpkgs: dict[str, str], pinned: list) -> CondastackError:
+    """Turn a solver failure into one paragraph; name the layers when a parent pin is the cause."""
+    text = str(err)
+    if "FetchRepoData" in type(err).__name__ or "fetch" in text.lower() and "repodata" in text.lower():
+        return CondastackError(
+            f"layer {name} ({plat}): cannot read the channel(s) {', '.join(redact(c) for c in channels)}: "
+            f"{redact(text.strip().splitlines()[0] if text.strip() else type(err).__name__)}"
+        )
+    if pinned:
+        conflict = _explain_pin_conflict(stack, name, plat, channels, specs, vpkgs, pinned)
+        if conflict:
+            return CondastackError(conflict + " The existing lockfiles were left unchanged.")
+    missing = [s for s in specs if f"No candidates were found for {spec_name(s)}" in text
+               or f"no candidates were found for {spec_name(s)}" in text.lower()]
+    detail = explain_solver_error(err)
+    head = f"layer {name} ({plat}): the specs cannot be satisfied"
+    if missing:
+        head = (f"layer {name} ({plat}): package {', '.join(spec_name(m) for m in missing)} not found in "
+                f"{', '.join(redact(c) for c in channels)} for {plat}")
+    return CondastackError(f"{head}.\n{redact(detail)}\nThe existing lockfiles were left unchanged.")
+
+
+def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str], specs: list[str],
+                          vpkgs: dict[str, str], pinned: list) -> str | None:
+    import rattler
+
+    pins = {r.name.normalized: r for r in pinned}
+    own = [s for s in specs if spec_name(s) not in pins or s != spec_name(s)]
+    # A spec of the layer itself that the pin cannot meet.
+    for s in own:
+        r = pins.get(spec_name(s))
+        if r is not None and not rattler.MatchSpec(s).matches(r):
+            return (f"layer {name}: it asks for {s}, but layer {_pin_owner(stack, name, plat, r)} pins "
+                    f"{r.name.normalized} {r.version}.")
+    try:
+        free = solve_conda(channels, own, plat, vpkgs)
+    except Exception:
+        return None
+    for rec in free:
+        for dep in rec.depends:
+            dname, dspec = split_depend(dep)
+            r = pins.get(dname)
+            if r is not None and not rattler.MatchSpec(dep).matches(r):
+                return (f"layer {name}: {rec.name.normalized} {rec.version} needs {dname} {dspec}, but layer "
+                        f"{_pin_owner(stack, name, plat, r)} pins {dname} {r.version}.")
+    return None
+
+
+def _pin_owner(stack: Stack, name: str, plat: str, rec) -> str:  # noqa: ANN001
+    """The highest ancestor whose lock holds this exact record."""
+    for layer in stack.chain(name)[:-1]:
+        for r in read_lock_records(lockfile_path(stack.root, layer.name), plat):
+            if r.name.normalized == rec.name.normalized and str(r.version) == str(rec.version):
+                return layer.name
+    return stack.layer(name).extends or "?"
+
+
+# --------------------------------------------------------------------------- diff
+
+
+@dataclass
+class Change:
+    name: str
+    old: str | None  # "version build" or None when added
+    new: str | None  # None when removed
+
+
+def diff_locks(old: Path, new: Path) -> dict[str, list[Change]]:
+    """Per platform: packages added, removed and changed (version, build) between two lockfiles."""
+    return _diff(parse_lockfile(old), parse_lockfile(new))
+
+
+def diff_against_git(path: Path, rev: str) -> dict[str, list[Change]]:
+    path = Path(path).resolve()
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        rel = path.relative_to(top)
+        text = subprocess.run(["git", "show", f"{rev}:{rel.as_posix()}"], cwd=top, capture_output=True,
+                              text=True, check=True).stdout
+    except (subprocess.CalledProcessError, ValueError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        raise CondastackError(f"{path}: cannot read it at git revision {rev}: {detail.strip()}") from None
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".conda-lock.yml", delete=False) as f:
+        f.write(text)
+    try:
+        return _diff(parse_lockfile(Path(f.name)), parse_lockfile(path))
+    finally:
+        Path(f.name).unlink()
+
+
+def _diff(a, b) -> dict[str, list[Change]]:  # noqa: ANN001
+    def index(lf) -> dict[str, dict[str, str]]:  # noqa: ANN001
+        out: dict[str, dict[str, str]] = {}
+        for p in lf.package:
+            label = f"{p.version} {p.build}" if p.manager == "conda" else f"{p.version} (pip)"
+            out.setdefault(p.platform, {})[f"{p.name}" if p.manager == "conda" else f"pip:{p.name}"] = label
+        return out
+
+    ia, ib = index(a), index(b)
+    result: dict[str, list[Change]] = {}
+    for plat in sorted(set(ia) | set(ib)):
+        pa, pb = ia.get(plat, {}), ib.get(plat, {})
+        changes = [Change(n, pa.get(n), pb.get(n)) for n in sorted(set(pa) | set(pb)) if pa.get(n) != pb.get(n)]
+        result[plat] = changes
+    return result
