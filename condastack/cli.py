@@ -141,6 +141,212 @@ def layers(obj: Ctx, as_json: bool) -> None:
 # Commands of later stages register below, each a thin wrapper over its module.
 
 
+# --------------------------------------------------------------------------- lock / diff (issue 3)
+
+
+@main.command()
+@click.argument("layers", nargs=-1)
+@click.option("--platform", "platforms", multiple=True, help="Re-solve only these platforms (repeatable).")
+@click.option("--update", "update", multiple=True, metavar="PKG", help="Re-solve toward a newer PKG (repeatable).")
+@click.option("--check", is_flag=True, help="Exit 1 naming the layers whose lock no longer matches its specs.")
+@click.option("--dry-run", is_flag=True, help="Print what would be solved per layer and platform, and the channels.")
+@click.option("--solver", type=click.Choice(["rattler", "conda", "mamba", "micromamba"]), default="rattler",
+              show_default=True, help="conda/mamba/micromamba run conda-lock's own pipeline (binary must be on PATH).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: tuple[str, ...], check: bool,
+         dry_run: bool, solver: str, as_json: bool) -> None:
+    """Lock LAYERS and their parents (all layers by default) into lock/."""
+    from . import lock as lk
+
+    stack = obj.stack()
+    names = list(layers) or None
+    for n in names or []:
+        stack.layer(n)
+    if solver != "rattler":
+        import shutil
+
+        if shutil.which(solver) is None:
+            fail(f"--solver {solver}: no '{solver}' binary on PATH. Install it, or use the default py-rattler solver.")
+        fail(f"--solver {solver}: conda-lock's own pipeline cannot keep a parent layer's exact pins; "
+             "use the default solver for layered stacks.")
+    if dry_run:
+        plan = lk.dry_run(stack, names)
+        if as_json:
+            emit_json(plan)
+            return
+        table = Table("layer", "platform", "action", "channels", "conda specs", "pip specs", title="lock plan")
+        for row in plan:
+            table.add_row(str(row["layer"]), str(row["platform"]), str(row["action"]), "\n".join(row["channels"]),
+                          ", ".join(row["conda"]), ", ".join(row["pip"]) or "-")
+        obj.console.print(table)
+        return
+    if check:
+        stale = lk.stale_layers(stack, names)
+        if as_json:
+            emit_json([{"layer": n, "why": w} for n, w in stale])
+        for n, why in stale:
+            err_console.print(f"stale: layer {n}: {why}", markup=False)
+        if stale:
+            fail(f"{len(stale)} layer(s) need `condastack lock`: {', '.join(n for n, _ in stale)}.")
+        if not as_json:
+            obj.console.print("all locks are up to date")
+        return
+    with err_console.status("locking…") if obj.show_progress() else _nullctx() as status:
+        def progress(msg: str) -> None:
+            if status is not None:
+                status.update(msg)
+            elif obj.verbose:
+                err_console.print(msg, markup=False)
+
+        results = lk.lock_stack(stack, names, platforms=list(platforms) or None, update=list(update),
+                                progress=progress)
+    if as_json:
+        emit_json([{"layer": r.layer, "lockfile": str(r.path), "solved": r.solved, "unchanged": r.unchanged,
+                    "packages": r.counts} for r in results])
+        return
+    table = Table("layer", "lockfile", "solved", "unchanged", "packages (conda+pip)")
+    for r in results:
+        counts = ", ".join(f"{p}: {c['conda']}+{c['pip']}" for p, c in r.counts.items())
+        table.add_row(r.layer, str(r.path.relative_to(stack.root)), ", ".join(r.solved) or "-",
+                      ", ".join(r.unchanged) or "-", counts)
+    obj.console.print(table)
+
+
+def _nullctx():  # noqa: ANN202
+    import contextlib
+
+    return contextlib.nullcontext(None)
+
+
+@main.command()
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path), required=False)
+@click.option("--git", "rev", metavar="REV", help="Compare OLD (a lockfile) with its version at git REV.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) -> None:
+    """Packages added, removed and changed between two lockfiles (or a lockfile and git REV)."""
+    from . import lock as lk
+
+    if rev:
+        if new is not None:
+            raise click.UsageError("give either NEW or --git REV, not both")
+        changes = lk.diff_against_git(old, rev)
+    else:
+        if new is None:
+            raise click.UsageError("give NEW, or --git REV")
+        changes = lk.diff_locks(old, new)
+    if as_json:
+        emit_json({p: [{"name": c.name, "old": c.old, "new": c.new} for c in cs] for p, cs in changes.items()})
+        return
+    for plat, cs in changes.items():
+        table = Table("package", "old", "new", title=f"{plat}: {len(cs)} change(s)")
+        for c in cs:
+            table.add_row(c.name, c.old or "[green]added[/]", c.new or "[red]removed[/]")
+        obj.console.print(table)
+
+
+# --------------------------------------------------------------------------- doctor (issue 7)
+
+
+@main.command()
+@click.argument("layer", required=False)
+@click.option("--prefix", type=click.Path(path_type=Path), help="Check an installed env instead of a layer.")
+@click.option("--target", type=click.Path(path_type=Path),
+              help="File system to check for free space (default: the prefix, or the project folder).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None, as_json: bool) -> None:
+    """Check this node against what LAYER (or the env at --prefix) needs; exit 1 if a check fails.
+
+    Honours CONDA_OVERRIDE_CUDA / CONDA_OVERRIDE_GLIBC as conda does.
+    """
+    from rich.markup import escape
+
+    from .doctor import machine_summary, run_doctor
+
+    report = run_doctor(root=obj.root, layer=layer, prefix=prefix, target=target)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        req = report.requirements
+        con = Console(highlight=False, soft_wrap=False, width=max(Console().width, 140))
+        title = f"doctor: {req.kind} {req.target}" + (f" (lock {req.lock_hash[:12]})" if req.lock_hash else "")
+        table = Table("check", "result", "required", "found", "fix", title=title, show_lines=True)
+        style = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "warn": "[yellow]WARN[/]"}
+        for c in report.checks:
+            table.add_row(c.name, style[c.status], escape(c.required), escape(c.found), escape(c.fix or "-"))
+        if not obj.quiet:
+            con.print(f"node: {machine_summary(report.node)}", markup=False)
+            for note in report.notes:
+                con.print(note, markup=False, soft_wrap=True)
+            con.print(table)
+            con.print("[green]all checks passed[/]" if report.ok else "[bold red]some checks failed[/]")
+    if not report.ok:
+        sys.exit(EXIT_USER)
+
+
+# --------------------------------------------------------------------------- module (issue 7)
+
+
+@main.command("module")
+@click.argument("prefix", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Module name, e.g. verl/app.")
+@click.option("--version", "mod_version", required=True, help="Module version, e.g. 0.5.")
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("modulefiles"),
+              show_default=True, help="Module tree to write into (`module use` this folder).")
+@click.pass_obj
+def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path) -> None:
+    """Write an Lmod (Lua) and a Tcl modulefile for the env at PREFIX."""
+    from .module import write_modulefiles
+
+    files = write_modulefiles(prefix, name, mod_version, outdir)
+    obj.console.print(f"wrote {files.lua}\nwrote {files.tcl}\n"
+                      f"use it: module use {outdir.resolve()}; module load {name}/{mod_version}", markup=False)
+
+
+# --------------------------------------------------------------------------- wrap (issue 8)
+
+
+@main.command("wrap")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--name", help="Conda package name (default for a wheel: its project name).")
+@click.option("--version", "pkg_version", help="Package version (default for a wheel: its version).")
+@click.option("--depends", multiple=True, metavar="SPEC", help="Run dependency, a conda match spec (repeatable).")
+@click.option("--channel", "channel_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Site channel folder (default: environments/channel beside the stack).")
+@click.option("--recipe", is_flag=True, help="SOURCE is a rattler-build recipe: build it (needs its toolchain).")
+@click.option("--platform", default="linux-64", show_default=True,
+              type=click.Choice(["linux-64", "linux-aarch64", "noarch"]), help="Subdir of the package.")
+@click.option("--python", "python", metavar="X.Y", help="Python of a pure wheel (cpXY wheels say it themselves).")
+@click.option("--build-number", default=0, show_default=True, type=click.IntRange(0), help="Conda build number.")
+@click.option("--build-string", help="Use this build string instead of the input hash.")
+@click.option("-c", "--build-channel", "build_channels", multiple=True, metavar="URL",
+              help="Channels for a recipe's build/host deps (repeatable; default conda-forge).")
+@click.option("--force", is_flag=True, help="Replace a different package with the same name-version-build.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, depends: tuple[str, ...],
+             channel_dir: Path | None, recipe: bool, platform: str, python: str | None, build_number: int,
+             build_string: str | None, build_channels: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
+    from .wrap import default_channel, wrap
+
+    channel = channel_dir if channel_dir is not None else default_channel(obj.root)
+    pkgs = wrap(source, channel=channel, name=name, version=pkg_version, depends=depends, recipe=recipe,
+                platform=platform, python=python, build_number=build_number, build_string=build_string,
+                build_channels=build_channels or ("conda-forge",), force=force)
+    if as_json:
+        emit_json([{"path": str(p.path), "name": p.name, "version": p.version, "build": p.build,
+                    "subdir": p.subdir, "status": p.status, "entry_points": list(p.entry_points)} for p in pkgs])
+        return
+    for p in pkgs:
+        eps = f" (entry points: {', '.join(p.entry_points)})" if p.entry_points else ""
+        obj.console.print(f"{p.status}: {p.subdir}/{p.path.name}{eps}", markup=False)
+    obj.console.print(f"site channel: {channel.resolve()} (re-indexed)", markup=False)
+
+
 # --------------------------------------------------------------------------- pack / unpack / relocate (issue 5)
 
 
@@ -256,44 +462,3 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
         obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer)",
                           markup=False)
     obj.console.print(f"layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
-
-
-# --------------------------------------------------------------------------- wrap (issue 8)
-
-
-@main.command("wrap")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("--name", help="Conda package name (default for a wheel: its project name).")
-@click.option("--version", "pkg_version", help="Package version (default for a wheel: its version).")
-@click.option("--depends", multiple=True, metavar="SPEC", help="Run dependency, a conda match spec (repeatable).")
-@click.option("--channel", "channel_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Site channel folder (default: environments/channel beside the stack).")
-@click.option("--recipe", is_flag=True, help="SOURCE is a rattler-build recipe: build it (needs its toolchain).")
-@click.option("--platform", default="linux-64", show_default=True,
-              type=click.Choice(["linux-64", "linux-aarch64", "noarch"]), help="Subdir of the package.")
-@click.option("--python", "python", metavar="X.Y", help="Python of a pure wheel (cpXY wheels say it themselves).")
-@click.option("--build-number", default=0, show_default=True, type=click.IntRange(0), help="Conda build number.")
-@click.option("--build-string", help="Use this build string instead of the input hash.")
-@click.option("-c", "--build-channel", "build_channels", multiple=True, metavar="URL",
-              help="Channels for a recipe's build/host deps (repeatable; default conda-forge).")
-@click.option("--force", is_flag=True, help="Replace a different package with the same name-version-build.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_obj
-def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, depends: tuple[str, ...],
-             channel_dir: Path | None, recipe: bool, platform: str, python: str | None, build_number: int,
-             build_string: str | None, build_channels: tuple[str, ...], force: bool, as_json: bool) -> None:
-    """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
-    from .wrap import default_channel, wrap
-
-    channel = channel_dir if channel_dir is not None else default_channel(obj.root)
-    pkgs = wrap(source, channel=channel, name=name, version=pkg_version, depends=depends, recipe=recipe,
-                platform=platform, python=python, build_number=build_number, build_string=build_string,
-                build_channels=build_channels or ("conda-forge",), force=force)
-    if as_json:
-        emit_json([{"path": str(p.path), "name": p.name, "version": p.version, "build": p.build,
-                    "subdir": p.subdir, "status": p.status, "entry_points": list(p.entry_points)} for p in pkgs])
-        return
-    for p in pkgs:
-        eps = f" (entry points: {', '.join(p.entry_points)})" if p.entry_points else ""
-        obj.console.print(f"{p.status}: {p.subdir}/{p.path.name}{eps}", markup=False)
-    obj.console.print(f"site channel: {channel.resolve()} (re-indexed)", markup=False)
