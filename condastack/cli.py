@@ -462,3 +462,90 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
         obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer)",
                           markup=False)
     obj.console.print(f"layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
+
+
+# --------------------------------------------------------------------------- install (issue 7)
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prefix", required=True, type=click.Path(path_type=Path),
+              help="Where the env lives on the shared file system (replaced atomically if present).")
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
+              help="squashfs only: where to put the image (default: PREFIX.squashfs).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, as_json: bool) -> None:
+    """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
+    from .deliver import install_archive
+
+    res = install_archive(archive, prefix, image=image)
+    if as_json:
+        emit_json({"prefix": str(res.prefix), "format": res.format, "sha256": res.sha256,
+                   "lock_hash": res.lock_hash, "replaced": res.replaced, "file_count": res.file_count,
+                   "image": str(res.image) if res.image else None, "mount": res.mount_lines,
+                   "activate": str(res.activate) if res.activate else None})
+        return
+    con = obj.console
+    if res.format == "squashfs":
+        con.print(f"{'replaced' if res.replaced else 'copied'} image {res.image} (sha256 {res.sha256[:16]}…)\n"
+                  "mount it where it was packed for, with either of:", markup=False)
+        for line in res.mount_lines:
+            con.print(f"  {line}", markup=False)
+        return
+    con.print(f"{'updated' if res.replaced else 'installed'} {res.prefix} ({res.file_count} files, "
+              f"lock {(res.lock_hash or 'unknown')[:12]}, archive sha256 {res.sha256[:16]}…)\n"
+              f"activate: . {res.activate}\n"
+              f"module:   condastack module {res.prefix} --name NAME --version VERSION -o MODULEDIR", markup=False)
+
+
+# --------------------------------------------------------------------------- build / verify (issue 4)
+
+
+@main.command()
+@click.argument("layer")
+@click.option("--prefix", type=click.Path(path_type=Path), help="Where to build (default: envs/LAYER).")
+@click.option("--offline", is_flag=True, help="Use only the package cache ($CONDASTACK_PKGS); list what is missing.")
+@click.option("--installer", type=click.Choice(["auto", "rattler", "micromamba"]), default="auto", show_default=True,
+              help="auto: micromamba when it is on PATH, else py-rattler.")
+@click.option("--force", is_flag=True, help="Rebuild even if unchanged; replace a folder condastack did not make.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool,
+          as_json: bool) -> None:
+    """Create the environment of LAYER from lock/LAYER.conda-lock.yml for this machine's platform."""
+    from .build import build_layer
+
+    say = (lambda m: err_console.print(m, markup=False)) if obj.verbose and not obj.quiet else None
+    res = build_layer(obj.root, layer, prefix=prefix, offline=offline, installer=installer, force=force,
+                      progress=say)
+    if as_json:
+        emit_json(res.to_json())
+        return
+    if res.action == "unchanged":
+        obj.console.print(f"{res.prefix}: unchanged (lock {res.lock_hash[:12]})", markup=False)
+        return
+    obj.console.print(
+        f"{res.prefix}: {res.action} with {res.installer}: {res.conda_packages} conda + {res.pip_packages} pip "
+        f"packages, {len(res.fetched)} fetched, {res.seconds:.1f} s", markup=False)
+
+
+@main.command()
+@click.argument("layer", required=False)
+@click.option("--prefix", type=click.Path(path_type=Path), help="Verify this environment (its lock is named in "
+              "conda-meta/condastack.json unless LAYER is given).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> None:
+    """Check an environment against its lock; exit 1 on drift."""
+    from .verify import format_report, verify_layer
+
+    if layer is None and prefix is None:
+        fail("verify needs a LAYER or --prefix PATH.")
+    rep = verify_layer(obj.root, layer, prefix=prefix)
+    if as_json:
+        emit_json(rep.to_json())
+    else:
+        click.echo(format_report(rep))
+    if not rep.ok:
+        sys.exit(EXIT_USER)

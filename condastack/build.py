@@ -1,0 +1,521 @@
+"""Environments from lockfiles: `condastack build LAYER`.
+
+The conda part is linked by py-rattler from a shared package cache
+(`$CONDASTACK_PKGS`, laid out like conda's pkgs dir: `<file>.conda` archives
+next to the extracted `<name>-<version>-<build>/` folders rattler links from).
+py-rattler does not check sha256 for file:// channels, so every archive is
+hashed here against the lock before rattler sees it, and rattler is handed
+the verified local archive instead of the channel URL. A verified archive is
+not hashed again while its size, mtime, ctime and inode stay the same.
+
+Atomicity: the environment is built in a sibling temporary folder and swapped
+into place. Relocation must still write the FINAL path into text and binary
+placeholders, so rattler links into the temporary folder with
+`alternative_target_prefix=<final>`; pip runs with the temporary env's python
+but is told the final interpreter path for the shebangs it writes. Nothing of
+the temporary path is left inside the files, and a killed build leaves only a
+`.condastack-tmp-*` sibling, removed by the next build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CondastackError
+from .fsutil import TMP_MARK, clean_stale_temporaries, file_lock, make_tempdir, remove_path, swap_dir
+
+MARKER = Path("conda-meta") / "condastack.json"
+CREATED_BY = f"condastack {__version__}"
+INSTALLERS = ("auto", "rattler", "micromamba")
+_VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
+_HASH_THREADS = 4
+
+Progress = Callable[[str], None]
+
+
+def pkgs_dir() -> Path:
+    """The shared package cache: `$CONDASTACK_PKGS`, default ~/.cache/condastack/pkgs."""
+    env = os.environ.get("CONDASTACK_PKGS")
+    if env:
+        return Path(env).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "condastack" / "pkgs"
+
+
+def wheels_dir() -> Path:
+    return pkgs_dir() / "wheels"
+
+
+def host_platform() -> str:
+    import rattler
+
+    return str(rattler.Platform.current())
+
+
+def lockfile_path(root: Path, layer: str) -> Path:
+    return Path(root) / "lock" / f"{layer}.conda-lock.yml"
+
+
+def default_prefix(root: Path, layer: str) -> Path:
+    return Path(root) / "envs" / layer
+
+
+@dataclass
+class BuildResult:
+    prefix: Path
+    layer: str | None
+    action: str  # "created", "rebuilt" (lock changed or --force) or "unchanged"
+    lock_hash: str
+    installer: str
+    conda_packages: int = 0
+    pip_packages: int = 0
+    fetched: list[str] = field(default_factory=list)  # archive/wheel file names fetched by this build
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prefix": str(self.prefix), "layer": self.layer, "action": self.action, "lock_hash": self.lock_hash,
+                "installer": self.installer, "conda_packages": self.conda_packages,
+                "pip_packages": self.pip_packages, "fetched": self.fetched, "seconds": round(self.seconds, 3)}
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: bool = False,
+                installer: str = "auto", force: bool = False, progress: Progress | None = None) -> BuildResult:
+    """Build `envs/<layer>` (or `prefix`) from `lock/<layer>.conda-lock.yml`."""
+    root = Path(root).absolute()
+    lockfile = lockfile_path(root, layer)
+    if not lockfile.is_file():
+        from .stack import load_stack
+
+        load_stack(root).layer(layer)  # an unknown layer is reported as such
+        raise CondastackError(f"{lockfile}: layer '{layer}' has no lock. Run `condastack lock {layer}` first.")
+
+    def stack_name() -> str:
+        from .stack import load_stack
+
+        return load_stack(root).name
+
+    return build_prefix(lockfile, prefix or default_prefix(root, layer), layer=layer, stack=stack_name,
+                        offline=offline, installer=installer, force=force, progress=progress)
+
+
+def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stack: str | Callable[[], str] = "",
+                 offline: bool = False, installer: str = "auto", force: bool = False,
+                 progress: Progress | None = None) -> BuildResult:
+    """Build the environment of a conda-lock file at `prefix` for this machine's platform.
+
+    A no-op when `prefix` already holds this lock intact. `stack` may be a
+    callable, so that the no-op path never loads the stack file.
+    """
+    from .solve import read_locked_env
+
+    t0 = time.monotonic()
+    say = progress or (lambda _msg: None)
+    if installer not in INSTALLERS:
+        raise CondastackError(f"unknown installer '{installer}' (choose one of {', '.join(INSTALLERS)}).")
+    lockfile, prefix = Path(lockfile).absolute(), Path(prefix).absolute()
+    env = read_locked_env(lockfile, host_platform())
+    lock_hash = env.lock_hash()
+    chosen = choose_installer(installer)
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(prefix.parent / f".{prefix.name}.condastack-build.lock"):
+        clean_stale_temporaries(prefix.parent, prefix.name)
+        marker = read_marker(prefix)
+        existed = prefix.exists() or prefix.is_symlink()
+        if existed:
+            if marker is None and not force and not _is_empty_dir(prefix):
+                raise CondastackError(
+                    f"{prefix}: this folder exists and was not made by condastack (no {MARKER}). "
+                    "Choose another --prefix, or pass --force to replace it."
+                )
+            if marker is not None and marker.get("lock_hash") == lock_hash and not force and is_intact(prefix, env):
+                return BuildResult(prefix, layer, "unchanged", lock_hash, chosen, len(env.conda), len(env.pip),
+                                   seconds=time.monotonic() - t0)
+
+        res = BuildResult(prefix, layer, "rebuilt" if existed and not _is_empty_dir(prefix) else "created",
+                          lock_hash, chosen, len(env.conda), len(env.pip))
+        stack_name = stack() if callable(stack) else stack
+        tmp = make_tempdir(prefix.parent, prefix.name)
+        _umask_mode(tmp)
+        try:
+            if chosen == "micromamba":
+                _install_micromamba(lockfile, tmp, prefix)
+            else:
+                say(f"checking {len(env.conda)} conda packages against the lock")
+                archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched)
+                say(f"linking {len(env.conda)} conda packages")
+                _install_rattler(env.conda, archives, tmp, prefix)
+                if env.pip:
+                    say(f"installing {len(env.pip)} pip packages")
+                    wheels = fetch_wheels(env.pip, offline=offline, fetched=res.fetched)
+                    install_wheels(tmp, prefix, env.pip, wheels)
+            write_marker(tmp, {"layer": layer, "stack": stack_name, "platform": env.platform,
+                               "lock_hash": lock_hash, "lockfile": str(lockfile), "created_by": CREATED_BY})
+            swap_dir(tmp, prefix)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise _no_space(prefix, layer) from None
+            raise CondastackError(f"{prefix}: building the environment failed: {e}. Nothing was changed at "
+                                  f"{prefix}.") from None
+        finally:
+            remove_path(tmp)
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def choose_installer(installer: str) -> str:
+    if installer == "auto":
+        return "micromamba" if shutil.which("micromamba") else "rattler"
+    if installer == "micromamba" and not shutil.which("micromamba"):
+        raise CondastackError(
+            "--installer micromamba: no `micromamba` on PATH. Install micromamba (mamba >= 2, which has "
+            "--relocate-prefix) or use --installer rattler (the default when micromamba is absent)."
+        )
+    return installer
+
+
+def _no_space(prefix: Path, layer: str | None) -> CondastackError:
+    return CondastackError(
+        f"{prefix}: no space left on the device while building {('layer ' + repr(layer)) if layer else 'the env'}. "
+        f"The temporary folder was removed and {prefix} was not changed. Free space on "
+        f"{prefix.parent} (or point --prefix elsewhere) and run the build again."
+    )
+
+
+def _umask_mode(path: Path) -> None:
+    """mkdtemp makes 0700 folders; an environment gets the usual umask-based mode."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o777 & ~mask)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+# --------------------------------------------------------------------------- marker and intactness
+
+
+def read_marker(prefix: Path) -> dict[str, Any] | None:
+    """The `conda-meta/condastack.json` of an environment, or None."""
+    try:
+        data = json.loads((Path(prefix) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_marker(prefix: Path, data: dict[str, Any]) -> None:
+    path = Path(prefix) / MARKER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def is_intact(prefix: Path, env: Any) -> bool:
+    """A quick check that an env still holds what its lock says (records and dist-infos exist).
+
+    Deliberately cheap (no file hashing): it decides only whether a rebuild is needed.
+    `condastack verify` is the thorough check.
+    """
+    meta = Path(prefix) / "conda-meta"
+    try:
+        have = {p.name for p in meta.iterdir() if p.suffix == ".json" and p.name != MARKER.name}
+    except OSError:
+        return False
+    want = {f"{r.name.normalized}-{r.version}-{r.build}.json" for r in env.conda}
+    if have != want:
+        return False
+    if env.pip:
+        dists = installed_dists(Path(prefix))
+        if any(dists.get(canonical_name(w.name)) != w.version for w in env.pip):
+            return False
+    return True
+
+
+def canonical_name(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def site_packages_dirs(prefix: Path) -> list[Path]:
+    return sorted(p for p in Path(prefix).glob("lib/python*/site-packages") if p.is_dir())
+
+
+def installed_dists(prefix: Path) -> dict[str, str]:
+    """canonical distribution name -> version, from the *.dist-info folder names."""
+    out: dict[str, str] = {}
+    for sp in site_packages_dirs(prefix):
+        for d in sp.glob("*.dist-info"):
+            name, _, version = d.name[: -len(".dist-info")].partition("-")
+            out[canonical_name(name)] = version
+    return out
+
+
+# --------------------------------------------------------------------------- conda archives
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    sha256: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, path: Path, sha256: str) -> _Stamp:
+        st = path.stat()
+        return cls(sha256, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    def line(self) -> str:
+        return f"{self.sha256} {self.size} {self.mtime_ns} {self.ctime_ns} {self.ino}\n"
+
+
+def _stamp_path(archive: Path) -> Path:
+    return archive.parent / _VERIFIED / archive.name
+
+
+def _verified(archive: Path, sha256: str) -> bool:
+    """True if `archive` was hashed to `sha256` and has not been touched since (any write changes ctime)."""
+    try:
+        return _stamp_path(archive).read_text() == _Stamp.of(archive, sha256).line()
+    except OSError:
+        return False
+
+
+def _remember(archive: Path, sha256: str) -> None:
+    stamp = _stamp_path(archive)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stamp.with_name(f"{TMP_MARK}{stamp.name}.{os.getpid()}")
+    tmp.write_text(_Stamp.of(archive, sha256).line())
+    os.replace(tmp, stamp)
+
+
+def _check_cached(archive: Path, sha256: str, what: str) -> None:
+    """Refuse a cached file whose content is not what the lock says."""
+    from .fsutil import sha256_file
+
+    if _verified(archive, sha256):
+        return
+    actual = sha256_file(archive)
+    if actual != sha256:
+        raise CondastackError(
+            f"{what}: the cached file {archive} does not match the lock (sha256 {actual}, lock says {sha256}); "
+            "it is corrupted or was tampered with. Delete it and build again to fetch it anew."
+        )
+    _remember(archive, sha256)
+
+
+def _fetch(url: str, dest: Path, sha256: str, what: str) -> None:
+    """Copy or download `url` to `dest`, hashing on the way; a mismatch is refused."""
+    import hashlib
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{TMP_MARK}{dest.name}.{os.getpid()}.{id(dest)}")
+    h = hashlib.sha256()
+    try:
+        with _open_url(url, what) as src, open(tmp, "wb") as out:
+            while block := src.read(1 << 20):
+                h.update(block)
+                out.write(block)
+        if h.hexdigest() != sha256:
+            raise CondastackError(
+                f"{what}: {url} has sha256 {h.hexdigest()}, but the lock says {sha256}. The channel changed the "
+                "file after it was locked, or it was tampered with; nothing was installed. Re-lock if the change "
+                "is expected."
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _remember(dest, sha256)
+
+
+def _open_url(url: str, what: str):  # noqa: ANN202 - a binary file object
+    parsed = urllib.parse.urlparse(url)
+    try:
+        if parsed.scheme == "file":
+            return open(urllib.request.url2pathname(parsed.path), "rb")
+        if parsed.scheme in ("http", "https"):
+            return urllib.request.urlopen(url, timeout=60)  # noqa: S310 - scheme checked above
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) or getattr(e, "errno", None) != errno.ENOSPC:
+            raise CondastackError(f"{what}: cannot fetch {url}: {e}. Check the channel, or build with --offline "
+                                  "from a filled cache.") from None
+        raise
+    raise CondastackError(f"{what}: unsupported URL scheme in the lock: {url}.")
+
+
+def _pkg_label(r: Any) -> str:
+    return f"package {r.name.normalized} {r.version} {r.build}"
+
+
+def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: list[str] | None = None) -> list[Path]:
+    """Every conda archive of `records` in the cache, sha256-checked against the lock."""
+    cache = pkgs_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = [cache / r.file_name for r in records]
+    missing = [(r, p) for r, p in zip(records, paths) if not p.exists()]
+    if offline and missing:
+        listing = "; ".join(f"{r.name.normalized} {r.version} {r.build} ({r.file_name})" for r, _ in missing)
+        raise CondastackError(
+            f"--offline: {len(missing)} package(s) are not in the cache {cache}: {listing}. "
+            "Build once with network access (or fill $CONDASTACK_PKGS) first."
+        )
+    want = {id(r) for r, _ in missing}
+
+    def one(item: tuple[Any, Path]) -> None:
+        r, p = item
+        sha = r.sha256.hex()
+        if id(r) in want:
+            _fetch(r.url, p, sha, _pkg_label(r))
+        else:
+            _check_cached(p, sha, _pkg_label(r))
+
+    _parallel(one, list(zip(records, paths)))
+    if fetched is not None:
+        fetched += [p.name for _, p in missing]
+    return paths
+
+
+def _parallel(fn: Callable[[Any], None], items: list) -> None:
+    """Run fn over items on a few threads (hashing releases the GIL); the first error wins."""
+    if len(items) <= 1:
+        for it in items:
+            fn(it)
+        return
+    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
+        for f in [pool.submit(fn, it) for it in items]:
+            f.result()
+
+
+def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, final: Path) -> None:
+    import rattler
+
+    from .solve import with_url
+
+    local = [with_url(r, a.as_uri()) for r, a in zip(records, archives)]
+    try:
+        asyncio.run(rattler.install(local, str(tmp), cache_dir=str(pkgs_dir()), installed_packages=[],
+                                    alternative_target_prefix=str(final), show_progress=False))
+    except Exception as e:  # rattler's install errors are one exception type per cause
+        text = str(e)
+        if "No space left on device" in text or "os error 28" in text:
+            raise OSError(errno.ENOSPC, text) from None
+        raise CondastackError(f"{final}: linking the conda packages failed: {text}. Nothing was changed at "
+                              f"{final}.") from None
+    # conda-meta should name where a package came from, not our cache.
+    by_file = {r.file_name: r for r in records}
+    meta = tmp / "conda-meta"
+    for r in records:
+        mf = meta / f"{r.name.normalized}-{r.version}-{r.build}.json"
+        data = json.loads(mf.read_text())
+        orig = by_file[data.get("fn", r.file_name)]
+        data["url"], data["channel"] = orig.url, orig.channel
+        mf.write_text(json.dumps(data, indent=2))
+
+
+# --------------------------------------------------------------------------- pip
+
+
+def _wheel_path(w: Any) -> Path:
+    fname = urllib.parse.unquote(urllib.parse.urlparse(w.url).path.rsplit("/", 1)[-1])
+    return wheels_dir() / w.sha256[:16] / fname
+
+
+def fetch_wheels(wheels: tuple | list, *, offline: bool = False, fetched: list[str] | None = None) -> list[Path]:
+    """Every locked wheel in `$CONDASTACK_PKGS/wheels`, sha256-checked."""
+    paths = [_wheel_path(w) for w in wheels]
+    missing = [(w, p) for w, p in zip(wheels, paths) if not p.exists()]
+    if offline and missing:
+        listing = "; ".join(f"{w.name} {w.version} ({w.url})" for w, _ in missing)
+        raise CondastackError(f"--offline: {len(missing)} pip package(s) are not in the wheel cache {wheels_dir()}: "
+                              f"{listing}. Build once with network access first.")
+    for w, p in zip(wheels, paths):
+        what = f"pip package {w.name} {w.version}"
+        if (w, p) in missing:
+            _fetch(w.url, p, w.sha256, what)
+        else:
+            _check_cached(p, w.sha256, what)
+    if fetched is not None:
+        fetched += [p.name for _, p in missing]
+    return paths
+
+
+# Runs pip with sys.executable set to the FINAL interpreter, so console-script
+# shebangs name the final prefix although pip runs from the temporary one.
+_PIP_AS_FINAL = "import sys; sys.executable = sys.argv.pop(1); from pip._internal.cli.main import main; sys.exit(main())"
+
+
+def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Path]) -> None:
+    """`python -m pip install --no-deps --require-hashes` of the locked wheels into the env at `tmp`."""
+    python = tmp / "bin" / "python"
+    if not python.exists():
+        raise CondastackError(f"{final}: the lock has pip packages ({', '.join(w.name for w in wheels)}) but no "
+                              "python in its conda part. Add python and pip to the layer and re-lock.")
+    req = tmp.parent / f"{TMP_MARK}{final.name}.{os.getpid()}.requirements.txt"
+    req.write_text("".join(f"{w.name} @ {p.as_uri()} --hash=sha256:{w.sha256}\n" for w, p in zip(wheels, paths)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PYTHONNOUSERSITE="1")
+    try:
+        p = subprocess.run(
+            [str(python), "-c", _PIP_AS_FINAL, str(final / "bin" / "python"), "install", "--no-deps",
+             "--require-hashes", "--no-index", "--disable-pip-version-check", "--no-warn-script-location",
+             "-r", str(req)],
+            capture_output=True, text=True, env=env,
+        )
+    finally:
+        req.unlink(missing_ok=True)
+    if p.returncode != 0:
+        out = (p.stdout + p.stderr).strip()
+        if "No space left on device" in out:
+            raise OSError(errno.ENOSPC, out)
+        if "No module named pip" in out:
+            raise CondastackError(f"{final}: the lock has pip packages but its environment has no pip. Add pip to "
+                                  "the layer and re-lock.")
+        tail = " | ".join(out.splitlines()[-6:])
+        raise CondastackError(f"{final}: pip could not install the locked wheels: {tail}")
+
+
+# --------------------------------------------------------------------------- micromamba
+
+
+def _install_micromamba(lockfile: Path, tmp: Path, final: Path) -> None:
+    """`micromamba create -y -p TMP --relocate-prefix FINAL -f <layer>.conda-lock.yml`.
+
+    micromamba reads the conda-lock file itself (conda and pip parts) and checks
+    the archives' hashes; its package cache is ours ($CONDA_PKGS_DIRS).
+    """
+    mm = shutil.which("micromamba")
+    assert mm is not None  # choose_installer checked
+    helptext = subprocess.run([mm, "create", "--help"], capture_output=True, text=True).stdout
+    if "--relocate-prefix" not in helptext:
+        raise CondastackError(f"{mm}: this micromamba cannot install into a temporary folder for a final path "
+                              "(no --relocate-prefix; needs mamba 2). Use --installer rattler.")
+    tmp.rmdir()  # micromamba wants to create the prefix itself
+    env = dict(os.environ, CONDA_PKGS_DIRS=str(pkgs_dir()))
+    p = subprocess.run([mm, "create", "-y", "-p", str(tmp), "--relocate-prefix", str(final), "-f", str(lockfile)],
+                       capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        out = (p.stdout + p.stderr).strip()
+        if "No space left on device" in out:
+            raise OSError(errno.ENOSPC, out)
+        raise CondastackError(f"{final}: micromamba failed: {' | '.join(out.splitlines()[-6:])}")
+

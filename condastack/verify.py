@@ -1,0 +1,246 @@
+"""Check an environment against its lock: `condastack verify LAYER | --prefix PATH`.
+
+Three checks, each reported as a list of problems (drift):
+- conda packages: every locked package present at its exact version and
+  build (conda-meta/*.json), no extra ones;
+- conda-managed files: each file's sha256 against the package's paths.json
+  (`sha256_in_prefix` where relocation rewrote it). A file that a pip
+  distribution's RECORD also lists is reported as clobbered, naming both
+  owners: that is what later breaks conda-pack;
+- pip distributions: name and version of every *.dist-info that no conda
+  package owns, against the lock's pip part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .build import MARKER, canonical_name, host_platform, lockfile_path, read_marker, site_packages_dirs
+from .errors import CondastackError
+from .fsutil import sha256_file
+
+_HASH_THREADS = 4
+
+
+@dataclass
+class Problem:
+    kind: str  # missing-package, wrong-build, extra-package, missing-file, modified-file, clobbered-file,
+    #            missing-pip, wrong-pip-version, extra-pip
+    package: str
+    detail: str
+    path: str | None = None
+    owners: list[str] | None = None  # for clobbered files: [conda owner, pip owner]
+
+
+@dataclass
+class VerifyReport:
+    prefix: Path
+    lockfile: Path
+    platform: str
+    conda_packages: int = 0
+    files_checked: int = 0
+    pip_packages: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prefix": str(self.prefix), "lockfile": str(self.lockfile), "platform": self.platform,
+                "ok": self.ok, "conda_packages": self.conda_packages, "files_checked": self.files_checked,
+                "pip_packages": self.pip_packages,
+                "problems": [{k: v for k, v in asdict(p).items() if v is not None} for p in self.problems]}
+
+
+def verify_layer(root: Path | None = None, layer: str | None = None, *, prefix: Path | None = None,
+                 lockfile: Path | None = None) -> VerifyReport:
+    """Verify `envs/<layer>` (or `prefix`) against `lock/<layer>.conda-lock.yml` (or the env's own marker)."""
+    if prefix is None:
+        if layer is None or root is None:
+            raise CondastackError("verify needs a LAYER or --prefix PATH.")
+        prefix = Path(root) / "envs" / layer
+    prefix = Path(prefix).absolute()
+    if not (prefix / "conda-meta").is_dir():
+        hint = f" Run `condastack build {layer}` first." if layer else ""
+        raise CondastackError(f"{prefix}: not a conda environment (no conda-meta/).{hint}")
+    if lockfile is None:
+        if layer is not None and root is not None:
+            lockfile = lockfile_path(Path(root), layer)
+        else:
+            marker = read_marker(prefix)
+            if marker is None or not marker.get("lockfile"):
+                raise CondastackError(f"{prefix}: no {MARKER} naming its lock; pass the LAYER to verify against "
+                                      "lock/<layer>.conda-lock.yml.")
+            lockfile = Path(marker["lockfile"])
+    if not Path(lockfile).is_file():
+        raise CondastackError(f"{lockfile}: lockfile not found. Run `condastack lock {layer or '<layer>'}`.")
+    return verify_prefix(prefix, Path(lockfile))
+
+
+def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
+    from .solve import read_locked_env
+
+    env = read_locked_env(lockfile, host_platform())
+    rep = VerifyReport(prefix=prefix, lockfile=lockfile, platform=env.platform)
+    records = _conda_meta(prefix)
+    rep.conda_packages = len(records)
+
+    locked = {r.name.normalized: r for r in env.conda}
+    for name, r in sorted(locked.items()):
+        meta = records.get(name)
+        want = f"{r.version} {r.build}"
+        if meta is None:
+            rep.problems.append(Problem("missing-package", name, f"locked {want}, not installed"))
+        elif (str(meta.get("version")), str(meta.get("build"))) != (str(r.version), str(r.build)):
+            rep.problems.append(Problem("wrong-build", name,
+                                        f"installed {meta.get('version')} {meta.get('build')}, locked {want}"))
+    for name in sorted(set(records) - set(locked)):
+        m = records[name]
+        rep.problems.append(Problem("extra-package", name, f"{m.get('version')} {m.get('build')} is not in the lock"))
+
+    # pip distributions are the dist-infos that no conda package installed
+    conda_files = {e.get("_path") or e.get("path") for m in records.values()
+                   for e in (m.get("paths_data") or {}).get("paths") or []}
+    dists = _pip_dists(prefix, conda_files)
+    _check_files(prefix, records, _pip_owners(prefix, dists), rep)
+
+    rep.pip_packages = len(dists)
+    lock_pip = {canonical_name(w.name): w for w in env.pip}
+    for name, w in sorted(lock_pip.items()):
+        have = dists.get(name)
+        if have is None:
+            rep.problems.append(Problem("missing-pip", w.name, f"locked {w.version}, not installed"))
+        elif have[0] != w.version:
+            rep.problems.append(Problem("wrong-pip-version", w.name, f"installed {have[0]}, locked {w.version}",
+                                        path=have[1]))
+    for name in sorted(set(dists) - set(lock_pip)):
+        rep.problems.append(Problem("extra-pip", name, f"{dists[name][0]} is installed by pip but not in the lock",
+                                    path=dists[name][1]))
+    return rep
+
+
+def _conda_meta(prefix: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted((prefix / "conda-meta").glob("*.json")):
+        if f.name == MARKER.name:
+            continue
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise CondastackError(f"{f}: unreadable package record ({e}); the environment is damaged. "
+                                  "Rebuild it with `condastack build --force`.") from None
+        out[str(data.get("name", f.stem))] = data
+    return out
+
+
+def _check_files(prefix: Path, records: dict[str, dict[str, Any]], pip_owner: dict[str, str],
+                 rep: VerifyReport) -> None:
+    """Hash every conda-managed file against paths.json."""
+    jobs: list[tuple[str, str, str]] = []  # (package, relative path, expected sha256)
+    for name, data in records.items():
+        paths = (data.get("paths_data") or {}).get("paths") or []
+        for entry in paths:
+            rel = entry.get("_path") or entry.get("path")
+            if not rel:
+                continue
+            ptype = entry.get("path_type", "hardlink")
+            full = prefix / rel
+            if not (full.exists() or full.is_symlink()):
+                if ptype != "directory":
+                    rep.problems.append(Problem("missing-file", name, f"{rel} is gone", path=rel,
+                                                owners=[name, pip_owner[rel]] if rel in pip_owner else None))
+                continue
+            expected = entry.get("sha256_in_prefix") or entry.get("sha256")
+            if ptype in ("hardlink", "pyc_file") and expected and not full.is_symlink():
+                jobs.append((name, rel, expected))
+
+    def digest(job: tuple[str, str, str]) -> tuple[tuple[str, str, str], str | None]:
+        try:
+            return job, sha256_file(prefix / job[1])
+        except OSError:
+            return job, None
+
+    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
+        results = list(pool.map(digest, jobs))
+    rep.files_checked = len(jobs)
+    for (name, rel, expected), actual in results:
+        if actual == expected:
+            continue
+        if rel in pip_owner:
+            rep.problems.append(Problem(
+                "clobbered-file", name,
+                f"{rel} belongs to conda package {name} but was overwritten by pip distribution {pip_owner[rel]}",
+                path=rel, owners=[name, pip_owner[rel]]))
+        else:
+            rep.problems.append(Problem("modified-file", name, f"{rel} does not match its sha256 in paths.json",
+                                        path=rel))
+
+
+def _record_entries(dist_info: Path) -> list[str]:
+    try:
+        lines = (dist_info / "RECORD").read_text().splitlines()
+    except OSError:
+        return []
+    return [line.split(",", 1)[0] for line in lines if line.strip()]
+
+
+def _pip_owners(prefix: Path, dists: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """prefix-relative path -> 'name version' of the pip distribution whose RECORD lists it."""
+    out: dict[str, str] = {}
+    for version, rel_dist in dists.values():
+        d = prefix / rel_dist
+        name, _ = _dist_name_version(d)
+        for rel in _record_entries(d):
+            full = os.path.normpath(d.parent / rel)
+            out[os.path.relpath(full, prefix)] = f"{name} {version}"
+    return out
+
+
+def _dist_name_version(d: Path) -> tuple[str, str]:
+    name = version = ""
+    try:
+        for line in (d / "METADATA").read_text(errors="replace").splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            if key.lower() == "name" and not name:
+                name = value.strip()
+            elif key.lower() == "version" and not version:
+                version = value.strip()
+    except OSError:
+        pass
+    if not name:
+        name, _, version = d.name[: -len(".dist-info")].partition("-")
+    return name, version
+
+
+def _pip_dists(prefix: Path, conda_files: set[str]) -> dict[str, tuple[str, str]]:
+    """canonical name -> (version, dist-info path) of distributions no conda package owns."""
+    out: dict[str, tuple[str, str]] = {}
+    for sp in site_packages_dirs(prefix):
+        for d in sp.glob("*.dist-info"):
+            rel = os.path.relpath(d, prefix)
+            if f"{rel}/METADATA" in conda_files or f"{rel}/RECORD" in conda_files:
+                continue
+            name, version = _dist_name_version(d)
+            out[canonical_name(name)] = (version, rel)
+    return out
+
+
+def format_report(rep: VerifyReport) -> str:
+    head = (f"{rep.prefix}: {rep.conda_packages} conda packages, {rep.files_checked} files, "
+            f"{rep.pip_packages} pip distributions checked against {rep.lockfile.name}")
+    if rep.ok:
+        return head + "\nok: the environment matches its lock"
+    lines = [head, f"DRIFT: {len(rep.problems)} problem(s)"]
+    for p in rep.problems[:50]:
+        lines.append(f"  {p.kind}: {p.package}: {p.detail}")
+    if len(rep.problems) > 50:
+        lines.append(f"  … and {len(rep.problems) - 50} more (see --json)")
+    return "\n".join(lines)
