@@ -80,6 +80,21 @@ class LayerLock:
 # --------------------------------------------------------------------------- hashing
 
 
+def read_raw(path: Path) -> dict:
+    """A lockfile as plain YAML: the fast path for hashes and pins (conda-lock's import is slow)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(Path(path).read_text(), Loader=loader)  # noqa: S506 - a safe loader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CondastackError(f"{path}: not a readable conda-lock lockfile ({type(e).__name__}).") from None
+    if not isinstance(data, dict) or not isinstance(data.get("package"), list) or \
+            not isinstance(data.get("metadata"), dict):
+        raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list or 'metadata').")
+    return data
+
+
 def _parent_pins(stack: Stack, layer: str, platform: str) -> list[str]:
     parent = stack.layer(layer).extends
     if parent is None:
@@ -87,9 +102,9 @@ def _parent_pins(stack: Stack, layer: str, platform: str) -> list[str]:
     path = lockfile_path(stack.root, parent)
     if not path.is_file():
         return []
-    lf = parse_lockfile(path)
-    return sorted(f"{p.manager}:{p.name}:{p.version}:{p.hash.sha256 or p.hash.md5}"
-                  for p in lf.package if p.platform == platform)
+    return sorted(f"{p.get('manager')}:{p.get('name')}:{p.get('version')}:"
+                  f"{(p.get('hash') or {}).get('sha256') or (p.get('hash') or {}).get('md5')}"
+                  for p in read_raw(path)["package"] if p.get("platform") == platform)
 
 
 def input_hash(stack: Stack, layer: str, platform: str) -> str:
@@ -115,9 +130,9 @@ def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[st
         if not path.is_file():
             out.append((name, f"{path.name} is missing"))
             continue
-        meta = parse_lockfile(path).metadata
+        hashes = read_raw(path)["metadata"].get("content_hash") or {}
         for plat in stack.platforms:
-            if meta.content_hash.get(plat) != input_hash(stack, name, plat):
+            if hashes.get(plat) != input_hash(stack, name, plat):
                 out.append((name, f"{plat} inputs changed since {path.name} was written"))
                 break
     return out
@@ -131,10 +146,10 @@ def dry_run(stack: Stack, layers: list[str] | None = None) -> list[dict[str, obj
     out = []
     for name in stack.order(layers):
         path = lockfile_path(stack.root, name)
-        meta = parse_lockfile(path).metadata if path.is_file() else None
+        hashes = (read_raw(path)["metadata"].get("content_hash") or {}) if path.is_file() else None
         for plat in stack.platforms:
             conda, pip = stack.specs_for(name, plat)
-            up_to_date = meta is not None and meta.content_hash.get(plat) == input_hash(stack, name, plat)
+            up_to_date = hashes is not None and hashes.get(plat) == input_hash(stack, name, plat)
             out.append({
                 "layer": name, "platform": plat, "extends": stack.layer(name).extends,
                 "channels": [redact(c) for c in stack.channels_for(name)],
@@ -168,14 +183,25 @@ def lock_stack(stack: Stack, layers: list[str] | None = None, *, platforms: list
 def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str],
                 progress: Progress | None) -> LayerLock:
     path = lockfile_path(stack.root, name)
-    previous = parse_lockfile(path) if path.is_file() else None
-    old_hash = dict(previous.metadata.content_hash) if previous else {}
+    old_hash = dict(read_raw(path)["metadata"].get("content_hash") or {}) if path.is_file() else {}
     result = LayerLock(layer=name, path=path)
+    fresh = {p: input_hash(stack, name, p) for p in stack.platforms}
+    if not update and old_hash and all(old_hash.get(p) == fresh[p] for p in stack.platforms):
+        # Nothing changed: no solve, no write; only re-derive files a user deleted.
+        result.unchanged = list(stack.platforms)
+        raw = read_raw(path)["package"]
+        for plat in stack.platforms:
+            result.counts[plat] = {m: sum(1 for p in raw if p.get("platform") == plat and p.get("manager") == m)
+                                   for m in ("conda", "pip")}
+        if not all(explicit_path(stack, name, p).is_file() for p in stack.platforms):
+            _write_derived(stack, name, path.read_text())
+        return result
+    previous = parse_lockfile(path) if path.is_file() else None
     new_hash: dict[str, str] = {}
     packages = []
     wants_update = bool(update)  # --update re-solves; everything not named stays preferred
     for plat in stack.platforms:
-        h = input_hash(stack, name, plat)
+        h = fresh[plat]
         new_hash[plat] = h
         prev_pkgs = [p for p in previous.package if p.platform == plat] if previous else []
         keep = plat not in platforms or (old_hash.get(plat) == h and not wants_update)

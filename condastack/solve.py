@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from pathlib import Path
 
@@ -27,11 +28,45 @@ def mapping_url() -> str:
 # --------------------------------------------------------------------------- environment.yml
 
 
+def cache_root() -> Path:
+    """condastack's user cache folder ($CONDASTACK_CACHE, else ~/.cache/condastack)."""
+    base = os.environ.get("CONDASTACK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "condastack")
+    return Path(base)
+
+
 def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[str], list[str]]:
     """Conda match specs and pip requirement strings of one environment.yml for one platform.
 
-    Selectors and pip markers are applied by conda-lock's own parser.
+    Selectors and pip markers are applied by conda-lock's own parser. Importing
+    conda-lock costs ~0.6 s, so results are cached by file content: a no-op
+    `lock` then never imports it.
     """
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    from . import __version__
+    from .fsutil import atomic_write_text
+
+    data = Path(path).read_bytes()
+    key = hashlib.sha256(b"|".join([data, platform.encode(), version("conda-lock").encode(),
+                                    __version__.encode(), MAPPING_FILE.read_bytes()])).hexdigest()
+    cached = cache_root() / "specs" / f"{key}.json"
+    try:
+        hit = json.loads(cached.read_text())
+        return list(hit["conda"]), list(hit["pip"])
+    except (OSError, ValueError, KeyError):
+        pass
+    conda, pip = _parse_layer_specs(path, platform, layer=layer)
+    try:
+        atomic_write_text(cached, json.dumps({"conda": conda, "pip": pip}))
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return conda, pip
+
+
+def _parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[str], list[str]]:
     from conda_lock.models.lock_spec import VersionedDependency
     from conda_lock.src_parser.environment_yaml import parse_environment_file
     from conda_lock.src_parser.markers import evaluate_marker
