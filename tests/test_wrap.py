@@ -8,7 +8,6 @@ installed environment (and again after the environment is moved).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -20,7 +19,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import rattler
 
 from conftest import assert_user_error, run_cli, write_project
 from condastack.errors import CondastackError
@@ -71,21 +69,10 @@ def make_built_folder(folder: Path, text: str = "site data v1") -> Path:
     return folder
 
 
-def _vp(name: str, version: str) -> rattler.GenericVirtualPackage:
-    return rattler.GenericVirtualPackage(rattler.PackageName(name), rattler.Version(version), rattler.BuildString("0"))
-
-
-def _install(channels: list[str], specs: list[str], prefix: Path, cache: Path) -> list:
-    recs = asyncio.run(rattler.solve(channels, specs, platforms=["linux-64", "noarch"],
-                                     virtual_packages=[_vp("__glibc", "2.28"), _vp("__cuda", "12.6")]))
-    asyncio.run(rattler.install(recs, str(prefix), cache_dir=str(cache)))
-    return recs
-
-
 # --------------------------------------------------------------------------- round trip
 
 
-def test_wrap_round_trip(channel: Path, tmp_path: Path) -> None:
+def test_wrap_round_trip(channel: Path, tmp_path: Path, pkgs_cache: Path) -> None:
     site = tmp_path / "site"
     whl = make_wheel(tmp_path / "wheels")
     folder = make_built_folder(tmp_path / "built")
@@ -107,11 +94,41 @@ def test_wrap_round_trip(channel: Path, tmp_path: Path) -> None:
     assert rec["name"] == "tiny-tool" and f"python {PY}.*" in rec["depends"] and "libhello >=1.0" in rec["depends"]
     assert json.loads((site / "noarch" / "repodata.json").read_text())["packages.conda"]
 
-    # A layer that uses both, solved together with the test channel, installed and run.
-    prefix = tmp_path / "envs" / "app"
-    recs = _install([site.as_uri(), channel.as_uri()], ["tiny-tool", "site-data", "hello"], prefix, tmp_path / "pkgs")
-    names = {r.name.normalized for r in recs}
-    assert {"tiny-tool", "site-data", "python", "libhello", "hello"} <= names
+    # A layer that uses both, locked together with the test channel, built and run.
+    proj = write_project(tmp_path / "proj", """
+        name: wrapped
+        platforms: [linux-64]
+        virtual-packages:
+          linux-64: {__cuda: "12.6", __glibc: "2.28"}
+        layers:
+          base: {file: base.yml}
+          app: {file: app.yml, extends: base}
+        """, {
+        "base.yml": f"""
+            name: base
+            channels: ["{channel.as_uri()}"]
+            dependencies:
+              - python {PY}.*
+              - libhello
+            """,
+        "app.yml": f"""
+            name: app
+            channels: ["{site.as_uri()}", "{channel.as_uri()}"]
+            dependencies:
+              - tiny-tool 1.2.0.*
+              - site-data
+              - hello
+            """,
+    })
+    res = run_cli("-C", proj, "lock")
+    assert res.returncode == 0, res.output
+    locked = (proj / "lock" / "app.conda-lock.yml").read_text()
+    assert site.as_uri() + "/linux-64/tiny-tool-1.2.0-" in locked and "/noarch/site-data-1.0-" in locked
+    res = run_cli("-C", proj, "build", "app")
+    assert res.returncode == 0, res.output
+    prefix = proj / "envs" / "app"
+    installed = {f.name.rsplit("-", 2)[0] for f in (prefix / "conda-meta").glob("*.json")}
+    assert {"tiny-tool", "site-data", "python", "libhello", "hello"} <= installed
     out = subprocess.run([str(prefix / "bin" / "tiny-tool"), "a", "b"], capture_output=True, text=True)
     assert out.returncode == 3, out.stderr  # the entry point's return value is the exit code
     assert out.stdout.strip() == f"hello from tiny-tool 1.2.0 prefix={prefix} args=a,b"
