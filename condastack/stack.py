@@ -292,7 +292,7 @@ def load_stack(root: Path | str = ".") -> Stack:
         vpkgs[plat] = {k: str(v) for k, v in pk.items()}
 
     pip_index = _str_list(data.get("pip-index", []), path, data, "pip-index")
-    channels = _str_list(data.get("channels", []), path, data, "channels")
+    channels = [resolve_channel(c, path.parent) for c in _str_list(data.get("channels", []), path, data, "channels")]
 
     layers_raw = data["layers"]
     _expect(isinstance(layers_raw, dict) and bool(layers_raw), path, data, "layers",
@@ -329,6 +329,17 @@ def load_stack(root: Path | str = ".") -> Stack:
         pip_index=tuple(pip_index),
         channels=tuple(channels),
     )
+
+
+def resolve_channel(channel: str, base: Path) -> str:
+    """A channel as the solver sees it: local paths (./channel, ../x, /abs) become file:// URLs.
+
+    Relative paths are taken from the folder of the file that names them, so a
+    site channel beside the stack works from any working directory.
+    """
+    if channel.startswith(("./", "../", "/")) or channel in (".", ".."):
+        return (Path(base) / channel).resolve().as_uri()
+    return channel
 
 
 def _str_list(value: Any, path: Path, data: Any, key: str) -> list[str]:
@@ -383,7 +394,7 @@ def _load_layer(name: str, lfile: Path, extends: str | None, platforms: list[str
         name=name,
         file=lfile,
         extends=extends,
-        channels=tuple(c for c in channels if c != "nodefaults"),
+        channels=tuple(resolve_channel(c, lfile.parent) for c in channels if c != "nodefaults"),
         conda=conda,
         pip=pip,
         pip_repositories=tuple(pip_repos),
