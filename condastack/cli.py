@@ -166,10 +166,12 @@ def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: 
     if solver != "rattler":
         import shutil
 
-        if shutil.which(solver) is None:
+        binary = shutil.which(solver)
+        if binary is None:
             fail(f"--solver {solver}: no '{solver}' binary on PATH. Install it, or use the default py-rattler solver.")
-        fail(f"--solver {solver}: conda-lock's own pipeline cannot keep a parent layer's exact pins; "
-             "use the default solver for layered stacks.")
+        for path in lk.lock_with_conda_lock(stack, names, solver, binary):
+            obj.console.print(f"wrote {path}")
+        return
     if dry_run:
         plan = lk.dry_run(stack, names)
         if as_json:

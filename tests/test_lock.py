@@ -291,3 +291,14 @@ def test_diff_and_dry_run(base_app_project: Path, tmp_path: Path) -> None:
     assert run_cli("-C", base_app_project, "lock", "--update", "libfoo").returncode == 0
     res = run_cli("diff", base_app_project / "lock" / "base.conda-lock.yml", "--git", "HEAD", "--json")
     assert json.loads(res.stdout)["linux-64"] == [{"name": "libfoo", "old": "1.0 hb0f4dca_0", "new": "2.0 hb0f4dca_0"}]
+
+
+def test_external_solver_needs_its_binary(base_app_project: Path, tmp_path: Path) -> None:
+    import os
+
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}  # no conda/mamba/micromamba there
+    for solver in ("conda", "mamba", "micromamba"):
+        res = run_cli("-C", base_app_project, "lock", "--solver", solver, env=env)
+        assert_user_error(res, f"no '{solver}' binary on PATH")
+    assert not (base_app_project / "lock" / "base.conda-lock.yml").exists()
+    assert os.environ.get("PATH")  # the test itself did not change the caller's PATH
