@@ -429,11 +429,11 @@ def _run_pipeline(tar_args: list[str], comp_args: list[str], out: Path) -> str:
             rc_t = tar.wait()
             for t in readers:
                 t.join()
-    if rc_t != 0:
-        raise CondastackError(f"packing failed: tar exited {rc_t}: {errs.get('tar', b'').decode(errors='replace').strip()}")
-    if rc_c != 0:
+    if rc_c != 0:  # checked first: tar then only died of the broken pipe
         raise CondastackError(
             f"packing failed: {comp_args[0]} exited {rc_c}: {errs.get('comp', b'').decode(errors='replace').strip()}")
+    if rc_t != 0:
+        raise CondastackError(f"packing failed: tar exited {rc_t}: {errs.get('tar', b'').decode(errors='replace').strip()}")
     return h.hexdigest()
 
 

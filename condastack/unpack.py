@@ -262,14 +262,23 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
         raise CondastackError(f"{archive}: no such archive.")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CondastackError(f"{dest}: already exists and is not empty; choose a new folder or remove it first.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    manifest = archive.with_name(archive.name + ".manifest.json")
+    if manifest.is_file():  # fail before extracting gigabytes when DEST cannot fit
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            records = [(r["file"], r["placeholder"], r["mode"]) for r in json.loads(manifest.read_text())["placeholders"]]
+            _check_fits(records, str(dest))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CondastackError(f"{dest}: cannot create its parent folder: {e.strerror}.") from None
     tmp = dest.parent / f"{TMP_MARK}{dest.name}.{os.getpid()}"
     remove_path(tmp)
     tmp.mkdir()
     guard = _Guard(max_members, max_bytes)
     try:
         _extract(archive, tmp, guard)
-        changed = relocate(tmp, as_prefix=dest).files_changed
+        # An archive with no placeholder records (not an env) is only extracted.
+        changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
         if dest.exists():
             dest.rmdir()  # empty, checked above
         os.rename(tmp, dest)
@@ -349,6 +358,15 @@ def _binary_relocate(data: bytes, old: bytes, new: bytes, room: int, path: str) 
     return out
 
 
+def _check_fits(records: list, new: str) -> None:
+    for f, ph, mode in records:
+        if mode == "binary" and len(new.encode()) > len(ph.encode()):
+            raise CondastackError(
+                f"{f}: cannot relocate to {new} ({len(new.encode())} bytes): this binary file holds a placeholder "
+                f"of {len(ph.encode())} bytes, so the prefix can be at most {len(ph.encode())} characters long. "
+                "Choose a shorter path.")
+
+
 def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     """Point the placeholder files of the env at `prefix` to `as_prefix` (default: `prefix`).
 
@@ -364,12 +382,7 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
                               "from a condastack or conda-pack archive.")
     current = state.get("current")
     records = [tuple(r) for r in state.get("records", [])]
-    for f, ph, mode in records:  # check every binary first, so nothing is half-done
-        if mode == "binary" and len(new.encode()) > len(ph.encode()):
-            raise CondastackError(
-                f"{f}: cannot relocate to {new} ({len(new.encode())} bytes): this binary file holds a placeholder "
-                f"of {len(ph.encode())} bytes, so the prefix can be at most {len(ph.encode())} characters long. "
-                "Choose a shorter path.")
+    _check_fits(records, new)  # every binary first, so nothing is half-done
     changed = 0
     if current != new:
         for f, ph, mode in records:
