@@ -256,7 +256,7 @@ def requirements_for_prefix(prefix: Path) -> Requirements:
     files = 0
     modules: list[str] = []
     for rec_file in sorted(meta.glob("*.json")):
-        if rec_file.name == "condastack.json":
+        if rec_file.name.startswith("condastack."):
             continue
         try:
             rec = json.loads(rec_file.read_text())

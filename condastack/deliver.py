@@ -1,0 +1,232 @@
+"""`condastack install`: put an archive's env on a shared file system for a cluster.
+
+Order matters, so that a bad archive never touches the prefix and running
+jobs never see a half-updated env:
+
+1. verify the archive's sha256 against ARCHIVE.sha256 and ARCHIVE.manifest.json
+   (before anything is written);
+2. unpack into a new temporary sibling of the prefix (`unpack.unpack_archive`),
+   relocate it for the final prefix, and check it against the manifest
+   (file count, packages);
+3. write activate.sh / deactivate.sh into it;
+4. swap it into place (`fsutil.swap_dir`: renameat2 RENAME_EXCHANGE), so the
+   path flips from the old tree to the new one in one step. Processes already
+   running keep the files they have open or mapped.
+
+A SquashFS image is not unpacked: it is copied (atomically) next to its mount
+point, and the squashfuse and Apptainer lines that mount it are returned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import CondastackError
+from .fsutil import (TMP_MARK, atomic_path, atomic_write_text, clean_stale_temporaries, file_lock, remove_path,
+                     require_free_space, sha256_file, swap_dir)
+
+# Not *.json: tools that read conda-meta/*.json as package records must not see it.
+INSTALL_RECORD = "conda-meta/condastack.install"
+
+
+@dataclass
+class Verified:
+    """An archive whose bytes match both of its sidecars."""
+
+    archive: Path
+    sha256: str
+    manifest: dict
+
+
+@dataclass
+class InstallResult:
+    prefix: Path
+    format: str
+    sha256: str
+    lock_hash: str | None
+    replaced: bool  # an older install was swapped out
+    file_count: int = 0
+    image: Path | None = None  # squashfs: where the image now lives
+    mount_lines: list[str] = field(default_factory=list)
+    activate: Path | None = None
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _sidecar(archive: Path, suffix: str) -> Path:
+    return archive.with_name(archive.name + suffix)
+
+
+def verify_archive(archive: Path) -> Verified:
+    """Check ARCHIVE against ARCHIVE.sha256 and ARCHIVE.manifest.json; read-only."""
+    archive = Path(archive).absolute()
+    if not archive.is_file():
+        raise CondastackError(f"{archive}: no such archive.")
+    sha_file, man_file = _sidecar(archive, ".sha256"), _sidecar(archive, ".manifest.json")
+    for f in (sha_file, man_file):
+        if not f.is_file():
+            raise CondastackError(
+                f"{archive}: {f.name} is missing beside it, so the archive cannot be verified. Copy the archive "
+                "together with its .sha256 and .manifest.json files (as `condastack pack` writes them)."
+            )
+    words = sha_file.read_text().split()
+    if not words or len(words[0]) != 64:
+        raise CondastackError(f"{sha_file}: not a sha256sum line ('<64 hex digits>  {archive.name}').")
+    expected = words[0].lower()
+    try:
+        manifest = json.loads(man_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CondastackError(f"{man_file}: unreadable manifest ({e}). Re-copy it from where the archive was packed.") \
+            from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
+        raise CondastackError(f"{man_file}: not a condastack manifest (format_version 1). Re-pack the env with "
+                              "this condastack version.")
+    if str(manifest.get("sha256", "")).lower() != expected:
+        raise CondastackError(
+            f"{archive}: {sha_file.name} ({expected[:16]}…) and {man_file.name} "
+            f"({str(manifest.get('sha256'))[:16]}…) disagree: they belong to different archives. Re-copy all "
+            "three files from the same `condastack pack` run."
+        )
+    size = archive.stat().st_size
+    if manifest.get("size") is not None and int(manifest["size"]) != size:
+        raise CondastackError(
+            f"{archive}: is {size} bytes but its manifest says {manifest['size']}: the copy is truncated or "
+            "tampered with. Nothing was installed; copy the archive again."
+        )
+    actual = sha256_file(archive)
+    if actual != expected:
+        raise CondastackError(
+            f"{archive}: sha256 mismatch: the file hashes to {actual}, but {sha_file.name} says {expected}. "
+            "The archive is corrupt or was tampered with; nothing was installed. Copy it again from where it "
+            "was packed."
+        )
+    return Verified(archive=archive, sha256=actual, manifest=manifest)
+
+
+def check_against_manifest(prefix: Path, manifest: dict) -> int:
+    """Compare an unpacked tree with its manifest: file count and installed packages."""
+    count = 0
+    for _root, dirs, files in os.walk(prefix):
+        count += len(files) + sum(1 for d in dirs if os.path.islink(os.path.join(_root, d)))
+    want = manifest.get("file_count")
+    if want is not None and count != int(want):
+        raise CondastackError(
+            f"{manifest.get('archive')}: unpacked {count} files but the manifest lists {want}; the archive does "
+            "not match its manifest. Nothing was installed; re-pack and copy again."
+        )
+    have = set()
+    for rec in (prefix / "conda-meta").glob("*.json"):
+        if rec.name == "condastack.json":
+            continue
+        data = json.loads(rec.read_text())
+        have.add((data.get("name"), data.get("version"), data.get("build")))
+    want_pk = {(p.get("name"), p.get("version"), p.get("build")) for p in manifest.get("packages") or []}
+    if want_pk and have != want_pk:
+        missing = sorted(f"{n}-{v}-{b}" for n, v, b in want_pk - have)
+        extra = sorted(f"{n}-{v}-{b}" for n, v, b in have - want_pk)
+        raise CondastackError(
+            f"{manifest.get('archive')}: the unpacked packages differ from the manifest (missing: "
+            f"{', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'}). Nothing was installed."
+        )
+    return count
+
+
+# --------------------------------------------------------------------------- install
+
+
+def install_archive(archive: Path, prefix: Path, *, image: Path | None = None) -> InstallResult:
+    """Install ARCHIVE at PREFIX (see the module docstring); a squashfs image is copied, not unpacked."""
+    verified = verify_archive(archive)  # before anything is written
+    prefix = Path(os.path.abspath(prefix))
+    fmt = verified.manifest.get("format")
+    if fmt == "squashfs":
+        return _install_squashfs(verified, prefix, image)
+    if fmt not in ("tar.zst", "tar.gz"):
+        raise CondastackError(f"{verified.archive}: unknown archive format {fmt!r} in its manifest.")
+    if image is not None:
+        raise CondastackError("--image is only for squashfs archives.")
+    if prefix.exists() and not prefix.is_dir():
+        raise CondastackError(f"{prefix}: exists and is not a folder; choose another --prefix.")
+    if prefix.is_dir() and any(prefix.iterdir()) and not (prefix / "conda-meta").is_dir():
+        raise CondastackError(
+            f"{prefix}: exists, is not empty and is not a conda env; refusing to replace it. Choose an empty or "
+            "new --prefix, or remove it first."
+        )
+    from .unpack import relocate, unpack_archive
+
+    parent = prefix.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    need = int(verified.manifest.get("bytes_unpacked") or 0)
+    require_free_space(parent, need, f"installing {verified.archive.name}")
+    with file_lock(parent / f".{prefix.name}.condastack-install.lock"):
+        clean_stale_temporaries(parent, f"{prefix.name}.new")
+        stage = parent / f"{TMP_MARK}{prefix.name}.new.{os.getpid()}"
+        remove_path(stage)
+        try:
+            unpack_archive(verified.archive, stage)
+            relocate(stage, as_prefix=prefix)  # the files must name the final path, not the stage
+            count = check_against_manifest(stage, verified.manifest)
+            _write_install_record(stage, verified)
+            from .module import write_activation_scripts
+
+            act, _ = write_activation_scripts(stage, final_prefix=prefix)
+            replaced = (prefix / "conda-meta").is_dir()
+            if prefix.is_dir() and not replaced:
+                prefix.rmdir()  # an empty folder made ready by an admin
+            swap_dir(stage, prefix)
+        finally:
+            remove_path(stage)
+    return InstallResult(prefix=prefix, format=fmt, sha256=verified.sha256,
+                         lock_hash=verified.manifest.get("lock_hash"), replaced=replaced, file_count=count,
+                         activate=prefix / act.name)
+
+
+def _write_install_record(env: Path, verified: Verified) -> None:
+    m = verified.manifest
+    record = {"archive": verified.archive.name, "sha256": verified.sha256, "format": m.get("format"),
+              "layer": m.get("layer"), "stack": m.get("stack"), "platform": m.get("platform"),
+              "lock_hash": m.get("lock_hash"), "installed_by": f"condastack {__version__}",
+              "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_text(env / INSTALL_RECORD, json.dumps(record, indent=1) + "\n")
+
+
+def _install_squashfs(verified: Verified, prefix: Path, image: Path | None) -> InstallResult:
+    dest = verified.manifest.get("dest_prefix")
+    if dest and os.path.normpath(dest) != str(prefix):
+        raise CondastackError(
+            f"{verified.archive}: this squashfs image was packed for {dest} and is read-only, so it can only be "
+            f"mounted there, not at {prefix}. Pass --prefix {dest}, or re-pack with --dest-prefix {prefix}."
+        )
+    target = Path(os.path.abspath(image)) if image else prefix.with_name(prefix.name + ".squashfs")
+    require_free_space(target.parent if target.parent.exists() else Path("/"), verified.archive.stat().st_size,
+                       f"copying {verified.archive.name}")
+    replaced = target.exists()
+    # A mounted older image keeps its inode: the rename only changes what the next mount sees.
+    with atomic_path(target) as tmp:
+        shutil.copyfile(verified.archive, tmp)
+        if sha256_file(tmp) != verified.sha256:
+            raise CondastackError(f"{target}: the copy does not match the archive's sha256; the file system "
+                                  "corrupted it. Nothing was replaced.")
+        os.chmod(tmp, 0o444)
+    for suffix in (".sha256", ".manifest.json"):
+        atomic_write_text(_sidecar(target, suffix),
+                          _sidecar(verified.archive, suffix).read_text().replace(verified.archive.name, target.name))
+    lines = mount_lines(target, prefix)
+    return InstallResult(prefix=prefix, format="squashfs", sha256=verified.sha256,
+                         lock_hash=verified.manifest.get("lock_hash"), replaced=replaced, image=target,
+                         mount_lines=lines)
+
+
+def mount_lines(image: Path, prefix: Path) -> list[str]:
+    """Commands that make the image's env appear at its prefix."""
+    return [
+        f"mkdir -p {prefix} && squashfuse {image} {prefix}    # unmount: fusermount -u {prefix}",
+        f"apptainer exec --bind {image}:{prefix}:image-src=/ CONTAINER.sif {prefix}/bin/python ...",
+    ]
