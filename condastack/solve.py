@@ -119,6 +119,8 @@ def to_match_spec(dep: object) -> str:
     build = dep.build  # type: ignore[attr-defined]
     channel = dep.conda_channel  # type: ignore[attr-defined]
     out = f"{channel}::{name}" if channel else name
+    if version and not any(c in version for c in "=<>!~*,|"):
+        version = f"=={version}"  # conda-lock normalises `==1.0` and `=1.0=build` to a bare, exact `1.0`
     if version and version != "*":
         out += f" {version}"
         if build:
