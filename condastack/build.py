@@ -472,15 +472,18 @@ def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Pat
                               "python in its conda part. Add python and pip to the layer and re-lock.")
     req = tmp.parent / f"{TMP_MARK}{final.name}.{os.getpid()}.requirements.txt"
     req.write_text("".join(f"{w.name} @ {p.as_uri()} --hash=sha256:{w.sha256}\n" for w, p in zip(wheels, paths)))
+    # No bytecode from this run: it would record the temporary path as co_filename.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PYTHONNOUSERSITE="1")
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1")
     try:
         p = subprocess.run(
             [str(python), "-c", _PIP_AS_FINAL, str(final / "bin" / "python"), "install", "--no-deps",
              "--require-hashes", "--no-index", "--disable-pip-version-check", "--no-warn-script-location",
-             "-r", str(req)],
+             "--no-compile", "-r", str(req)],
             capture_output=True, text=True, env=env,
         )
+        if p.returncode == 0:
+            p = _compile_as_final(python, tmp, final, wheels, env)
     finally:
         req.unlink(missing_ok=True)
     if p.returncode != 0:
@@ -492,6 +495,23 @@ def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Pat
                                   "the layer and re-lock.")
         tail = " | ".join(out.splitlines()[-6:])
         raise CondastackError(f"{final}: pip could not install the locked wheels: {tail}")
+
+
+def _compile_as_final(python: Path, tmp: Path, final: Path, wheels: tuple | list,
+                      env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Byte-compile what pip installed, recording the final paths in the .pyc files."""
+    names = {canonical_name(w.name) for w in wheels}
+    sources: list[str] = []
+    for sp in site_packages_dirs(tmp):
+        for d in sp.glob("*.dist-info"):
+            if canonical_name(d.name[: -len(".dist-info")].partition("-")[0]) not in names:
+                continue
+            for line in (d / "RECORD").read_text().splitlines():
+                rel = line.split(",", 1)[0]
+                if rel.endswith(".py"):
+                    sources.append(os.path.normpath(sp / rel))
+    return subprocess.run([str(python), "-m", "compileall", "-q", "-s", str(tmp), "-p", str(final), "-i", "-"],
+                          input="\n".join(sources) + "\n", capture_output=True, text=True, env=env)
 
 
 # --------------------------------------------------------------------------- micromamba
