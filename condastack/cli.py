@@ -257,9 +257,13 @@ def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) 
 @click.option("--prefix", type=click.Path(path_type=Path), help="Check an installed env instead of a layer.")
 @click.option("--target", type=click.Path(path_type=Path),
               help="File system to check for free space (default: the prefix, or the project folder).")
+@click.option("--min-free-gb", type=float, help="Free space required on --target (default: 1 GB, or the env's "
+              "size on its own file system).")
+@click.option("--min-free-inodes", type=int, help="Free inodes required (default: 10000, or the env's file count).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None, as_json: bool) -> None:
+def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None, min_free_gb: float | None,
+           min_free_inodes: int | None, as_json: bool) -> None:
     """Check this node against what LAYER (or the env at --prefix) needs; exit 1 if a check fails.
 
     Honours CONDA_OVERRIDE_CUDA / CONDA_OVERRIDE_GLIBC as conda does.
@@ -268,7 +272,9 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
 
     from .doctor import machine_summary, run_doctor
 
-    report = run_doctor(root=obj.root, layer=layer, prefix=prefix, target=target)
+    report = run_doctor(root=obj.root, layer=layer, prefix=prefix, target=target,
+                        min_free_bytes=None if min_free_gb is None else int(min_free_gb * 1e9),
+                        min_free_inodes=min_free_inodes)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -433,13 +439,14 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
               help="The --dest-prefix archive to use (default: found in pack/).")
 @click.option("--platform", help="Target platform (default: the stack's first).")
 @click.option("--command", "command", metavar="CMD", help="The image's CMD (default: /bin/sh).")
-@click.option("--ld-library-path", is_flag=True, help="Also set LD_LIBRARY_PATH=<prefix>/lib (not needed for "
-              "conda packages, which find their libraries through RPATH).")
+@click.option("--ld-library-path/--no-ld-library-path", default=None,
+              help="Set LD_LIBRARY_PATH=<prefix>/lib (default: only if a program in envs/LAYER/bin needs a "
+              "library of the env and has no RPATH; conda packages normally have one).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, oci: Path | None,
               oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
-              platform: str | None, command: str | None, ld_library_path: bool, as_json: bool) -> None:
+              platform: str | None, command: str | None, ld_library_path: bool | None, as_json: bool) -> None:
     """Thin container files for LAYER: Dockerfile.thin, an Apptainer definition, and with --oci an OCI archive."""
     from .container import make_container, shlex_command
 

@@ -164,6 +164,63 @@ def env_max_prefix_len(env: Path) -> int | None:
     return min(lengths) if lengths else None
 
 
+def _elf_dynamic(path: Path) -> tuple[list[str], bool] | None:
+    """(DT_NEEDED names, has RPATH or RUNPATH) of a 64-bit little-endian ELF file, None if not one."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+                return None
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            phdrs = f.read(phentsize * phnum)
+            loads, dyn = [], None
+            for i in range(phnum):
+                p_type, _, p_offset, p_vaddr, _, p_filesz, _, _ = struct.unpack_from("<IIQQQQQQ", phdrs, i * phentsize)
+                if p_type == 1:
+                    loads.append((p_vaddr, p_offset, p_filesz))
+                elif p_type == 2:
+                    dyn = (p_offset, p_filesz)
+            if dyn is None:
+                return [], False
+            f.seek(dyn[0])
+            raw = f.read(dyn[1])
+            entries = [struct.unpack_from("<qQ", raw, o) for o in range(0, len(raw) - 15, 16)]
+            strtab = next((v for t, v in entries if t == 5), None)
+            has_path = any(t in (15, 29) for t, _ in entries)
+            if strtab is None:
+                return [], has_path
+            off = next((o + strtab - va for va, o, sz in loads if va <= strtab < va + sz), None)
+            names: list[str] = []
+            for t, v in entries:
+                if t == 1 and off is not None:
+                    f.seek(off + v)
+                    names.append(f.read(256).split(b"\0", 1)[0].decode(errors="replace"))
+            return names, has_path
+    except (OSError, struct.error):
+        return None
+
+
+def env_needs_ld_library_path(env: Path) -> bool:
+    """True if a program in the env's bin/ needs a library from its lib/ but has no RPATH/RUNPATH.
+
+    conda packages find their libraries through RPATH ($ORIGIN/../lib), so this is
+    normally False and the image does not set LD_LIBRARY_PATH.
+    """
+    env = Path(env)
+    libs = {p.name for p in (env / "lib").glob("*.so*")} if (env / "lib").is_dir() else set()
+    for exe in sorted((env / "bin").iterdir()) if (env / "bin").is_dir() else []:
+        if exe.is_symlink() or not exe.is_file():
+            continue
+        dyn = _elf_dynamic(exe)
+        if dyn is not None and not dyn[1] and any(n in libs for n in dyn[0]):
+            return True
+    return False
+
+
 def read_archive(path: Path) -> PackedArchive:
     """Read an archive's `.sha256` and `.manifest.json` sidecars (sha256 is computed if absent)."""
     path = Path(path)
@@ -301,9 +358,13 @@ def default_layer(stack: Stack) -> str:
 
 def container_spec(root: Path, layer: str | None = None, *, prefix: str = DEFAULT_PREFIX,
                    base_image: str | None = None, platform: str | None = None, archive: Path | None = None,
-                   ld_library_path: bool = False, command: tuple[str, ...] = (),
+                   ld_library_path: bool | None = None, command: tuple[str, ...] = (),
                    user: str = DEFAULT_USER) -> ContainerSpec:
-    """Resolve the layer, its archive and the base image."""
+    """Resolve the layer, its archive and the base image.
+
+    `ld_library_path` None means: set it only if the built env (envs/LAYER) has a
+    program that needs it (see `env_needs_ld_library_path`).
+    """
     stack = load_stack(root)
     name = layer or default_layer(stack)
     stack.layer(name)  # unknown layer -> CondastackError naming the known ones
@@ -317,6 +378,8 @@ def container_spec(root: Path, layer: str | None = None, *, prefix: str = DEFAUL
     prefix = check_prefix(prefix)
     packed = find_archive(stack.root, name, plat, prefix, archive)
     base = base_image or default_base_image(stack.virtual_packages_for(plat))
+    if ld_library_path is None:
+        ld_library_path = env_needs_ld_library_path(stack.root / "envs" / name)
     return ContainerSpec(stack_name=stack.name, layer=name, platform=plat, prefix=prefix, base_image=base,
                          archive=packed, user=user, ld_library_path=ld_library_path, command=tuple(command))
 
@@ -670,7 +733,7 @@ class ContainerResult:
 def make_container(root: Path | str, layer: str | None = None, *, base_image: str | None = None,
                    prefix: str = DEFAULT_PREFIX, oci: Path | None = None, oci_base: str | None = None,
                    apptainer: Path | None = None, dockerfile: Path | None = None, archive: Path | None = None,
-                   platform: str | None = None, ld_library_path: bool = False,
+                   platform: str | None = None, ld_library_path: bool | None = None,
                    command: tuple[str, ...] = (), user: str = DEFAULT_USER) -> ContainerResult:
     """`condastack container`: write Dockerfile.thin, the Apptainer definition and, with `oci`, an OCI archive.
 
@@ -679,6 +742,7 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
     pack/<layer>.def (or `apptainer`), next to the archive.
     """
     root = Path(root).resolve()
+    explicit_files = dockerfile is not None or apptainer is not None
     spec = container_spec(root, layer, prefix=prefix, base_image=base_image, platform=platform, archive=archive,
                           ld_library_path=ld_library_path, command=command, user=user)
     if dockerfile is None:
@@ -687,9 +751,10 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
     if apptainer is None:
         apptainer = spec.archive.path.parent / f"{spec.layer}.def"
     # The Dockerfile and the definition extract with the base image's tar, which reads gzip only;
-    # the OCI writer reads any of our formats. So a .tar.zst archive is fine for --oci alone.
+    # the OCI writer reads any of our formats. So a .tar.zst archive is fine for --oci alone
+    # (then no Dockerfile or definition is written unless asked for, which is an error).
     texts: dict[Path, str] = {}
-    if spec.archive.fmt == "tar.gz" or oci is None:
+    if spec.archive.fmt == "tar.gz" or oci is None or explicit_files:
         texts[Path(dockerfile)] = render_dockerfile(spec, root)
         texts[Path(apptainer)] = render_apptainer(spec, Path(apptainer).parent)
     oci_result = write_oci_archive(spec, Path(oci), base=oci_base) if oci is not None else None

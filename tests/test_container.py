@@ -467,6 +467,11 @@ def test_oci_reads_zstd_archive_and_is_reproducible(project: Path, tmp_path: Pat
     # but the Dockerfile and definition need gzip, and say how to get it
     with pytest.raises(CondastackError, match="--format tar.gz --dest-prefix /opt/env"):
         ct.make_container(project, "app", archive=zst)
+    with pytest.raises(CondastackError, match="--format tar.gz --dest-prefix /opt/env"):
+        ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar", dockerfile=tmp_path / "D")
+    assert not (tmp_path / "o.tar").exists() and not (tmp_path / "D").exists()
+    only = ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar")  # --oci alone is fine
+    assert only.dockerfile is None and only.oci is not None and only.oci.diff_id == a.diff_id
 
 
 # --------------------------------------------------------------------------- bad input
@@ -522,3 +527,18 @@ def test_bad_oci_base_keeps_existing_output(project: Path, tmp_path: Path) -> No
 def test_root_user_refused(project: Path) -> None:
     with pytest.raises(CondastackError, match="non-root"):
         ct.container_spec(project, "app", user="0:0")
+
+
+def test_ld_library_path_only_where_needed(project: Path, tmp_path: Path) -> None:
+    """Set only when a program of the env needs one of its libraries and has no RPATH."""
+    _have("patchelf")
+    assert not ct.env_needs_ld_library_path(project / "envs" / "app")  # hello has $ORIGIN/../lib
+    copy = tmp_path / "proj"
+    shutil.copytree(project, copy, symlinks=True)
+    subprocess.run(["patchelf", "--remove-rpath", str(copy / "envs/app/bin/hello")], check=True)
+    assert ct.env_needs_ld_library_path(copy / "envs" / "app")
+    assert run_cli("-C", copy, "container", "app").returncode == 0
+    assert f"LD_LIBRARY_PATH={PREFIX}/lib" in (copy / "Dockerfile.thin").read_text()
+    assert f'export LD_LIBRARY_PATH="{PREFIX}/lib"' in (copy / "pack" / "app.def").read_text()
+    assert run_cli("-C", copy, "container", "app", "--no-ld-library-path").returncode == 0
+    assert "LD_LIBRARY_PATH" not in (copy / "Dockerfile.thin").read_text()
