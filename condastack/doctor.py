@@ -462,8 +462,13 @@ def check_imports(req: Requirements) -> Check:
 
 
 def run_doctor(*, root: Path | None = None, layer: str | None = None, prefix: Path | None = None,
-               target: Path | None = None, node: Node | None = None) -> Report:
-    """Check this node against a layer of the stack at `root` or the env at `prefix`."""
+               target: Path | None = None, min_free_bytes: int | None = None, min_free_inodes: int | None = None,
+               node: Node | None = None) -> Report:
+    """Check this node against a layer of the stack at `root` or the env at `prefix`.
+
+    Free space is checked on `target` (default: the prefix's file system, where an
+    update needs room for a second copy of the env; else the project folder).
+    """
     if (layer is None) == (prefix is None):
         raise CondastackError("doctor: name a LAYER of the stack or an installed env with --prefix (not both).")
     node = node or detect_node()
@@ -472,6 +477,10 @@ def run_doctor(*, root: Path | None = None, layer: str | None = None, prefix: Pa
     else:
         req = requirements_for_layer(Path(root or "."), layer or "", node.platform)
         req.platform = node.platform
+    if target is not None:  # e.g. a job's scratch: the env's own size says nothing about it
+        req.need_bytes, req.need_inodes = DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_INODES
+    req.need_bytes = req.need_bytes if min_free_bytes is None else min_free_bytes
+    req.need_inodes = req.need_inodes if min_free_inodes is None else min_free_inodes
     fs = Path(target) if target is not None else (req.prefix if req.prefix else Path(root or ".").resolve())
     while not fs.exists() and fs != fs.parent:
         fs = fs.parent  # the file system a future install would land on

@@ -30,7 +30,7 @@ def _vp(name: str, version: str) -> rattler.GenericVirtualPackage:
 
 def _build_env(channel: Path, prefix: Path, pkgs: Path, specs: list[str], lock_hash: str) -> Path:
     recs = asyncio.run(rattler.solve([channel.as_uri()], specs, platforms=["linux-64", "noarch"],
-                                     virtual_packages=[_vp("__glibc", "2.28")]))
+                                     virtual_packages=[_vp("__glibc", "2.28"), _vp("__cuda", "12.6")]))
     asyncio.run(rattler.install(recs, str(prefix), cache_dir=str(pkgs)))
     (prefix / "conda-meta" / "condastack.json").write_text(json.dumps(
         {"layer": "app", "stack": "verl", "platform": "linux-64", "lock_hash": lock_hash,
@@ -47,10 +47,11 @@ def _build_env(channel: Path, prefix: Path, pkgs: Path, specs: list[str], lock_h
 
 @pytest.fixture(scope="module")
 def archives(channel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """v1 (libfoo 1) and a newer v2 (libfoo 2 + noarch-data) as tar.zst; v1 also as squashfs."""
+    """v1 (libfoo 1, gpu-kernels built for CUDA 12) and a newer v2 (libfoo 2 + noarch-data) as tar.zst;
+    v1 also as squashfs."""
     base = tmp_path_factory.mktemp("deliver")
     pkgs = base / "pkgs"
-    v1 = _build_env(channel, base / "build" / "v1", pkgs, ["python", "hello", "libfoo 1.*"], LOCK1)
+    v1 = _build_env(channel, base / "build" / "v1", pkgs, ["python", "hello", "libfoo 1.*", "gpu-kernels"], LOCK1)
     v2 = _build_env(channel, base / "build" / "v2", pkgs, ["python", "hello", "libfoo 2.*", "noarch-data"], LOCK2)
     out = base / "dist"
     sq_prefix = base / "sq" / "envs" / "verl" / "app"
@@ -352,3 +353,45 @@ def test_environment_modules_load_and_unload(installed: Path, tmp_path: Path) ->
     lines = out.stdout.splitlines()
     assert f"first={installed}/bin mode=loud home={installed}/share/hello" in lines, out.stdout + out.stderr
     assert "path-restored" in lines and "after home=unset" in lines
+
+
+# --------------------------------------------------------------------------- the Slurm example
+
+
+JOB = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "job.sh"
+
+
+def _run_job(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    from conftest import CLI
+
+    base = {"HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(tmp_path),
+            "SRUN": "", "CONDASTACK": " ".join(CLI)}
+    return subprocess.run(["bash", str(JOB), "hello"], capture_output=True, text=True, env={**base, **env},
+                          timeout=300)
+
+
+@pytest.mark.skipif(not _lmod_available(), reason="Lmod is not installed")
+def test_slurm_job_runs_doctor_first_with_the_module(installed: Path, tmp_path: Path) -> None:
+    mods = tmp_path / "modulefiles"
+    run_cli("module", installed, "--name", "verl/app", "--version", "0.5", "-o", mods)
+    common = {"MODULE_DIR": str(mods), "MODULE": "verl/app/0.5"}
+    # gpu-kernels needs __cuda >=12: with the driver given as 12.6 the job runs the command
+    ok = _run_job(tmp_path, **common, CONDA_OVERRIDE_CUDA="12.6")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"prefix={installed}" in ok.stdout and "all checks passed" in ok.stdout
+    # with an old driver it stops before the command, saying why
+    bad = _run_job(tmp_path, **common, CONDA_OVERRIDE_CUDA="11.8")
+    assert bad.returncode == 1 and "prefix=" not in bad.stdout
+    assert "cannot run" in bad.stderr and "FAIL" in bad.stdout
+
+
+def test_slurm_job_with_the_squashfs_image(archives: dict, tmp_path: Path) -> None:
+    prefix = archives["sq_prefix"]
+    image = install_archive(archives["sq"], prefix).image
+    if shutil.which("squashfuse") is None or not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        pytest.skip("squashfuse or /dev/fuse not available")
+    res = _run_job(tmp_path, ENV_MODE="squashfs", ENV_PREFIX=str(prefix), IMAGE=str(image),
+                   CONDA_OVERRIDE_CUDA="12.6")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"prefix={prefix}" in res.stdout and "all checks passed" in res.stdout
+    assert not os.path.ismount(prefix)  # the job unmounted what it mounted
