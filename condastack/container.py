@@ -400,7 +400,7 @@ def _need_gzip(spec: ContainerSpec) -> None:
         )
 
 
-def render_dockerfile(spec: ContainerSpec, context: Path) -> str:
+def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | None = None) -> str:
     """Dockerfile.thin: FROM base, ADD (extract) the archive at the prefix, env, labels, non-root USER.
 
     `context` is the docker build context (the project folder); the archive must lie inside it.
@@ -414,13 +414,14 @@ def render_dockerfile(spec: ContainerSpec, context: Path) -> str:
         ) from None
     env = spec.env("$PATH")
     cmd = list(spec.command) or ["/bin/sh"]
+    df = os.path.relpath(Path(dockerfile).resolve(), Path(context).resolve()) if dockerfile else DOCKERFILE
     labels = " \\\n      ".join(f"{k}={_q(v)}" for k, v in spec.labels.items())
     envs = " \\\n    ".join(f"{k}={v}" for k, v in env.items())
     return f"""\
 # Thin container for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).
 # Written by `condastack container`; regenerate it instead of editing it.
 # The archive comes from `{pack_command(spec.layer, spec.prefix)}`.
-# Build from the project folder:  docker build -f {DOCKERFILE} -t {spec.stack_name}-{spec.layer} .
+# Build in the project folder (the context):  docker build -f {df} -t {spec.stack_name}-{spec.layer} .
 FROM {spec.base_image}
 
 LABEL {labels}
@@ -755,7 +756,7 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
     # (then no Dockerfile or definition is written unless asked for, which is an error).
     texts: dict[Path, str] = {}
     if spec.archive.fmt == "tar.gz" or oci is None or explicit_files:
-        texts[Path(dockerfile)] = render_dockerfile(spec, root)
+        texts[Path(dockerfile)] = render_dockerfile(spec, root, Path(dockerfile))
         texts[Path(apptainer)] = render_apptainer(spec, Path(apptainer).parent)
     oci_result = write_oci_archive(spec, Path(oci), base=oci_base) if oci is not None else None
     for path, text in texts.items():
