@@ -29,7 +29,7 @@ from .errors import CondastackError
 Status = Literal["pass", "fail", "warn"]
 
 # Defaults for the space check when no env size is known (a layer, not a prefix).
-DEFAULT_MIN_FREE_BYTES = 1 << 30
+DEFAULT_MIN_FREE_BYTES = 1_000_000_000
 DEFAULT_MIN_FREE_INODES = 10_000
 IMPORT_TIMEOUT_S = 120
 _MAX_IMPORTS = 40
