@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CondastackError
-from .fsutil import TMP_MARK, _fsync_dir, remove_path
+from .fsutil import TMP_MARK, _fsync_dir, clean_stale_temporaries, remove_path
 
 PREFIXES_FILE = "conda-meta/condastack.prefixes"
 _CHUNK = 1 << 20
@@ -271,6 +271,7 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CondastackError(f"{dest}: cannot create its parent folder: {e.strerror}.") from None
+    clean_stale_temporaries(dest.parent, dest.name)  # left by a killed unpack
     tmp = dest.parent / f"{TMP_MARK}{dest.name}.{os.getpid()}"
     remove_path(tmp)
     tmp.mkdir()
@@ -279,9 +280,7 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
         _extract(archive, tmp, guard)
         # An archive with no placeholder records (not an env) is only extracted.
         changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
-        if dest.exists():
-            dest.rmdir()  # empty, checked above
-        os.rename(tmp, dest)
+        os.rename(tmp, dest)  # replaces an empty DEST in one step (rename(2)), so it is never absent
         _fsync_dir(dest.parent)
     finally:
         remove_path(tmp)
@@ -289,9 +288,10 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
 
 
 def _extract(archive: Path, into: Path, guard: _Guard) -> None:
-    dec = subprocess.Popen(_decompressor(archive), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Large pipe buffers: headers are read and forwarded 512 bytes at a time.
+    dec = subprocess.Popen(_decompressor(archive), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=_CHUNK)
     tar = subprocess.Popen(["tar", "-xf", "-", "-C", str(into), "--no-same-owner", "--delay-directory-restore"],
-                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=_CHUNK)
     errs: dict[str, bytes] = {}
     threads = [threading.Thread(target=lambda p=p, k=k: errs.__setitem__(k, p.stderr.read()))
                for k, p in (("dec", dec), ("tar", tar))]

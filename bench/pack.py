@@ -1,0 +1,154 @@
+"""Benchmark `condastack pack` / `unpack` against raw tar|zstd and conda-pack, in one run.
+
+    python bench/pack.py [--keep]
+
+On the realistic env of bench/realistic.py (>= 1 GB, >= 50k files), with a
+warm page cache, it times:
+  - condastack pack (tar.zst, defaults) and its peak memory (sum of the RSS of
+    condastack and its tar/zstd children, sampled every 20 ms);
+  - raw `tar -cf - . | zstd -T0 -3` of the same prefix;
+  - `conda-pack` with its defaults (tar.gz);
+  - condastack unpack vs raw `zstd -dc | tar -x` of the same archive;
+and prints the ratios the issue sets as targets.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from realistic import realistic_env, tree_size  # noqa: E402
+
+PY = sys.executable
+CLI = [PY, str(REPO / "cli.py")]
+
+
+def _tree_rss_kb(root: int) -> int:
+    """Sum of VmRSS of `root` and all its descendants."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            with open(f"/proc/{d}/statm") as f:
+                pages = int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents[int(d)] = ppid
+        rss[int(d)] = pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    tree = {root}
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                changed = True
+    return sum(rss.get(p, 0) for p in tree)
+
+
+def timed(cmd: list[str] | str, *, shell: bool = False, env: dict | None = None) -> tuple[float, int]:
+    """Wall seconds and peak process-tree RSS (kB) of one command."""
+    peak = 0
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss_kb(p.pid))
+            time.sleep(0.02)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    _, err = p.communicate()
+    wall = time.perf_counter() - t0
+    done.set()
+    th.join()
+    if p.returncode != 0:
+        raise SystemExit(f"failed ({p.returncode}): {cmd}\n{err.decode(errors='replace')}")
+    return wall, peak
+
+
+def main() -> None:
+    env = realistic_env()
+    n_files, size = tree_size(env)
+    work = Path(tempfile.mkdtemp(prefix="condastack-bench-pack-", dir=os.environ.get("BENCH_TMP")))
+    print(f"env: {env}: {n_files} files, {size / 1e9:.2f} GB; cpus: {os.cpu_count()}; work: {work}", flush=True)
+    try:
+        subprocess.run(f"tar -C {env} -cf - . > /dev/null", shell=True, check=True)  # warm the page cache
+        cs = work / "cs.tar.zst"
+        t_pack, rss_pack = timed([*CLI, "pack", "--prefix", str(env), "-o", str(cs)])
+        raw = work / "raw.tar.zst"
+        t_raw, _ = timed(f"tar -C {env} -cf - . | zstd -T0 -3 -q -o {raw}", shell=True)
+        cp = work / "cp.tar.gz"
+        # conda-pack reads every conda-meta/*.json as a package record; ours is not one.
+        ours = env / "conda-meta" / "condastack.json"
+        aside = env / "conda-meta" / "condastack.json.bench-aside"
+        os.rename(ours, aside)
+        try:
+            conda_pack = str(Path(PY).parent / "conda-pack")
+            t_cp, _ = timed([conda_pack, "-p", str(env), "-o", str(cp), "--quiet"])
+        finally:
+            os.rename(aside, ours)
+
+        d_cs, d_raw = work / "u-cs" / "env", work / "u-raw"
+        t_unpack, rss_unpack = timed([*CLI, "unpack", str(cs), str(d_cs)])
+        d_raw.mkdir()
+        t_unraw, _ = timed(f"zstd -dc {cs} | tar -xf - -C {d_raw}", shell=True)
+        ok = subprocess.run([str(d_cs / "bin" / "rt-tool1")], capture_output=True, text=True).stdout.strip()
+        assert ok == f"tool1 prefix={d_cs}", ok
+
+        s_cs, s_raw, s_cp = cs.stat().st_size, raw.stat().st_size, cp.stat().st_size
+        rows = [
+            ("condastack pack (tar.zst -3, all cores)", t_pack, s_cs, rss_pack),
+            ("raw tar | zstd -T0 -3", t_raw, s_raw, None),
+            ("conda-pack (defaults, tar.gz)", t_cp, s_cp, None),
+            ("condastack unpack", t_unpack, None, rss_unpack),
+            ("raw zstd -dc | tar -x", t_unraw, None, None),
+        ]
+        print(f"\n{'step':44} {'wall s':>8} {'size MB':>9} {'peak RSS MB':>12}")
+        for name, t, s, r in rows:
+            print(f"{name:44} {t:8.2f} {'' if s is None else f'{s / 1e6:9.1f}':>9} "
+                  f"{'' if r is None else f'{r / 1024:12.0f}':>12}")
+        checks = [
+            ("pack / raw tar|zstd", t_pack / t_raw, "<= 1.25", t_pack / t_raw <= 1.25),
+            ("conda-pack / pack (speed-up)", t_cp / t_pack, ">= 3", t_cp / t_pack >= 3),
+            ("pack size / conda-pack tar.gz", s_cs / s_cp, "<= 1.0", s_cs <= s_cp),
+            ("pack peak RSS MB", rss_pack / 1024, "<= 300", rss_pack / 1024 <= 300),
+            ("unpack / raw zstd -dc|tar -x", t_unpack / t_unraw, "<= 1.25", t_unpack / t_unraw <= 1.25),
+        ]
+        print()
+        for name, v, target, met in checks:
+            print(f"{name:44} {v:8.2f}   target {target:8} {'met' if met else 'MISSED'}")
+        print("\n```markdown")
+        print(f"Realistic env: {n_files} files, {size / 1e9:.2f} GB, {os.cpu_count()} cores, warm page cache, one run.\n")
+        print("| step | wall (s) | archive (MB) | peak RSS (MB) |\n|---|---|---|---|")
+        for name, t, s, r in rows:
+            print(f"| {name} | {t:.2f} | {'' if s is None else f'{s / 1e6:.0f}'} | {'' if r is None else f'{r / 1024:.0f}'} |")
+        print("\n| ratio | value | target | |\n|---|---|---|---|")
+        for name, v, target, met in checks:
+            print(f"| {name} | {v:.2f} | {target} | {'met' if met else 'missed'} |")
+        print("```")
+    finally:
+        if "--keep" not in sys.argv:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
