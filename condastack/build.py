@@ -406,12 +406,28 @@ def _parallel(fn: Callable[[Any], None], items: list) -> None:
             f.result()
 
 
+def _extracted_matches(record: Any) -> bool:
+    """Whether rattler's cache already holds this exact package (so it will not fetch it).
+
+    Reads rattler's `<name-version-build>.lock` (a revision then the sha256); any
+    surprise in that layout answers False, which only costs the slower safe path.
+    """
+    key = f"{record.name.normalized}-{record.version}-{record.build}"
+    try:
+        head = (pkgs_dir() / f"{key}.lock").read_bytes()[:40]
+    except OSError:
+        return False
+    return len(head) == 40 and head[8:] == bytes(record.sha256) and (pkgs_dir() / key / "info" / "index.json").is_file()
+
+
 def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, final: Path) -> None:
     import rattler
 
     from .solve import with_url
 
-    local = [with_url(r, a.as_uri()) for r, a in zip(records, archives)]
+    # rattler gets our verified archive as the URL of every package it would have to
+    # fetch; packages already extracted in its cache keep their locked URL.
+    local = [r if _extracted_matches(r) else with_url(r, a.as_uri()) for r, a in zip(records, archives)]
     try:
         asyncio.run(rattler.install(local, str(tmp), cache_dir=str(pkgs_dir()), installed_packages=[],
                                     alternative_target_prefix=str(final), show_progress=False))
@@ -421,15 +437,25 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
             raise OSError(errno.ENOSPC, text) from None
         raise CondastackError(f"{final}: linking the conda packages failed: {text}. Nothing was changed at "
                               f"{final}.") from None
-    # conda-meta should name where a package came from, not our cache.
-    by_file = {r.file_name: r for r in records}
-    meta = tmp / "conda-meta"
-    for r in records:
-        mf = meta / f"{r.name.normalized}-{r.version}-{r.build}.json"
-        data = json.loads(mf.read_text())
-        orig = by_file[data.get("fn", r.file_name)]
+    for orig, used in zip(records, local):
+        if used is not orig:
+            _restore_origin(tmp / "conda-meta" / f"{orig.name.normalized}-{orig.version}-{orig.build}.json",
+                            used, orig)
+
+
+def _restore_origin(meta_file: Path, used: Any, orig: Any) -> None:
+    """conda-meta should name the locked URL, not our cache (a textual edit: these files reach 10+ MB)."""
+    text = meta_file.read_text()
+    patched = text
+    for key, a, b in (("url", used.url, orig.url), ("channel", used.channel, orig.channel)):
+        patched = patched.replace(f'"{key}": {json.dumps(a, ensure_ascii=False)}',
+                                  f'"{key}": {json.dumps(b, ensure_ascii=False)}', 1)
+    data = json.loads(patched) if patched != text else None
+    if data is None or data.get("url") != orig.url:  # unexpected formatting: do it the slow way
+        data = json.loads(text)
         data["url"], data["channel"] = orig.url, orig.channel
-        mf.write_text(json.dumps(data, indent=2))
+        patched = json.dumps(data, indent=2)
+    meta_file.write_text(patched)
 
 
 # --------------------------------------------------------------------------- pip
