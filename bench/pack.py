@@ -98,8 +98,8 @@ def main() -> None:
         t_raw, _ = timed(f"tar -C {env} -cf - . | zstd -T0 -3 -q -o {raw}", shell=True)
         cp = work / "cp.tar.gz"
         # conda-pack reads every conda-meta/*.json as a package record; ours is not one.
-        ours = env / "conda-meta" / "condastack.json"
-        aside = env / "conda-meta" / "condastack.json.bench-aside"
+        ours = env / "conda-meta" / "condastack.info"
+        aside = env / "conda-meta" / "condastack.info.bench-aside"
         os.rename(ours, aside)
         try:
             conda_pack = str(Path(PY).parent / "conda-pack")

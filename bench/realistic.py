@@ -12,7 +12,7 @@ $CONDASTACK_BENCH_CACHE (default ~/.cache/condastack-bench).
     realistic_channel() -> Path          the channel folder
     realistic_specs() -> list[str]       everything (base + app)
     realistic_base_specs(), realistic_app_specs()   for "app after base" benchmarks
-    realistic_env() -> Path              an installed env (with conda-meta/condastack.json)
+    realistic_env() -> Path              an installed env (with conda-meta/condastack.info)
 
     python bench/realistic.py            builds both and prints their paths and sizes
 """
@@ -154,7 +154,7 @@ def realistic_env() -> Path:
         prefix = folder / "env"
         recs = asyncio.run(rattler.solve([channel.as_uri()], realistic_specs(), platforms=["linux-64", "noarch"]))
         asyncio.run(rattler.install(recs, str(prefix), cache_dir=str(cache_dir() / "pkgs")))
-        (prefix / "conda-meta" / "condastack.json").write_text(json.dumps({
+        (prefix / "conda-meta" / "condastack.info").write_text(json.dumps({
             "layer": "app", "stack": "realistic", "platform": "linux-64", "lock_hash": _key(),
             "lockfile": None, "created_by": "bench/realistic.py"}))
 

@@ -38,7 +38,7 @@ from . import __version__
 from .errors import CondastackError
 from .fsutil import TMP_MARK, clean_stale_temporaries, file_lock, make_tempdir, remove_path, swap_dir
 
-MARKER = Path("conda-meta") / "condastack.json"
+MARKER = Path("conda-meta") / "condastack.info"
 CREATED_BY = f"condastack {__version__}"
 INSTALLERS = ("auto", "rattler", "micromamba")
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
@@ -214,7 +214,7 @@ def _is_empty_dir(path: Path) -> bool:
 
 
 def read_marker(prefix: Path) -> dict[str, Any] | None:
-    """The `conda-meta/condastack.json` of an environment, or None."""
+    """The `conda-meta/condastack.info` of an environment, or None."""
     try:
         data = json.loads((Path(prefix) / MARKER).read_text())
     except (OSError, ValueError):

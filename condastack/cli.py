@@ -542,7 +542,7 @@ def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: s
 @main.command()
 @click.argument("layer", required=False)
 @click.option("--prefix", type=click.Path(path_type=Path), help="Verify this environment (its lock is named in "
-              "conda-meta/condastack.json unless LAYER is given).")
+              "conda-meta/condastack.info unless LAYER is given).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> None:

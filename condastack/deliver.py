@@ -123,7 +123,7 @@ def check_against_manifest(prefix: Path, manifest: dict) -> int:
         )
     have = set()
     for rec in (prefix / "conda-meta").glob("*.json"):
-        if rec.name == "condastack.json":
+        if rec.name == "condastack.info":
             continue
         data = json.loads(rec.read_text())
         have.add((data.get("name"), data.get("version"), data.get("build")))

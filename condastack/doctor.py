@@ -242,7 +242,7 @@ def requirements_for_prefix(prefix: Path) -> Requirements:
             "`condastack install` or `unpack`."
         )
     req = Requirements(target=str(prefix), kind="prefix", prefix=prefix)
-    info_file = meta / "condastack.json"
+    info_file = meta / "condastack.info"
     if info_file.is_file():
         try:
             info = json.loads(info_file.read_text())

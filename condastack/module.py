@@ -56,7 +56,7 @@ def read_env_info(prefix: Path, *, final_prefix: Path | None = None) -> EnvInfo:
             "`condastack install`, `unpack` or `build`."
         )
     info = EnvInfo(prefix=final)
-    cs = meta / "condastack.json"
+    cs = meta / "condastack.info"
     if cs.is_file():
         data = _read_json(cs)
         info.lock_hash = data.get("lock_hash")

@@ -67,7 +67,7 @@ def test_build_base_then_app_and_verify(base_app_project: Path, pkgs_cache: Path
     assert _files_mentioning(prefix, b".condastack-tmp-") == []
     assert _leftovers(proj / "envs") == []
 
-    marker = json.loads((prefix / "conda-meta" / "condastack.json").read_text())
+    marker = json.loads((prefix / "conda-meta" / "condastack.info").read_text())
     assert set(marker) == MARKER_KEYS
     assert marker["layer"] == "app" and marker["stack"] == "demo" and marker["platform"] == "linux-64"
     assert marker["lockfile"] == str(proj / "lock" / "app.conda-lock.yml")
@@ -139,7 +139,7 @@ def test_foreign_prefix_refused_unless_force(base_app_project: Path, pkgs_cache:
     assert_user_error(res, str(prefix), "not made by condastack", "--force")
     assert (prefix / "precious.txt").read_text() == "mine\n"
     assert _build(proj, "base", "--force")["action"] == "rebuilt"
-    assert not (prefix / "precious.txt").exists() and (prefix / "conda-meta" / "condastack.json").is_file()
+    assert not (prefix / "precious.txt").exists() and (prefix / "conda-meta" / "condastack.info").is_file()
 
 
 # --------------------------------------------------------------------------- offline, tampering
@@ -166,7 +166,7 @@ def test_tampered_cache_and_lock_mismatch_refused(base_app_project: Path, pkgs_c
     _lock(proj, "base")
     _build(proj, "base")
     prefix = proj / "envs" / "base"
-    before = (prefix / "conda-meta" / "condastack.json").read_bytes()
+    before = (prefix / "conda-meta" / "condastack.info").read_bytes()
 
     # a same-size, in-place change of a cached archive
     archive = next(pkgs_cache.glob("libhello-*.conda"))
@@ -176,7 +176,7 @@ def test_tampered_cache_and_lock_mismatch_refused(base_app_project: Path, pkgs_c
     res = run_cli("-C", proj, "build", "base", "--force")
     assert_user_error(res, "libhello", str(archive), "tampered")
     # the existing env is untouched, nothing half-made is left
-    assert (prefix / "conda-meta" / "condastack.json").read_bytes() == before
+    assert (prefix / "conda-meta" / "condastack.info").read_bytes() == before
     assert _leftovers(proj / "envs") == []
     assert run_cli("-C", proj, "verify", "base").returncode == 0
 
@@ -356,4 +356,4 @@ def test_pkgs_dir_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pkgs_dir() == Path("/somewhere/condastack/pkgs")
     monkeypatch.setenv("CONDASTACK_PKGS", "/x/pkgs")
     assert pkgs_dir() == Path("/x/pkgs")
-    assert sys.modules["condastack.build"].MARKER == Path("conda-meta/condastack.json")
+    assert sys.modules["condastack.build"].MARKER == Path("conda-meta/condastack.info")

@@ -72,13 +72,13 @@ def _write_stack(root: Path, channel_url: str, vpkgs: str) -> Path:
 
 
 def _install_env(root: Path, channel_url: str, layer: str, specs: list[str], pkgs: Path) -> Path:
-    """What `condastack build` leaves: envs/<layer> with conda-meta/condastack.json."""
+    """What `condastack build` leaves: envs/<layer> with conda-meta/condastack.info."""
     import rattler
 
     prefix = root / "envs" / layer
     recs = asyncio.run(rattler.solve([channel_url], specs, platforms=["linux-64", "noarch"]))
     asyncio.run(rattler.install(recs, str(prefix), cache_dir=str(pkgs)))
-    (prefix / "conda-meta" / "condastack.json").write_text(json.dumps(
+    (prefix / "conda-meta" / "condastack.info").write_text(json.dumps(
         {"layer": layer, "stack": "demo", "platform": "linux-64", "lock_hash": LOCK_HASH,
          "lockfile": f"lock/{layer}.conda-lock.yml", "created_by": "test"}))
     return prefix

@@ -32,7 +32,7 @@ def _build_env(channel: Path, prefix: Path, pkgs: Path, specs: list[str], lock_h
     recs = asyncio.run(rattler.solve([channel.as_uri()], specs, platforms=["linux-64", "noarch"],
                                      virtual_packages=[_vp("__glibc", "2.28"), _vp("__cuda", "12.6")]))
     asyncio.run(rattler.install(recs, str(prefix), cache_dir=str(pkgs)))
-    (prefix / "conda-meta" / "condastack.json").write_text(json.dumps(
+    (prefix / "conda-meta" / "condastack.info").write_text(json.dumps(
         {"layer": "app", "stack": "verl", "platform": "linux-64", "lock_hash": lock_hash,
          "lockfile": "lock/app.conda-lock.yml", "created_by": "condastack tests"}))
     # the env's own activation: a variable (conda env config vars) and a package-style activate.d script
@@ -71,7 +71,7 @@ def _copy_archive(src: Path, folder: Path) -> Path:
 
 
 def _lock_of(prefix: Path) -> str:
-    return json.loads((prefix / "conda-meta" / "condastack.json").read_text())["lock_hash"]
+    return json.loads((prefix / "conda-meta" / "condastack.info").read_text())["lock_hash"]
 
 
 def _listing(folder: Path) -> list[str]:
@@ -94,7 +94,7 @@ def test_install_then_newer_archive_swaps_atomically(archives: dict, tmp_path: P
     # A job started from the old install: its python runs from the old tree and holds a file open.
     job = subprocess.Popen(
         [str(prefix / "bin" / "python"), "-c",
-         "import sys; f = open(sys.prefix + '/conda-meta/condastack.json'); print('ready', flush=True); "
+         "import sys; f = open(sys.prefix + '/conda-meta/condastack.info'); print('ready', flush=True); "
          "sys.stdin.readline(); import json, email.message; print(json.load(f)['lock_hash'], flush=True)"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert job.stdout.readline().strip() == "ready"

@@ -33,7 +33,7 @@ def gpu_env(channel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                                      platforms=["linux-64", "noarch"],
                                      virtual_packages=[_vp("__cuda", "12.6"), _vp("__glibc", "2.28")]))
     asyncio.run(rattler.install(recs, str(prefix), cache_dir=str(base / "pkgs")))
-    (prefix / "conda-meta" / "condastack.json").write_text(json.dumps(
+    (prefix / "conda-meta" / "condastack.info").write_text(json.dumps(
         {"layer": "app", "stack": "demo", "platform": "linux-64", "lock_hash": "ab" * 32,
          "lockfile": "lock/app.conda-lock.yml", "created_by": "condastack test"}))
     return prefix

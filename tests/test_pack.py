@@ -42,7 +42,7 @@ def make_env(prefix: Path, records: list, pkgs: Path, *, meta: bool = True) -> P
 
     asyncio.run(rattler.install(records, str(prefix), cache_dir=str(pkgs)))
     if meta:
-        (prefix / "conda-meta" / "condastack.json").write_text(json.dumps(META))
+        (prefix / "conda-meta" / "condastack.info").write_text(json.dumps(META))
     return prefix
 
 
