@@ -137,7 +137,10 @@ def clean_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]
     for p in folder.iterdir():
         if not p.name.startswith(TMP_MARK):
             continue
-        if name is not None and not p.name[len(TMP_MARK):].startswith(name):
+        rest = p.name
+        while rest.startswith(TMP_MARK):  # a temporary of a temporary (install unpacks into its stage)
+            rest = rest[len(TMP_MARK):]
+        if name is not None and not rest.startswith(name):
             continue
         pid = _pid_of(p.name)
         if pid is not None and pid != os.getpid() and _pid_alive(pid):

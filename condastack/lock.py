@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CondastackError
-from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock
+from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock, remove_path
 from .solve import (
     explain_solver_error,
     parse_lockfile,
@@ -223,11 +223,17 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
                    for l in stack.chain(name)]
         custom = {"condastack.layer": name, "condastack.extends": stack.layer(name).extends or "",
                   "condastack.stack": stack.name, "condastack.version": __version__}
-        tmp = path.parent / f"{TMP_MARK}{path.name}.{os.getpid()}.new"  # cleaned by the next run if killed
-        write_lockfile(tmp, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
-                       platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
-        text = tmp.read_text()
-        tmp.unlink()
+        # conda-lock writes the file's own name into its header, so the temporary keeps the final
+        # name inside a temporary folder (cleaned by the next run if this one is killed).
+        tmpdir = path.parent / f"{TMP_MARK}{path.name}.{os.getpid()}.new"
+        tmpdir.mkdir(exist_ok=True)
+        try:
+            write_lockfile(tmpdir / path.name, packages,
+                           channels=[strip_credentials(c) for c in stack.channels_for(name)],
+                           platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
+            text = (tmpdir / path.name).read_text()
+        finally:
+            remove_path(tmpdir)
         _write_derived(stack, name, text)
         atomic_write_text(path, text)
     else:

@@ -58,7 +58,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CondastackError
-from .fsutil import atomic_path, atomic_write_text, make_tempdir, remove_path
+from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, make_tempdir, remove_path
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
@@ -496,6 +496,9 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     t_scan = time.perf_counter()
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    # Temporaries of killed runs: the archive being written and the staging folders.
+    clean_stale_temporaries(output.parent, output.name)
+    clean_stale_temporaries(prefix.parent if fmt == "squashfs" else output.parent, "pack.")
     staging = make_tempdir(prefix.parent if fmt == "squashfs" else output.parent, "pack")
     try:
         plan = _plan(prefix, env, staging, dest_prefix, set(modified))
@@ -540,10 +543,14 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
                 "level": level, "threads": nthreads,
                 "created_by": f"condastack {__version__}", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            # Sidecars first, archive last: an archive at `output` is always complete.
+            # Sidecars first, archive last: an archive at `output` is always complete. An older
+            # archive goes before its sidecars change, so what is at `output` always matches them.
+            sha_path = output.with_name(output.name + ".sha256")
+            if output.exists() and (not sha_path.is_file() or sha_path.read_text().split()[:1] != [digest]):
+                output.unlink()
             mpath = output.with_name(output.name + ".manifest.json")
             atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
-            atomic_write_text(output.with_name(output.name + ".sha256"), f"{digest}  {output.name}\n")
+            atomic_write_text(sha_path, f"{digest}  {output.name}\n")
     finally:
         remove_path(staging)
     t_end = time.perf_counter()
