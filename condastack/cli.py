@@ -482,13 +482,18 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
               help="Where the env lives on the shared file system (replaced atomically if present).")
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
               help="squashfs only: where to put the image (default: PREFIX.squashfs).")
+@click.option("--max-members", type=int, help="Refuse archives with more members than this "
+              "(default: $CONDASTACK_MAX_MEMBERS, else no limit).")
+@click.option("--max-bytes", type=int, help="Refuse archives larger than this once expanded "
+              "(default: $CONDASTACK_MAX_BYTES, else no limit).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, as_json: bool) -> None:
+def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
+            max_bytes: int | None, as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
     from .deliver import install_archive
 
-    res = install_archive(archive, prefix, image=image)
+    res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes)
     if as_json:
         emit_json({"prefix": str(res.prefix), "format": res.format, "sha256": res.sha256,
                    "lock_hash": res.lock_hash, "replaced": res.replaced, "file_count": res.file_count,

@@ -141,7 +141,8 @@ def check_against_manifest(prefix: Path, manifest: dict) -> int:
 # --------------------------------------------------------------------------- install
 
 
-def install_archive(archive: Path, prefix: Path, *, image: Path | None = None) -> InstallResult:
+def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, max_members: int | None = None,
+                    max_bytes: int | None = None) -> InstallResult:
     """Install ARCHIVE at PREFIX (see the module docstring); a squashfs image is copied, not unpacked."""
     verified = verify_archive(archive)  # before anything is written
     prefix = Path(os.path.abspath(prefix))
@@ -170,7 +171,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None) -
         stage = parent / f"{TMP_MARK}{prefix.name}.new.{os.getpid()}"
         remove_path(stage)
         try:
-            unpack_archive(verified.archive, stage)
+            unpack_archive(verified.archive, stage, max_members=max_members, max_bytes=max_bytes)
             relocate(stage, as_prefix=prefix)  # the files must name the final path, not the stage
             count = check_against_manifest(stage, verified.manifest)
             _write_install_record(stage, verified)

@@ -36,6 +36,7 @@ from .errors import CondastackError
 from .fsutil import TMP_MARK, _fsync_dir, clean_stale_temporaries, remove_path
 
 PREFIXES_FILE = "conda-meta/condastack.prefixes"
+LIMIT_ENV = {"members": "CONDASTACK_MAX_MEMBERS", "bytes": "CONDASTACK_MAX_BYTES"}
 _CHUNK = 1 << 20
 _OK_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
              tarfile.CONTTYPE}
@@ -117,7 +118,8 @@ class _Guard:
     def check(self, info: tarfile.TarInfo, name: str, linkname: str) -> None:
         self.members += 1
         if self.max_members is not None and self.members > self.max_members:
-            raise _Refused(f"more than {self.max_members} members (the --max-members limit)")
+            raise _Refused(f"more than {self.max_members} members (the --max-members / {LIMIT_ENV['members']} "
+                           "limit)")
         if info.type not in _OK_TYPES:
             kind = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
                     tarfile.FIFOTYPE: "a fifo"}.get(info.type, f"of unsupported type {info.type!r}")
@@ -125,7 +127,8 @@ class _Guard:
         if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
             self.bytes += info.size
             if self.max_bytes is not None and self.bytes > self.max_bytes:
-                raise _Refused(f"more than {self.max_bytes} bytes once expanded (the --max-bytes limit)")
+                raise _Refused(f"more than {self.max_bytes} bytes once expanded (the --max-bytes / "
+                               f"{LIMIT_ENV['bytes']} limit)")
         rel = self.clean(name)
         if not rel:
             if info.type == tarfile.DIRTYPE:
@@ -254,10 +257,31 @@ def _which(name: str) -> bool:
     return shutil.which(name) is not None
 
 
+def _limit(given: int | None, kind: str) -> int | None:
+    """An explicit limit, else the one set in the environment (e.g. by a site admin), else none."""
+    if given is not None:
+        return given
+    raw = os.environ.get(LIMIT_ENV[kind], "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise CondastackError(f"{LIMIT_ENV[kind]}={raw!r}: must be a whole number of {kind} (0 or more).")
+    return value
+
+
 def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
                    max_bytes: int | None = None) -> UnpackResult:
-    """Extract `archive` safely into `dest` (which must not exist or be empty) and relocate it there."""
+    """Extract `archive` safely into `dest` (which must not exist or be empty) and relocate it there.
+
+    Member count and expanded size are limited by `max_members` / `max_bytes`, which
+    default to $CONDASTACK_MAX_MEMBERS / $CONDASTACK_MAX_BYTES (no limit when unset).
+    """
     archive, dest = Path(archive), Path(dest).absolute()
+    max_members, max_bytes = _limit(max_members, "members"), _limit(max_bytes, "bytes")
     if not archive.is_file():
         raise CondastackError(f"{archive}: no such archive.")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
