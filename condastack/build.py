@@ -111,17 +111,27 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
 
         return load_stack(root).name
 
+    def channel_urls() -> list[str]:
+        from .stack import load_stack
+
+        st = load_stack(root)
+        return st.channels_for(layer) + st.pip_indexes_for(layer)
+
     return build_prefix(lockfile, prefix or default_prefix(root, layer), layer=layer, stack=stack_name,
-                        offline=offline, installer=installer, force=force, progress=progress)
+                        offline=offline, installer=installer, force=force, progress=progress,
+                        credentials=channel_urls)
 
 
 def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stack: str | Callable[[], str] = "",
                  offline: bool = False, installer: str = "auto", force: bool = False,
-                 progress: Progress | None = None) -> BuildResult:
+                 progress: Progress | None = None,
+                 credentials: list[str] | Callable[[], list[str]] = ()) -> BuildResult:
     """Build the environment of a conda-lock file at `prefix` for this machine's platform.
 
     A no-op when `prefix` already holds this lock intact. `stack` may be a
-    callable, so that the no-op path never loads the stack file.
+    callable, so that the no-op path never loads the stack file. `credentials`:
+    channel/index URLs with credentials (user:password@ or /t/<token>/), which the
+    lock leaves out; a download whose URL falls under one of them uses them.
     """
     from .solve import read_locked_env
 
@@ -152,6 +162,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
         res = BuildResult(prefix, layer, "rebuilt" if existed and not _is_empty_dir(prefix) else "created",
                           lock_hash, chosen, len(env.conda), len(env.pip))
         stack_name = stack() if callable(stack) else stack
+        creds = list(credentials() if callable(credentials) else credentials)
         tmp = make_tempdir(prefix.parent, prefix.name)
         _umask_mode(tmp)
         try:
@@ -159,12 +170,12 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                 _install_micromamba(lockfile, tmp, prefix)
             else:
                 say(f"checking {len(env.conda)} conda packages against the lock")
-                archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched)
+                archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds)
                 say(f"linking {len(env.conda)} conda packages")
                 _install_rattler(env.conda, archives, tmp, prefix)
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
-                    wheels = fetch_wheels(env.pip, offline=offline, fetched=res.fetched)
+                    wheels = fetch_wheels(env.pip, offline=offline, fetched=res.fetched, credentials=creds)
                     install_wheels(tmp, prefix, env.pip, wheels)
             write_marker(tmp, {"layer": layer, "stack": stack_name, "platform": env.platform,
                                "lock_hash": lock_hash, "lockfile": str(lockfile), "created_by": CREATED_BY})
@@ -324,7 +335,7 @@ def _check_cached(archive: Path, sha256: str, what: str) -> None:
     _remember(archive, sha256)
 
 
-def _fetch(url: str, dest: Path, sha256: str, what: str) -> None:
+def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] | tuple = ()) -> None:
     """Copy or download `url` to `dest`, hashing on the way; a mismatch is refused."""
     import hashlib
 
@@ -332,7 +343,7 @@ def _fetch(url: str, dest: Path, sha256: str, what: str) -> None:
     tmp = dest.with_name(f"{TMP_MARK}{dest.name}.{os.getpid()}.{id(dest)}")
     h = hashlib.sha256()
     try:
-        with _open_url(url, what) as src, open(tmp, "wb") as out:
+        with _open_url(url, what, credentials) as src, open(tmp, "wb") as out:
             while block := src.read(1 << 20):
                 h.update(block)
                 out.write(block)
@@ -348,13 +359,40 @@ def _fetch(url: str, dest: Path, sha256: str, what: str) -> None:
     _remember(dest, sha256)
 
 
-def _open_url(url: str, what: str):  # noqa: ANN202 - a binary file object
+def with_credentials(url: str, credentials: list[str] | tuple) -> tuple[str, dict[str, str]]:
+    """The URL to download and its headers, given the credentialed channel URLs it may fall under.
+
+    A lock holds bare URLs (see solve.strip_credentials); the stack's channel URL
+    that the bare URL starts with gives back its /t/<token>/ part or its basic auth.
+    """
+    import base64
+
+    from .solve import strip_credentials
+
+    for full in credentials:
+        bare = strip_credentials(full).rstrip("/") + "/"
+        if bare == full.rstrip("/") + "/" or not url.startswith(bare):
+            continue
+        target = urllib.parse.urlsplit(full.rstrip("/") + "/" + url[len(bare):])
+        if target.username is None:
+            return target.geturl(), {}
+        user = urllib.parse.unquote(target.username)
+        password = urllib.parse.unquote(target.password or "")
+        netloc = target.hostname + (f":{target.port}" if target.port else "")
+        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return target._replace(netloc=netloc).geturl(), {"Authorization": f"Basic {auth}"}
+    return url, {}
+
+
+def _open_url(url: str, what: str, credentials: list[str] | tuple = ()):  # noqa: ANN202 - a binary file object
     parsed = urllib.parse.urlparse(url)
     try:
         if parsed.scheme == "file":
             return open(urllib.request.url2pathname(parsed.path), "rb")
         if parsed.scheme in ("http", "https"):
-            return urllib.request.urlopen(url, timeout=60)  # noqa: S310 - scheme checked above
+            # Errors below name `url`, the bare one: the credentials stay out of messages.
+            full, headers = with_credentials(url, credentials)
+            return urllib.request.urlopen(urllib.request.Request(full, headers=headers), timeout=60)  # noqa: S310
     except OSError as e:
         if isinstance(e, FileNotFoundError) or getattr(e, "errno", None) != errno.ENOSPC:
             raise CondastackError(f"{what}: cannot fetch {url}: {e}. Check the channel, or build with --offline "
@@ -367,7 +405,8 @@ def _pkg_label(r: Any) -> str:
     return f"package {r.name.normalized} {r.version} {r.build}"
 
 
-def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: list[str] | None = None) -> list[Path]:
+def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: list[str] | None = None,
+                   credentials: list[str] | tuple = ()) -> list[Path]:
     """Every conda archive of `records` in the cache, sha256-checked against the lock."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -385,7 +424,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
         r, p = item
         sha = r.sha256.hex()
         if id(r) in want:
-            _fetch(r.url, p, sha, _pkg_label(r))
+            _fetch(r.url, p, sha, _pkg_label(r), credentials)
         else:
             _check_cached(p, sha, _pkg_label(r))
 
@@ -466,7 +505,8 @@ def _wheel_path(w: Any) -> Path:
     return wheels_dir() / w.sha256[:16] / fname
 
 
-def fetch_wheels(wheels: tuple | list, *, offline: bool = False, fetched: list[str] | None = None) -> list[Path]:
+def fetch_wheels(wheels: tuple | list, *, offline: bool = False, fetched: list[str] | None = None,
+                 credentials: list[str] | tuple = ()) -> list[Path]:
     """Every locked wheel in `$CONDASTACK_PKGS/wheels`, sha256-checked."""
     paths = [_wheel_path(w) for w in wheels]
     missing = [(w, p) for w, p in zip(wheels, paths) if not p.exists()]
@@ -477,7 +517,7 @@ def fetch_wheels(wheels: tuple | list, *, offline: bool = False, fetched: list[s
     for w, p in zip(wheels, paths):
         what = f"pip package {w.name} {w.version}"
         if (w, p) in missing:
-            _fetch(w.url, p, w.sha256, what)
+            _fetch(w.url, p, w.sha256, what, credentials)
         else:
             _check_cached(p, w.sha256, what)
     if fetched is not None:
