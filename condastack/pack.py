@@ -24,7 +24,7 @@ Beside ARCHIVE go `ARCHIVE.sha256` (sha256sum format) and
     dest_prefix     the path the archive is relocated for (--dest-prefix), or null
                     when the files carry placeholders and need `unpack`/`conda-unpack`
     layer, stack, platform, lock_hash, lockfile
-                    copied from the env's conda-meta/condastack.json (lock_hash is
+                    copied from the env's conda-meta/condastack.info (lock_hash is
                     the lock's content hash)
     source_prefix   where the env was built
     packages        [{name, version, build, channel, subdir, fn, sha256, md5}]
@@ -63,7 +63,7 @@ from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, mak
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
 DEFAULT_LEVEL = {"tar.zst": 3, "tar.gz": 4, "squashfs": 3}
-META_FILE = "conda-meta/condastack.json"
+META_FILE = "conda-meta/condastack.info"
 PREFIXES_FILE = "conda-meta/condastack.prefixes"
 _SCAN_CHUNK = 1 << 20
 
@@ -99,7 +99,7 @@ class _Plan:
 
 
 def read_env_meta(prefix: Path, *, allow_foreign: bool = False) -> dict:
-    """Check `prefix` is a conda env built by condastack; return its condastack.json."""
+    """Check `prefix` is a conda env built by condastack; return its condastack.info."""
     prefix = Path(prefix)
     if not prefix.is_dir():
         raise CondastackError(f"{prefix}: no such environment. Build it with `condastack build LAYER` first.")
@@ -119,43 +119,12 @@ def read_env_meta(prefix: Path, *, allow_foreign: bool = False) -> dict:
         raise CondastackError(f"{meta_path}: unreadable ({e}). Rebuild the layer with `condastack build`.") from None
 
 
-@contextlib.contextmanager
-def _hide_our_meta() -> Iterator[None]:
-    """Let conda-pack ignore our conda-meta/condastack.json.
-
-    conda-pack reads every conda-meta/*.json as a package record and fails on
-    one without `link`; our file is not a package, so it is listed as an
-    ordinary (unmanaged) file instead.
-    """
-    import conda_pack.core as cpc
-
-    real_os = cpc.os
-
-    class _OsView:
-        def __getattr__(self, name: str):  # noqa: ANN204
-            return getattr(real_os, name)
-
-        @staticmethod
-        def listdir(path):  # noqa: ANN001, ANN205
-            names = real_os.listdir(path)
-            if real_os.path.basename(str(path).rstrip("/")) == "conda-meta":
-                names = [n for n in names if n != "condastack.json"]
-            return names
-
-    cpc.os = _OsView()
-    try:
-        yield
-    finally:
-        cpc.os = real_os
-
-
 def load_env(prefix: Path):  # noqa: ANN201 - conda_pack.core.CondaEnv
     """conda-pack's view of the env: its file list with sources and placeholders."""
     from conda_pack.core import CondaEnv, CondaPackException
 
     try:
-        with _hide_our_meta():
-            return CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
+        return CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
     except CondaPackException as e:
         text = " ".join(str(e).split())
         if "editable" in text:
