@@ -340,7 +340,8 @@ def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] 
     import hashlib
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{TMP_MARK}{dest.name}.{os.getpid()}.{id(dest)}")
+    # The pid goes last: clean_stale_temporaries reads it there to spare a running build's download.
+    tmp = dest.with_name(f"{TMP_MARK}{dest.name}.{id(dest)}.{os.getpid()}")
     h = hashlib.sha256()
     try:
         with _open_url(url, what, credentials) as src, open(tmp, "wb") as out:
@@ -410,6 +411,8 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     """Every conda archive of `records` in the cache, sha256-checked against the lock."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
+    for folder in (cache, cache / _VERIFIED):  # downloads and stamps of killed builds
+        clean_stale_temporaries(folder)
     paths = [cache / r.file_name for r in records]
     missing = [(r, p) for r, p in zip(records, paths) if not p.exists()]
     if offline and missing:

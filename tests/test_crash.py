@@ -302,8 +302,8 @@ def test_build_survives_sigkill(world: World) -> None:
         w.set_spec(NEW_SPEC)
         w.set_lock(w.new_lock)
         copy_tree(w.old_env, prefix)
-        if cold_cache:  # make the build fetch and extract the new package too
-            for p in w.pkgs.glob("libfoo-2.0*"):
+        if cold_cache:  # make the build fetch and extract the new packages (python: 37 MB) too
+            for p in [*w.pkgs.glob("libfoo-2.0*"), *w.pkgs.glob("python-*")]:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     def once() -> float:
@@ -506,3 +506,68 @@ def test_install_survives_sigkill(world: World, tmp_path: Path) -> None:
 
     tally = trials("install", once, trial)
     assert not tally.problems, "\n".join(tally.problems)
+
+
+# --------------------------------------------------------------------------- a kill in the middle of a download
+
+
+def test_build_killed_mid_download_leaves_no_temporary(tmp_path: Path, channel: Path) -> None:
+    """A deterministic point the random trials rarely hit: SIGKILL while a package is being downloaded.
+
+    The channel is served over HTTP on 127.0.0.1, slowly while `slow` is set, and the
+    build is killed once its partial download shows up in the cache. The next build
+    must remove that temporary (its pid is dead) and produce an env that verifies.
+    """
+    import functools
+    import http.server
+    import threading
+
+    from condastack.verify import verify_layer
+
+    slow = threading.Event()
+
+    class Slow(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def copyfile(self, source, outputfile) -> None:  # noqa: ANN001 - file objects
+            while block := source.read(1 << 16):
+                outputfile.write(block)
+                if slow.is_set():
+                    time.sleep(0.02)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Slow, directory=str(channel)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        proj = write_project(tmp_path / "proj", """
+            name: download
+            platforms: [linux-64]
+            virtual-packages:
+              linux-64: {__glibc: "2.28"}
+            layers:
+              py: {file: py.yml}
+            """, {"py.yml": f'name: py\nchannels: ["{url}"]\ndependencies:\n  - python\n'})
+        pkgs = tmp_path / "pkgs"
+        env = {"CONDASTACK_PKGS": str(pkgs)}
+        res = run_cli("-C", proj, "lock", env=env)
+        assert res.returncode == 0, res.output
+        slow.set()
+        p = subprocess.Popen([*CLI, "-C", str(proj), "build", "py"], env={**os.environ, **env},
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not [q for q in pkgs.glob(f"{TMP}python-*") if q.stat().st_size > 0]:
+            assert p.poll() is None and time.monotonic() < deadline, "the download never started"
+            time.sleep(0.01)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        partial = temporaries(pkgs)
+        assert partial and not (proj / "envs" / "py").exists()
+        assert not list(pkgs.glob("python-*.conda"))  # no partial archive under the real name
+        slow.clear()
+        res = run_cli("-C", proj, "build", "py", env=env)
+        assert res.returncode == 0, res.output
+        assert verify_layer(proj, "py").ok
+        assert temporaries(pkgs, proj / "envs") == [], "the killed download's temporary was left behind"
+    finally:
+        server.shutdown()
