@@ -78,6 +78,32 @@ def write_project(root: Path, stack: str, layers: dict[str, str]) -> Path:
     return root
 
 
+def write_pip_project(root: Path, channel_url: str, index_url: str, platforms: list[str]) -> Path:
+    """base: python + pip + pip tinylib==1.0; app extends base with pip tinyapp (needs tinylib)."""
+    return write_project(root, f"""
+        name: piptest
+        platforms: [{", ".join(platforms)}]
+        pip-index: ["{index_url}"]
+        layers:
+          base: {{file: base.yml}}
+          app: {{file: app.yml, extends: base}}
+        """, {
+        "base.yml": f"""
+            channels: ["{channel_url}"]
+            dependencies:
+              - python 3.11.*
+              - pip
+              - pip:
+                - tinylib==1.0
+            """,
+        "app.yml": """
+            dependencies:
+              - pip:
+                - tinyapp
+            """,
+    })
+
+
 @pytest.fixture()
 def base_app_project(tmp_path: Path, channel_url: str) -> Path:
     """A two-layer, two-platform stack on the test channel (base: libhello; app: hello)."""

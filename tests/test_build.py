@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_cli, write_project
+from conftest import assert_user_error, run_cli, write_pip_project, write_project
 
 MARKER_KEYS = {"layer", "stack", "platform", "lock_hash", "lockfile", "created_by"}
 
@@ -265,28 +265,7 @@ def _shadow_wheel(folder: Path, pip_init: bytes) -> Path:
 
 
 def test_pip_layer_installs_locked_wheels(tmp_path: Path, channel_url: str, pypi_index, pkgs_cache: Path) -> None:  # noqa: ANN001
-    proj = write_project(tmp_path / "p", f"""
-        name: piptest
-        platforms: [linux-64]
-        pip-index: ["{pypi_index.url}"]
-        layers:
-          base: {{file: base.yml}}
-          app: {{file: app.yml, extends: base}}
-        """, {
-        "base.yml": f"""
-            channels: ["{channel_url}"]
-            dependencies:
-              - python 3.11.*
-              - pip
-              - pip:
-                - tinylib==1.0
-            """,
-        "app.yml": """
-            dependencies:
-              - pip:
-                - tinyapp
-            """,
-    })
+    proj = write_pip_project(tmp_path / "p", channel_url, pypi_index.url, ["linux-64"])
     _lock(proj)
     res = _build(proj, "app")
     assert res["pip_packages"] == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_user_error, run_cli, write_project
+from conftest import assert_user_error, run_cli, write_pip_project, write_project
 
 
 def _load(path: Path) -> dict:
@@ -145,28 +145,7 @@ def test_update_moves_only_the_named_package(base_app_project: Path) -> None:
 
 
 def test_pip_layer_locks_against_local_index(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001
-    proj = write_project(tmp_path / "p", f"""
-        name: piptest
-        platforms: [linux-64, linux-aarch64]
-        pip-index: ["{pypi_index.url}"]
-        layers:
-          base: {{file: base.yml}}
-          app: {{file: app.yml, extends: base}}
-        """, {
-        "base.yml": f"""
-            channels: ["{channel_url}"]
-            dependencies:
-              - python 3.11.*
-              - pip
-              - pip:
-                - tinylib==1.0
-            """,
-        "app.yml": """
-            dependencies:
-              - pip:
-                - tinyapp
-            """,
-    })
+    proj = write_pip_project(tmp_path / "p", channel_url, pypi_index.url, ["linux-64", "linux-aarch64"])
     res = run_cli("-C", proj, "lock")
     assert res.returncode == 0, res.output
     app = _load(proj / "lock" / "app.conda-lock.yml")
