@@ -7,8 +7,10 @@ parsing and printing: the work is done by the named modules.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -55,6 +57,20 @@ def emit_json(data: Any) -> None:
     click.echo(redact(json.dumps(data, indent=2, sort_keys=False, default=str)))
 
 
+def _exit_now(code: int) -> NoReturn:
+    """Exit at once, skipping interpreter finalization.
+
+    After a failed py-rattler solve, its native threads can crash a finalizing
+    interpreter (SIGSEGV or SIGABRT, about 1 run in 8), which would turn a clean
+    "exit 1 with a message" into a crash. The message is out and every `finally`
+    has run by now, so there is nothing left for finalization to do.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 class _Group(click.Group):
     """Maps errors to exit codes: user errors 1 (no traceback), bugs 70."""
 
@@ -63,7 +79,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CondastackError as e:
             err_console.print(f"condastack: error: {redact(str(e))}", markup=False)
-            sys.exit(EXIT_USER)
+            _exit_now(EXIT_USER)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:
@@ -78,7 +94,7 @@ class _Group(click.Group):
                 "(this is a bug in condastack; rerun with -v for details)",
                 markup=False,
             )
-            sys.exit(EXIT_BUG)
+            _exit_now(EXIT_BUG)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -347,8 +347,10 @@ def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels:
     detail = explain_solver_error(err)
     head = f"layer {name} ({plat}): the specs cannot be satisfied"
     if missing:
-        head = (f"layer {name} ({plat}): package {', '.join(spec_name(m) for m in missing)} not found in "
-                f"{', '.join(redact(c) for c in channels)} for {plat}")
+        # "hello >=9" is not a missing package but a version the channels do not have
+        what = [f"package {spec_name(m)} not found" if m.strip() == spec_name(m)
+                else f"no version of {spec_name(m)} matching '{m.strip()}' found" for m in missing]
+        head = f"layer {name} ({plat}): {'; '.join(what)} in {', '.join(redact(c) for c in channels)} for {plat}"
     return CondastackError(f"{head}.\n{redact(detail)}\nThe existing lockfiles were left unchanged.")
 
 

@@ -232,3 +232,19 @@ def test_bad_input(case: dict, bases: dict[str, Path], tmp_path: Path, channel_u
     assert not changed, f"pre-existing files changed or removed: {changed}"
     left = [k for k in after if TMP in k]
     assert not left, f"temporaries left behind: {left}"
+
+
+def test_failed_solve_exits_1_every_time(tmp_path: Path) -> None:
+    """A failed solve used to crash the interpreter at exit now and then (py-rattler's threads during
+    finalization: SIGSEGV/SIGABRT in about 1 run of 7) instead of exiting 1; repeat it to be sure."""
+    from conftest import CLI
+
+    empty = tmp_path / "empty-channel"
+    for sub in ("linux-64", "noarch"):
+        (empty / sub).mkdir(parents=True)
+        (empty / sub / "repodata.json").write_text('{"packages": {}, "packages.conda": {}}')
+    root = write_project(tmp_path / "proj", "name: bad\nplatforms: [linux-64]\nlayers:\n  base: {file: base.yml}\n",
+                         {"base.yml": f'channels: ["{empty.as_uri()}"]\ndependencies: [hello]\n'})
+    codes = [subprocess.run([*CLI, "-C", str(root), "lock"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL).returncode for _ in range(20)]
+    assert codes == [1] * 20, codes
