@@ -44,11 +44,13 @@ the prefix now baked into the files, or null for placeholders, and "records",
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -140,50 +142,73 @@ def load_env(prefix: Path):  # noqa: ANN201 - conda_pack.core.CondaEnv
         raise CondastackError(f"{prefix}: conda-pack cannot read this environment: {text}") from None
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
+def _record_unchanged(path: str, rec: dict, st: os.stat_result) -> bool:
+    """Whether a conda-managed regular file still matches its conda-meta record.
+
+    Cheap first: a file that still shares its inode with the package cache
+    (st_nlink > 1) and has the recorded size is unchanged; pip and editors
+    replace files (new inode, one link). Only otherwise is it hashed.
+    Placeholder files are copies, so they are always hashed (they are few and small).
+    """
+    if stat.S_ISLNK(st.st_mode):
+        return False
+    if rec.get("prefix_placeholder"):
+        want = rec.get("sha256_in_prefix")
+        return not want or _sha256(path) == want
+    size = rec.get("size_in_bytes")
+    if size is not None and st.st_size != size:
+        return False
+    if st.st_nlink > 1:
+        return True
+    return not rec.get("sha256") or _sha256(path) == rec["sha256"]
+
+
+def _managed_records(prefix: Path) -> Iterator[tuple[str, dict]]:
+    """(path in prefix, paths_data record) of every conda-managed file, package by package."""
+    for meta in sorted((prefix / "conda-meta").glob("*.json")):
+        try:
+            info = json.loads(meta.read_bytes())
+        except ValueError:
+            continue
+        for rec in (info.get("paths_data") or {}).get("paths", []):
+            yield rec["_path"], rec
 
 
 def find_modified(prefix: Path) -> list[str]:
-    """Conda-managed files whose content changed since the install (e.g. clobbered by pip).
+    """Conda-managed files whose content changed since the install (e.g. clobbered by pip)."""
+    return _scan_managed(Path(prefix), None)[0]
 
-    A file still hard-linked to the package cache is unchanged; others are
-    compared by size, then sha256, with the record in conda-meta.
+
+def _scan_managed(prefix: Path, emit) -> tuple[list[str], dict[str, bool], int]:  # noqa: ANN001
+    """Check every conda-managed file; hand the unchanged plain ones (and symlinks) to `emit` at once.
+
+    Returns (modified, emitted {target: is_symlink}, bytes emitted). `emit(target)` lets the
+    archive stream start before conda-pack's model of the env is ready; that model later
+    confirms each early choice (see `_confirm_early`).
     """
-    changed: list[str] = []
-    for meta in sorted((prefix / "conda-meta").glob("*.json")):
+    modified: list[str] = []
+    emitted: dict[str, bool] = {}
+    nbytes = 0
+    base = str(prefix) + "/"
+    for rel, rec in _managed_records(prefix):
+        path = base + rel
         try:
-            info = json.loads(meta.read_text())
-        except ValueError:
+            st = os.lstat(path)
+        except OSError:
+            continue  # missing files are reported by conda-pack
+        if rec.get("path_type") not in (None, "hardlink"):
+            if stat.S_ISLNK(st.st_mode) and emit is not None and rel not in emitted:
+                emitted[rel] = True
+                emit(rel)
             continue
-        if "paths_data" not in info:
-            continue
-        source = Path((info.get("link") or {}).get("source") or "")
-        for rec in info["paths_data"].get("paths", []):
-            rel = rec["_path"]
-            if rec.get("path_type") not in (None, "hardlink"):
-                continue
-            p = prefix / rel
-            try:
-                st = p.lstat()
-            except FileNotFoundError:
-                continue  # missing files are reported by conda-pack
-            if p.is_symlink():
-                changed.append(rel)
-                continue
-            if rec.get("prefix_placeholder"):
-                want = rec.get("sha256_in_prefix")
-                if want and _sha256(p) != want:
-                    changed.append(rel)
-                continue
-            with contextlib.suppress(OSError):
-                if _same_file(st, (source / rel).stat()):
-                    continue
-            if rec.get("size_in_bytes") is not None and st.st_size != rec["size_in_bytes"]:
-                changed.append(rel)
-            elif rec.get("sha256") and _sha256(p) != rec["sha256"]:
-                changed.append(rel)
-    return changed
+        if not _record_unchanged(path, rec, st):
+            modified.append(rel)
+        elif emit is not None and stat.S_ISREG(st.st_mode) and not rec.get("prefix_placeholder") \
+                and rel not in emitted and not modified:
+            emitted[rel] = False
+            nbytes += st.st_size
+            emit(rel)
+    return modified, emitted, nbytes
 
 
 def _sha256(p: Path) -> str:
@@ -217,6 +242,22 @@ def _is_text(data: bytes) -> bool:
 # --------------------------------------------------------------------------- planning
 
 
+def _rewrite_conda_meta(source: str) -> tuple[bytes, dict]:
+    """A package record without the build machine's paths, as conda-pack's `rewrite_conda_meta`.
+
+    Written compact: json's C encoder does not indent, and its pure-Python
+    indenting one spends ~0.5 s on the 14 MB record of a 50k-file package.
+    """
+    with open(source, "rb") as f:
+        data = json.loads(f.read())
+    for key in ("extracted_package_dir", "package_tarball_full_path"):
+        if key in data:
+            data[key] = ""
+    if isinstance(data.get("link"), dict) and "source" in data["link"]:
+        data["link"]["source"] = ""
+    return json.dumps(data, sort_keys=True).encode(), data
+
+
 def check_dest_fits(records: list[tuple[str, str, str]], dest: str) -> None:
     """A binary placeholder can only be replaced by a path no longer than itself."""
     for f, ph, mode in records:
@@ -228,8 +269,9 @@ def check_dest_fits(records: list[tuple[str, str, str]], dest: str) -> None:
             )
 
 
-def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]) -> _Plan:  # noqa: ANN001, C901
-    from conda_pack.core import BIN_DIR, rewrite_conda_meta, rewrite_shebang
+def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str],  # noqa: ANN001, C901
+          skip: dict[str, bool] | None = None) -> _Plan:
+    from conda_pack.core import BIN_DIR, rewrite_shebang
     from conda_pack.prefixes import replace_prefix
 
     plan = _Plan()
@@ -256,8 +298,11 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             plan.staged.append(target)
         plan.bytes_unpacked += src.stat().st_size
 
+    skip = skip or {}
     for f in env.files:
         target = f.target
+        if target in skip:  # already streamed from the prefix
+            continue
         in_prefix = os.path.join(prefix_s, target)
         if target in modified:  # --allow-modified: keep the prefix's version, as an unmanaged file
             f.source, f.is_conda, f.file_mode, f.prefix_placeholder = in_prefix, False, "unknown", None
@@ -266,7 +311,7 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             continue
         if f.file_mode is None:
             if fnmatch.fnmatch(target, "conda-meta/*.json"):
-                data, info = rewrite_conda_meta(f.source)
+                data, info = _rewrite_conda_meta(f.source)
                 plan.packages.append(info)
                 stage(target, data, f.source)
             else:
@@ -302,6 +347,20 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             plan.records.append((target, placeholder, mode))
         stage(target, data, f.source)
     return plan
+
+
+def _confirm_early(env, early: dict[str, bool]) -> bool:  # noqa: ANN001
+    """conda-pack's model agrees with every early choice: each streamed file is one it would
+    also take unchanged from the prefix (a plain conda file or a symlink), and none is missing."""
+    seen: set[str] = set()
+    for f in env.files:
+        link = early.get(f.target)
+        if link is None:
+            continue
+        if not link and (f.file_mode is not None or fnmatch.fnmatch(f.target, "conda-meta/*.json")):
+            return False
+        seen.add(f.target)
+    return len(seen) == len(early)
 
 
 def _add_scripts(plan: _Plan, staging: Path, dest: str | None) -> None:
@@ -357,53 +416,146 @@ _UNPACK_NOTE = """
 # --------------------------------------------------------------------------- writing
 
 
-def _tar_args(prefix: Path, plan: _Plan, staging: Path, lists: Path) -> list[str]:
-    args = ["tar", "-cf", "-", "--no-recursion", "--numeric-owner", "--null", "--verbatim-files-from"]
-    groups = [(prefix, plan.from_prefix), *((Path(k), v) for k, v in sorted(plan.from_cache.items())),
-              (staging, plan.staged)]
-    for i, (base, names) in enumerate(groups):
-        if not names:
-            continue
-        lf = lists / f"list{i}"
-        lf.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
-        args += ["-C", str(Path(base).resolve()), "-T", str(lf)]
-    return args
+class _TarFeed:
+    """Names for GNU tar's `-T -` (NUL-separated), each group read relative to its own folder.
+
+    A thread writes them to tar, so the planning can run ahead of tar (it holds a queue of
+    names, a few MB at most) and tar never waits for Python.
+    """
+
+    def __init__(self, pipe) -> None:  # noqa: ANN001 - a binary file object
+        import queue
+
+        self.pipe = pipe
+        self.base: str | None = None
+        self.buf: list[bytes] = []
+        self.count = 0
+        self.broken = False
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.writer = threading.Thread(target=self._write, daemon=True)
+        self.writer.start()
+
+    def _write(self) -> None:
+        while (block := self.queue.get()) is not None:
+            if self.broken:
+                continue
+            try:
+                self.pipe.write(block)
+                self.pipe.flush()
+            except (BrokenPipeError, ValueError):  # tar died (or was killed): its status says why
+                self.broken = True
+
+    def add(self, base: str | Path, name: str) -> None:
+        base = str(base)
+        if base != self.base:  # position-sensitive, like -C on the command line
+            self.buf.append(b"--directory=" + os.fsencode(base) + b"\0")
+            self.base = base
+        n = os.fsencode(name)
+        self.buf.append((b"--add-file=" + n if n.startswith(b"-") else n) + b"\0")
+        self.count += 1
+        if len(self.buf) >= 1024:
+            self.flush()
+
+    def add_plan(self, prefix: Path, plan: _Plan, staging: Path) -> None:
+        for name in plan.from_prefix:
+            self.add(prefix, name)
+        for base, names in sorted(plan.from_cache.items()):
+            resolved = Path(base).resolve()
+            for name in names:
+                self.add(resolved, name)
+        for name in plan.staged:
+            self.add(staging, name)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.queue.put(b"".join(self.buf))
+            self.buf.clear()
+
+    def close(self) -> None:
+        """All names are listed: let the writer finish, then end tar's list."""
+        self.flush()
+        self.queue.put(None)
+        self.writer.join()
+        with contextlib.suppress(BrokenPipeError):
+            self.pipe.close()
 
 
-def _run_pipeline(tar_args: list[str], comp_args: list[str], out: Path) -> str:
-    """tar | compressor > out, hashing the output as it streams; returns the sha256."""
-    h = hashlib.sha256()
+class _Restart(Exception):
+    """The early stream disagreed with conda-pack's model: write the archive again, planned first."""
+
+
+# --no-verbatim-files-from: `--directory=` entries in the list switch folders (--null alone implies verbatim).
+_TAR = ["tar", "-cf", "-", "--no-recursion", "--numeric-owner", "--null", "--no-verbatim-files-from", "-T", "-"]
+
+
+def _stream(comp_args: list[str], out: Path, produce) -> str:  # noqa: ANN001, C901
+    """`tar -T - | compressor > out` while `produce(feed)` still lists names; returns the sha256.
+
+    The compressor writes the file itself; a thread hashes it behind, in large reads, so
+    no byte of the archive waits for Python.
+    """
     with open(out, "wb") as sink:
-        tar = subprocess.Popen(tar_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        tar = subprocess.Popen(_TAR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            comp = subprocess.Popen(comp_args, stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            comp = subprocess.Popen(comp_args, stdin=tar.stdout, stdout=sink, stderr=subprocess.PIPE)
         except FileNotFoundError:
             tar.kill()
             tar.wait()
             raise CondastackError(f"{comp_args[0]} is not installed; install it or choose another --format.") from None
-        tar.stdout.close()
-        errs: dict[str, bytes] = {}
-        readers = [threading.Thread(target=lambda p=p, k=k: errs.__setitem__(k, p.stderr.read()))
-                   for k, p in (("tar", tar), ("comp", comp))]
-        for t in readers:
-            t.start()
-        try:
-            while block := comp.stdout.read(_SCAN_CHUNK):
-                h.update(block)
-                sink.write(block)
-        finally:
-            rc_c = comp.wait()
-            if rc_c != 0 and tar.poll() is None:
-                tar.kill()
-            rc_t = tar.wait()
-            for t in readers:
-                t.join()
+    tar.stdout.close()
+    errs: dict[str, bytes] = {}
+    hasher = _Follower(out)
+    threads = [threading.Thread(target=lambda p=p, k=k: errs.__setitem__(k, p.stderr.read()), daemon=True)
+               for k, p in (("tar", tar), ("comp", comp))]
+    for t in [*threads, hasher]:
+        t.start()
+    with contextlib.suppress(OSError):  # room for ~16k names: tar never waits for the writer thread
+        fcntl.fcntl(tar.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+    ok = False
+    feed = _TarFeed(tar.stdin)
+    try:
+        produce(feed)
+        ok = True
+    finally:
+        if not ok:
+            for p in (tar, comp):
+                with contextlib.suppress(OSError):
+                    p.kill()
+        feed.close()
+        rc_t = tar.wait()
+        rc_c = comp.wait()
+        hasher.done.set()
+        for t in [*threads, hasher]:
+            t.join()
     if rc_c != 0:  # checked first: tar then only died of the broken pipe
         raise CondastackError(
             f"packing failed: {comp_args[0]} exited {rc_c}: {errs.get('comp', b'').decode(errors='replace').strip()}")
     if rc_t != 0:
         raise CondastackError(f"packing failed: tar exited {rc_t}: {errs.get('tar', b'').decode(errors='replace').strip()}")
-    return h.hexdigest()
+    return hasher.hexdigest()
+
+
+class _Follower(threading.Thread):
+    """sha256 of a file that is still being written; `done` is set once the writer has exited."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.done = threading.Event()
+        self.h = hashlib.sha256()
+
+    def run(self) -> None:
+        with open(self.path, "rb", buffering=0) as f:
+            while True:
+                finished = self.done.is_set()  # read before the data: nothing can follow it then
+                while block := f.read(8 << 20):
+                    self.h.update(block)
+                if finished:
+                    return
+                self.done.wait(0.05)
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
 
 
 def _link_tree(prefix: Path, plan: _Plan, tree: Path) -> None:
@@ -455,26 +607,41 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     level = DEFAULT_LEVEL[fmt] if level is None else level
     nthreads = _threads(threads)
 
-    env = load_env(prefix)
-    modified = find_modified(prefix)
-    if modified and not allow_modified:
-        shown = "\n".join(f"  - {m}" for m in modified[:20]) + (f"\n  + {len(modified) - 20} more" if len(modified) > 20 else "")
-        raise CondastackError(
-            f"{prefix}: {len(modified)} conda-managed file(s) changed since the build (pip may have clobbered "
-            f"them):\n{shown}\nRebuild the layer, or pass --allow-modified to pack the changed files as they are.")
-    t_scan = time.perf_counter()
-
     output.parent.mkdir(parents=True, exist_ok=True)
     # Temporaries of killed runs: the archive being written and the staging folders.
     clean_stale_temporaries(output.parent, output.name)
     clean_stale_temporaries(prefix.parent if fmt == "squashfs" else output.parent, "pack.")
     staging = make_tempdir(prefix.parent if fmt == "squashfs" else output.parent, "pack")
+    # The archive stream starts with the unchanged conda-managed files, straight from the prefix,
+    # while conda-pack's model of the env (file list, package cache, placeholders) is read after them:
+    # GNU tar reads its name list well ahead, so that work overlaps the compression. (One thread:
+    # a second Python thread would fight this one for the GIL on every system call.)
+    env_box: dict = {}
+
+    def conda_pack_env():  # noqa: ANN202
+        if "env" not in env_box:
+            env_box["env"] = load_env(prefix)
+        return env_box["env"]
+
+    def refuse_modified(modified: list[str]) -> None:
+        if modified and not allow_modified:
+            shown = "\n".join(f"  - {m}" for m in modified[:20]) + (
+                f"\n  + {len(modified) - 20} more" if len(modified) > 20 else "")
+            raise CondastackError(
+                f"{prefix}: {len(modified)} conda-managed file(s) changed since the build (pip may have clobbered "
+                f"them):\n{shown}\nRebuild the layer, or pass --allow-modified to pack the changed files as they are.")
+
+    timings: dict[str, float] = {}
+    early: dict[str, bool] = {}
+    early_bytes = 0
     try:
-        plan = _plan(prefix, env, staging, dest_prefix, set(modified))
-        _add_scripts(plan, staging, dest_prefix)
-        t_plan = time.perf_counter()
         with atomic_path(output) as tmp:
             if fmt == "squashfs":
+                modified = _scan_managed(prefix, None)[0]
+                refuse_modified(modified)
+                plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified))
+                _add_scripts(plan, staging, dest_prefix)
+                timings["plan"] = time.perf_counter() - t0
                 _link_tree(prefix, plan, staging)
                 cmd = ["mksquashfs", str(staging), str(tmp), "-noappend", "-no-progress", "-quiet", "-comp", "zstd",
                        "-Xcompression-level", str(level), "-processors", str(nthreads), "-all-root", "-no-xattrs"]
@@ -487,17 +654,39 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
                 from .fsutil import sha256_file
                 digest = sha256_file(tmp)
             else:
-                lists = staging.parent / (staging.name + ".lists")
-                lists.mkdir()
+                comp = (["zstd", f"-T{nthreads}", f"-{level}", "-q", "-c"] if fmt == "tar.zst"
+                        else ["pigz", "-p", str(nthreads), f"-{level}", "-c"])
+                if level > 19 and fmt == "tar.zst":
+                    comp.insert(1, "--ultra")
+                modified: list[str] = []
+
+                def produce(feed: _TarFeed) -> None:
+                    nonlocal plan, modified, early, early_bytes
+                    modified, early, early_bytes = _scan_managed(prefix, lambda rel: feed.add(prefix, rel))
+                    refuse_modified(modified)
+                    timings["scan"] = time.perf_counter() - t0
+                    env = conda_pack_env()
+                    if not _confirm_early(env, early):
+                        raise _Restart
+                    plan = _plan(prefix, env, staging, dest_prefix, set(modified), skip=early)
+                    _add_scripts(plan, staging, dest_prefix)
+                    timings["plan"] = time.perf_counter() - t0
+                    feed.add_plan(prefix, plan, staging)
+
+                plan = _Plan()
                 try:
-                    comp = (["zstd", f"-T{nthreads}", f"-{level}", "-q", "-c"] if fmt == "tar.zst"
-                            else ["pigz", "-p", str(nthreads), f"-{level}", "-c"])
-                    if level > 19 and fmt == "tar.zst":
-                        comp.insert(1, "--ultra")
-                    digest = _run_pipeline(_tar_args(prefix, plan, staging, lists), comp, tmp)
-                finally:
-                    remove_path(lists)
+                    digest = _stream(comp, tmp, produce)
+                except _Restart:  # never seen with rattler-installed envs; kept correct, not fast
+                    timings["restarted"] = 1.0
+                    early, early_bytes = {}, 0
+                    remove_path(staging)
+                    staging.mkdir()
+                    plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified))
+                    _add_scripts(plan, staging, dest_prefix)
+                    digest = _stream(comp, tmp, lambda feed: feed.add_plan(prefix, plan, staging))
             size = tmp.stat().st_size
+            file_count = plan.count + len(early)
+            bytes_unpacked = plan.bytes_unpacked + early_bytes
             manifest = {
                 "format_version": 1, "format": fmt, "archive": output.name, "sha256": digest, "size": size,
                 "dest_prefix": dest_prefix,
@@ -506,7 +695,7 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
                 "packages": sorted(({k: p.get(k) for k in ("name", "version", "build", "channel", "subdir", "fn",
                                                            "sha256", "md5")} for p in plan.packages),
                                    key=lambda p: p["name"] or ""),
-                "file_count": plan.count, "bytes_unpacked": plan.bytes_unpacked,
+                "file_count": file_count, "bytes_unpacked": bytes_unpacked,
                 "placeholders": [{"file": f, "placeholder": ph, "mode": m} for f, ph, m in plan.records]
                 if dest_prefix is None else [],
                 "level": level, "threads": nthreads,
@@ -522,10 +711,9 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
             atomic_write_text(sha_path, f"{digest}  {output.name}\n")
     finally:
         remove_path(staging)
-    t_end = time.perf_counter()
-    return PackResult(output=output, sha256=digest, manifest=mpath, file_count=plan.count,
-                      bytes_unpacked=plan.bytes_unpacked, bytes_archive=size,
-                      timings={"scan": t_scan - t0, "plan": t_plan - t_scan, "write": t_end - t_plan, "total": t_end - t0})
+    timings["total"] = time.perf_counter() - t0
+    return PackResult(output=output, sha256=digest, manifest=mpath, file_count=file_count,
+                      bytes_unpacked=bytes_unpacked, bytes_archive=size, timings=timings)
 
 
 def env_prefix(root: Path, layer: str) -> Path:
