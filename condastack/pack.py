@@ -357,7 +357,7 @@ def _confirm_early(env, early: dict[str, bool]) -> bool:  # noqa: ANN001
         link = early.get(f.target)
         if link is None:
             continue
-        if not link and (f.file_mode is not None or fnmatch.fnmatch(f.target, "conda-meta/*.json")):
+        if not link and (f.file_mode is not None or (f.target.startswith("conda-meta/") and f.target.endswith(".json"))):
             return False
         seen.add(f.target)
     return len(seen) == len(early)
