@@ -7,9 +7,11 @@ In one run, on one machine, it measures:
   app-cold (empty cache);
 - the no-op rebuild (API and CLI).
 
-Warm figures: REPEAT interleaved runs each; the ratio uses the fastest run of
-each side (least disturbed by other load on a shared machine), the median is
-shown too. The env folders are removed between runs, outside the timed part.
+Warm figures: REPEAT interleaved runs each, alternating which side goes first;
+the ratio uses the fastest run of each side (least disturbed by other load on a
+shared machine), the median is shown too. The env folders are removed between
+runs and the removal is synced to disk, outside the timed part: otherwise the
+writeback of 57k unlinked files lands in the next timed run.
 
     python bench/build.py [REPEAT]    (default 5)
 """
@@ -100,13 +102,22 @@ def main(repeat: int = 5) -> None:
         # warm: the cache filled by the app-cold build; condastack vs bare rattler, interleaved
         os.environ["CONDASTACK_PKGS"] = str(work / "pkgs-cold")
         ours, bare = [], []
-        for _ in range(repeat):
+
+        def run_ours() -> None:
             target = fresh(work / "warm-ours")
+            os.sync()  # the removal's writeback must not land inside the next timed run
             ours.append(timed(lambda: build_prefix(app_lock, target, stack="bench", layer="app")))
+
+        def run_bare() -> None:
             target = fresh(work / "warm-bare")
+            os.sync()
             bare.append(timed(lambda: asyncio.run(rattler.install(
                 list(app.conda), str(target), cache_dir=str(work / "pkgs-cold"), installed_packages=[],
                 show_progress=False))))
+
+        for i in range(repeat):  # alternate which side goes first
+            for run in ((run_ours, run_bare) if i % 2 == 0 else (run_bare, run_ours)):
+                run()
         t_noop = timed(lambda: build_prefix(app_lock, work / "warm-ours", stack="bench", layer="app"))
 
         # the same no-op and a warm --force rebuild through the CLI (python start-up included)
