@@ -11,6 +11,7 @@ that a cold lock cannot avoid.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,12 @@ def _run(*args: str) -> float:
 
 
 def main() -> None:
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["CONDASTACK_CACHE"] = cache  # a cold lock starts with an empty spec cache
+        _main()
+
+
+def _main() -> None:
     channel = build_test_channel()
     url = channel.as_uri()
     with tempfile.TemporaryDirectory() as tmp:
