@@ -281,3 +281,19 @@ def test_external_solver_needs_its_binary(base_app_project: Path, tmp_path: Path
         assert_user_error(res, f"no '{solver}' binary on PATH")
     assert not (base_app_project / "lock" / "base.conda-lock.yml").exists()
     assert os.environ.get("PATH")  # the test itself did not change the caller's PATH
+
+
+def test_explicit_file_read_by_rattler_matches_lock(base_app_project: Path) -> None:
+    """py-rattler's @EXPLICIT reader (the format micromamba reads) sees exactly the locked conda packages."""
+    from rattler.explicit_environment import ExplicitEnvironmentSpec
+
+    assert run_cli("-C", base_app_project, "lock").returncode == 0
+    lock = _load(base_app_project / "lock" / "app.conda-lock.yml")
+    for name, plat in (("app.lock", "linux-64"), ("app.linux-aarch64.lock", "linux-aarch64")):
+        spec = ExplicitEnvironmentSpec.from_path(base_app_project / "lock" / name)
+        assert str(spec.platform) == plat
+        urls = {e.url.split("#")[0]: e.url.split("#")[1] for e in spec.packages}
+        locked = _pkgs(lock, plat)
+        assert urls == {p["url"]: p["hash"]["md5"] for p in locked.values()}
+        for url, md5 in urls.items():
+            assert hashlib.md5(Path(url.removeprefix("file://")).read_bytes()).hexdigest() == md5
