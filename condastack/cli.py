@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -138,12 +139,12 @@ def layers(obj: Ctx, as_json: bool) -> None:
         label = f"[bold cyan]{name}[/]  [dim]{layer.file.relative_to(stack.root) if layer.file.is_relative_to(stack.root) else layer.file}[/]"
         node = parent.add(label)
         own_c, own_p = layer.conda.get(plat, ()), layer.pip.get(plat, ())
-        node.add("own conda: " + (", ".join(own_c) or "-"))
+        node.add("own conda: " + escape(", ".join(own_c) or "-"))
         if own_p:
-            node.add("own pip: " + ", ".join(own_p))
+            node.add("own pip: " + escape(", ".join(own_p)))  # `pkg[extra]` is not markup
         if layer.extends:
             inh_c, inh_p = stack.specs_for(layer.extends, plat)
-            node.add(f"[dim]inherited from {layer.extends}: " + (", ".join(inh_c + inh_p) or "-") + "[/]")
+            node.add(f"[dim]inherited from {layer.extends}: " + escape(", ".join(inh_c + inh_p) or "-") + "[/]")
         nodes[name] = node
     obj.console.print(tree)
     vp = stack.virtual_packages
@@ -195,8 +196,9 @@ def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: 
             return
         table = Table("layer", "platform", "action", "channels", "conda specs", "pip specs", title="lock plan")
         for row in plan:
-            table.add_row(str(row["layer"]), str(row["platform"]), str(row["action"]), "\n".join(row["channels"]),
-                          ", ".join(row["conda"]), ", ".join(row["pip"]) or "-")
+            table.add_row(str(row["layer"]), str(row["platform"]), str(row["action"]),
+                          escape("\n".join(row["channels"])), escape(", ".join(row["conda"])),
+                          escape(", ".join(row["pip"]) or "-"))
         obj.console.print(table)
         return
     if check:

@@ -121,3 +121,13 @@ def test_installed_entry_point_matches_checkout() -> None:
     a = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     b = run_cli("--help")
     assert a.returncode == 0 and a.stdout == b.stdout
+
+
+def test_layers_shows_pip_extras_verbatim(tmp_path: Path) -> None:
+    """`pkg[extra]` must print as written (rich would eat it as markup)."""
+    base = BASE.replace("tinypkg==1.0", "sglang[all]==0.4.8")
+    root = write_project(tmp_path, GOOD_STACK, {"base.yml": base, "app.yml": APP})
+    res = run_cli("-C", root, "layers", env={"COLUMNS": "200"})
+    assert res.returncode == 0 and "sglang[all]==0.4.8" in res.stdout, res.output
+    res = run_cli("-C", root, "lock", "--dry-run", env={"COLUMNS": "250"})
+    assert res.returncode == 0 and "sglang[all]==0.4.8" in res.stdout, res.output
