@@ -121,12 +121,45 @@ def read_env_meta(prefix: Path, *, allow_foreign: bool = False) -> dict:
         raise CondastackError(f"{meta_path}: unreadable ({e}). Rebuild the layer with `condastack build`.") from None
 
 
-def load_env(prefix: Path):  # noqa: ANN201 - conda_pack.core.CondaEnv
-    """conda-pack's view of the env: its file list with sources and placeholders."""
+class _ParsedJson:
+    """Stands in for the `json` module inside `conda_pack.core` while it loads an env, so that
+    the conda-meta records we already parsed are not parsed again (the biggest is ~14 MB).
+
+    conda-pack only reads these records; every other file goes to the real `json`.
+    """
+
+    def __init__(self, parsed: dict[str, tuple[bytes, dict]]) -> None:
+        self.parsed = parsed
+
+    def load(self, fil, **kw):  # noqa: ANN001, ANN003, ANN201
+        got = self.parsed.get(getattr(fil, "name", None))
+        return got[1] if got is not None and not kw else json.load(fil, **kw)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(json, name)
+
+
+_CONDA_PACK_JSON = threading.Lock()
+
+
+def load_env(prefix: Path, records: dict[str, tuple[bytes, dict]] | None = None):  # noqa: ANN201 - CondaEnv
+    """conda-pack's view of the env: its file list with sources and placeholders.
+
+    `records` ({path: (bytes, parsed)} from `_read_records`) are handed to conda-pack
+    instead of being parsed again; its model is otherwise unchanged.
+    """
+    import conda_pack.core as cpc
     from conda_pack.core import CondaEnv, CondaPackException
 
     try:
-        return CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
+        if not records:
+            return CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
+        with _CONDA_PACK_JSON:
+            cpc.json = _ParsedJson(records)
+            try:
+                return CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
+            finally:
+                cpc.json = json
     except CondaPackException as e:
         text = " ".join(str(e).split())
         if "editable" in text:
@@ -163,13 +196,30 @@ def _record_unchanged(path: str, rec: dict, st: os.stat_result) -> bool:
     return not rec.get("sha256") or _sha256(path) == rec["sha256"]
 
 
-def _managed_records(prefix: Path) -> Iterator[tuple[str, dict]]:
-    """(path in prefix, paths_data record) of every conda-managed file, package by package."""
-    for meta in sorted((prefix / "conda-meta").glob("*.json")):
-        try:
-            info = json.loads(meta.read_bytes())
-        except ValueError:
+def _read_records(prefix: Path) -> dict[str, tuple[bytes, dict]]:
+    """{path: (bytes, parsed)} of every conda-meta/*.json record, read once for the whole pack
+    (the scan, conda-pack's model and the rewritten copies in the archive all use them).
+    Unreadable ones are left out: conda-pack reports them."""
+    out: dict[str, tuple[bytes, dict]] = {}
+    meta_dir = os.path.join(str(prefix), "conda-meta")
+    for name in sorted(os.listdir(meta_dir)):
+        if not name.endswith(".json") or name.startswith("."):
             continue
+        path = os.path.join(meta_dir, name)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            info = json.loads(raw)
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict):
+            out[path] = (raw, info)
+    return out
+
+
+def _managed_records(records: dict[str, tuple[bytes, dict]]) -> Iterator[tuple[str, dict]]:
+    """(path in prefix, paths_data record) of every conda-managed file, package by package."""
+    for _raw, info in records.values():
         for rec in (info.get("paths_data") or {}).get("paths", []):
             yield rec["_path"], rec
 
@@ -179,7 +229,8 @@ def find_modified(prefix: Path) -> list[str]:
     return _scan_managed(Path(prefix), None)[0]
 
 
-def _scan_managed(prefix: Path, emit) -> tuple[list[str], dict[str, bool], int]:  # noqa: ANN001
+def _scan_managed(prefix: Path, emit,  # noqa: ANN001
+                  records: dict[str, tuple[bytes, dict]] | None = None) -> tuple[list[str], dict[str, bool], int]:
     """Check every conda-managed file; hand the unchanged plain ones (and symlinks) to `emit` at once.
 
     Returns (modified, emitted {target: is_symlink}, bytes emitted). `emit(target)` lets the
@@ -190,7 +241,7 @@ def _scan_managed(prefix: Path, emit) -> tuple[list[str], dict[str, bool], int]:
     emitted: dict[str, bool] = {}
     nbytes = 0
     base = str(prefix) + "/"
-    for rel, rec in _managed_records(prefix):
+    for rel, rec in _managed_records(_read_records(prefix) if records is None else records):
         path = base + rel
         try:
             st = os.lstat(path)
@@ -242,14 +293,20 @@ def _is_text(data: bytes) -> bool:
 # --------------------------------------------------------------------------- planning
 
 
-def _rewrite_conda_meta(source: str) -> tuple[bytes, dict]:
+def _rewrite_conda_meta(source: str, parsed: tuple[bytes, dict] | None = None) -> tuple[bytes, dict]:
     """A package record without the build machine's paths, as conda-pack's `rewrite_conda_meta`.
 
+    `parsed` is (bytes, record) as read by `_read_records`; it is not modified.
     Written compact: json's C encoder does not indent, and its pure-Python
     indenting one spends ~0.5 s on the 14 MB record of a 50k-file package.
     """
-    with open(source, "rb") as f:
-        data = json.loads(f.read())
+    if parsed is None:
+        with open(source, "rb") as f:
+            data = json.loads(f.read())
+    else:  # a shallow copy is enough: only top-level keys and `link` change
+        data = dict(parsed[1])
+        if isinstance(data.get("link"), dict):
+            data["link"] = dict(data["link"])
     for key in ("extracted_package_dir", "package_tarball_full_path"):
         if key in data:
             data[key] = ""
@@ -270,7 +327,7 @@ def check_dest_fits(records: list[tuple[str, str, str]], dest: str) -> None:
 
 
 def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str],  # noqa: ANN001, C901
-          skip: dict[str, bool] | None = None) -> _Plan:
+          skip: dict[str, bool] | None = None, records: dict[str, tuple[bytes, dict]] | None = None) -> _Plan:
     from conda_pack.core import BIN_DIR, rewrite_shebang
     from conda_pack.prefixes import replace_prefix
 
@@ -311,7 +368,7 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             continue
         if f.file_mode is None:
             if fnmatch.fnmatch(target, "conda-meta/*.json"):
-                data, info = _rewrite_conda_meta(f.source)
+                data, info = _rewrite_conda_meta(f.source, (records or {}).get(f.source))
                 plan.packages.append(info)
                 stage(target, data, f.source)
             else:
@@ -617,10 +674,11 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     # GNU tar reads its name list well ahead, so that work overlaps the compression. (One thread:
     # a second Python thread would fight this one for the GIL on every system call.)
     env_box: dict = {}
+    records: dict[str, tuple[bytes, dict]] = {}
 
     def conda_pack_env():  # noqa: ANN202
         if "env" not in env_box:
-            env_box["env"] = load_env(prefix)
+            env_box["env"] = load_env(prefix, records)
         return env_box["env"]
 
     def refuse_modified(modified: list[str]) -> None:
@@ -637,9 +695,10 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     try:
         with atomic_path(output) as tmp:
             if fmt == "squashfs":
-                modified = _scan_managed(prefix, None)[0]
+                records = _read_records(prefix)
+                modified = _scan_managed(prefix, None, records)[0]
                 refuse_modified(modified)
-                plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified))
+                plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified), records=records)
                 _add_scripts(plan, staging, dest_prefix)
                 timings["plan"] = time.perf_counter() - t0
                 _link_tree(prefix, plan, staging)
@@ -661,14 +720,15 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
                 modified: list[str] = []
 
                 def produce(feed: _TarFeed) -> None:
-                    nonlocal plan, modified, early, early_bytes
-                    modified, early, early_bytes = _scan_managed(prefix, lambda rel: feed.add(prefix, rel))
+                    nonlocal plan, modified, early, early_bytes, records
+                    records = _read_records(prefix)
+                    modified, early, early_bytes = _scan_managed(prefix, lambda rel: feed.add(prefix, rel), records)
                     refuse_modified(modified)
                     timings["scan"] = time.perf_counter() - t0
                     env = conda_pack_env()
                     if not _confirm_early(env, early):
                         raise _Restart
-                    plan = _plan(prefix, env, staging, dest_prefix, set(modified), skip=early)
+                    plan = _plan(prefix, env, staging, dest_prefix, set(modified), skip=early, records=records)
                     _add_scripts(plan, staging, dest_prefix)
                     timings["plan"] = time.perf_counter() - t0
                     feed.add_plan(prefix, plan, staging)
@@ -681,7 +741,7 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
                     early, early_bytes = {}, 0
                     remove_path(staging)
                     staging.mkdir()
-                    plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified))
+                    plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified), records=records)
                     _add_scripts(plan, staging, dest_prefix)
                     digest = _stream(comp, tmp, lambda feed: feed.add_plan(prefix, plan, staging))
             size = tmp.stat().st_size
