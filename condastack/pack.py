@@ -197,11 +197,11 @@ def _record_unchanged(path: str, rec: dict, st: os.stat_result) -> bool:
     return not rec.get("sha256") or _sha256(path) == rec["sha256"]
 
 
-def _read_records(prefix: Path) -> dict[str, tuple[bytes, dict]]:
-    """{path: (bytes, parsed)} of every conda-meta/*.json record, read once for the whole pack
-    (the scan, conda-pack's model and the rewritten copies in the archive all use them).
+def _read_records(prefix: Path, out: dict[str, tuple[bytes, dict]]) -> Iterator[dict]:
+    """Each conda-meta/*.json record, parsed, as it is read; `out` collects {path: (bytes, parsed)}
+    for the rest of the pack (conda-pack's model and the rewritten copies in the archive use them).
+    Read once, lazily, so the scan streams the first package's files before the others are parsed.
     Unreadable ones are left out: conda-pack reports them."""
-    out: dict[str, tuple[bytes, dict]] = {}
     meta_dir = os.path.join(str(prefix), "conda-meta")
     for name in sorted(os.listdir(meta_dir)):
         if not name.endswith(".json") or name.startswith("."):
@@ -215,12 +215,12 @@ def _read_records(prefix: Path) -> dict[str, tuple[bytes, dict]]:
             continue
         if isinstance(info, dict):
             out[path] = (raw, info)
-    return out
+            yield info
 
 
-def _managed_records(records: dict[str, tuple[bytes, dict]]) -> Iterator[tuple[str, dict]]:
+def _managed_records(prefix: Path, out: dict[str, tuple[bytes, dict]]) -> Iterator[tuple[str, dict]]:
     """(path in prefix, paths_data record) of every conda-managed file, package by package."""
-    for _raw, info in records.values():
+    for info in _read_records(prefix, out):
         for rec in (info.get("paths_data") or {}).get("paths", []):
             yield rec["_path"], rec
 
@@ -236,13 +236,14 @@ def _scan_managed(prefix: Path, emit,  # noqa: ANN001
 
     Returns (modified, emitted {target: is_symlink}, bytes emitted). `emit(target)` lets the
     archive stream start before conda-pack's model of the env is ready; that model later
-    confirms each early choice (see `_confirm_early`).
+    confirms each early choice (see `_confirm_early`). `records` collects the conda-meta
+    records read on the way (see `_read_records`).
     """
     modified: list[str] = []
     emitted: dict[str, bool] = {}
     nbytes = 0
     base = str(prefix) + "/"
-    for rel, rec in _managed_records(_read_records(prefix) if records is None else records):
+    for rel, rec in _managed_records(prefix, {} if records is None else records):
         path = base + rel
         try:
             st = os.lstat(path)
@@ -765,7 +766,6 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     try:
         with atomic_path(output) as tmp:
             if fmt == "squashfs":
-                records = _read_records(prefix)
                 modified = _scan_managed(prefix, None, records)[0]
                 refuse_modified(modified)
                 plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified), records=records)
@@ -790,8 +790,7 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
                 modified: list[str] = []
 
                 def produce(feed: _TarFeed) -> None:
-                    nonlocal plan, modified, early, early_bytes, records
-                    records = _read_records(prefix)
+                    nonlocal plan, modified, early, early_bytes
                     modified, early, early_bytes = _scan_managed(prefix, lambda rel: feed.add(prefix, rel), records)
                     refuse_modified(modified)
                     timings["scan"] = time.perf_counter() - t0
