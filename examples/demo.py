@@ -67,7 +67,8 @@ def main() -> None:
     from testchannel import build_test_channel
 
     steps: list[Step] = []
-    shutil.rmtree(OUT, ignore_errors=True)
+    for leftover in ("out", "envs", "pack", "lock"):  # every run is a whole, fresh pipeline
+        shutil.rmtree(DEMO / leftover, ignore_errors=True)
     OUT.mkdir(parents=True)
 
     channel = timed(steps, "build the local channel (rattler-build, cached)", build_test_channel,
