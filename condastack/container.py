@@ -562,6 +562,14 @@ def _write_env_layer(src: PackedArchive, prefix: str, blob: Path, level: int) ->
     return outer.digest, inner_digest, outer.size
 
 
+def _write_json_blob(layout: Path, obj: dict) -> tuple[str, int]:
+    """Write `obj` as a canonical JSON blob; returns its digest and size."""
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _blob_path(layout, digest).write_bytes(data)
+    return digest, len(data)
+
+
 def _blob_path(layout: Path, digest: str) -> Path:
     algo, _, hexd = digest.partition(":")
     return layout / "blobs" / algo / hexd
@@ -679,24 +687,20 @@ def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = N
         if len(image_config["rootfs"]["diff_ids"]) != len(base_layers) + 1:
             raise CondastackError(f"--oci-base {base}: its config lists {len(image_config['rootfs']['diff_ids']) - 1} "
                                   f"layers but its manifest {len(base_layers)}; the layout is inconsistent.")
-        cfg_bytes = json.dumps(image_config, sort_keys=True, separators=(",", ":")).encode()
-        cfg_digest = "sha256:" + hashlib.sha256(cfg_bytes).hexdigest()
-        _blob_path(work, cfg_digest).write_bytes(cfg_bytes)
+        cfg_digest, cfg_size = _write_json_blob(work, image_config)
 
         manifest = {
             "schemaVersion": 2,
             "mediaType": _OCI_MANIFEST,
-            "config": {"mediaType": _OCI_CONFIG, "digest": cfg_digest, "size": len(cfg_bytes)},
+            "config": {"mediaType": _OCI_CONFIG, "digest": cfg_digest, "size": cfg_size},
             "layers": [*base_layers, {"mediaType": _OCI_LAYER_GZIP, "digest": digest, "size": size}],
             "annotations": {f"{LABEL_NS}.layer": spec.layer},
         }
-        man_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        man_digest = "sha256:" + hashlib.sha256(man_bytes).hexdigest()
-        _blob_path(work, man_digest).write_bytes(man_bytes)
+        man_digest, man_size = _write_json_blob(work, manifest)
         index = {
             "schemaVersion": 2,
             "mediaType": _OCI_INDEX,
-            "manifests": [{"mediaType": _OCI_MANIFEST, "digest": man_digest, "size": len(man_bytes),
+            "manifests": [{"mediaType": _OCI_MANIFEST, "digest": man_digest, "size": man_size,
                            "annotations": {_REF_NAME: tag},
                            "platform": {"architecture": arch, "os": "linux"}}],
         }
