@@ -13,6 +13,17 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   fi
 fi
+# Environment Modules conflicts with Lmod as a package, so its modulecmd.tcl is only
+# extracted (not installed) for the Tcl modulefile test.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -f .cache/envmodules/modulecmd.tcl ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download -qq environment-modules >/dev/null 2>&1); then
+    dpkg -x "$tmp"/environment-modules_*.deb "$tmp/x"
+    found=$(find "$tmp/x" -name modulecmd.tcl | head -n 1)
+    if [ -n "$found" ]; then mkdir -p .cache/envmodules && cp "$found" .cache/envmodules/modulecmd.tcl; fi
+  fi
+  rm -rf "$tmp"
+fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
