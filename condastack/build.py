@@ -363,12 +363,12 @@ def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] 
 def with_credentials(url: str, credentials: list[str] | tuple) -> tuple[str, dict[str, str]]:
     """The URL to download and its headers, given the credentialed channel URLs it may fall under.
 
-    A lock holds bare URLs (see solve.strip_credentials); the stack's channel URL
+    A lock holds bare URLs (see stack.strip_credentials); the stack's channel URL
     that the bare URL starts with gives back its /t/<token>/ part or its basic auth.
     """
     import base64
 
-    from .solve import strip_credentials
+    from .stack import strip_credentials
 
     for full in credentials:
         bare = strip_credentials(full).rstrip("/") + "/"

@@ -33,10 +33,9 @@ from .solve import (
     solve_pip,
     spec_name,
     split_depend,
-    strip_credentials,
     write_lockfile,
 )
-from .stack import Stack, redact
+from .stack import Stack, redact, strip_credentials
 
 LOCK_FORMAT = "condastack-lock-1"
 Progress = Callable[[str], None]
@@ -194,7 +193,7 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
             result.counts[plat] = {m: sum(1 for p in raw if p.get("platform") == plat and p.get("manager") == m)
                                    for m in ("conda", "pip")}
         if not all(explicit_path(stack, name, p).is_file() for p in stack.platforms):
-            _write_derived(stack, name, path.read_text())
+            _write_derived(stack, name, path)
         return result
     previous = parse_lockfile(path) if path.is_file() else None
     new_hash: dict[str, str] = {}
@@ -232,28 +231,21 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
                            channels=[strip_credentials(c) for c in stack.channels_for(name)],
                            platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
             text = (tmpdir / path.name).read_text()
+            _write_derived(stack, name, tmpdir / path.name)
         finally:
             remove_path(tmpdir)
-        _write_derived(stack, name, text)
         atomic_write_text(path, text)
     else:
-        _write_derived(stack, name, path.read_text())
+        _write_derived(stack, name, path)
     return result
 
 
-def _write_derived(stack: Stack, name: str, lock_text: str) -> None:
-    """Write the @EXPLICIT and pip requirement files that follow from the lockfile text.
+def _write_derived(stack: Stack, name: str, lockfile: Path) -> None:
+    """Write the @EXPLICIT and pip requirement files that follow from a lockfile.
 
     They are rewritten only when their content differs, so a no-op lock touches nothing.
     """
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".conda-lock.yml", delete=False) as f:
-        f.write(lock_text)
-    try:
-        lf = parse_lockfile(Path(f.name))
-    finally:
-        Path(f.name).unlink()
+    lf = parse_lockfile(lockfile)
     for plat in stack.platforms:
         conda = [p for p in lf.package if p.platform == plat and p.manager == "conda"]
         if not conda:
@@ -485,7 +477,7 @@ def lock_with_conda_lock(stack: Stack, layers: list[str] | None, solver: str, bi
                 if parent:
                     _check_superset(name, parent, lockfile_path(stack.root, parent), target)
                 atomic_write_text(final, target.read_text())
-                _write_derived(stack, name, final.read_text())
+                _write_derived(stack, name, final)
             out.append(final)
     return out
 

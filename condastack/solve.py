@@ -171,19 +171,6 @@ def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dic
     ))
 
 
-_AUTH = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@")
-_TOKEN = re.compile(r"/t/[^/\s]+/")
-
-
-def strip_credentials(url: str) -> str:
-    """Drop user:password@ and conda /t/<token>/ parts, which must never reach a lockfile."""
-    return _TOKEN.sub("/", _AUTH.sub(lambda m: m.group("scheme"), url))
-
-
-def record_key(rec: object) -> tuple[str, str, str]:
-    return (rec.name.normalized, str(rec.version), str(rec.build))  # type: ignore[attr-defined]
-
-
 def split_depend(dep: str) -> tuple[str, str]:
     name, _, spec = dep.strip().partition(" ")
     return name, spec.strip() or "*"

@@ -47,6 +47,11 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<auth>[^/@\s]
 _URL_TOKEN = re.compile(r"/t/[^/\s]+/")
 
 
+def strip_credentials(url: str) -> str:
+    """Drop user:password@ and conda /t/<token>/ parts, which must never reach a lockfile."""
+    return _URL_TOKEN.sub("/", _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), url))
+
+
 def redact(text: str) -> str:
     """Strip user:password@ and /t/<token>/ from any URL in `text`."""
     text = _URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", text)
