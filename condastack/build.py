@@ -39,6 +39,7 @@ from .errors import CondastackError
 from .fsutil import TMP_MARK, clean_stale_temporaries, file_lock, make_tempdir, remove_path, swap_dir
 
 MARKER = Path("conda-meta") / "condastack.info"
+STATE = Path("conda-meta") / "state"  # conda's own file for `conda env config vars`
 CREATED_BY = f"condastack {__version__}"
 INSTALLERS = ("auto", "rattler", "micromamba")
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
@@ -142,6 +143,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     lockfile, prefix = Path(lockfile).absolute(), Path(prefix).absolute()
     env = read_locked_env(lockfile, host_platform())
     lock_hash = env.lock_hash()
+    variables = lock_variables(lockfile)
     chosen = choose_installer(installer)
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +158,8 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                     "Choose another --prefix, or pass --force to replace it."
                 )
             if marker is not None and marker.get("lock_hash") == lock_hash and not force and is_intact(prefix, env):
+                if read_env_vars(prefix) != variables:
+                    write_env_vars(prefix, variables)  # only `variables:` changed: no relink needed
                 return BuildResult(prefix, layer, "unchanged", lock_hash, chosen, len(env.conda), len(env.pip),
                                    seconds=time.monotonic() - t0)
 
@@ -179,6 +183,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                     install_wheels(tmp, prefix, env.pip, wheels)
             write_marker(tmp, {"layer": layer, "stack": stack_name, "platform": env.platform,
                                "lock_hash": lock_hash, "lockfile": str(lockfile), "created_by": CREATED_BY})
+            write_env_vars(tmp, variables)
             swap_dir(tmp, prefix)
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -237,6 +242,56 @@ def write_marker(prefix: Path, data: dict[str, Any]) -> None:
     path = Path(prefix) / MARKER
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def lock_variables(lockfile: Path) -> dict[str, str]:
+    """The layer's `variables:` as its lock records them (custom metadata `condastack.variables`).
+
+    Read from the one metadata line, so a no-op build does not parse a 10 MB lockfile again.
+    """
+    import re
+
+    import yaml
+
+    from .envfile import VAR_NAME
+
+    with open(lockfile, encoding="utf-8", errors="replace") as f:
+        line = next((l for l in f if l.lstrip().startswith("condastack.variables:")), None)
+    if line is None:
+        return {}
+    try:
+        data = json.loads(yaml.safe_load(line.strip())["condastack.variables"])
+    except (ValueError, TypeError, KeyError, yaml.YAMLError):
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and VAR_NAME.match(k) and isinstance(v, str)
+                                             and re.fullmatch(r"[^\x00]*", v) for k, v in data.items()):
+        raise CondastackError(f"{lockfile}: its condastack.variables metadata is not a map of variable names "
+                              "to strings. Re-create it with `condastack lock`.")
+    return data
+
+
+def read_env_vars(prefix: Path) -> dict[str, str]:
+    try:
+        data = json.loads((Path(prefix) / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(data.get("env_vars") or {}) if isinstance(data, dict) else {}
+
+
+def write_env_vars(prefix: Path, variables: dict[str, str]) -> None:
+    """conda's `conda-meta/state` {"env_vars": {...}}: what `conda activate`, modules and containers set."""
+    from .fsutil import atomic_write_text
+
+    path = Path(prefix) / STATE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    if not variables and "env_vars" not in data:
+        return
+    data["env_vars"] = dict(variables)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def is_intact(prefix: Path, env: Any) -> bool:

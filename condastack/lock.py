@@ -35,6 +35,7 @@ from .solve import (
     split_depend,
     write_lockfile,
 )
+from .envfile import PipOptions
 from .stack import Stack, redact, strip_credentials
 
 LOCK_FORMAT = "condastack-lock-1"
@@ -115,9 +116,15 @@ def input_hash(stack: Stack, layer: str, platform: str) -> str:
         "pip": pip,
         "channels": stack.channels_for(layer),
         "virtual-packages": stack.virtual_packages_for(platform),
-        "pip-index": stack.pip_indexes_for(layer),
+        "pip-index": [strip_credentials(u) for u in stack.pip_indexes_for(layer)],
         "parent": _parent_pins(stack, layer, platform),
     }
+    # environment.yml's variables, pip option lines and -r/-c file contents (a rotated token is no change);
+    # only when present, so locks of files without them keep their hash.
+    extra = {"variables": stack.variables_for(layer),
+             "pip-options": stack.pip_options_for(layer).to_json(strip_credentials),
+             "includes": stack.includes_for(layer)}
+    data.update({k: v for k, v in extra.items() if v and v != PipOptions().to_json()})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -155,6 +162,8 @@ def dry_run(stack: Stack, layers: list[str] | None = None) -> list[dict[str, obj
                 "pip-index": [redact(c) for c in stack.pip_indexes_for(name)] if pip else [],
                 "virtual-packages": stack.virtual_packages_for(plat),
                 "conda": conda, "pip": pip,
+                "pip-options": stack.pip_options_for(name).to_json(redact),
+                "variables": stack.variables_for(name),
                 "action": "up to date" if up_to_date else "solve",
             })
     return out
@@ -221,7 +230,8 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
                    if stack.layer(l.name).file.is_relative_to(stack.root) else str(l.file)
                    for l in stack.chain(name)]
         custom = {"condastack.layer": name, "condastack.extends": stack.layer(name).extends or "",
-                  "condastack.stack": stack.name, "condastack.version": __version__}
+                  "condastack.stack": stack.name, "condastack.version": __version__,
+                  "condastack.variables": json.dumps(stack.variables_for(name), sort_keys=True)}
         # conda-lock writes the file's own name into its header, so the temporary keeps the final
         # name inside a temporary folder (cleaned by the next run if this one is killed).
         tmpdir = path.parent / f"{TMP_MARK}{path.name}.{os.getpid()}.new"

@@ -8,7 +8,6 @@ that every later stage can trust it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .envfile import PYPI_SIMPLE, PipOptions, apply_constraints, expand_channels, load_env_file
 from .errors import CondastackError
 
 STACK_FILE = Path("environments") / "stack.yml"
@@ -30,17 +30,6 @@ KNOWN_PLATFORMS = (
 )
 _STACK_KEYS = {"name", "platforms", "virtual-packages", "layers", "pip-index", "channels"}
 _LAYER_KEYS = {"file", "extends", "description"}
-_ENV_KEYS = {
-    "name",
-    "channels",
-    "dependencies",
-    "platforms",
-    "pip-repositories",
-    "allow-pypi-requests",
-    "category",
-    "variables",
-    "prefix",
-}
 _LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VPKG_NAME = re.compile(r"^__[a-z0-9_]+$")
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<auth>[^/@\s]+@)")
@@ -70,6 +59,9 @@ class Layer:
     pip: dict[str, tuple[str, ...]]  # platform -> pip requirement strings (own)
     pip_repositories: tuple[str, ...] = ()
     description: str = ""
+    variables: dict[str, str] = field(default_factory=dict)  # own `variables:` of the file
+    pip_options: PipOptions = PipOptions()  # own pip option lines (--index-url, -c, ...)
+    includes: tuple[tuple[str, str], ...] = ()  # -r/-c files read, with their sha256
 
     def file_digest(self) -> str:
         return hashlib.sha256(self.file.read_bytes()).hexdigest()
@@ -142,12 +134,35 @@ class Stack:
         for layer in self.chain(name):
             conda += [s for s in layer.conda.get(platform, ()) if s not in conda]
             pip += [s for s in layer.pip.get(platform, ()) if s not in pip]
-        return conda, pip
+        return conda, apply_constraints(pip, self.pip_options_for(name).constraints)
+
+    def pip_options_for(self, name: str) -> PipOptions:
+        """pip option lines of the layer and its ancestors; a child's --index-url replaces its parent's."""
+        out = PipOptions()
+        for layer in self.chain(name):
+            out = out.merged(layer.pip_options)
+        return out
+
+    def variables_for(self, name: str) -> dict[str, str]:
+        """`variables:` of the layer and its ancestors; a child's value overrides its parent's."""
+        out: dict[str, str] = {}
+        for layer in self.chain(name):
+            out.update(layer.variables)
+        return out
+
+    def includes_for(self, name: str) -> list[tuple[str, str]]:
+        return sorted({i for layer in self.chain(name) for i in layer.includes})
 
     def pip_indexes_for(self, name: str) -> list[str]:
         out = list(self.pip_index)
         for layer in self.chain(name):
             out += [r for r in layer.pip_repositories if r not in out]
+        opts = self.pip_options_for(name)
+        if opts.index_url:
+            out += [opts.index_url] if opts.index_url not in out else []
+        elif opts.extra_index_urls and not out:
+            out.append(PYPI_SIMPLE)  # pip's --extra-index-url adds to PyPI, it does not replace it
+        out += [u for u in opts.extra_index_urls if u not in out]
         return out
 
     def virtual_packages_for(self, platform: str) -> dict[str, str]:
@@ -171,6 +186,11 @@ class Stack:
                     "inherited": {
                         p: _inherited(self, n, p) for p in self.platforms
                     },
+                    "own-variables": dict(l.variables),
+                    "variables": self.variables_for(n),
+                    "pip-options": self.pip_options_for(n).to_json(redact),
+                    "pip-index": [redact(u) for u in self.pip_indexes_for(n)],
+                    "includes": {p: d for p, d in self.includes_for(n)},
                 }
                 for n, l in self.layers.items()
             },
@@ -297,7 +317,8 @@ def load_stack(root: Path | str = ".") -> Stack:
         vpkgs[plat] = {k: str(v) for k, v in pk.items()}
 
     pip_index = _str_list(data.get("pip-index", []), path, data, "pip-index")
-    channels = [resolve_channel(c, path.parent) for c in _str_list(data.get("channels", []), path, data, "channels")]
+    channels = [resolve_channel(c, path.parent)
+                for c in expand_channels(_str_list(data.get("channels", []), path, data, "channels"))]
 
     layers_raw = data["layers"]
     _expect(isinstance(layers_raw, dict) and bool(layers_raw), path, data, "layers",
@@ -373,35 +394,17 @@ def _load_layer(name: str, lfile: Path, extends: str | None, platforms: list[str
         raise CondastackError(
             f"{_at(stack_path, layers_raw, name)}: layer '{name}' names file {lfile}, which does not exist."
         )
-    data = load_yaml(lfile, f"layer file of '{name}'")
-    if not isinstance(data, dict):
-        raise CondastackError(f"{lfile}: layer '{name}' must be a conda environment.yml (a mapping with 'dependencies').")
-    for key in data:
-        _expect(key in _ENV_KEYS, lfile, data, key,
-                f"unknown key '{key}' in layer '{name}' (an environment.yml has: {', '.join(sorted(_ENV_KEYS))}).")
-    channels = _str_list(data.get("channels", []) or [], lfile, data, "channels")
-    deps = data.get("dependencies", [])
-    _expect(isinstance(deps, list), lfile, data, "dependencies", f"'dependencies' of layer '{name}' must be a list.")
-    for d in deps:
-        ok = isinstance(d, str) or (isinstance(d, dict) and set(d) <= {"pip"} and isinstance(d.get("pip") or [], list))
-        _expect(ok, lfile, data, "dependencies",
-                f"layer '{name}': each dependency must be a conda spec string or a 'pip:' list, not {json.dumps(d, default=str)}.")
-    pip_repos = _str_list(data.get("pip-repositories", []) or [], lfile, data, "pip-repositories")
-
-    conda: dict[str, tuple[str, ...]] = {}
-    pip: dict[str, tuple[str, ...]] = {}
-    from .solve import parse_layer_specs  # the conda-lock seam
-
-    for plat in platforms:
-        c, p = parse_layer_specs(lfile, plat, layer=name)
-        conda[plat], pip[plat] = tuple(c), tuple(p)
+    env = load_env_file(lfile, platforms, layer=name)
     return Layer(
         name=name,
         file=lfile,
         extends=extends,
-        channels=tuple(resolve_channel(c, lfile.parent) for c in channels if c != "nodefaults"),
-        conda=conda,
-        pip=pip,
-        pip_repositories=tuple(pip_repos),
+        channels=tuple(resolve_channel(c, lfile.parent) for c in env.channels),
+        conda=env.conda,
+        pip=env.pip,
+        pip_repositories=env.pip_repositories,
         description=description,
+        variables=env.variables,
+        pip_options=env.pip_options,
+        includes=env.includes,
     )
