@@ -240,6 +240,8 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
     specs = {}
     for req in pip_specs:
         dep = parse_python_requirement(req, manager="pip", category="main", mapping_url=mapping_url())
+        if type(dep).__name__ == "PathDependency" and re.search(r"@\s*http://", req):
+            dep = _http_url_dependency(dep, req)  # conda-lock reads only https:// as a URL
         specs[dep.name] = dep
     sink = io.StringIO()
     try:
@@ -254,7 +256,39 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
     except Exception as e:  # poetry's resolver raises many types; all are user-facing here
         msg = str(e).strip().splitlines()
         raise CondastackError("pip requirements cannot be resolved: " + " ".join(m.strip() for m in msg[:8])) from None
-    return [d for d in solved.values() if d.manager == "pip"]
+    out = [d for d in solved.values() if d.manager == "pip"]
+    for d in out:
+        if d.url.startswith("git+file://None/"):  # conda-lock writes a file URL's empty host as "None"
+            d.url = "git+file:///" + d.url[len("git+file://None/"):]
+            if d.source is not None:
+                d.source.url = d.url
+        if d.hash.sha256 is None and d.url.startswith(("http://", "https://")):
+            d.hash.sha256 = _url_sha256(d.url, d.name)  # `name @ URL` requirements: pip --require-hashes needs it
+    return out
+
+
+def _url_sha256(url: str, name: str) -> str:
+    import urllib.request
+
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url.split("#", 1)[0], timeout=60) as f:  # noqa: S310 - http(s) only, above
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise CondastackError(f"pip requirement {name} @ {url}: cannot download it to record its sha256: {e}") \
+            from None
+    return h.hexdigest()
+
+
+def _http_url_dependency(dep: object, req: str) -> object:
+    from urllib.parse import urldefrag
+
+    from conda_lock.models.lock_spec import URLDependency
+
+    url, frag = urldefrag(req.split("@", 1)[1].split(";", 1)[0].strip())
+    return URLDependency(name=dep.name, manager="pip", category="main", extras=[],  # type: ignore[attr-defined]
+                         markers=dep.markers, url=url, hashes=[frag.replace("=", ":")])  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- lockfile format (conda-lock)

@@ -1,0 +1,90 @@
+"""environment.yml pip options, URL and VCS requirements, locked for real (test channel, loopback index)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+from conftest import assert_user_error, make_wheel, run_cli, write_project
+
+
+def _pip(proj: Path, layer: str = "base") -> dict[str, dict]:
+    data = yaml.safe_load((proj / "lock" / f"{layer}.conda-lock.yml").read_text())
+    return {p["name"]: p for p in data["package"] if p["manager"] == "pip" and p["platform"] == "linux-64"}
+
+
+def _project(root: Path, channel_url: str, pip_lines: list[str], extra: dict[str, str] | None = None) -> Path:
+    text = (f'channels: ["{channel_url}"]\ndependencies:\n  - python 3.11.*\n  - pip\n  - pip:\n'
+            + "".join(f"    - {line}\n" for line in pip_lines))
+    return write_project(root, """
+        name: opts
+        platforms: [linux-64]
+        layers:
+          base: {file: base.yml}
+        """, {"base.yml": text, **(extra or {})})
+
+
+def test_index_url_and_requirements_file_are_locked(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001
+    proj = _project(tmp_path / "p", channel_url, [f"--index-url {pypi_index.url}", "-r requirements.txt", "-c constraints.txt"], {"requirements.txt": "tinyapp\ntinylib>=1\n", "constraints.txt": "tinylib<2\n"})
+    res = run_cli("-C", proj, "lock")
+    assert res.returncode == 0, res.output
+    pip = _pip(proj)
+    assert set(pip) == {"tinyapp", "tinylib"}
+    assert pip["tinylib"]["version"] == "1.0"  # the -c constraint holds; 2.0 exists on the index
+    assert pip["tinyapp"]["url"].startswith(pypi_index.url.rsplit("/simple", 1)[0])
+    # editing the requirements file makes the lock stale
+    assert run_cli("-C", proj, "lock", "--check").returncode == 0
+    (proj / "environments" / "requirements.txt").write_text("tinyapp\n")
+    assert_user_error(run_cli("-C", proj, "lock", "--check"), "base")
+
+
+def test_url_wheel_requirement_locks_its_sha256(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001
+    name = "tinylib-1.0-py3-none-any.whl"
+    url = pypi_index.url.rsplit("/simple", 1)[0] + f"/files/{name}"
+    proj = _project(tmp_path / "p", channel_url, [f"--index-url {pypi_index.url}", f"tinylib @ {url}"])
+    res = run_cli("-C", proj, "lock")
+    assert res.returncode == 0, res.output
+    pip = _pip(proj)
+    assert pip["tinylib"]["version"] == "1.0"
+    assert pip["tinylib"]["hash"]["sha256"] == hashlib.sha256(pypi_index.wheels[name].read_bytes()).hexdigest()
+
+
+def _git_repo(root: Path) -> tuple[Path, str]:
+    """A local git repository holding a pure-python project `gitpkg` (pyproject, setuptools-free flit-like)."""
+    repo = root / "gitpkg"
+    (repo / "gitpkg").mkdir(parents=True)
+    (repo / "gitpkg" / "__init__.py").write_text('__version__ = "0.3"\n')
+    (repo / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+                                         'backend-path = ["."]\n[project]\nname = "gitpkg"\nversion = "0.3"\n')
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    return repo, sha
+
+
+def test_vcs_requirement_without_commit_is_refused(tmp_path: Path, channel_url: str) -> None:
+    repo, sha = _git_repo(tmp_path)
+    for ref, needle in [("", "no commit"), ("@main", "'main', not a commit"), ("@v1.0", "'v1.0', not a commit")]:
+        proj = _project(tmp_path / f"p{len(ref)}", channel_url, [f"gitpkg @ git+{repo.as_uri()}{ref}"])
+        assert_user_error(run_cli("-C", proj, "layers"), "base.yml, line 6", "gitpkg", needle,
+                          "40-character commit", "git ls-remote")
+    proj = _project(tmp_path / "pinned", channel_url, [f"gitpkg @ git+{repo.as_uri()}@{sha}"])
+    res = run_cli("-C", proj, "layers", "--json")
+    assert res.returncode == 0, res.output
+    assert f"gitpkg @ git+{repo.as_uri()}@{sha}" in json.loads(res.stdout)["layers"]["base"]["own"]["linux-64"]["pip"]
+
+
+def test_vcs_requirement_pinned_to_a_commit_is_locked(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001
+    repo, sha = _git_repo(tmp_path)
+    proj = _project(tmp_path / "p", channel_url, [f"--index-url {pypi_index.url}", f"gitpkg @ git+{repo.as_uri()}@{sha}"])
+    res = run_cli("-C", proj, "lock")
+    assert res.returncode == 0, res.output
+    pip = _pip(proj)
+    assert pip["gitpkg"]["version"] == "0.3"
+    # the commit is what pins a VCS requirement (conda-lock records it in place of a sha256)
+    assert pip["gitpkg"]["url"] == f"git+{repo.as_uri()}@{sha}"
