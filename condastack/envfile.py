@@ -307,7 +307,7 @@ def _read_requirements_file(path: Path, where: str, st: _PipState, *, constraint
     st.includes[str(path)] = hashlib.sha256(data).hexdigest()
     outer, st.reading = st.reading, (*st.reading, path)
     try:
-        joined = re.sub(r"\\\n", " ", text)  # pip's line continuation
+        joined = re.sub(r"[ \t]*\\\n[ \t]*", " ", text)  # pip's line continuation
         for n, raw in enumerate(joined.splitlines(), 1):
             line = raw.split(" #", 1)[0].strip()
             if not line or line.startswith("#"):
