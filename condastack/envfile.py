@@ -442,15 +442,73 @@ def _top(data: Any, path: Path, layer: str) -> tuple[list[str], list[str]]:
 
 
 def load_env_file(path: Path, platforms: list[str], *, layer: str) -> EnvFile:
-    """Read one layer's environment.yml for each platform (selectors, pip options, variables)."""
+    """Read one layer's environment.yml for each platform (selectors, pip options, variables).
+
+    Checking specs needs conda-lock, whose import costs ~0.6 s, so results are cached by the
+    file's content and path and the content of every -r/-c file it read: a no-op `lock` never
+    imports it.
+    """
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CondastackError(f"{path}: layer file of '{layer}' is not UTF-8 text ({e.reason} at byte {e.start}).") \
             from None
     except OSError as e:
         raise CondastackError(f"{path}: cannot read the layer file of '{layer}': {e.strerror}.") from None
+    cached = _cache_file(path, data, platforms)
+    hit = _from_cache(cached, path)
+    if hit is not None:
+        return hit
+    env = _read_env_file(path, text, platforms, layer)
+    _to_cache(cached, env)
+    return env
+
+
+def _cache_file(path: Path, data: bytes, platforms: list[str]) -> Path:
+    from importlib.metadata import version
+
+    from . import __version__
+    from .solve import MAPPING_FILE, cache_root
+
+    key = hashlib.sha256(b"|".join([b"envfile-1", str(path.resolve()).encode(), data, ",".join(platforms).encode(),
+                                    version("conda-lock").encode(), __version__.encode(),
+                                    Path(__file__).read_bytes(), MAPPING_FILE.read_bytes()])).hexdigest()
+    return cache_root() / "envfiles" / f"{key}.json"
+
+
+def _from_cache(cached: Path, path: Path) -> EnvFile | None:
+    try:
+        d = json.loads(cached.read_text())
+        for inc, sha in d["includes"]:
+            if hashlib.sha256(Path(inc).read_bytes()).hexdigest() != sha:
+                return None
+        o = d["pip_options"]
+        opts = PipOptions(index_url=o["index_url"], pre=bool(o["pre"]),
+                          **{k: tuple(o[k]) for k in ("extra_index_urls", "find_links", "trusted_hosts",
+                                                      "constraints")})
+        return EnvFile(path=path, channels=tuple(d["channels"]),
+                       conda={k: tuple(v) for k, v in d["conda"].items()},
+                       pip={k: tuple(v) for k, v in d["pip"].items()}, pip_options=opts,
+                       variables=dict(d["variables"]), pip_repositories=tuple(d["pip_repositories"]),
+                       includes=tuple((a, b) for a, b in d["includes"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _to_cache(cached: Path, env: EnvFile) -> None:
+    from .fsutil import atomic_write_text
+
+    d = asdict(env)
+    d.pop("path")
+    try:
+        atomic_write_text(cached, json.dumps(d))
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+def _read_env_file(path: Path, text: str, platforms: list[str], layer: str) -> EnvFile:
     conda: dict[str, tuple[str, ...]] = {}
     pip: dict[str, tuple[str, ...]] = {}
     opts = PipOptions()
