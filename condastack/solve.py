@@ -378,6 +378,7 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
     try:
         env = rattler.LockFile.from_path(str(path)).default_environment()
     except Exception as e:  # rattler reports format problems as one exception type per cause
+        _refuse_vcs(path)
         raise CondastackError(f"{path}: not a readable conda-lock file: {e}. Re-create it with `condastack lock`.") \
             from None
     plats = tuple(p.name for p in env.platforms()) if env is not None else ()
@@ -401,6 +402,23 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
                                   "`pip --require-hashes` needs one. Re-lock it.")
         wheels.append(LockedWheel(name=p.name, version=str(p.version), url=str(p.location), sha256=sha))
     return LockedEnv(path=path, platform=platform, platforms=plats, conda=conda, pip=tuple(wheels))
+
+
+def _refuse_vcs(path: Path) -> None:
+    """A pip package locked from version control (conda-lock records its commit where py-rattler wants a sha256)."""
+    import yaml
+
+    try:
+        pkgs = yaml.safe_load(Path(path).read_text()).get("package") or []
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return
+    for p in pkgs:
+        url = str(p.get("url", "")) if isinstance(p, dict) else ""
+        if p.get("manager") == "pip" and url.startswith(("git+", "hg+", "svn+", "bzr+")):
+            raise CondastackError(
+                f"{path}: pip package {p.get('name')} {p.get('version')} is locked from version control ({url}); "
+                "condastack builds from sha256-checked wheels only. Build a wheel of that commit and serve it from "
+                "an index or list it as `name @ https://…/name.whl`, or wrap it with `condastack wrap`, then re-lock.")
 
 
 def with_url(record: object, url: str) -> object:

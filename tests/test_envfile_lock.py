@@ -79,7 +79,8 @@ def test_vcs_requirement_without_commit_is_refused(tmp_path: Path, channel_url: 
     assert f"gitpkg @ git+{repo.as_uri()}@{sha}" in json.loads(res.stdout)["layers"]["base"]["own"]["linux-64"]["pip"]
 
 
-def test_vcs_requirement_pinned_to_a_commit_is_locked(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001
+def test_vcs_requirement_pinned_to_a_commit_is_locked(tmp_path: Path, channel_url: str, pypi_index,  # noqa: ANN001
+                                                      pkgs_cache: Path) -> None:
     repo, sha = _git_repo(tmp_path)
     proj = _project(tmp_path / "p", channel_url, [f"--index-url {pypi_index.url}", f"gitpkg @ git+{repo.as_uri()}@{sha}"])
     res = run_cli("-C", proj, "lock")
@@ -88,3 +89,5 @@ def test_vcs_requirement_pinned_to_a_commit_is_locked(tmp_path: Path, channel_ur
     assert pip["gitpkg"]["version"] == "0.3"
     # the commit is what pins a VCS requirement (conda-lock records it in place of a sha256)
     assert pip["gitpkg"]["url"] == f"git+{repo.as_uri()}@{sha}"
+    # build installs sha256-checked wheels only, and says so by name
+    assert_user_error(run_cli("-C", proj, "build", "base"), "gitpkg 0.3", "version control", "Build a wheel")
