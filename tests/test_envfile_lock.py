@@ -91,3 +91,15 @@ def test_vcs_requirement_pinned_to_a_commit_is_locked(tmp_path: Path, channel_ur
     assert pip["gitpkg"]["url"] == f"git+{repo.as_uri()}@{sha}"
     # build installs sha256-checked wheels only, and says so by name
     assert_user_error(run_cli("-C", proj, "build", "base"), "gitpkg 0.3", "version control", "Build a wheel")
+
+
+def test_credentials_in_pip_options_never_reach_output(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001
+    index = pypi_index.url.replace("http://", "http://alice:s3cr3t@")
+    proj = _project(tmp_path / "p", channel_url, [f"--extra-index-url {index}", "--index-url " + index, "tinylib"])
+    outputs = [run_cli("-C", proj, *args) for args in (["layers", "--json"], ["lock", "--dry-run", "--json"],
+                                                       ["lock"])]
+    assert all(r.returncode == 0 for r in outputs), [r.output for r in outputs]
+    assert _pip(proj)["tinylib"]["version"] == "2.0"
+    texts = [r.output for r in outputs] + [p.read_text() for p in (proj / "lock").iterdir() if p.is_file()]
+    assert not any("s3cr3t" in t for t in texts)
+    assert "http://***@127.0.0.1" in outputs[0].output  # shown redacted, so the user sees which index is used
