@@ -35,7 +35,8 @@ from .solve import (
     split_depend,
     write_lockfile,
 )
-from .envfile import PipOptions
+from .envfile import PYPI_SIMPLE, PipOptions
+from .findlinks import find_links_index
 from .stack import Stack, redact, strip_credentials
 
 LOCK_FORMAT = "condastack-lock-1"
@@ -313,12 +314,17 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
         have = {s.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for s in pip_specs}
         specs = pip_specs + [s for s in pins if s.split("==")[0].lower() not in have]
         prev_pip = [p for p in previous.package if p.platform == plat and p.manager == "pip"] if previous else []
+        indexes = stack.pip_indexes_for(name)
         try:
-            pip_locked = solve_pip(specs, conda_locked, plat, vpkgs, indexes=stack.pip_indexes_for(name),
-                                   previous=prev_pip + parent_pip, update=list(update))
+            with find_links_index(stack.pip_options_for(name).find_links) as (links_index, served):
+                if links_index:  # pip's --find-links adds to the indexes (to PyPI when none is named)
+                    indexes = (indexes or [PYPI_SIMPLE]) + [links_index]
+                pip_locked = solve_pip(specs, conda_locked, plat, vpkgs, indexes=indexes,
+                                       previous=prev_pip + parent_pip, update=list(update))
         except CondastackError as e:
-            raise CondastackError(f"layer {name} ({plat}): {e}") from None
+            raise CondastackError(f"layer {name} ({plat}): {redact(str(e))}") from None
         for p in pip_locked:
+            p.url = served.get(p.url.split("#", 1)[0], p.url)  # a local --find-links file: its own file:// URL
             p.url = strip_credentials(p.url)
             _check_parent_pip(name, layer.extends, p, parent_pip)
     return conda_locked + pip_locked

@@ -103,3 +103,37 @@ def test_credentials_in_pip_options_never_reach_output(tmp_path: Path, channel_u
     texts = [r.output for r in outputs] + [p.read_text() for p in (proj / "lock").iterdir() if p.is_file()]
     assert not any("s3cr3t" in t for t in texts)
     assert "http://***@127.0.0.1" in outputs[0].output  # shown redacted, so the user sees which index is used
+
+
+def test_find_links_folder_and_page_are_locked(tmp_path: Path, channel_url: str, pypi_index,  # noqa: ANN001
+                                               pkgs_cache: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    wheels = tmp_path / "p" / "environments" / "wheels"
+    wheels.mkdir(parents=True)
+    local = make_wheel(wheels, "tinylocal", "0.5")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    paged = make_wheel(flat, "tinypage", "0.7")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(flat)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    page = f"http://127.0.0.1:{server.server_address[1]}/"  # a directory listing: a flat page of links
+    try:
+        proj = _project(tmp_path / "p", channel_url, [f"--index-url {pypi_index.url}", "-f wheels",
+                                                      f"--find-links {page}", "tinylocal", "tinypage", "tinylib"])
+        res = run_cli("-C", proj, "lock")
+        assert res.returncode == 0, res.output
+        pip = _pip(proj)
+        assert pip["tinylocal"]["url"] == local.resolve().as_uri()  # the folder's own file, not the loopback copy
+        assert pip["tinylocal"]["hash"]["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+        assert pip["tinypage"]["url"] == page + paged.name
+        assert pip["tinypage"]["hash"]["sha256"] == hashlib.sha256(paged.read_bytes()).hexdigest()
+        assert pip["tinylib"]["version"] == "2.0"
+        res = run_cli("-C", proj, "build", "base")
+        assert res.returncode == 0, res.output
+    finally:
+        server.shutdown()
+    assert list((proj / "envs" / "base" / "lib").glob("python3*/site-packages/tinylocal/__init__.py"))
