@@ -137,3 +137,29 @@ def test_find_links_folder_and_page_are_locked(tmp_path: Path, channel_url: str,
     finally:
         server.shutdown()
     assert list((proj / "envs" / "base" / "lib").glob("python3*/site-packages/tinylocal/__init__.py"))
+
+
+def test_selectors_quotes_and_variables_only_file_lock_on_the_test_channel(tmp_path: Path, channel_url: str) -> None:
+    proj = write_project(tmp_path / "p", """
+        name: sel
+        platforms: [linux-64, linux-aarch64]
+        layers:
+          base: {file: base.yml}
+          app: {file: app.yml, extends: base}
+        """, {"base.yml": f"""
+            channels: ["{channel_url}", nodefaults]
+            dependencies:
+              - python='3.11'
+              - libhello  # [linux and x86_64]
+              - libfoo  # [aarch64]
+              - gpu-kernels  # [not (osx or win)]
+            """, "app.yml": "name: app\nvariables: {A: b}\ndependencies:\n"})
+    res = run_cli("-C", proj, "lock")
+    assert res.returncode == 0, res.output
+    data = yaml.safe_load((proj / "lock" / "base.conda-lock.yml").read_text())
+    names = {plat: {p["name"] for p in data["package"] if p["platform"] == plat} for plat in ("linux-64", "linux-aarch64")}
+    assert {"python", "libhello", "gpu-kernels"} <= names["linux-64"] and "libfoo" not in names["linux-64"]
+    assert {"python", "libfoo", "gpu-kernels"} <= names["linux-aarch64"] and "libhello" not in names["linux-aarch64"]
+    assert next(p for p in data["package"] if p["name"] == "python")["version"].startswith("3.11")
+    app = yaml.safe_load((proj / "lock" / "app.conda-lock.yml").read_text())
+    assert {p["name"] for p in app["package"]} == {p["name"] for p in data["package"]}  # empty layer: the parent's
