@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .errors import CondastackError
+from . import __version__, layout
+from .errors import CondastackError, LockConflict
 from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock, remove_path
 from .solve import (
     explain_solver_error,
@@ -35,30 +35,19 @@ from .solve import (
     split_depend,
     write_lockfile,
 )
+from .layout import lock_dir, lockfile_path
 from .stack import Stack, redact, strip_credentials
 
 LOCK_FORMAT = "condastack-lock-1"
 Progress = Callable[[str], None]
 
 
-def lock_dir(root: Path) -> Path:
-    return Path(root) / "lock"
-
-
-def lockfile_path(root: Path, layer: str) -> Path:
-    return lock_dir(root) / f"{layer}.conda-lock.yml"
-
-
 def explicit_path(stack: Stack, layer: str, platform: str) -> Path:
-    if platform == stack.default_platform:
-        return lock_dir(stack.root) / f"{layer}.lock"
-    return lock_dir(stack.root) / f"{layer}.{platform}.lock"
+    return layout.explicit_path(stack.root, layer, platform, stack.default_platform)
 
 
 def pip_txt_path(stack: Stack, layer: str, platform: str) -> Path:
-    if platform == stack.default_platform:
-        return lock_dir(stack.root) / f"{layer}.pip.txt"
-    return lock_dir(stack.root) / f"{layer}.{platform}.pip.txt"
+    return layout.pip_txt_path(stack.root, layer, platform, stack.default_platform)
 
 
 @dataclass
@@ -70,10 +59,6 @@ class LayerLock:
     solved: list[str] = field(default_factory=list)  # platforms re-solved
     unchanged: list[str] = field(default_factory=list)  # platforms whose hash matched
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # platform -> {conda, pip}
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.solved)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -173,7 +158,7 @@ def lock_stack(stack: Stack, layers: list[str] | None = None, *, platforms: list
     ldir = lock_dir(stack.root)
     ldir.mkdir(parents=True, exist_ok=True)
     # One lock run at a time per project: a second one waits, then sees the fresh locks.
-    with file_lock(ldir / ".condastack.lock"):
+    with file_lock(layout.lock_mutex(stack.root)):
         clean_stale_temporaries(ldir)
         return [_lock_layer(stack, name, platforms or list(stack.platforms), update or [], progress)
                 for name in stack.order(layers)]
@@ -300,8 +285,8 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
     pip_locked = []
     if pip_specs or parent_pip:
         pins = [f"{p.name}=={p.version}" for p in parent_pip]
-        have = {s.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for s in pip_specs}
-        specs = pip_specs + [s for s in pins if s.split("==")[0].lower() not in have]
+        have = {requirement_name(s) for s in pip_specs}
+        specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
         prev_pip = [p for p in previous.package if p.platform == plat and p.manager == "pip"] if previous else []
         try:
             pip_locked = solve_pip(specs, conda_locked, plat, vpkgs, indexes=stack.pip_indexes_for(name),
@@ -314,11 +299,21 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
     return conda_locked + pip_locked
 
 
+def requirement_name(spec: str) -> str:
+    """The canonical project name of a pip requirement string (`Foo_Bar[x]~=1.0` -> `foo-bar`)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        return canonicalize_name(Requirement(spec).name)
+    except InvalidRequirement:  # e.g. a bare URL or a path: conda-lock reports it; compare it whole
+        return spec.strip().lower()
+
+
 def _check_parent_pip(name: str, parent: str | None, p, parent_pip: list) -> None:  # noqa: ANN001
     for q in parent_pip:
         if q.name == p.name and q.version != p.version:
-            raise CondastackError(f"layer {name}: pip package {p.name} resolved to {p.version}, but layer "
-                                  f"{parent} pins {q.name} {q.version}.")
+            raise LockConflict(layer=name, parent=parent, package=p.name, version=p.version, pinned=q.version)
 
 
 def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels: list[str], specs: list[str],
@@ -409,7 +404,7 @@ def diff_against_git(path: Path, rev: str) -> dict[str, list[Change]]:
         raise CondastackError(f"{path}: cannot read it at git revision {rev}: {detail.strip()}") from None
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", suffix=".conda-lock.yml", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=layout.LOCKFILE_SUFFIX, delete=False) as f:
         f.write(text)
     try:
         return _diff(parse_lockfile(Path(f.name)), parse_lockfile(path))
@@ -454,7 +449,7 @@ def lock_with_conda_lock(stack: Stack, layers: list[str] | None, solver: str, bi
     out: list[Path] = []
     ldir = lock_dir(stack.root)
     ldir.mkdir(parents=True, exist_ok=True)
-    with file_lock(ldir / ".condastack.lock"):
+    with file_lock(layout.lock_mutex(stack.root)):
         for name in stack.order(layers):
             final = lockfile_path(stack.root, name)
             with tempfile.TemporaryDirectory(dir=ldir, prefix=f"{TMP_MARK}conda-lock.{os.getpid()}.") as tmp:

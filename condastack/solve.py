@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 from pathlib import Path
 
 import yaml
 
 from .errors import CondastackError
+from .layout import cache_root
 
 MAPPING_FILE = Path(__file__).parent / "data" / "pypi-mapping.yml"
 
@@ -26,13 +26,6 @@ def mapping_url() -> str:
 
 
 # --------------------------------------------------------------------------- environment.yml
-
-
-def cache_root() -> Path:
-    """condastack's user cache folder ($CONDASTACK_CACHE, else ~/.cache/condastack)."""
-    base = os.environ.get("CONDASTACK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "condastack")
-    return Path(base)
 
 
 def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[str], list[str]]:
@@ -297,7 +290,7 @@ def render_explicit(lockfile, platform: str) -> str:  # noqa: ANN001
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- build seam (issue 4: build/verify)
+# --------------------------------------------------------------------------- build seam: build and verify
 # Reading a conda-lock file for installing: py-rattler parses conda-lock v1 files
 # itself (tests/test_build.py checks it agrees with conda-lock's parser) and is
 # ~10x quicker to import, which keeps a no-op `condastack build` under a second.
