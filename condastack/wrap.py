@@ -498,6 +498,8 @@ def _wrap_missing(top: WrappedPackage, channel: Path, platform: str, python: str
     from packaging.utils import canonicalize_name, parse_wheel_filename
 
     assert opts.wheel_dir is not None
+    # A pure dependency wheel gets the python of the package that needs it.
+    python = python or next((d.split()[1].removesuffix(".*") for d in top.depends if d.startswith("python ")), None)
     out: list[WrappedPackage] = []
     for line in top.unsatisfied:
         req = Requirement(line)
