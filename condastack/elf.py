@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 _PT_LOAD, _PT_DYNAMIC = 1, 2
 _DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 1, 5, 15, 29
@@ -33,10 +34,18 @@ def read_elf_dynamic(path: Path) -> ElfDynamic | None:
     """The dynamic section of a 64-bit little-endian ELF file; None if not one (or unreadable)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-                return None
-            return _read_dynamic(f, head)
+            return read_elf_stream(f)
+    except OSError:
+        return None
+
+
+def read_elf_stream(f: BinaryIO) -> ElfDynamic | None:
+    """read_elf_dynamic of a seekable binary stream (a file, or a package member in memory)."""
+    try:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            return None
+        return _read_dynamic(f, head)
     except (OSError, struct.error, UnicodeDecodeError):
         return None
 
@@ -106,9 +115,13 @@ def _version_key(v: str) -> tuple[int, ...]:
 
 def glibc_floor(files: Iterable[Path]) -> str | None:
     """The highest GLIBC_x.y symbol version any of these ELF files needs ("2.28"), None if none."""
+    return glibc_floor_of(read_elf_dynamic(p) for p in files)
+
+
+def glibc_floor_of(dynamics: Iterable[ElfDynamic | None]) -> str | None:
+    """The highest GLIBC_x.y version needed by any of these dynamic sections."""
     best: str | None = None
-    for p in files:
-        d = read_elf_dynamic(p)
+    for d in dynamics:
         for _, ver in d.version_needs if d is not None else ():
             m = _GLIBC.match(ver)
             if m and (best is None or _version_key(m.group(1)) > _version_key(best)):

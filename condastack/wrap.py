@@ -40,6 +40,7 @@ from .elf import max_glibc, tree_glibc_floor
 from .errors import CondastackError
 from .wheeldeps import WheelDep, unsatisfied, wheel_requirements
 from .fsutil import file_lock, make_tempdir, remove_path, sha256_file
+from .pkgfloor import add_glibc_floor
 
 SITE_CHANNEL = Path("environments") / "channel"
 WRAP_PLATFORMS = ("linux-64", "linux-aarch64", "noarch")
@@ -135,7 +136,9 @@ def wrap(
     work = make_tempdir(channel, "wrap")
     try:
         if recipe:
-            built = _Built(_build_from_recipe(source, work, channel, build_channels, name, version))
+            pkgs = _build_from_recipe(source, work, channel, build_channels, name, version)
+            added = [(p, add_glibc_floor(p)) for p in pkgs]
+            built = _Built(pkgs, notes=tuple(f"{p.name}: added {d} (what its ELF files need)" for p, d in added if d))
         elif source.is_file() and source.suffix == ".whl":
             built = _build_from_wheel(source, work, name, version, depends, platform, python,
                                       build_number, build_string, wheel, channel)

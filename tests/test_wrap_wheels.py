@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -275,3 +276,37 @@ def test_folder_glibc_floor_from_elf(tmp_path: Path) -> None:
     # An explicit __glibc dependency wins over the detected floor.
     (q,) = wrap(folder, channel=tmp_path / "site", name="speed", version="1.0", depends=["__glibc >=2.34"])
     assert [d for d in q.depends if d.startswith("__glibc")] == ["__glibc >=2.34"]
+
+
+def test_recipe_gets_glibc_floor_from_elf(tmp_path: Path) -> None:
+    """A recipe whose compiler adds no __glibc run_export gets the floor its binaries need."""
+    import rattler.package_streaming
+
+    rdir = tmp_path / "recipe"
+    rdir.mkdir()
+    (rdir / "speedy.c").write_text("#include <stdlib.h>\nint main(void) { void *p = reallocarray(NULL, 2, 8); "
+                                   "free(p); return 0; }\n")
+    (rdir / "recipe.yaml").write_text(textwrap.dedent("""
+        package:
+          name: speedy
+          version: "0.1"
+        source:
+          path: .
+        build:
+          number: 0
+          script:
+            - mkdir -p $PREFIX/bin
+            - gcc -O1 -o $PREFIX/bin/speedy speedy.c
+        """))
+    site = tmp_path / "site"
+    (p,) = wrap(rdir, channel=site, recipe=True, build_channels=())
+    out = tmp_path / "x"
+    rattler.package_streaming.extract(p.path, out)  # still a valid package, payload as built
+    assert subprocess.run([str(out / "bin" / "speedy")]).returncode == 0
+    # The floor is what binutils says the program needs (>= 2.26 for reallocarray; the start code may need more).
+    dyn = subprocess.run(["objdump", "-T", str(out / "bin" / "speedy")], capture_output=True, text=True).stdout
+    want = max((tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", dyn)))
+    floor = ".".join(map(str, want))
+    assert want >= (2, 26) and p.notes == (f"{p.path.name}: added __glibc >={floor} (what its ELF files need)",)
+    assert f"__glibc >={floor}" in record_of(site, "speedy")["depends"]
+    assert json.loads((out / "info" / "index.json").read_text())["depends"] == [f"__glibc >={floor}"]
