@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .bytecode import compile_noarch_python
 from .errors import CondastackError
 from .fsutil import TMP_MARK, clean_stale_temporaries, file_lock, make_tempdir, remove_path, swap_dir
 
@@ -173,6 +174,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                 archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds)
                 say(f"linking {len(env.conda)} conda packages")
                 _install_rattler(env.conda, archives, tmp, prefix)
+                compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
                     wheels = fetch_wheels(env.pip, offline=offline, fetched=res.fetched, credentials=creds)

@@ -172,6 +172,9 @@ def test_wrap_real_wheel_end_to_end(wheels: Path, channel: Path, tmp_path: Path,
     (raw,) = wrap(whl, channel=tmp_path / "raw", wheel=WheelOptions(keep_local_version=True))
     assert raw.version == "2.13.0+cpu" and raw.build.startswith(f"py{PY.replace('.', '')}h")
 
+    # A noarch: python package ships sources only; building the env compiles it, as conda does.
+    add_noarch_python(site, tmp_path / "noarch-src")
+
     # Locked with `fastpkg 2.13.0` and `>=2.13`, built, imported.
     proj = write_project(tmp_path / "proj", """
         name: wheels
@@ -187,6 +190,7 @@ def test_wrap_real_wheel_end_to_end(wheels: Path, channel: Path, tmp_path: Path,
               - python {PY}.*
               - fastpkg 2.13.0
               - fastpkg >=2.13
+              - purepkg
             """})
     res = run_cli("-C", proj, "lock")
     assert res.returncode == 0, res.output
@@ -210,10 +214,12 @@ def test_wrap_real_wheel_end_to_end(wheels: Path, channel: Path, tmp_path: Path,
     # Bytecode: every .py of the wrapped packages has a checked-hash .pyc for this python.
     site_pkgs = prefix / "lib" / f"python{PY}" / "site-packages"
     tag = sys.implementation.cache_tag
-    for src in [*site_pkgs.glob("fastpkg/*.py"), *site_pkgs.glob("helper_lib/*.py")]:
+    for src in [*site_pkgs.glob("fastpkg/*.py"), *site_pkgs.glob("helper_lib/*.py"), *site_pkgs.glob("purepkg/*.py")]:
         pyc = src.parent / "__pycache__" / f"{src.stem}.{tag}.pyc"
         assert pyc.is_file(), pyc
         assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b11  # hash-based, checked
+    pure = json.loads(next((prefix / "conda-meta").glob("purepkg-*.json")).read_text())
+    assert f"lib/python{PY}/site-packages/purepkg/__pycache__/__init__.{tag}.pyc" in pure["files"]
 
     # doctor: the node's glibc is checked against the wheel's floor.
     res = run_cli("doctor", "--prefix", prefix, "--json", env={"CONDA_OVERRIDE_GLIBC": "2.17"})
@@ -245,11 +251,11 @@ def _import_from_read_only_mount(img: Path, mnt: Path) -> None:
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # bytecode writing stays on
         out = subprocess.run([str(mnt / "bin" / "python"), "-v", "-c",
-                              "import sys, fastpkg, helper_lib; assert not sys.dont_write_bytecode; "
+                              "import sys, fastpkg, helper_lib, purepkg; assert not sys.dont_write_bytecode; "
                               "print(fastpkg.twice(2))"], capture_output=True, text=True, env=env)
         assert out.returncode == 0 and out.stdout.strip() == "4", out.stderr[-2000:]
         tag = sys.implementation.cache_tag
-        for mod in ("fastpkg/__init__", "fastpkg/util", "helper_lib/__init__"):
+        for mod in ("fastpkg/__init__", "fastpkg/util", "helper_lib/__init__", "purepkg/__init__"):
             pkg, stem = mod.split("/")
             pyc = mnt / "lib" / f"python{PY}" / "site-packages" / pkg / "__pycache__" / f"{stem}.{tag}.pyc"
             assert f"# {pyc} matches {mnt}/lib/python{PY}/site-packages/{mod}.py" in out.stderr, mod
@@ -261,6 +267,45 @@ def _import_from_read_only_mount(img: Path, mnt: Path) -> None:
     finally:
         if subprocess.run(["fusermount", "-u", str(mnt)], capture_output=True).returncode != 0:
             subprocess.run(["umount", str(mnt)], check=False)
+
+
+def add_noarch_python(site: Path, src: Path) -> None:
+    """A `noarch: python` package (sources only, as conda-forge ships them) in the site channel."""
+    from rattler_build import assemble_package
+
+    from condastack.channel import index_channel
+
+    (src / "site-packages" / "purepkg").mkdir(parents=True)
+    (src / "site-packages" / "purepkg" / "__init__.py").write_text("ANSWER = 42\n")
+    (site / "noarch").mkdir(parents=True, exist_ok=True)
+    out = assemble_package("purepkg", "1.0", "noarch", "pyh0_0", site / "noarch", files_dir=src, noarch="python",
+                           depends=["python"], detect_prefix=False)
+    _add_link_json(Path(out.path))
+    index_channel(site)
+
+
+def _add_link_json(pkg: Path) -> None:
+    """info/link.json, as rattler-build writes for recipes: conda-pack reads the noarch type from it."""
+    import io
+    import tarfile
+
+    with zipfile.ZipFile(pkg) as z:
+        entries = [(i, z.read(i)) for i in z.infolist()]
+    with zipfile.ZipFile(pkg, "w") as z:
+        for info, data in entries:
+            if info.filename.startswith("info-"):
+                raw = subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+                with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as src, \
+                        tarfile.open(fileobj=(new := io.BytesIO()), mode="w") as dst:
+                    for m in src.getmembers():
+                        dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+                    body = json.dumps({"noarch": {"type": "python"}, "package_metadata_version": 1}).encode()
+                    ti = tarfile.TarInfo("info/link.json")
+                    ti.size = len(body)
+                    dst.addfile(ti, io.BytesIO(body))
+                data = subprocess.run(["zstd", "-q", "-c"], input=new.getvalue(), capture_output=True,
+                                      check=True).stdout
+            z.writestr(info, data)
 
 
 # --------------------------------------------------------------------------- folders
