@@ -355,3 +355,18 @@ def test_recipe_gets_glibc_floor_from_elf(tmp_path: Path) -> None:
     assert want >= (2, 26) and p.notes == (f"{p.path.name}: added __glibc >={floor} (what its ELF files need)",)
     assert f"__glibc >={floor}" in record_of(site, "speedy")["depends"]
     assert json.loads((out / "info" / "index.json").read_text())["depends"] == [f"__glibc >={floor}"]
+
+
+@pytest.mark.parametrize("tag, requires, needles", [
+    (f"{CP}-{CP}-musllinux_1_2_x86_64", [], ["musllinux", "musl libc", "manylinux wheel"]),
+    (f"{CP}-{CP}-manylinux_2_28_aarch64", [], ["none of which runs on linux-64", "--platform"]),
+    ("py3-none-any", ["other @ https://example.invalid/other.whl"], ["points at a URL", "--depends"]),
+    ("py3-none-any", ["bad requirement ((("], ["is not a PEP 508 requirement"]),
+])
+def test_wrap_refuses_wheels_it_cannot_keep_faithful(tmp_path: Path, tag: str, requires: list[str],
+                                                      needles: list[str]) -> None:
+    from conftest import assert_user_error
+
+    whl = write_wheel(tmp_path / "w", "oddpkg", "1.0", tag, {"oddpkg/__init__.py": ""}, requires)
+    assert_user_error(run_cli("wrap", whl, "--python", PY, "--channel", tmp_path / "site"), whl.name, *needles)
+    assert not list((tmp_path / "site").rglob("*.conda"))
