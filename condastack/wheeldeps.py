@@ -46,21 +46,23 @@ def pypi_to_conda_names() -> dict[str, str]:
     """
     from packaging.utils import canonicalize_name
 
-    out: dict[str, str] = {}
+    best: dict[str, tuple[int, int, str]] = {}
     for f in sorted(_DATA.glob("conda-forge-pypi*.json")):
         for conda, pypis in json.loads(f.read_text()).items():
             for pypi in pypis or ():
                 key = canonicalize_name(pypi)
-                # Several conda packages may ship one PyPI name (pytorch, pytorch-cpu): keep the
-                # one named like it, else the shortest name (the base package, not a variant).
-                cur = out.get(key)
-                if cur != key and (conda == key or cur is None or (len(conda), conda) < (len(cur), cur)):
-                    out[key] = conda
+                # Several conda packages may list one PyPI name (pytorch, pytorch-cpu; gym vendoring
+                # typing_extensions): prefer the one named like it, then one that ships only it,
+                # then the shortest name (the base package, not a variant).
+                rank = (0 if canonicalize_name(conda) == key else 1 if len(pypis) == 1 else 2, len(conda), conda)
+                if key not in best or rank < best[key]:
+                    best[key] = rank
+    out = {k: r[2] for k, r in best.items()}
     import yaml
 
     for entry in (yaml.safe_load((_DATA / "pypi-mapping.yml").read_text()) or {}).values():
         out[canonicalize_name(entry["pypi_name"])] = entry["conda_name"]
-    return {k: v for k, v in out.items() if k != v}
+    return {k: v for k, v in out.items() if canonicalize_name(v) != k}
 
 
 def target_environment(python: str, platform: str) -> dict[str, str]:
@@ -128,6 +130,13 @@ def _conda_version_spec(specifier: str, line: str, where: str) -> str:
     return ",".join(out)
 
 
+def _local_channel_exists(url: str) -> bool:
+    from urllib.parse import unquote, urlparse
+
+    folder = Path(unquote(urlparse(url).path))
+    return (folder / "noarch" / "repodata.json").is_file() or any(folder.glob("*/repodata.json"))
+
+
 def unsatisfied(deps: Sequence[WheelDep], channels: Sequence[str], platform: str) -> list[WheelDep]:
     """The dependencies that no package of `channels` (platform + noarch) satisfies.
 
@@ -139,6 +148,8 @@ def unsatisfied(deps: Sequence[WheelDep], channels: Sequence[str], platform: str
 
     import rattler
 
+    # A local channel not made yet (the site channel before its first package) has nothing to offer.
+    channels = [c for c in channels if not c.startswith("file://") or _local_channel_exists(c)]
     if not deps or not channels:
         return list(deps)
     specs = [rattler.MatchSpec(d.spec) for d in deps]

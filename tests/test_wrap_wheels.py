@@ -130,6 +130,25 @@ def test_requires_dist_markers_and_names() -> None:
     assert "libhello" not in aarch and "pytest" in aarch
 
 
+def test_conda_forge_mapping_is_loaded_and_ranked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conda-forge -> PyPI mapping file in condastack/data is inverted; the hand-kept file wins."""
+    import condastack.wheeldeps as wd
+
+    shutil.copy(wd._DATA / "pypi-mapping.yml", tmp_path / "pypi-mapping.yml")
+    (tmp_path / "conda-forge-pypi-names.json").write_text(json.dumps({
+        "fooish": ["foo"], "fooish-cuda": ["foo"],  # variants: the shorter name
+        "gym": ["gym", "typing_extensions"], "typing_extensions": ["typing-extensions"],  # vendored: the owner
+        "bar-conda": ["bar_py"], "pytorch-cpu": ["torch"], "nothing": None}))
+    monkeypatch.setattr(wd, "_DATA", tmp_path)
+    wd.pypi_to_conda_names.cache_clear()
+    try:
+        m = wd.pypi_to_conda_names()
+        assert (m["foo"], m["bar-py"], m["torch"]) == ("fooish", "bar-conda", "pytorch")
+        assert "typing-extensions" not in m and "gym" not in m  # same name on both sides
+    finally:
+        wd.pypi_to_conda_names.cache_clear()
+
+
 def test_elf_reader_finds_glibc_symbol_versions(tmp_path: Path) -> None:
     so = tmp_path / "x.so"
     so.write_bytes(compile_ext(tmp_path))
@@ -171,6 +190,9 @@ def test_wrap_real_wheel_end_to_end(wheels: Path, channel: Path, tmp_path: Path,
     # The raw form stays available.
     (raw,) = wrap(whl, channel=tmp_path / "raw", wheel=WheelOptions(keep_local_version=True))
     assert raw.version == "2.13.0+cpu" and raw.build.startswith(f"py{PY.replace('.', '')}h")
+    # Bytecode included, the package is reproducible: wrapping again changes nothing.
+    (again,) = wrap(whl, channel=tmp_path / "raw", wheel=WheelOptions(keep_local_version=True))
+    assert again.status == "unchanged" and again.path == raw.path
 
     # A noarch: python package ships sources only; building the env compiles it, as conda does.
     add_noarch_python(site, tmp_path / "noarch-src")
