@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bytecode import compile_noarch_python
 from .env import (CREATED_BY, MARKER, Env, canonical_name, read_marker, record_file_name, site_packages_dirs,
                   write_marker)
 from .errors import CondastackError
@@ -155,6 +156,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                 archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds)
                 say(f"linking {len(env.conda)} conda packages")
                 _install_rattler(env.conda, archives, tmp, prefix)
+                compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
                     wheels = fetch_wheels(env.pip, offline=offline, fetched=res.fetched, credentials=creds)

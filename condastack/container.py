@@ -141,42 +141,10 @@ def env_max_prefix_len(env: Path) -> int | None:
 
 def _elf_dynamic(path: Path) -> tuple[list[str], bool] | None:
     """(DT_NEEDED names, has RPATH or RUNPATH) of a 64-bit little-endian ELF file, None if not one."""
-    import struct
+    from .elf import read_elf_dynamic
 
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-                return None
-            phoff, = struct.unpack_from("<Q", head, 32)
-            phentsize, phnum = struct.unpack_from("<HH", head, 54)
-            f.seek(phoff)
-            phdrs = f.read(phentsize * phnum)
-            loads, dyn = [], None
-            for i in range(phnum):
-                p_type, _, p_offset, p_vaddr, _, p_filesz, _, _ = struct.unpack_from("<IIQQQQQQ", phdrs, i * phentsize)
-                if p_type == 1:
-                    loads.append((p_vaddr, p_offset, p_filesz))
-                elif p_type == 2:
-                    dyn = (p_offset, p_filesz)
-            if dyn is None:
-                return [], False
-            f.seek(dyn[0])
-            raw = f.read(dyn[1])
-            entries = [struct.unpack_from("<qQ", raw, o) for o in range(0, len(raw) - 15, 16)]
-            strtab = next((v for t, v in entries if t == 5), None)
-            has_path = any(t in (15, 29) for t, _ in entries)
-            if strtab is None:
-                return [], has_path
-            off = next((o + strtab - va for va, o, sz in loads if va <= strtab < va + sz), None)
-            names: list[str] = []
-            for t, v in entries:
-                if t == 1 and off is not None:
-                    f.seek(off + v)
-                    names.append(f.read(256).split(b"\0", 1)[0].decode(errors="replace"))
-            return names, has_path
-    except (OSError, struct.error):
-        return None
+    d = read_elf_dynamic(path)
+    return None if d is None else (list(d.needed), d.has_rpath)
 
 
 def env_needs_ld_library_path(env: Path) -> bool:

@@ -200,7 +200,7 @@ def read_lock_records(path: Path, platform: str) -> list:
         return []
     for lp in env.platforms():
         if lp.name == platform:
-            return list(env.conda_repodata_records_for_platform(lp) or [])
+            return [with_channel(r) for r in env.conda_repodata_records_for_platform(lp) or []]
     return []
 
 
@@ -347,7 +347,7 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
             f"or build on a {'/'.join(plats) or 'matching'} machine."
         )
     lp = next(p for p in env.platforms() if p.name == platform)
-    conda = tuple(env.conda_repodata_records_for_platform(lp) or [])
+    conda = tuple(with_channel(r) for r in env.conda_repodata_records_for_platform(lp) or [])
     for r in conda:
         if r.sha256 is None:
             raise CondastackError(f"{path}: package {r.name.normalized} {r.version} has no sha256 in the lock; "
@@ -360,6 +360,18 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
                                   "`pip --require-hashes` needs one. Re-lock it.")
         wheels.append(LockedWheel(name=p.name, version=str(p.version), url=str(p.location), sha256=sha))
     return LockedEnv(path=path, platform=platform, platforms=plats, conda=conda, pip=tuple(wheels))
+
+
+def with_channel(record: object) -> object:
+    """The record, naming its channel: rattler leaves it unset for local (file://) channels,
+    and conda-meta and pack manifests should say where every package came from."""
+    import rattler
+
+    r = record
+    if r.channel or "/" not in r.url:  # type: ignore[attr-defined]
+        return r
+    channel = r.url.rsplit("/", 2)[0] + "/"  # <channel>/<subdir>/<file>  # type: ignore[attr-defined]
+    return rattler.RepoDataRecord(r, r.file_name, r.url, channel)  # type: ignore[attr-defined]
 
 
 def with_url(record: object, url: str) -> object:
