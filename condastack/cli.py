@@ -338,8 +338,10 @@ def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path
 @main.command("wrap")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--name", help="Conda package name (default for a wheel: its project name).")
-@click.option("--version", "pkg_version", help="Package version (default for a wheel: its version).")
-@click.option("--depends", multiple=True, metavar="SPEC", help="Run dependency, a conda match spec (repeatable).")
+@click.option("--version", "pkg_version", help="Package version (default for a wheel: its version, local label moved "
+              "to the build string).")
+@click.option("--depends", multiple=True, metavar="SPEC", help="Run dependency, a conda match spec (repeatable); for "
+              "a wheel, adds to its Requires-Dist and replaces one of the same name.")
 @click.option("--channel", "channel_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Site channel folder (default: environments/channel beside the stack).")
 @click.option("--recipe", is_flag=True, help="SOURCE is a rattler-build recipe: build it (needs its toolchain).")
@@ -350,26 +352,50 @@ def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path
 @click.option("--build-string", help="Use this build string instead of the input hash.")
 @click.option("-c", "--build-channel", "build_channels", multiple=True, metavar="URL",
               help="Channels for a recipe's build/host deps (repeatable; default conda-forge).")
+@click.option("--extra", "extras", multiple=True, metavar="NAME", help="Wheel extra whose requirements to add.")
+@click.option("--keep-local-version", is_flag=True, help="Keep a wheel's local version ('2.13.0+cpu') as the version.")
+@click.option("--check-channel", "check_channels", multiple=True, metavar="URL", help="Channel to check the "
+              "wheel's dependencies against (repeatable; default: every channel of the stack, and the site channel).")
+@click.option("--no-check", is_flag=True, help="Do not check that channels can satisfy the wheel's dependencies.")
+@click.option("--wheels", "wheel_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Wrap unsatisfied wheel dependencies too, from the wheels in this folder.")
 @click.option("--force", is_flag=True, help="Replace a different package with the same name-version-build.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, depends: tuple[str, ...],
              channel_dir: Path | None, recipe: bool, platform: str, python: str | None, build_number: int,
-             build_string: str | None, build_channels: tuple[str, ...], force: bool, as_json: bool) -> None:
+             build_string: str | None, build_channels: tuple[str, ...], extras: tuple[str, ...],
+             keep_local_version: bool, check_channels: tuple[str, ...], no_check: bool, wheel_dir: Path | None,
+             force: bool, as_json: bool) -> None:
     """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
-    from .wrap import default_channel, wrap
+    from .wrap import WheelOptions, default_channel, stack_channels, still_unsatisfied, wrap
 
     channel = channel_dir if channel_dir is not None else default_channel(obj.root)
+    checked = None if no_check else tuple(check_channels or stack_channels(obj.root))
+    opts = WheelOptions(extras=extras, keep_local_version=keep_local_version, check_channels=checked,
+                        wheel_dir=wheel_dir)
     pkgs = wrap(source, channel=channel, name=name, version=pkg_version, depends=depends, recipe=recipe,
                 platform=platform, python=python, build_number=build_number, build_string=build_string,
-                build_channels=build_channels or ("conda-forge",), force=force)
+                build_channels=build_channels or ("conda-forge",), force=force, wheel=opts)
     if as_json:
         emit_json([{"path": str(p.path), "name": p.name, "version": p.version, "build": p.build,
-                    "subdir": p.subdir, "status": p.status, "entry_points": list(p.entry_points)} for p in pkgs])
+                    "subdir": p.subdir, "status": p.status, "entry_points": list(p.entry_points),
+                    "depends": list(p.depends), "unsatisfied": list(p.unsatisfied), "notes": list(p.notes)}
+                   for p in pkgs])
         return
     for p in pkgs:
         eps = f" (entry points: {', '.join(p.entry_points)})" if p.entry_points else ""
         obj.console.print(f"{p.status}: {p.subdir}/{p.path.name}{eps}", markup=False)
+        if p.depends:
+            obj.console.print(f"  depends: {', '.join(p.depends)}", markup=False)
+        for n in p.notes:
+            obj.console.print(f"  note: {n}", markup=False)
+        left = still_unsatisfied(p, pkgs)
+        if left:
+            err_console.print(
+                f"warning: {p.name}: no channel of the stack has {'; '.join(left)}. Locking will fail until one "
+                "does: wrap its wheel too (condastack wrap WHEEL, or --wheels DIR), or replace the dependency "
+                "with --depends.", markup=False)
     obj.console.print(f"site channel: {channel.resolve()} (re-indexed)", markup=False)
 
 

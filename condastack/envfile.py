@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from .errors import CondastackError
+from .env import ENV_VAR_NAME
+from .errors import StackInvalid
 
 ENV_KEYS = ("name", "channels", "dependencies", "platforms", "pip-repositories", "allow-pypi-requests",
             "category", "variables", "prefix")
@@ -41,7 +42,6 @@ SELECTORS: dict[str, frozenset[str]] = {
 }
 SELECTOR_NAMES = frozenset({"linux32", "win32", "s390x", "armv6l", "armv7l"}).union(*SELECTORS.values())
 _SELECTOR = re.compile(r"(.+?)\s*(#.*)\[([^\[\]]+)\](?(2)[^\(\)]*)$")  # conda-build's own pattern
-VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _VCS = ("git+", "hg+", "svn+", "bzr+")
 
@@ -90,19 +90,45 @@ class EnvFile:
     includes: tuple[tuple[str, str], ...] = ()  # (requirements/constraints file, sha256)
 
 
-def _where(path: Path, line: int | None) -> str:
-    return f"{path}, line {line}" if line else str(path)
+@dataclass(frozen=True)
+class Where:
+    """A place in a layer file (or a -r/-c file it reads), for error messages."""
+
+    file: Path
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}, line {self.line}" if self.line else str(self.file)
+
+
+def _bad(where: Where | str, problem: str) -> StackInvalid:
+    if isinstance(where, Where):
+        return StackInvalid(where.file, problem, where.line)
+    return StackInvalid(where, problem)
+
+
+@dataclass(frozen=True)
+class EnvShape:
+    """The parts of an environment.yml that need no spec parsing."""
+
+    channels: tuple[str, ...]
+    pip_repositories: tuple[str, ...] = ()
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+def _where(path: Path, line: int | None) -> Where:
+    return Where(Path(path), line)
 
 
 # --------------------------------------------------------------------------- selectors
 
 
-def eval_selector(cond: str, platform: str, *, where: str) -> bool:
+def eval_selector(cond: str, platform: str, *, where: Where | str) -> bool:
     """A conda-build selector (`not win`, `linux and x86_64`, `(osx or linux) and not aarch64`)."""
     try:
         tree = ast.parse(cond.strip(), mode="eval")
     except SyntaxError:
-        raise CondastackError(f"{where}: selector [{cond}] is not an expression like [linux and not aarch64].") \
+        raise _bad(where, f"selector [{cond}] is not an expression like [linux and not aarch64].") \
             from None
     true = SELECTORS[platform]
 
@@ -119,8 +145,8 @@ def eval_selector(cond: str, platform: str, *, where: str) -> bool:
         if isinstance(node, ast.Name) and node.id in SELECTOR_NAMES:
             return node.id in true
         what = node.id if isinstance(node, ast.Name) else ast.unparse(node)
-        raise CondastackError(
-            f"{where}: selector [{cond}] uses '{what}', which condastack cannot evaluate before solving "
+        raise _bad(
+            where, f"selector [{cond}] uses '{what}', which condastack cannot evaluate before solving "
             f"(known: {', '.join(sorted(SELECTOR_NAMES))}, with not/and/or). Use a pip marker or a separate layer.")
 
     return ev(tree)
@@ -179,7 +205,7 @@ def _load(text: str, path: Path) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise CondastackError(f"{_where(path, mark.line + 1 if mark else None)}: malformed YAML: {problem}.") \
+        raise _bad(_where(path, mark.line + 1 if mark else None), f"malformed YAML: {problem}.") \
             from None
 
 
@@ -210,15 +236,15 @@ def _variables(data: Any, path: Path) -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise CondastackError(f"{_where(path, _line(data, 'variables'))}: 'variables' must map names to values, "
+        raise _bad(_where(path, _line(data, 'variables')), f"'variables' must map names to values, "
                               "e.g. variables: {OMP_NUM_THREADS: \"8\"}.")
     out: dict[str, str] = {}
     for k, v in raw.items():
         where = _where(path, _line(raw, k))
-        if not isinstance(k, str) or not VAR_NAME.match(k):
-            raise CondastackError(f"{where}: '{k}' is not an environment variable name (letters, digits, '_').")
+        if not isinstance(k, str) or not ENV_VAR_NAME.match(k):
+            raise _bad(where, f"'{k}' is not an environment variable name (letters, digits, '_').")
         if v is None or isinstance(v, (dict, list)):
-            raise CondastackError(f"{where}: variable {k} needs a plain value (a string or number).")
+            raise _bad(where, f"variable {k} needs a plain value (a string or number).")
         out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
     return out
 
@@ -247,24 +273,24 @@ class _PipState:
     reading: tuple[Path, ...] = ()
 
 
-def _pip_option(line: str, base: Path, where: str, st: _PipState) -> None:
+def _pip_option(line: str, base: Path, where: Where, st: _PipState) -> None:
     try:
         tokens = shlex.split(line, comments=True)
     except ValueError as e:
-        raise CondastackError(f"{where}: cannot read pip option line '{line}': {e}.") from None
+        raise _bad(where, f"cannot read pip option line '{line}': {e}.") from None
     i = 0
     while i < len(tokens):
         tok = tokens[i]
         opt, eq, value = tok.partition("=") if tok.startswith("--") else (tok, "", "")
         if opt in ("-e", "--editable") or opt.startswith("-e"):
-            raise CondastackError(f"{where}: editable pip dependency '{line}' {_EDITABLE_FIX}.")
+            raise _bad(where, f"editable pip dependency '{line}' {_EDITABLE_FIX}.")
         if opt == "--pre":
             st.opts["pre"] = True
             i += 1
             continue
         if opt not in _OPTS_WITH_VALUE:
-            raise CondastackError(
-                f"{where}: pip option '{opt}' is not supported in a layer's pip: list (supported: --index-url, "
+            raise _bad(
+                where, f"pip option '{opt}' is not supported in a layer's pip: list (supported: --index-url, "
                 "--extra-index-url, --find-links/-f, --trusted-host, --pre, -r/--requirement, -c/--constraint). "
                 "Remove it, or give it to pip yourself outside the lock.")
         if not eq and len(tok) > 2 and not tok.startswith("--"):
@@ -272,13 +298,13 @@ def _pip_option(line: str, base: Path, where: str, st: _PipState) -> None:
         elif not eq:
             i += 1
             if i >= len(tokens):
-                raise CondastackError(f"{where}: pip option '{opt}' needs a value.")
+                raise _bad(where, f"pip option '{opt}' needs a value.")
             value = tokens[i]
         _pip_option_value(_OPTS_WITH_VALUE[opt], value, base, where, st)
         i += 1
 
 
-def _pip_option_value(kind: str, value: str, base: Path, where: str, st: _PipState) -> None:
+def _pip_option_value(kind: str, value: str, base: Path, where: Where, st: _PipState) -> None:
     if kind == "index_url":
         st.opts["index_url"] = value
     elif kind in ("extra_index_urls", "trusted_hosts"):
@@ -292,18 +318,18 @@ def _pip_option_value(kind: str, value: str, base: Path, where: str, st: _PipSta
         _read_requirements_file(base / value, where, st, constraints=kind == "constraint")
 
 
-def _read_requirements_file(path: Path, where: str, st: _PipState, *, constraints: bool) -> None:
+def _read_requirements_file(path: Path, where: Where, st: _PipState, *, constraints: bool) -> None:
     """A -r/-c file, relative to the file naming it; its content enters the lock's content hash."""
     path = path.resolve()
     what = "constraints" if constraints else "requirements"
     if path in st.reading:
-        raise CondastackError(f"{where}: {what} file {path} includes itself.")
+        raise _bad(where, f"{what} file {path} includes itself.")
     try:
         data = path.read_bytes()
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", None) or "not UTF-8 text"
-        raise CondastackError(f"{where}: cannot read {what} file {path}: {why}.") from None
+        raise _bad(where, f"cannot read {what} file {path}: {why}.") from None
     st.includes[str(path)] = hashlib.sha256(data).hexdigest()
     outer, st.reading = st.reading, (*st.reading, path)
     try:
@@ -313,14 +339,14 @@ def _read_requirements_file(path: Path, where: str, st: _PipState, *, constraint
             if not line or line.startswith("#"):
                 continue
             if constraints and not line.startswith("-"):
-                st.opts["constraints"].append(_requirement(line, path.parent, f"{path}, line {n}", st.platform))
+                st.opts["constraints"].append(_requirement(line, path.parent, _where(path, n), st.platform))
             else:
-                _pip_line(line, path.parent, f"{path}, line {n}", st)
+                _pip_line(line, path.parent, _where(path, n), st)
     finally:
         st.reading = outer
 
 
-def _pip_line(line: str, base: Path, where: str, st: _PipState) -> None:
+def _pip_line(line: str, base: Path, where: Where, st: _PipState) -> None:
     if line.startswith("-"):
         _pip_option(line, base, where, st)
         return
@@ -329,15 +355,15 @@ def _pip_line(line: str, base: Path, where: str, st: _PipState) -> None:
         st.reqs.append(req)
 
 
-def _requirement(line: str, base: Path, where: str, platform: str) -> str:
+def _requirement(line: str, base: Path, where: Where, platform: str) -> str:
     """A pip requirement that can be locked (as written), '' when its marker is false on `platform`."""
     if " --" in line:
-        raise CondastackError(f"{where}: per-requirement pip options in '{line}' are not supported; the lock "
+        raise _bad(where, f"per-requirement pip options in '{line}' are not supported; the lock "
                               "records each file's sha256 itself. Remove the options.")
     if line.startswith(_VCS):
         egg = re.search(r"#egg=([A-Za-z0-9._-]+)", line)
         if not egg:
-            raise CondastackError(f"{where}: VCS requirement '{line}' names no package; write it as "
+            raise _bad(where, f"VCS requirement '{line}' names no package; write it as "
                                   "`name @ git+https://…@<commit>`.")
         line = f"{egg.group(1)} @ {line.split('#', 1)[0]}"
     m = _REQ_URL.match(line)
@@ -345,7 +371,7 @@ def _requirement(line: str, base: Path, where: str, platform: str) -> str:
         _check_url(m.group("url"), line, base, where)
     elif line.startswith((".", "/", "~")) or ("/" in line.split(";")[0] and "://" not in line) \
             or line.startswith("file:"):
-        raise CondastackError(f"{where}: pip requirement '{line}' is a local path, which {_EDITABLE_FIX}.")
+        raise _bad(where, f"pip requirement '{line}' is a local path, which {_EDITABLE_FIX}.")
     from conda_lock.src_parser.markers import evaluate_marker
     from conda_lock.src_parser.pyproject_toml import parse_python_requirement
 
@@ -354,11 +380,11 @@ def _requirement(line: str, base: Path, where: str, platform: str) -> str:
     try:
         dep = parse_python_requirement(line, manager="pip", category="main", mapping_url=mapping_url())
     except Exception as e:  # conda-lock raises plain ValueErrors and packaging errors
-        raise CondastackError(f"{where}: bad pip requirement '{line}': {e}") from None
+        raise _bad(where, f"bad pip requirement '{line}': {e}") from None
     return line if evaluate_marker(dep.markers, platform) else ""
 
 
-def _check_url(url: str, line: str, base: Path, where: str) -> None:
+def _check_url(url: str, line: str, base: Path, where: Where) -> None:
     """VCS URLs must pin a commit; file: URLs must name an archive, not a folder."""
     if url.startswith(_VCS):
         rest = url.split("://", 1)[-1].split("#", 1)[0]
@@ -366,22 +392,22 @@ def _check_url(url: str, line: str, base: Path, where: str) -> None:
         ref = path.rsplit("@", 1)[1] if "@" in path else ""
         if not _COMMIT.match(ref):
             got = f"'{ref}', not a commit" if ref else "no commit"
-            raise CondastackError(
-                f"{where}: VCS requirement '{line}' pins {got}. A branch or tag moves while the lock stays, so "
+            raise _bad(
+                where, f"VCS requirement '{line}' pins {got}. A branch or tag moves while the lock stays, so "
                 f"pin the full 40-character commit: `…@<commit>` (`git ls-remote URL {ref or 'HEAD'}` prints it).")
     elif url.startswith("file:"):
         target = Path(url.split("://", 1)[-1] if "://" in url else url[5:])
         if target.is_dir() or not target.name.endswith((".whl", ".tar.gz", ".zip", ".tar.bz2")):
-            raise CondastackError(f"{where}: pip requirement '{line}' is a local folder, which {_EDITABLE_FIX}.")
+            raise _bad(where, f"pip requirement '{line}' is a local folder, which {_EDITABLE_FIX}.")
     elif not re.match(r"^https?://", url):
-        raise CondastackError(f"{where}: pip requirement '{line}' has URL '{url}', which is not http(s), "
+        raise _bad(where, f"pip requirement '{line}' has URL '{url}', which is not http(s), "
                               "file: or a VCS URL.")
 
 
 # --------------------------------------------------------------------------- the file
 
 
-def conda_spec(spec: str, where: str) -> str:
+def conda_spec(spec: str, where: Where) -> str:
     """One conda dependency as a MatchSpec string; `python='3.10'` is read as conda reads it."""
     from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
 
@@ -391,36 +417,46 @@ def conda_spec(spec: str, where: str) -> str:
     try:
         return to_match_spec(conda_spec_to_versioned_dep(clean, "main"))
     except Exception as e:  # conda-lock raises plain ValueErrors for bad specs
-        raise CondastackError(f"{where}: '{spec}' is not a conda match spec: {e}") from None
+        raise _bad(where, f"'{spec}' is not a conda match spec: {e}") from None
+
+
+def _is_conda_entry(d: Any) -> bool:
+    return isinstance(d, (str, int, float)) and not isinstance(d, bool)
+
+
+def _dependencies(data: Any, path: Path, layer: str) -> list[Any]:
+    """The `dependencies:` list, each entry checked to be a conda spec or a `pip:` list (specs unchecked)."""
+    deps = data.get("dependencies")
+    if deps is None:
+        return []  # conda treats a file without dependencies as an empty environment
+    if not isinstance(deps, list):
+        raise _bad(_where(path, _line(data, "dependencies")), f"'dependencies' of layer '{layer}' must be a list.")
+    for i, d in enumerate(deps):
+        pip_list = isinstance(d, dict) and set(d) <= {"pip"} and isinstance(d.get("pip") or [], list)
+        if d is not None and not _is_conda_entry(d) and not pip_list:
+            raise _bad(_where(path, _line(deps, i)), f"layer '{layer}': each dependency must be a conda spec "
+                       f"string or a 'pip:' list, not {json.dumps(d, default=str)}.")
+    return deps
 
 
 def _platform_deps(data: Any, path: Path, layer: str, platform: str) -> tuple[list[str], _PipState]:
-    deps = data.get("dependencies")
-    if deps is None:
-        deps = []  # conda treats a file without dependencies as an empty environment
-    if not isinstance(deps, list):
-        raise CondastackError(f"{_where(path, _line(data, 'dependencies'))}: 'dependencies' of layer '{layer}' "
-                              "must be a list.")
+    deps = _dependencies(data, path, layer)
     conda: list[str] = []
     st = _PipState(platform=platform)
     has_pip = False
     for i, d in enumerate(deps):
-        where = _where(path, _line(deps, i))
         if d is None:
             continue
-        if isinstance(d, (str, int, float)) and not isinstance(d, bool):
-            ms = conda_spec(str(d), where)
+        if _is_conda_entry(d):
+            ms = conda_spec(str(d), _where(path, _line(deps, i)))
             if ms not in conda:
                 conda.append(ms)
-        elif isinstance(d, dict) and set(d) <= {"pip"} and isinstance(d.get("pip") or [], list):
-            pip_list = d.get("pip") or []
-            has_pip = has_pip or d.get("pip") is not None
-            for j, req in enumerate(pip_list):
-                if req is not None:
-                    _pip_line(str(req).strip(), path.parent, _where(path, _line(pip_list, j)), st)
-        else:
-            raise CondastackError(f"{where}: layer '{layer}': each dependency must be a conda spec string or a "
-                                  f"'pip:' list, not {json.dumps(d, default=str)}.")
+            continue
+        pip_list = d.get("pip") or []
+        has_pip = has_pip or d.get("pip") is not None
+        for j, req in enumerate(pip_list):
+            if req is not None:
+                _pip_line(str(req).strip(), path.parent, _where(path, _line(pip_list, j)), st)
     if has_pip and not any(c.split()[0].split("::")[-1] == "pip" for c in conda):
         conda.append("pip")  # conda-lock adds pip wherever a pip: list is
     return conda, st
@@ -429,19 +465,53 @@ def _platform_deps(data: Any, path: Path, layer: str, platform: str) -> tuple[li
 def _top(data: Any, path: Path, layer: str) -> tuple[list[str], list[str]]:
     for key in data:
         if key not in ENV_KEYS:
-            raise CondastackError(f"{_where(path, _line(data, key))}: unknown key '{key}' in layer '{layer}' "
+            raise _bad(_where(path, _line(data, key)), f"unknown key '{key}' in layer '{layer}' "
                                   f"(an environment.yml has: {', '.join(sorted(ENV_KEYS))}).")
     out = []
     for key in ("channels", "pip-repositories"):
         v = data.get(key) or []
         v = [v] if isinstance(v, str) else v
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise CondastackError(f"{_where(path, _line(data, key))}: '{key}' must be a list of strings.")
+            raise _bad(_where(path, _line(data, key)), f"'{key}' must be a list of strings.")
         out.append(list(v))
     return out[0], out[1]
 
 
-def load_env_file(path: Path, platforms: list[str], *, layer: str) -> EnvFile:
+def _read_text(path: Path, layer: str) -> tuple[bytes, str]:
+    try:
+        data = path.read_bytes()
+        return data, data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StackInvalid(path, f"layer file of '{layer}' is not UTF-8 text ({e.reason} at byte {e.start}).") \
+            from None
+    except OSError as e:
+        raise StackInvalid(path, f"cannot read the layer file of '{layer}': {e.strerror}.") from None
+
+
+def _platform_data(path: Path, text: str, platform: str, layer: str) -> Any:
+    """The file as YAML for one platform, after selectors; an empty file is an empty mapping."""
+    data = _load(apply_selectors(text, platform, path), path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StackInvalid(path, f"layer '{layer}' must be a conda environment.yml (a mapping with 'dependencies').")
+    return data
+
+
+def read_env_shape(path: Path, platforms: list[str] | tuple[str, ...], *, layer: str) -> EnvShape:
+    """What loading a stack needs of a layer file, checked for every platform without conda-lock:
+    its keys, channels, pip-repositories, variables and the form of its dependencies (not each spec)."""
+    path = Path(path)
+    _, text = _read_text(path, layer)
+    datas = [_platform_data(path, text, plat, layer) for plat in platforms]
+    channels, repos = _top(datas[0], path, layer)
+    variables = _variables(datas[0], path)
+    for data in datas:
+        _dependencies(data, path, layer)
+    return EnvShape(channels=tuple(expand_channels(channels)), pip_repositories=tuple(repos), variables=variables)
+
+
+def load_env_file(path: Path, platforms: list[str] | tuple[str, ...], *, layer: str) -> EnvFile:
     """Read one layer's environment.yml for each platform (selectors, pip options, variables).
 
     Checking specs needs conda-lock, whose import costs ~0.6 s, so results are cached by the
@@ -449,19 +519,12 @@ def load_env_file(path: Path, platforms: list[str], *, layer: str) -> EnvFile:
     imports it.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CondastackError(f"{path}: layer file of '{layer}' is not UTF-8 text ({e.reason} at byte {e.start}).") \
-            from None
-    except OSError as e:
-        raise CondastackError(f"{path}: cannot read the layer file of '{layer}': {e.strerror}.") from None
-    cached = _cache_file(path, data, platforms)
+    data, text = _read_text(path, layer)
+    cached = _cache_file(path, data, list(platforms))
     hit = _from_cache(cached, path)
     if hit is not None:
         return hit
-    env = _read_env_file(path, text, platforms, layer)
+    env = _read_env_file(path, text, list(platforms), layer)
     _to_cache(cached, env)
     return env
 
@@ -470,7 +533,8 @@ def _cache_file(path: Path, data: bytes, platforms: list[str]) -> Path:
     from importlib.metadata import version
 
     from . import __version__
-    from .solve import MAPPING_FILE, cache_root
+    from .layout import cache_root
+    from .solve import MAPPING_FILE  # a data path only: solve.py imports no solver at module level
 
     key = hashlib.sha256(b"|".join([b"envfile-1", str(path.resolve()).encode(), data, ",".join(platforms).encode(),
                                     version("conda-lock").encode(), __version__.encode(),
@@ -517,12 +581,7 @@ def _read_env_file(path: Path, text: str, platforms: list[str], layer: str) -> E
     repos: list[str] = []
     variables: dict[str, str] = {}
     for n, plat in enumerate(platforms):
-        data = _load(apply_selectors(text, plat, path), path)
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise CondastackError(f"{path}: layer '{layer}' must be a conda environment.yml (a mapping with "
-                                  "'dependencies').")
+        data = _platform_data(path, text, plat, layer)
         if n == 0:
             channels, repos = _top(data, path, layer)
             variables = _variables(data, path)

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .errors import CondastackError
+from . import __version__, layout
+from .envfile import PYPI_SIMPLE, PipOptions
+from .errors import CondastackError, LockConflict
+from .findlinks import find_links_index
 from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock, remove_path
 from .solve import (
     explain_solver_error,
@@ -35,32 +37,20 @@ from .solve import (
     split_depend,
     write_lockfile,
 )
-from .envfile import PYPI_SIMPLE, PipOptions
-from .findlinks import find_links_index
+from .layout import lock_dir, lockfile_path
 from .stack import Stack, redact, strip_credentials
 
 LOCK_FORMAT = "condastack-lock-1"
+VARIABLES_KEY = "condastack.variables"  # custom metadata: the layer's `variables:`, as JSON
 Progress = Callable[[str], None]
 
 
-def lock_dir(root: Path) -> Path:
-    return Path(root) / "lock"
-
-
-def lockfile_path(root: Path, layer: str) -> Path:
-    return lock_dir(root) / f"{layer}.conda-lock.yml"
-
-
 def explicit_path(stack: Stack, layer: str, platform: str) -> Path:
-    if platform == stack.default_platform:
-        return lock_dir(stack.root) / f"{layer}.lock"
-    return lock_dir(stack.root) / f"{layer}.{platform}.lock"
+    return layout.explicit_path(stack.root, layer, platform, stack.default_platform)
 
 
 def pip_txt_path(stack: Stack, layer: str, platform: str) -> Path:
-    if platform == stack.default_platform:
-        return lock_dir(stack.root) / f"{layer}.pip.txt"
-    return lock_dir(stack.root) / f"{layer}.{platform}.pip.txt"
+    return layout.pip_txt_path(stack.root, layer, platform, stack.default_platform)
 
 
 @dataclass
@@ -72,10 +62,6 @@ class LayerLock:
     solved: list[str] = field(default_factory=list)  # platforms re-solved
     unchanged: list[str] = field(default_factory=list)  # platforms whose hash matched
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # platform -> {conda, pip}
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.solved)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -145,6 +131,35 @@ def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[st
     return out
 
 
+# --------------------------------------------------------------------------- variables, for build
+
+
+def lock_variables(lockfile: Path) -> dict[str, str]:
+    """The layer's `variables:` as its lock records them (custom metadata, VARIABLES_KEY).
+
+    Read from the one metadata line, so a no-op build does not parse a 10 MB lockfile again.
+    """
+    import re
+
+    import yaml
+
+    from .env import ENV_VAR_NAME
+
+    with open(lockfile, encoding="utf-8", errors="replace") as f:
+        line = next((l for l in f if l.lstrip().startswith(f"{VARIABLES_KEY}:")), None)
+    if line is None:
+        return {}
+    try:
+        data = json.loads(yaml.safe_load(line.strip())[VARIABLES_KEY])
+    except (ValueError, TypeError, KeyError, yaml.YAMLError):
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and ENV_VAR_NAME.match(k) and isinstance(v, str)
+                                             and re.fullmatch(r"[^\x00]*", v) for k, v in data.items()):
+        raise CondastackError(f"{lockfile}: its {VARIABLES_KEY} metadata is not a map of variable names "
+                              "to strings. Re-create it with `condastack lock`.")
+    return data
+
+
 # --------------------------------------------------------------------------- dry run
 
 
@@ -183,7 +198,7 @@ def lock_stack(stack: Stack, layers: list[str] | None = None, *, platforms: list
     ldir = lock_dir(stack.root)
     ldir.mkdir(parents=True, exist_ok=True)
     # One lock run at a time per project: a second one waits, then sees the fresh locks.
-    with file_lock(ldir / ".condastack.lock"):
+    with file_lock(layout.lock_mutex(stack.root)):
         clean_stale_temporaries(ldir)
         return [_lock_layer(stack, name, platforms or list(stack.platforms), update or [], progress)
                 for name in stack.order(layers)]
@@ -232,7 +247,7 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
                    for l in stack.chain(name)]
         custom = {"condastack.layer": name, "condastack.extends": stack.layer(name).extends or "",
                   "condastack.stack": stack.name, "condastack.version": __version__,
-                  "condastack.variables": json.dumps(stack.variables_for(name), sort_keys=True)}
+                  VARIABLES_KEY: json.dumps(stack.variables_for(name), sort_keys=True)}
         # conda-lock writes the file's own name into its header, so the temporary keeps the final
         # name inside a temporary folder (cleaned by the next run if this one is killed).
         tmpdir = path.parent / f"{TMP_MARK}{path.name}.{os.getpid()}.new"
@@ -311,8 +326,8 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
     pip_locked = []
     if pip_specs or parent_pip:
         pins = [f"{p.name}=={p.version}" for p in parent_pip]
-        have = {s.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for s in pip_specs}
-        specs = pip_specs + [s for s in pins if s.split("==")[0].lower() not in have]
+        have = {requirement_name(s) for s in pip_specs}
+        specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
         prev_pip = [p for p in previous.package if p.platform == plat and p.manager == "pip"] if previous else []
         indexes = stack.pip_indexes_for(name)
         try:
@@ -330,11 +345,21 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
     return conda_locked + pip_locked
 
 
+def requirement_name(spec: str) -> str:
+    """The canonical project name of a pip requirement string (`Foo_Bar[x]~=1.0` -> `foo-bar`)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        return canonicalize_name(Requirement(spec).name)
+    except InvalidRequirement:  # e.g. a bare URL or a path: conda-lock reports it; compare it whole
+        return spec.strip().lower()
+
+
 def _check_parent_pip(name: str, parent: str | None, p, parent_pip: list) -> None:  # noqa: ANN001
     for q in parent_pip:
         if q.name == p.name and q.version != p.version:
-            raise CondastackError(f"layer {name}: pip package {p.name} resolved to {p.version}, but layer "
-                                  f"{parent} pins {q.name} {q.version}.")
+            raise LockConflict(layer=name, parent=parent, package=p.name, version=p.version, pinned=q.version)
 
 
 def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels: list[str], specs: list[str],
@@ -425,7 +450,7 @@ def diff_against_git(path: Path, rev: str) -> dict[str, list[Change]]:
         raise CondastackError(f"{path}: cannot read it at git revision {rev}: {detail.strip()}") from None
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", suffix=".conda-lock.yml", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=layout.LOCKFILE_SUFFIX, delete=False) as f:
         f.write(text)
     try:
         return _diff(parse_lockfile(Path(f.name)), parse_lockfile(path))
@@ -470,7 +495,7 @@ def lock_with_conda_lock(stack: Stack, layers: list[str] | None, solver: str, bi
     out: list[Path] = []
     ldir = lock_dir(stack.root)
     ldir.mkdir(parents=True, exist_ok=True)
-    with file_lock(ldir / ".condastack.lock"):
+    with file_lock(layout.lock_mutex(stack.root)):
         for name in stack.order(layers):
             final = lockfile_path(stack.root, name)
             with tempfile.TemporaryDirectory(dir=ldir, prefix=f"{TMP_MARK}conda-lock.{os.getpid()}.") as tmp:

@@ -1,15 +1,15 @@
 """The one seam between conda-lock (formats) and py-rattler (solving, installing).
 
-conda-lock is the authority on what an environment.yml means (selectors,
-channels, `pip:`) and on the lockfile models; py-rattler does the solving.
-Everything that converts between the two lives here and nowhere else.
+conda-lock is the authority on what one conda match spec or pip requirement
+means (envfile.py reads the environment.yml around them through here) and on
+the lockfile models; py-rattler does the solving. Everything that converts
+between the two lives here and nowhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 from pathlib import Path
 
@@ -25,91 +25,7 @@ def mapping_url() -> str:
     return str(MAPPING_FILE)
 
 
-# --------------------------------------------------------------------------- environment.yml
-
-
-def cache_root() -> Path:
-    """condastack's user cache folder ($CONDASTACK_CACHE, else ~/.cache/condastack)."""
-    base = os.environ.get("CONDASTACK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "condastack")
-    return Path(base)
-
-
-def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[str], list[str]]:
-    """Conda match specs and pip requirement strings of one environment.yml for one platform.
-
-    Selectors and pip markers are applied by conda-lock's own parser. Importing
-    conda-lock costs ~0.6 s, so results are cached by file content: a no-op
-    `lock` then never imports it.
-    """
-    import hashlib
-    import json
-    from importlib.metadata import version
-
-    from . import __version__
-    from .fsutil import atomic_write_text
-
-    data = Path(path).read_bytes()
-    key = hashlib.sha256(b"|".join([data, platform.encode(), version("conda-lock").encode(),
-                                    __version__.encode(), MAPPING_FILE.read_bytes()])).hexdigest()
-    cached = cache_root() / "specs" / f"{key}.json"
-    try:
-        hit = json.loads(cached.read_text())
-        return list(hit["conda"]), list(hit["pip"])
-    except (OSError, ValueError, KeyError):
-        pass
-    conda, pip = _parse_layer_specs(path, platform, layer=layer)
-    try:
-        atomic_write_text(cached, json.dumps({"conda": conda, "pip": pip}))
-    except OSError:
-        pass  # a read-only cache only costs speed
-    return conda, pip
-
-
-def _parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[str], list[str]]:
-    from conda_lock.models.lock_spec import VersionedDependency
-    from conda_lock.src_parser.environment_yaml import parse_environment_file
-    from conda_lock.src_parser.markers import evaluate_marker
-    from conda_lock.src_parser.pyproject_toml import parse_python_requirement
-    from conda_lock.src_parser.selectors import filter_platform_selectors
-
-    sink = io.StringIO()
-    try:
-        # conda-lock prints a line for each selector it drops; keep our output clean.
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            spec = parse_environment_file(Path(path), [platform], mapping_url=mapping_url())
-    except Exception as e:  # conda-lock raises plain ValueErrors for bad specs
-        raise CondastackError(f"{path}: layer '{layer}': cannot parse the environment file: {e}") from None
-
-    conda: list[str] = []
-    for dep in spec.dependencies[platform]:
-        if dep.manager != "conda" or not isinstance(dep, VersionedDependency):
-            continue
-        ms = to_match_spec(dep)
-        if ms not in conda and not (dep.name == "pip" and any(c.split()[0] == "pip" for c in conda)):
-            conda.append(ms)
-
-    # pip requirement strings are kept verbatim (conda-lock mangles URLs when it parses them),
-    # but only those whose markers hold on this platform.
-    text = "\n".join(filter_platform_selectors(Path(path).read_text(), platform=platform))
-    raw = yaml.safe_load(text) or {}
-    pip: list[str] = []
-    for entry in raw.get("dependencies") or []:
-        if isinstance(entry, dict):
-            for req in entry.get("pip") or []:
-                req = str(req).strip()
-                if req.startswith("-e ") or req.startswith("--editable"):
-                    raise CondastackError(
-                        f"{path}: layer '{layer}': editable pip dependency '{req}' cannot be locked or "
-                        "packed; build it as a wheel or wrap it with `condastack wrap`."
-                    )
-                try:
-                    dep = parse_python_requirement(req, manager="pip", category="main", mapping_url=mapping_url())
-                except Exception as e:
-                    raise CondastackError(f"{path}: layer '{layer}': bad pip requirement '{req}': {e}") from None
-                if evaluate_marker(dep.markers, platform) and req not in pip:
-                    pip.append(req)
-    return conda, pip
+# --------------------------------------------------------------------------- conda-lock's dependency model
 
 
 def to_match_spec(dep: object) -> str:
@@ -207,7 +123,7 @@ def read_lock_records(path: Path, platform: str) -> list:
         return []
     for lp in env.platforms():
         if lp.name == platform:
-            return list(env.conda_repodata_records_for_platform(lp) or [])
+            return [with_channel(r) for r in env.conda_repodata_records_for_platform(lp) or []]
     return []
 
 
@@ -331,7 +247,7 @@ def render_explicit(lockfile, platform: str) -> str:  # noqa: ANN001
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- build seam (issue 4: build/verify)
+# --------------------------------------------------------------------------- build seam: build and verify
 # Reading a conda-lock file for installing: py-rattler parses conda-lock v1 files
 # itself (tests/test_build.py checks it agrees with conda-lock's parser) and is
 # ~10x quicker to import, which keeps a no-op `condastack build` under a second.
@@ -389,7 +305,7 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
             f"or build on a {'/'.join(plats) or 'matching'} machine."
         )
     lp = next(p for p in env.platforms() if p.name == platform)
-    conda = tuple(env.conda_repodata_records_for_platform(lp) or [])
+    conda = tuple(with_channel(r) for r in env.conda_repodata_records_for_platform(lp) or [])
     for r in conda:
         if r.sha256 is None:
             raise CondastackError(f"{path}: package {r.name.normalized} {r.version} has no sha256 in the lock; "
@@ -406,8 +322,6 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
 
 def _refuse_vcs(path: Path) -> None:
     """A pip package locked from version control (conda-lock records its commit where py-rattler wants a sha256)."""
-    import yaml
-
     try:
         pkgs = yaml.safe_load(Path(path).read_text()).get("package") or []
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
@@ -419,6 +333,18 @@ def _refuse_vcs(path: Path) -> None:
                 f"{path}: pip package {p.get('name')} {p.get('version')} is locked from version control ({url}); "
                 "condastack builds from sha256-checked wheels only. Build a wheel of that commit and serve it from "
                 "an index or list it as `name @ https://…/name.whl`, or wrap it with `condastack wrap`, then re-lock.")
+
+
+def with_channel(record: object) -> object:
+    """The record, naming its channel: rattler leaves it unset for local (file://) channels,
+    and conda-meta and pack manifests should say where every package came from."""
+    import rattler
+
+    r = record
+    if r.channel or "/" not in r.url:  # type: ignore[attr-defined]
+        return r
+    channel = r.url.rsplit("/", 2)[0] + "/"  # <channel>/<subdir>/<file>  # type: ignore[attr-defined]
+    return rattler.RepoDataRecord(r, r.file_name, r.url, channel)  # type: ignore[attr-defined]
 
 
 def with_url(record: object, url: str) -> object:

@@ -7,7 +7,6 @@ that every later stage can trust it.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from .envfile import PYPI_SIMPLE, PipOptions, apply_constraints, expand_channels, load_env_file
-from .errors import CondastackError
-
-STACK_FILE = Path("environments") / "stack.yml"
+from .envfile import PYPI_SIMPLE, EnvFile, PipOptions, apply_constraints, expand_channels, load_env_file, \
+    read_env_shape
+from .errors import CondastackError, StackInvalid
+from .layout import stack_file
 
 KNOWN_PLATFORMS = (
     "linux-64",
@@ -49,22 +48,52 @@ def redact(text: str) -> str:
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer of the stack: an environment.yml plus its place in the tree."""
+    """One layer of the stack: an environment.yml plus its place in the tree.
+
+    Its specs are checked by conda-lock (through envfile.py) on first use, so a
+    reader that needs only the stack's shape never imports the solver.
+    """
 
     name: str
     file: Path
     extends: str | None
     channels: tuple[str, ...]
-    conda: dict[str, tuple[str, ...]]  # platform -> conda match specs (own, after selectors)
-    pip: dict[str, tuple[str, ...]]  # platform -> pip requirement strings (own)
+    platforms: tuple[str, ...]
     pip_repositories: tuple[str, ...] = ()
     description: str = ""
     variables: dict[str, str] = field(default_factory=dict)  # own `variables:` of the file
-    pip_options: PipOptions = PipOptions()  # own pip option lines (--index-url, -c, ...)
-    includes: tuple[tuple[str, str], ...] = ()  # -r/-c files read, with their sha256
+    _env: list[EnvFile] = field(default_factory=list, compare=False, repr=False)  # the parsed file, once
 
-    def file_digest(self) -> str:
-        return hashlib.sha256(self.file.read_bytes()).hexdigest()
+    def env_file(self) -> EnvFile:
+        """The file read for every platform: specs checked by conda-lock (cached by content), pip options."""
+        if not self._env:
+            self._env.append(load_env_file(self.file, self.platforms, layer=self.name))
+        return self._env[0]
+
+    def specs(self, platform: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(conda match specs, pip requirement strings) of this layer alone, after selectors."""
+        env = self.env_file()
+        return env.conda[platform], env.pip[platform]
+
+    @property
+    def conda(self) -> dict[str, tuple[str, ...]]:
+        """platform -> conda match specs (own, after selectors)."""
+        return dict(self.env_file().conda)
+
+    @property
+    def pip(self) -> dict[str, tuple[str, ...]]:
+        """platform -> pip requirement strings (own)."""
+        return dict(self.env_file().pip)
+
+    @property
+    def pip_options(self) -> PipOptions:
+        """Own pip option lines (--index-url, -c, ...), from the file and the -r/-c files it reads."""
+        return self.env_file().pip_options
+
+    @property
+    def includes(self) -> tuple[tuple[str, str], ...]:
+        """-r/-c files read, with their sha256."""
+        return self.env_file().includes
 
 
 @dataclass(frozen=True)
@@ -101,10 +130,6 @@ class Stack:
             cur = layer.extends
         return list(reversed(out))
 
-    def parent(self, name: str) -> Layer | None:
-        ext = self.layer(name).extends
-        return None if ext is None else self.layers[ext]
-
     def children(self, name: str) -> list[str]:
         return [n for n, l in self.layers.items() if l.extends == name]
 
@@ -132,8 +157,9 @@ class Stack:
         conda: list[str] = []
         pip: list[str] = []
         for layer in self.chain(name):
-            conda += [s for s in layer.conda.get(platform, ()) if s not in conda]
-            pip += [s for s in layer.pip.get(platform, ()) if s not in pip]
+            own_conda, own_pip = layer.specs(platform) if platform in layer.platforms else ((), ())
+            conda += [s for s in own_conda if s not in conda]
+            pip += [s for s in own_pip if s not in pip]
         return conda, apply_constraints(pip, self.pip_options_for(name).constraints)
 
     def pip_options_for(self, name: str) -> PipOptions:
@@ -250,30 +276,34 @@ def load_yaml(path: Path, what: str) -> Any:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise CondastackError(f"{path}{where}: malformed YAML in {what}: {problem}.") from None
+        raise StackInvalid(path, f"malformed YAML in {what}: {problem}.", mark.line + 1 if mark else None) \
+            from None
 
 
-def _at(path: Path, data: Any, key: Any) -> str:
-    line = data.line(key) if isinstance(data, _LinedDict) else None
-    return f"{path}, line {line}" if line else str(path)
+def _line(data: Any, key: Any) -> int | None:
+    return data.line(key) if isinstance(data, _LinedDict) else None
 
 
 def _expect(cond: bool, path: Path, data: Any, key: Any, msg: str) -> None:
     if not cond:
-        raise CondastackError(f"{_at(path, data, key)}: {msg}")
+        raise StackInvalid(path, msg, _line(data, key))
 
 
 # --------------------------------------------------------------------------- loading
 
 
 def find_stack_file(root: Path) -> Path:
-    return Path(root) / STACK_FILE
+    return stack_file(root)
 
 
-def load_stack(root: Path | str = ".") -> Stack:
-    """Load and validate `ROOT/environments/stack.yml` and every layer file."""
+def load_stack(root: Path | str = ".", *, parse_specs: bool = True) -> Stack:
+    """Load and validate `ROOT/environments/stack.yml` and every layer file.
+
+    With `parse_specs` (the default) every layer's specs are parsed now, so a bad
+    spec is reported at load; without, they are parsed on first use and loading
+    never imports the solver (doctor on a compute node uses that).
+    """
     root = Path(root).resolve()
     path = find_stack_file(root)
     if not path.is_file():
@@ -282,8 +312,30 @@ def load_stack(root: Path | str = ".") -> Stack:
             "or point -C at the project folder."
         )
     data = load_yaml(path, "stack file")
+    name, platforms = _check_top(path, data)
+    vpkgs = _virtual_packages(path, data, platforms)
+    pip_index = _str_list(data.get("pip-index", []), path, data, "pip-index")
+    channels = [resolve_channel(c, path.parent)
+                for c in expand_channels(_str_list(data.get("channels", []), path, data, "channels"))]
+    layers_raw = data["layers"]
+    _check_layer_entries(path, data, layers_raw)
+    _check_cycles(path, layers_raw)
+
+    layers: dict[str, Layer] = {}
+    for lname, spec in layers_raw.items():
+        lfile = (path.parent / spec["file"]).resolve()
+        layers[lname] = _load_layer(lname, lfile, spec.get("extends"), tuple(platforms), path, layers_raw,
+                                    str(spec.get("description", "")))
+        if parse_specs:
+            layers[lname].env_file()
+    return Stack(root=root, file=path, name=name, platforms=tuple(platforms), virtual_packages=vpkgs,
+                 layers=layers, pip_index=tuple(pip_index), channels=tuple(channels))
+
+
+def _check_top(path: Path, data: Any) -> tuple[str, list[str]]:
+    """The stack file's own keys, its name and its platforms."""
     if not isinstance(data, dict):
-        raise CondastackError(f"{path}: the stack file must be a mapping with 'name', 'platforms' and 'layers'.")
+        raise StackInvalid(path, "the stack file must be a mapping with 'name', 'platforms' and 'layers'.")
     for key in data:
         _expect(key in _STACK_KEYS, path, data, key,
                 f"unknown key '{key}' in the stack file (allowed: {', '.join(sorted(_STACK_KEYS))}).")
@@ -299,7 +351,10 @@ def load_stack(root: Path | str = ".") -> Stack:
         _expect(p in KNOWN_PLATFORMS, path, data, "platforms",
                 f"unknown platform '{p}' (known: {', '.join(KNOWN_PLATFORMS)}).")
     _expect(len(set(platforms)) == len(platforms), path, data, "platforms", "a platform is listed twice.")
+    return name, platforms
 
+
+def _virtual_packages(path: Path, data: Any, platforms: list[str]) -> dict[str, dict[str, str]]:
     vpkgs_raw = data.get("virtual-packages") or {}
     _expect(isinstance(vpkgs_raw, dict), path, data, "virtual-packages",
             "'virtual-packages' must map a platform to {__name: version}.")
@@ -315,12 +370,10 @@ def load_stack(root: Path | str = ".") -> Stack:
             _expect(isinstance(ver, (str, int, float)) and not isinstance(ver, bool), path, pk, vname,
                     f"the version of {vname} must be a string such as \"12.6\".")
         vpkgs[plat] = {k: str(v) for k, v in pk.items()}
+    return vpkgs
 
-    pip_index = _str_list(data.get("pip-index", []), path, data, "pip-index")
-    channels = [resolve_channel(c, path.parent)
-                for c in expand_channels(_str_list(data.get("channels", []), path, data, "channels"))]
 
-    layers_raw = data["layers"]
+def _check_layer_entries(path: Path, data: Any, layers_raw: Any) -> None:
     _expect(isinstance(layers_raw, dict) and bool(layers_raw), path, data, "layers",
             "'layers' must map layer names to {file: ..., extends: ...}.")
     for lname, spec in layers_raw.items():
@@ -338,23 +391,6 @@ def load_stack(root: Path | str = ".") -> Stack:
                 f"'extends' of layer '{lname}' must be one layer name.")
         _expect(ext is None or ext in layers_raw, path, spec, "extends",
                 f"layer '{lname}' extends unknown layer '{ext}' (layers: {', '.join(map(str, layers_raw))}).")
-    _check_cycles(path, layers_raw)
-
-    layers: dict[str, Layer] = {}
-    for lname, spec in layers_raw.items():
-        lfile = (path.parent / spec["file"]).resolve()
-        layers[lname] = _load_layer(lname, lfile, spec.get("extends"), list(platforms), path, layers_raw,
-                                    str(spec.get("description", "")))
-    return Stack(
-        root=root,
-        file=path,
-        name=name,
-        platforms=tuple(platforms),
-        virtual_packages=vpkgs,
-        layers=layers,
-        pip_index=tuple(pip_index),
-        channels=tuple(channels),
-    )
 
 
 def resolve_channel(channel: str, base: Path) -> str:
@@ -383,28 +419,24 @@ def _check_cycles(path: Path, layers_raw: dict[str, Any]) -> None:
         while cur is not None:
             if cur in seen:
                 loop = " -> ".join([*seen[seen.index(cur):], cur])
-                raise CondastackError(f"{_at(path, layers_raw, start)}: layers extend each other in a cycle: {loop}.")
+                raise StackInvalid(path, f"layers extend each other in a cycle: {loop}.", _line(layers_raw, start))
             seen.append(cur)
             cur = layers_raw[cur].get("extends")
 
 
-def _load_layer(name: str, lfile: Path, extends: str | None, platforms: list[str], stack_path: Path,
+def _load_layer(name: str, lfile: Path, extends: str | None, platforms: tuple[str, ...], stack_path: Path,
                 layers_raw: Any, description: str) -> Layer:
     if not lfile.is_file():
-        raise CondastackError(
-            f"{_at(stack_path, layers_raw, name)}: layer '{name}' names file {lfile}, which does not exist."
-        )
-    env = load_env_file(lfile, platforms, layer=name)
+        raise StackInvalid(stack_path, f"layer '{name}' names file {lfile}, which does not exist.",
+                           _line(layers_raw, name))
+    shape = read_env_shape(lfile, platforms, layer=name)
     return Layer(
         name=name,
         file=lfile,
         extends=extends,
-        channels=tuple(resolve_channel(c, lfile.parent) for c in env.channels),
-        conda=env.conda,
-        pip=env.pip,
-        pip_repositories=env.pip_repositories,
+        channels=tuple(resolve_channel(c, lfile.parent) for c in shape.channels),
+        platforms=platforms,
+        pip_repositories=shape.pip_repositories,
         description=description,
-        variables=env.variables,
-        pip_options=env.pip_options,
-        includes=env.includes,
+        variables=shape.variables,
     )

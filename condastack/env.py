@@ -1,0 +1,273 @@
+"""An environment on disk: its prefix, condastack's marker, package records and pip distributions.
+
+Modelled on conda-pack's `CondaEnv`: one object per prefix that reads
+`conda-meta` once and lazily. Every stage that looks inside an environment
+(build, verify, pack, unpack, deliver, doctor, container, module) asks this
+module; none opens `conda-meta` itself.
+
+Files condastack keeps in `conda-meta` (none ends in .json, so tools that read
+`conda-meta/*.json` as package records never see them):
+
+    condastack.info      the marker of an env built by condastack:
+                         {"layer", "stack", "platform", "lock_hash", "lockfile", "created_by"}
+    condastack.prefixes  relocation state of a packed/unpacked env (see unpack.relocate)
+    condastack.install   what `condastack install` installed there
+
+and conda's own `conda-meta/state` ({"env_vars": {...}}, what `conda env config
+vars` writes): condastack writes a layer's `variables:` there, and activation
+scripts, modulefiles and containers set them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CondastackError, EnvDamaged, PrefixTooLong
+
+META_DIR = "conda-meta"
+MARKER = Path(META_DIR) / "condastack.info"
+PREFIXES_FILE = f"{META_DIR}/condastack.prefixes"
+INSTALL_RECORD = f"{META_DIR}/condastack.install"
+STATE_FILE = Path(META_DIR) / "state"  # conda's per-env state (env_vars)
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CREATED_BY = f"condastack {__version__}"
+
+RawRecords = dict[str, tuple[bytes, dict]]  # conda-meta file path -> (its bytes, parsed)
+
+
+# --------------------------------------------------------------------------- the marker
+
+
+def is_record_member(target: str) -> bool:
+    """Whether a prefix-relative path is a package record (conda-meta/*.json)."""
+    return target.startswith(META_DIR + "/") and target.endswith(".json")
+
+
+def record_file_name(name: str, version: str, build: str) -> str:
+    """The conda-meta file name of an installed package."""
+    return f"{name}-{version}-{build}.json"
+
+
+def read_marker(prefix: Path) -> dict[str, Any] | None:
+    """The `conda-meta/condastack.info` of an environment, or None."""
+    try:
+        data = json.loads((Path(prefix) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_marker(prefix: Path, data: dict[str, Any]) -> None:
+    path = Path(prefix) / MARKER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- conda's state (variables)
+
+
+def read_env_vars(prefix: Path, *, strict: bool = False) -> dict[str, str]:
+    """The env_vars of `conda-meta/state` ({} without one). `strict` refuses a damaged file or a
+    bad name (for what gets exported); otherwise they read as no variables (for a rewrite)."""
+    path = Path(prefix) / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        if strict:
+            raise CondastackError(f"{path}: unreadable JSON ({e}). Reinstall the env.") from None
+        return {}
+    raw = data.get("env_vars") if isinstance(data, dict) else None
+    out: dict[str, str] = {}
+    for k, v in (raw if isinstance(raw, dict) else {}).items():
+        if not ENV_VAR_NAME.match(str(k)):
+            if strict:
+                raise CondastackError(f"{path}: '{k}' is not a valid environment variable name.")
+            continue
+        out[str(k)] = str(v)
+    return out
+
+
+def write_env_vars(prefix: Path, variables: dict[str, str]) -> None:
+    """Set conda's `conda-meta/state` env_vars, keeping its other keys; no file is made for no variables."""
+    from .fsutil import atomic_write_text
+
+    path = Path(prefix) / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    if not variables and "env_vars" not in data:
+        return
+    data["env_vars"] = dict(variables)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------- pip distributions
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def site_packages_dirs(prefix: Path) -> list[Path]:
+    return sorted(p for p in Path(prefix).glob("lib/python*/site-packages") if p.is_dir())
+
+
+def dist_name_version(d: Path) -> tuple[str, str]:
+    """Name and version of a *.dist-info folder, from its METADATA (else its folder name)."""
+    name = version = ""
+    try:
+        for line in (d / "METADATA").read_text(errors="replace").splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            if key.lower() == "name" and not name:
+                name = value.strip()
+            elif key.lower() == "version" and not version:
+                version = value.strip()
+    except OSError:
+        pass
+    if not name:
+        name, _, version = d.name[: -len(".dist-info")].partition("-")
+    return name, version
+
+
+# --------------------------------------------------------------------------- placeholders
+
+
+def check_dest_fits(records: list[tuple[str, str, str]], dest: str) -> None:
+    """A binary placeholder can only be replaced by a path no longer than itself."""
+    for f, ph, mode in records:
+        if mode == "binary" and len(dest.encode()) > len(ph.encode()):
+            raise PrefixTooLong(file=f, prefix=dest, room=len(ph.encode()))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class Env:
+    """An environment at `prefix`; everything read from `conda-meta` is read once, on first use."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = Path(prefix)
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.prefix / META_DIR
+
+    def is_conda_env(self) -> bool:
+        return self.meta_dir.is_dir()
+
+    def require_conda_env(self, advice: str = "") -> None:
+        """Refuse a folder that is not a conda environment; `advice` follows the reason."""
+        if not self.is_conda_env():
+            raise CondastackError(f"{self.prefix}: not a conda environment (no {META_DIR}/).{advice}")
+
+    @cached_property
+    def marker(self) -> dict[str, Any] | None:
+        return read_marker(self.prefix)
+
+    def has_marker(self) -> bool:
+        return (self.prefix / MARKER).is_file()
+
+    def path(self, rel: str | Path) -> Path:
+        """A file of condastack's inside the env, e.g. `env.path(PREFIXES_FILE)`."""
+        return self.prefix / rel
+
+    def record_path(self, name: str, version: str, build: str) -> Path:
+        return self.meta_dir / record_file_name(name, version, build)
+
+    def record_names(self) -> list[str]:
+        """File names of the package records (conda-meta/*.json), sorted."""
+        try:
+            names = os.listdir(self.meta_dir)
+        except OSError:
+            return []
+        return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
+
+    def raw_records(self, out: RawRecords) -> Iterator[dict]:
+        """Each package record, parsed, as it is read; `out` collects {path: (bytes, parsed)} so a
+        caller can hand them on (pack gives them to conda-pack's model and rewrites their bytes).
+        A generator, so a scan can use the first package before the others are parsed.
+        Unreadable ones are left out (conda-pack reports them)."""
+        meta_dir = str(self.meta_dir)
+        for name in self.record_names():
+            path = os.path.join(meta_dir, name)
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read()
+                info = json.loads(raw)
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict):
+                out[path] = (raw, info)
+                yield info
+
+    @cached_property
+    def records(self) -> dict[str, dict[str, Any]]:
+        """package name -> its conda-meta record; an unreadable record is refused."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.record_names():
+            f = self.meta_dir / name
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                raise EnvDamaged(file=f, reason=str(e)) from None
+            if isinstance(data, dict):
+                out[str(data.get("name", f.stem))] = data
+        return out
+
+    def readable_records(self) -> list[dict[str, Any]]:
+        """The records that can be read, skipping damaged ones (for best-effort questions)."""
+        return list(self.raw_records({}))
+
+    def conda_files(self) -> set[str]:
+        """Prefix-relative paths of every conda-managed file."""
+        return {e.get("_path") or e.get("path") for m in self.records.values()
+                for e in (m.get("paths_data") or {}).get("paths") or []}
+
+    def site_packages_dirs(self) -> list[Path]:
+        return site_packages_dirs(self.prefix)
+
+    def installed_dists(self) -> dict[str, str]:
+        """canonical distribution name -> version, from the *.dist-info folder names (cheap)."""
+        out: dict[str, str] = {}
+        for sp in self.site_packages_dirs():
+            for d in sp.glob("*.dist-info"):
+                name, _, version = d.name[: -len(".dist-info")].partition("-")
+                out[canonical_name(name)] = version
+        return out
+
+    def pip_dists(self) -> dict[str, tuple[str, str]]:
+        """canonical name -> (version, dist-info path) of distributions no conda package owns."""
+        conda_files = self.conda_files()
+        out: dict[str, tuple[str, str]] = {}
+        for sp in self.site_packages_dirs():
+            for d in sp.glob("*.dist-info"):
+                rel = os.path.relpath(d, self.prefix)
+                if f"{rel}/METADATA" in conda_files or f"{rel}/RECORD" in conda_files:
+                    continue
+                name, version = dist_name_version(d)
+                out[canonical_name(name)] = (version, rel)
+        return out
+
+    def min_binary_placeholder(self) -> int | None:
+        """The shortest binary placeholder of the env's packages (bytes), None if none."""
+        lengths: list[int] = []
+        for data in self.readable_records():
+            for p in (data.get("paths_data") or {}).get("paths") or []:
+                ph = p.get("prefix_placeholder") if isinstance(p, dict) else None
+                if ph and p.get("file_mode") == "binary":
+                    lengths.append(len(ph.encode()))
+        return min(lengths) if lengths else None
+
