@@ -23,10 +23,17 @@ from pathlib import Path
 from . import __version__
 from .errors import CondastackError
 from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock, remove_path
+from .consistency import check_records, describe
 from .solve import (
     explain_solver_error,
+    fetch_records,
+    lock_entries_as_json,
     parse_lockfile,
-    read_lock_records,
+    read_lock_entries,
+    read_records_sidecar,
+    records_from_json,
+    records_sidecar_path,
+    records_to_json,
     records_to_locked,
     render_explicit,
     solve_conda,
@@ -47,6 +54,11 @@ def lock_dir(root: Path) -> Path:
 
 def lockfile_path(root: Path, layer: str) -> Path:
     return lock_dir(root) / f"{layer}.conda-lock.yml"
+
+
+def records_path(root: Path, layer: str) -> Path:
+    """The full repodata records of a layer's lock (depends and constrains), for offline child solves."""
+    return records_sidecar_path(lockfile_path(root, layer))
 
 
 def explicit_path(stack: Stack, layer: str, platform: str) -> Path:
@@ -114,7 +126,7 @@ def input_hash(stack: Stack, layer: str, platform: str) -> str:
         "conda": conda,
         "pip": pip,
         "channels": stack.channels_for(layer),
-        "virtual-packages": stack.virtual_packages_for(platform),
+        "virtual-packages": stack.effective_virtual_packages_for(platform),
         "pip-index": stack.pip_indexes_for(layer),
         "parent": _parent_pins(stack, layer, platform),
     }
@@ -134,7 +146,46 @@ def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[st
             if hashes.get(plat) != input_hash(stack, name, plat):
                 out.append((name, f"{plat} inputs changed since {path.name} was written"))
                 break
+        else:
+            out += [(name, why) for why in _inconsistencies(stack, name)]
     return out
+
+
+def _inconsistencies(stack: Stack, name: str) -> list[str]:
+    """The consistency check of a written lock, per platform: a paragraph per failing platform."""
+    out = []
+    for plat in stack.platforms:
+        records, _ = full_records(stack, name, plat)
+        pip = [(str(p["name"]), str(p["version"])) for p in read_lock_entries(lockfile_path(stack.root, name))
+               if p.get("platform") == plat and p.get("manager") == "pip"]
+        bad = check_records(records, stack.effective_virtual_packages_for(plat), pip)
+        if bad:
+            out.append(describe(name, plat, bad))
+    return out
+
+
+def full_records(stack: Stack, name: str, plat: str) -> tuple[list, bool]:
+    """The full records of a layer's lock on one platform, and whether they came from the channels.
+
+    The records file beside the lock is used where it matches the lock entry by
+    sha256; anything it lacks is fetched from the layer's channels by URL.
+    """
+    entries = [p for p in read_lock_entries(lockfile_path(stack.root, name))
+               if p.get("platform") == plat and p.get("manager") == "conda"]
+    kept = {str(j.get("sha256")): j for j in read_records_sidecar(records_path(stack.root, name), plat)}
+    have = [dict(kept[(p.get("hash") or {}).get("sha256")], url=p["url"]) for p in entries
+            if (p.get("hash") or {}).get("sha256") in kept]
+    lacking = [p for p in entries if (p.get("hash") or {}).get("sha256") not in kept]
+    records = records_from_json(have) if have else []
+    if not lacking:
+        return records, False
+    fetched, missing = fetch_records(stack.channels_for(name), plat, lacking)
+    if missing:
+        raise CondastackError(
+            f"layer {name} ({plat}): {lockfile_path(stack.root, name).name} holds packages that neither "
+            f"{records_path(stack.root, name).name} nor the channels have: {', '.join(missing[:8])}. "
+            f"Delete {lockfile_path(stack.root, name).name} and run `condastack lock {name}` to re-lock it.")
+    return records + fetched, True
 
 
 # --------------------------------------------------------------------------- dry run
@@ -153,7 +204,7 @@ def dry_run(stack: Stack, layers: list[str] | None = None) -> list[dict[str, obj
                 "layer": name, "platform": plat, "extends": stack.layer(name).extends,
                 "channels": [redact(c) for c in stack.channels_for(name)],
                 "pip-index": [redact(c) for c in stack.pip_indexes_for(name)] if pip else [],
-                "virtual-packages": stack.virtual_packages_for(plat),
+                "virtual-packages": stack.effective_virtual_packages_for(plat),
                 "conda": conda, "pip": pip,
                 "action": "up to date" if up_to_date else "solve",
             })
@@ -195,49 +246,79 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
         if not all(explicit_path(stack, name, p).is_file() for p in stack.platforms):
             _write_derived(stack, name, path)
         return result
+    if update:
+        _check_update_names(stack, name, path, update)
     previous = parse_lockfile(path) if path.is_file() else None
     new_hash: dict[str, str] = {}
     packages = []
-    wants_update = bool(update)  # --update re-solves; everything not named stays preferred
+    full: dict[str, list[dict]] = {}
     for plat in stack.platforms:
         h = fresh[plat]
         new_hash[plat] = h
         prev_pkgs = [p for p in previous.package if p.platform == plat] if previous else []
-        keep = plat not in platforms or (old_hash.get(plat) == h and not wants_update)
+        keep = plat not in platforms or (old_hash.get(plat) == h and not update)
         if keep and prev_pkgs:
             packages += prev_pkgs
             new_hash[plat] = old_hash.get(plat, h)
+            full[plat] = read_records_sidecar(records_path(stack.root, name), plat)
             result.unchanged.append(plat)
         else:
             if progress:
                 progress(f"solving {name} for {plat}")
-            packages += _solve_platform(stack, name, plat, previous, update)
+            solved, records = _solve_platform(stack, name, plat, previous, update)
+            packages += solved
+            full[plat] = records_to_json(records)
             result.solved.append(plat)
         plat_pkgs = [p for p in packages if p.platform == plat]
         result.counts[plat] = {"conda": sum(p.manager == "conda" for p in plat_pkgs),
                                "pip": sum(p.manager == "pip" for p in plat_pkgs)}
     if result.solved:
-        sources = [str(Path("..") / stack.layer(l.name).file.relative_to(stack.root))
-                   if stack.layer(l.name).file.is_relative_to(stack.root) else str(l.file)
-                   for l in stack.chain(name)]
-        custom = {"condastack.layer": name, "condastack.extends": stack.layer(name).extends or "",
-                  "condastack.stack": stack.name, "condastack.version": __version__}
-        # conda-lock writes the file's own name into its header, so the temporary keeps the final
-        # name inside a temporary folder (cleaned by the next run if this one is killed).
-        tmpdir = path.parent / f"{TMP_MARK}{path.name}.{os.getpid()}.new"
-        tmpdir.mkdir(exist_ok=True)
-        try:
-            write_lockfile(tmpdir / path.name, packages,
-                           channels=[strip_credentials(c) for c in stack.channels_for(name)],
-                           platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
-            text = (tmpdir / path.name).read_text()
-            _write_derived(stack, name, tmpdir / path.name)
-        finally:
-            remove_path(tmpdir)
-        atomic_write_text(path, text)
+        _write_lock(stack, name, path, packages, new_hash, full)
     else:
         _write_derived(stack, name, path)
     return result
+
+
+def _check_update_names(stack: Stack, name: str, path: Path, update: list[str]) -> None:
+    """`--update PKG` for a package that no lock of the chain holds is a mistake, not a no-op."""
+    held: set[str] = set()
+    for layer in stack.chain(name):
+        lp = lockfile_path(stack.root, layer.name)
+        if lp.is_file():
+            held |= {str(p.get("name", "")).lower() for p in read_lock_entries(lp)}
+    if not path.is_file():
+        return
+    unknown = [u for u in update if u.lower() not in held]
+    if unknown:
+        raise CondastackError(f"layer {name}: --update names {', '.join(unknown)}, which {path.name} does not "
+                              f"hold (nor do its parents' locks). Check the spelling, or add it to the layer file.")
+
+
+def _write_lock(stack: Stack, name: str, path: Path, packages: list, new_hash: dict[str, str],
+                full: dict[str, list[dict]]) -> None:
+    sources = [str(Path("..") / stack.layer(l.name).file.relative_to(stack.root))
+               if stack.layer(l.name).file.is_relative_to(stack.root) else str(l.file)
+               for l in stack.chain(name)]
+    custom = {"condastack.layer": name, "condastack.extends": stack.layer(name).extends or "",
+              "condastack.stack": stack.name, "condastack.version": __version__}
+    for plat in stack.platforms:
+        custom[f"condastack.virtual-packages.{plat}"] = json.dumps(stack.effective_virtual_packages_for(plat),
+                                                                   sort_keys=True)
+    # conda-lock writes the file's own name into its header, so the temporary keeps the final
+    # name inside a temporary folder (cleaned by the next run if this one is killed).
+    tmpdir = path.parent / f"{TMP_MARK}{path.name}.{os.getpid()}.new"
+    tmpdir.mkdir(exist_ok=True)
+    try:
+        write_lockfile(tmpdir / path.name, packages,
+                       channels=[strip_credentials(c) for c in stack.channels_for(name)],
+                       platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
+        text = (tmpdir / path.name).read_text()
+        _write_derived(stack, name, tmpdir / path.name)
+    finally:
+        remove_path(tmpdir)
+    # The records first: a lock whose records file is stale falls back to the channels, never to wrong data.
+    atomic_write_text(records_path(stack.root, name), json.dumps({"platforms": full}, sort_keys=True) + "\n")
+    atomic_write_text(path, text)
 
 
 def _write_derived(stack: Stack, name: str, lockfile: Path) -> None:
@@ -266,26 +347,31 @@ def _write_if_changed(path: Path, text: str) -> None:
         atomic_write_text(path, text)
 
 
-def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[str]) -> list:  # noqa: ANN001
+def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[str]) -> tuple[list, list]:  # noqa: ANN001
+    """Solve one layer on one platform; returns (conda-lock entries, full conda records)."""
     layer = stack.layer(name)
     channels = stack.channels_for(name)
-    vpkgs = stack.virtual_packages_for(plat)
+    vpkgs = stack.effective_virtual_packages_for(plat)
     conda_specs, pip_specs = stack.specs_for(name, plat)
     if not channels:
         raise CondastackError(f"{layer.file}: layer '{name}' lists no channels (and inherits none).")
 
-    pinned = []
+    pinned: list = []
     parent_pip = []
     if layer.extends:
         ppath = lockfile_path(stack.root, layer.extends)
-        pinned = read_lock_records(ppath, plat)
+        pinned, _ = full_records(stack, layer.extends, plat)
         parent_pip = [p for p in parse_lockfile(ppath).package if p.platform == plat and p.manager == "pip"]
         # The child holds every package of its parent, not only those its specs reach.
         have = {spec_name(s) for s in conda_specs}
         conda_specs = conda_specs + [r.name.normalized for r in pinned if r.name.normalized not in have]
     upd = {u.lower() for u in update}
-    locked = [r for r in read_lock_records(lockfile_path(stack.root, name), plat)
-              if r.name.normalized not in upd] if previous else []
+    locked = []
+    if previous is not None:
+        prev_entries = [p for p in read_lock_entries(lockfile_path(stack.root, name))
+                        if p.get("platform") == plat and p.get("manager") == "conda"
+                        and str(p.get("name")).lower() not in upd]
+        locked = records_from_json(lock_entries_as_json(prev_entries)) if prev_entries else []
     try:
         records = solve_conda(channels, conda_specs, plat, vpkgs, pinned=pinned, locked=locked)
     except Exception as e:
@@ -295,23 +381,53 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
         r_url = strip_credentials(r.url)
         if r_url != r.url:
             r.url = r_url
+    _check_consistent(name, plat, records, vpkgs, [])
     conda_locked = records_to_locked(records, plat)
 
     pip_locked = []
     if pip_specs or parent_pip:
-        pins = [f"{p.name}=={p.version}" for p in parent_pip]
-        have = {s.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for s in pip_specs}
-        specs = pip_specs + [s for s in pins if s.split("==")[0].lower() not in have]
-        prev_pip = [p for p in previous.package if p.platform == plat and p.manager == "pip"] if previous else []
-        try:
-            pip_locked = solve_pip(specs, conda_locked, plat, vpkgs, indexes=stack.pip_indexes_for(name),
-                                   previous=prev_pip + parent_pip, update=list(update))
-        except CondastackError as e:
-            raise CondastackError(f"layer {name} ({plat}): {e}") from None
-        for p in pip_locked:
-            p.url = strip_credentials(p.url)
-            _check_parent_pip(name, layer.extends, p, parent_pip)
-    return conda_locked + pip_locked
+        pip_locked = _solve_pip_part(stack, name, plat, pip_specs, parent_pip, conda_locked, previous, update)
+        _check_consistent(name, plat, records, vpkgs, [(p.name, p.version) for p in pip_locked])
+        _check_no_overlap(name, plat, conda_locked, pip_locked)
+    return conda_locked + pip_locked, records
+
+
+def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], parent_pip: list,
+                    conda_locked: list, previous, update: list[str]) -> list:  # noqa: ANN001
+    layer = stack.layer(name)
+    pins = [f"{p.name}=={p.version}" for p in parent_pip]
+    have = {s.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for s in pip_specs}
+    specs = pip_specs + [s for s in pins if s.split("==")[0].lower() not in have]
+    prev_pip = [p for p in previous.package if p.platform == plat and p.manager == "pip"] if previous else []
+    try:
+        pip_locked = solve_pip(specs, conda_locked, plat, stack.effective_virtual_packages_for(plat),
+                               indexes=stack.pip_indexes_for(name), previous=prev_pip + parent_pip,
+                               update=list(update))
+    except CondastackError as e:
+        raise CondastackError(f"layer {name} ({plat}): {e}") from None
+    for p in pip_locked:
+        p.url = strip_credentials(p.url)
+        _check_parent_pip(name, layer.extends, p, parent_pip)
+    return pip_locked
+
+
+def _check_consistent(name: str, plat: str, records: list, vpkgs: dict[str, str],
+                      pip: list[tuple[str, str]]) -> None:
+    bad = check_records(records, vpkgs, pip)
+    if bad:
+        raise CondastackError(describe(name, plat, bad) + " Nothing was written.")
+
+
+def _check_no_overlap(name: str, plat: str, conda_locked: list, pip_locked: list) -> None:
+    """One package in both the conda and the pip section of one platform is a lock error."""
+    from .pypi_names import canonical, pypi_names_for_conda
+
+    provided = {p: c.name for c in conda_locked for p in pypi_names_for_conda(c.name)}
+    both = [f"{p.name} (pip {p.version}, conda {provided[canonical(p.name)]})" for p in pip_locked
+            if canonical(p.name) in provided]
+    if both:
+        raise CondastackError(f"layer {name} ({plat}): packages in both the conda and the pip section: "
+                              f"{', '.join(both)}. Nothing was written.")
 
 
 def _check_parent_pip(name: str, parent: str | None, p, parent_pip: list) -> None:  # noqa: ANN001
@@ -323,60 +439,132 @@ def _check_parent_pip(name: str, parent: str | None, p, parent_pip: list) -> Non
 
 def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels: list[str], specs: list[str],
                    vpkgs: dict[str, str], pinned: list) -> CondastackError:
-    """Turn a solver failure into one paragraph; name the layers when a parent pin is the cause."""
+    """Turn a solver failure into one paragraph; a culprit is named only when a re-solve confirms it."""
     text = str(err)
     if "FetchRepoData" in type(err).__name__ or "fetch" in text.lower() and "repodata" in text.lower():
         return CondastackError(
             f"layer {name} ({plat}): cannot read the channel(s) {', '.join(redact(c) for c in channels)}: "
             f"{redact(text.strip().splitlines()[0] if text.strip() else type(err).__name__)}"
         )
-    if pinned:
-        conflict = _explain_pin_conflict(stack, name, plat, channels, specs, vpkgs, pinned)
-        if conflict:
-            return CondastackError(conflict + " The existing lockfiles were left unchanged.")
-    missing = [s for s in specs if f"No candidates were found for {spec_name(s)}" in text
-               or f"no candidates were found for {spec_name(s)}" in text.lower()]
-    detail = explain_solver_error(err)
-    head = f"layer {name} ({plat}): the specs cannot be satisfied"
+    tail = " The existing lockfiles were left unchanged."
+    missing = _missing_specs(channels, plat, specs)
     if missing:
-        # "hello >=9" is not a missing package but a version the channels do not have
-        what = [f"package {spec_name(m)} not found" if m.strip() == spec_name(m)
-                else f"no version of {spec_name(m)} matching '{m.strip()}' found" for m in missing]
-        head = f"layer {name} ({plat}): {'; '.join(what)} in {', '.join(redact(c) for c in channels)} for {plat}"
-    return CondastackError(f"{head}.\n{redact(detail)}\nThe existing lockfiles were left unchanged.")
+        return CondastackError(f"layer {name} ({plat}): {'; '.join(missing)} in "
+                               f"{', '.join(redact(c) for c in channels)}.{tail}")
+    if pinned:
+        conflict = _explain_pin_conflict(stack, name, plat, channels, vpkgs, pinned)
+        if conflict:
+            return CondastackError(conflict + tail)
+    detail = explain_solver_error(err)
+    return CondastackError(f"layer {name} ({plat}): the specs cannot be satisfied.\n{redact(detail)}\n{tail.strip()}")
 
 
-def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str], specs: list[str],
-                          vpkgs: dict[str, str], pinned: list) -> str | None:
+def _missing_specs(channels: list[str], plat: str, specs: list[str]) -> list[str]:
+    """Every spec that no record of the channels can meet, each described once."""
+    import asyncio
+
     import rattler
 
+    names = sorted({spec_name(s) for s in specs if not spec_name(s).startswith("__")})
+    try:
+        found = asyncio.run(rattler.Gateway().query(channels, [plat, "noarch"], names, recursive=False))
+    except Exception:
+        return []
+    by_name: dict[str, list] = {}
+    for recs in found:
+        for r in recs:
+            by_name.setdefault(r.name.normalized, []).append(r)
+    out = []
+    for s in specs:
+        n = spec_name(s)
+        if n.startswith("__"):
+            continue
+        if not by_name.get(n):
+            out.append(f"package {n} not found")
+            continue
+        try:
+            ms = rattler.MatchSpec(s)
+        except Exception:
+            continue
+        if not any(ms.matches(r) for r in by_name[n]):
+            out.append(f"no version of {n} matching '{s.strip()}' found")
+    return out
+
+
+def _solves(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, str], pinned: list | None = None) -> bool:
+    try:
+        solve_conda(channels, specs, plat, vpkgs, pinned=pinned)
+    except Exception:
+        return False
+    return True
+
+
+def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str],
+                          vpkgs: dict[str, str], pinned: list) -> str | None:
+    """Which parent spec or record a child's own spec breaks, confirmed by re-solving."""
+    import rattler
+
+    parent = stack.layer(name).extends or "?"
+    own = list(stack.layer(name).conda.get(plat, ()))
+    parent_specs, _ = stack.specs_for(parent, plat)
     pins = {r.name.normalized: r for r in pinned}
-    own = [s for s in specs if spec_name(s) not in pins or s != spec_name(s)]
-    # A spec of the layer itself that the pin cannot meet.
     for s in own:
         r = pins.get(spec_name(s))
         if r is not None and not rattler.MatchSpec(s).matches(r):
             return (f"layer {name}: it asks for {s}, but layer {_pin_owner(stack, name, plat, r)} pins "
-                    f"{r.name.normalized} {r.version}.")
-    try:
-        free = solve_conda(channels, own, plat, vpkgs)
-    except Exception:
-        return None
-    for rec in free:
-        for dep in rec.depends:
-            dname, dspec = split_depend(dep)
-            r = pins.get(dname)
-            if r is not None and not rattler.MatchSpec(dep).matches(r):
-                return (f"layer {name}: {rec.name.normalized} {rec.version} needs {dname} {dspec}, but layer "
-                        f"{_pin_owner(stack, name, plat, r)} pins {dname} {r.version}.")
+                    f"{r.name.normalized} {r.version} {r.build}.")
+    for s in own:
+        if _solves(channels, [s, *parent_specs], plat, vpkgs) or not _solves(channels, [s], plat, vpkgs):
+            continue
+        for p in parent_specs:
+            rest = [q for q in parent_specs if q != p]
+            if _solves(channels, [s, *rest], plat, vpkgs):
+                return (f"layer {name} asks for '{s}', which cannot be installed together with layer "
+                        f"{_spec_owner(stack, name, plat, p)}'s spec '{p}' (each alone can be solved; "
+                        f"together they cannot).")
+        return f"layer {name} asks for '{s}', which conflicts with the specs of layer {parent} ({', '.join(parent_specs)})."
+    for s in own:
+        if _solves(channels, [s], plat, vpkgs, pinned=pinned) or not _solves(channels, [s], plat, vpkgs):
+            continue
+        for r in pinned:
+            rest = [q for q in pinned if q.name.normalized != r.name.normalized]
+            if _solves(channels, [s], plat, vpkgs, pinned=rest):
+                return _pin_culprit(stack, name, plat, channels, vpkgs, s, r, rest)
+        return f"layer {name} asks for '{s}', which cannot be installed over the locked packages of layer {parent}."
     return None
+
+
+def _pin_culprit(stack: Stack, name: str, plat: str, channels: list[str], vpkgs: dict[str, str], spec: str,
+                 pin, rest: list) -> str:  # noqa: ANN001
+    """The message for a parent record that a re-solve without it confirmed as the blocker."""
+    import rattler
+
+    owner = _pin_owner(stack, name, plat, pin)
+    pname = pin.name.normalized
+    for rec in solve_conda(channels, [spec], plat, vpkgs, pinned=rest):
+        for kind, deps in (("needs", rec.depends), ("constrains", rec.constrains)):
+            for dep in deps:
+                dname, dspec = split_depend(dep)
+                if dname == pname and not rattler.MatchSpec(dep).matches(pin):
+                    return (f"layer {name}: {rec.name.normalized} {rec.version} {kind} {dname} {dspec}, but layer "
+                            f"{owner} pins {pname} {pin.version} ({pin.build}).")
+    return (f"layer {name} asks for '{spec}', which cannot be installed with {pname} {pin.version} {pin.build} "
+            f"as locked in layer {owner}.")
+
+
+def _spec_owner(stack: Stack, name: str, plat: str, spec: str) -> str:
+    for layer in stack.chain(name)[:-1]:
+        if spec in layer.conda.get(plat, ()):
+            return layer.name
+    return stack.layer(name).extends or "?"
 
 
 def _pin_owner(stack: Stack, name: str, plat: str, rec) -> str:  # noqa: ANN001
     """The highest ancestor whose lock holds this exact record."""
     for layer in stack.chain(name)[:-1]:
-        for r in read_lock_records(lockfile_path(stack.root, layer.name), plat):
-            if r.name.normalized == rec.name.normalized and str(r.version) == str(rec.version):
+        for p in read_lock_entries(lockfile_path(stack.root, layer.name)):
+            if p.get("platform") == plat and p.get("name") == rec.name.normalized \
+                    and str(p.get("version")) == str(rec.version):
                 return layer.name
     return stack.layer(name).extends or "?"
 
@@ -460,11 +648,11 @@ def lock_with_conda_lock(stack: Stack, layers: list[str] | None, solver: str, bi
             with tempfile.TemporaryDirectory(dir=ldir, prefix=f"{TMP_MARK}conda-lock.{os.getpid()}.") as tmp:
                 vp = Path(tmp) / "virtual-packages.yml"
                 vp.write_text(yaml.safe_dump({"subdirs": {
-                    p: {"packages": stack.virtual_packages_for(p)} for p in stack.platforms}}))
+                    p: {"packages": stack.effective_virtual_packages_for(p)} for p in stack.platforms}}))
                 target = Path(tmp) / final.name
                 cmd = [exe, "lock", f"--{'micromamba' if solver == 'micromamba' else 'no-micromamba'}",
                        "--conda", binary, "--virtual-package-spec", str(vp), "--lockfile", str(target),
-                       "--pypi_to_conda_lookup_file", str(Path(__file__).parent / "data" / "pypi-mapping.yml")]
+                       "--pypi_to_conda_lookup_file", mapping_url()]
                 for layer in stack.chain(name):
                     cmd += ["-f", str(layer.file)]
                 for p in stack.platforms:

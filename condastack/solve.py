@@ -17,12 +17,19 @@ import yaml
 
 from .errors import CondastackError
 
-MAPPING_FILE = Path(__file__).parent / "data" / "pypi-mapping.yml"
+MAPPING_FILE = Path(__file__).parent / "data" / "conda-pypi-names.json"
 
 
 def mapping_url() -> str:
-    """conda-lock's conda<->PyPI name mapping, read from a file we ship (no network)."""
-    return str(MAPPING_FILE)
+    """conda-lock's conda<->PyPI name mapping, made from the one we ship (no network)."""
+    from .pypi_names import conda_lock_mapping
+
+    try:
+        return str(conda_lock_mapping(cache_root() / "mapping"))
+    except OSError:  # a read-only cache: write it beside a temporary folder instead
+        import tempfile
+
+        return str(conda_lock_mapping(Path(tempfile.gettempdir()) / "condastack-mapping"))
 
 
 # --------------------------------------------------------------------------- environment.yml
@@ -195,20 +202,115 @@ def records_to_locked(records: list, platform: str, *, category: str = "main") -
     return out
 
 
-def read_lock_records(path: Path, platform: str) -> list:
-    """The conda RepoDataRecords of one platform of a conda-lock file, read by py-rattler."""
+def read_lock_entries(path: Path) -> list[dict]:
+    """The `package` entries of a conda-lock file as plain YAML.
+
+    py-rattler's LockFile reader rejects the pip dependency values conda-lock
+    itself writes ('*' or a bare version), so it is never on a read path.
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(Path(path).read_text(), Loader=loader)  # noqa: S506 - a safe loader
+    except FileNotFoundError:
+        raise CondastackError(f"lockfile not found: {path}.") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CondastackError(f"{path}: not a readable conda-lock lockfile ({type(e).__name__}).") from None
+    pkgs = data.get("package") if isinstance(data, dict) else None
+    if not isinstance(pkgs, list) or not all(isinstance(p, dict) for p in pkgs):
+        raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list).")
+    return pkgs
+
+
+def records_to_json(records: list) -> list[dict]:
+    """RepoDataRecords as repodata JSON (with fn, url, channel): everything a re-solve needs."""
+    import json
+
+    return [json.loads(r.to_json()) for r in records]
+
+
+def records_from_json(items: list[dict]) -> list:
+    """RepoDataRecords from repodata JSON entries (as written by records_to_json).
+
+    rattler builds records from repodata, so the entries are grouped into one
+    small repodata.json per (channel, subdir) folder and read back.
+    """
+    import json
+    import tempfile
+
     import rattler
 
-    try:
-        env = rattler.LockFile.from_path(str(path)).default_environment()
-    except Exception as e:
-        raise CondastackError(f"{path}: not a readable conda-lock file: {e}") from None
-    if env is None:
-        return []
-    for lp in env.platforms():
-        if lp.name == platform:
-            return list(env.conda_repodata_records_for_platform(lp) or [])
-    return []
+    groups: dict[str, dict[str, dict]] = {}
+    for item in items:
+        url = str(item.get("url") or "")
+        base, _, fn = url.rpartition("/")
+        if not fn or not item.get("name") or not item.get("version"):
+            raise CondastackError(f"record {item.get('name')}: no url, name or version; re-lock the layer.")
+        entry = {k: v for k, v in item.items() if k not in ("url", "channel", "fn")}
+        entry.setdefault("build_number", _build_number(str(item.get("build", ""))))
+        entry.setdefault("subdir", base.rsplit("/", 1)[-1])
+        entry.setdefault("depends", [])
+        groups.setdefault(base, {})[fn] = entry
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (base, pkgs) in enumerate(groups.items()):
+            path = Path(tmp) / f"{i}.json"
+            conda = {k: v for k, v in pkgs.items() if k.endswith(".conda")}
+            tar = {k: v for k, v in pkgs.items() if not k.endswith(".conda")}
+            path.write_text(json.dumps({"info": {"subdir": base.rsplit("/", 1)[-1]}, "packages": tar,
+                                        "packages.conda": conda}))
+            chan_url = base.rsplit("/", 1)[0] + "/"
+            for r in rattler.RepoData.from_path(path).into_repo_data(rattler.Channel(chan_url)):
+                out.append(rattler.RepoDataRecord(r, r.file_name, f"{base}/{r.file_name}", chan_url))
+    return out
+
+
+def _build_number(build: str) -> int:
+    tail = build.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def lock_entries_as_json(entries: list[dict]) -> list[dict]:
+    """Conda entries of a lockfile as repodata JSON (no constrains: the file does not carry them)."""
+    out = []
+    for p in entries:
+        h = p.get("hash") or {}
+        deps = p.get("dependencies") or {}
+        out.append({"name": p["name"], "version": str(p["version"]), "build": str(p.get("build") or ""),
+                    "depends": [f"{k} {v}".strip() if v and v != "*" else k for k, v in deps.items()],
+                    "md5": h.get("md5"), "sha256": h.get("sha256"), "url": p.get("url")})
+    return out
+
+
+def fetch_records(channels: list[str], platform: str, entries: list[dict]) -> tuple[list, list[str]]:
+    """The full channel records (depends and constrains) of a lock's conda entries.
+
+    Returns (records, names not found). A record is matched by sha256, then by file name.
+    """
+    import asyncio
+
+    import rattler
+
+    names = sorted({p["name"] for p in entries})
+    found = asyncio.run(rattler.Gateway().query(channels, [platform, "noarch"], names, recursive=False))
+    by_sha: dict[str, object] = {}
+    by_fn: dict[str, object] = {}
+    for recs in found:
+        for r in recs:
+            if r.sha256 is not None:
+                by_sha[r.sha256.hex()] = r
+            by_fn[f"{r.name.normalized}/{r.file_name}"] = r
+    out, missing = [], []
+    for p in entries:
+        sha = (p.get("hash") or {}).get("sha256")
+        rec = by_sha.get(sha) if sha else None
+        rec = rec or by_fn.get(f"{p['name']}/{str(p.get('url', '')).rsplit('/', 1)[-1]}")
+        if rec is None:
+            missing.append(f"{p['name']} {p.get('version')} {p.get('build')}")
+        else:
+            out.append(rec)
+    return out, missing
 
 
 def explain_solver_error(err: Exception) -> str:
@@ -227,9 +329,15 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
     """Solve pip requirements with conda-lock's PyPI solver against conda's python.
 
     With `indexes`, only those PEP 503 indexes are asked (no request to pypi.org).
+    A PyPI name that a conda package provides (the shipped mapping) is taken as
+    installed at the conda version with no requirements of its own: it is never
+    resolved again, and neither are its PyPI dependencies (torch's nvidia-* wheels).
     """
+    from unittest import mock
+
+    from conda_lock import pypi_solver
+    from conda_lock.lookup import conda_name_to_pypi_name
     from conda_lock.models.pip_repository import PipRepository
-    from conda_lock.pypi_solver import solve_pypi
     from conda_lock.src_parser.pyproject_toml import parse_python_requirement
 
     by_name = {d.name: d for d in conda_locked}
@@ -237,14 +345,24 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
     if python is None:
         raise CondastackError("pip dependencies need python in the conda part of the layer; add `python` to its "
                               "dependencies.")
+    by_name = _with_provided_names(by_name)
+    provided = {}
+    for d in by_name.values():
+        if not d.name.startswith("__") and "python" in d.dependencies:
+            provided[str(conda_name_to_pypi_name(d.name, mapping_url=mapping_url())).lower()] = d.version
     specs = {}
     for req in pip_specs:
         dep = parse_python_requirement(req, manager="pip", category="main", mapping_url=mapping_url())
         specs[dep.name] = dep
+    real_pool = pypi_solver._prepare_repositories_pool
+
+    def pool(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return _conda_first_pool(real_pool(*args, **kwargs), provided)
+
     sink = io.StringIO()
     try:
-        with contextlib.redirect_stdout(sink):
-            solved = solve_pypi(
+        with contextlib.redirect_stdout(sink), mock.patch.object(pypi_solver, "_prepare_repositories_pool", pool):
+            solved = pypi_solver.solve_pypi(
                 pip_specs=specs, use_latest=list(update or []),
                 pip_locked={d.name: d for d in (previous or [])}, conda_locked=by_name,
                 python_version=python.version, platform=platform,
@@ -255,6 +373,54 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
         msg = str(e).strip().splitlines()
         raise CondastackError("pip requirements cannot be resolved: " + " ".join(m.strip() for m in msg[:8])) from None
     return [d for d in solved.values() if d.manager == "pip"]
+
+
+def _with_provided_names(by_name: dict) -> dict:
+    """conda-lock maps each conda name to one PyPI name; add stand-ins for the others a package provides."""
+    from conda_lock.lookup import conda_name_to_pypi_name
+
+    from .pypi_names import canonical, pypi_names_for_conda
+
+    out = dict(by_name)
+    for d in by_name.values():
+        if d.name.startswith("__") or d.manager != "conda":
+            continue
+        main = str(conda_name_to_pypi_name(d.name, mapping_url=mapping_url()))
+        for p in pypi_names_for_conda(d.name):
+            if p != main and p not in out and canonical(p) != canonical(d.name):
+                out[p] = d.model_copy(update={"name": p, "dependencies": {"python": "*", **d.dependencies}})
+    return out
+
+
+def _conda_first_pool(pool, provided: dict[str, str]):  # noqa: ANN001, ANN202
+    """A poetry pool in which conda-provided names exist only at the conda version, without requirements."""
+    from conda_lock._vendor.poetry.core.packages.package import Package
+
+    from .pypi_names import canonical
+
+    stand_ins = {}
+    for name, version in provided.items():
+        try:
+            stand_ins[canonical(name)] = Package(name, version)
+        except Exception:  # a conda version PEP 440 cannot read: leave that name to the index
+            continue
+    base = type(pool)
+
+    class CondaFirstPool(base):  # type: ignore[misc, valid-type]
+        def find_packages(self, dependency):  # noqa: ANN001, ANN202
+            p = stand_ins.get(canonical(dependency.name))
+            if p is None:
+                return super().find_packages(dependency)
+            return [p] if dependency.constraint.allows(p.version) else []
+
+        def package(self, name, version, extras=None, repository_name=None):  # noqa: ANN001, ANN202
+            p = stand_ins.get(canonical(name))
+            if p is None:
+                return super().package(name, version, extras=extras, repository_name=repository_name)
+            return p
+
+    pool.__class__ = CondaFirstPool
+    return pool
 
 
 # --------------------------------------------------------------------------- lockfile format (conda-lock)
@@ -337,36 +503,65 @@ class LockedEnv:
 
 
 def read_locked_env(path: Path, platform: str) -> LockedEnv:
-    """The conda records and pip wheels of one platform of a conda-lock v1 file."""
-    import rattler
+    """The conda records and pip wheels of one platform of a conda-lock v1 file.
+
+    Read as plain YAML (conda-lock's own form, pip entries included); the full
+    records kept beside the lock are used where they match, else the entries.
+    """
+    import yaml
 
     path = Path(path)
+    entries = read_lock_entries(path)
     try:
-        env = rattler.LockFile.from_path(str(path)).default_environment()
-    except Exception as e:  # rattler reports format problems as one exception type per cause
-        raise CondastackError(f"{path}: not a readable conda-lock file: {e}. Re-create it with `condastack lock`.") \
-            from None
-    plats = tuple(p.name for p in env.platforms()) if env is not None else ()
-    if env is None or platform not in plats:
+        meta = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)).get("metadata") or {}
+    except Exception:  # read_lock_entries has already proven it is YAML
+        meta = {}
+    plats = tuple(meta.get("platforms") or sorted({str(p.get("platform")) for p in entries}))
+    if platform not in plats:
         raise CondastackError(
             f"{path}: this lock covers {', '.join(plats) or 'no platform'}, not this machine's platform {platform}. "
             f"Add {platform} to 'platforms' in environments/stack.yml and run `condastack lock`, "
             f"or build on a {'/'.join(plats) or 'matching'} machine."
         )
-    lp = next(p for p in env.platforms() if p.name == platform)
-    conda = tuple(env.conda_repodata_records_for_platform(lp) or [])
-    for r in conda:
-        if r.sha256 is None:
-            raise CondastackError(f"{path}: package {r.name.normalized} {r.version} has no sha256 in the lock; "
+    mine = [p for p in entries if p.get("platform") == platform]
+    conda_entries = [p for p in mine if p.get("manager") == "conda"]
+    for p in conda_entries:
+        if not (p.get("hash") or {}).get("sha256"):
+            raise CondastackError(f"{path}: package {p.get('name')} {p.get('version')} has no sha256 in the lock; "
                                   "condastack installs only packages it can verify. Re-lock it.")
+    full = {str(j.get("sha256")): j for j in read_records_sidecar(records_sidecar_path(path), platform)}
+    items = [dict(full[p["hash"]["sha256"]], url=p["url"]) if p["hash"]["sha256"] in full
+             else lock_entries_as_json([p])[0] for p in conda_entries]
+    conda = tuple(records_from_json(items))
     wheels = []
-    for p in env.pypi_packages_for_platform(lp) or []:
-        sha = p.hashes.sha256.hex() if p.hashes is not None and p.hashes.sha256 is not None else None
+    for p in mine:
+        if p.get("manager") != "pip":
+            continue
+        sha = (p.get("hash") or {}).get("sha256")
         if not sha:
-            raise CondastackError(f"{path}: pip package {p.name} {p.version} has no sha256 in the lock; "
+            raise CondastackError(f"{path}: pip package {p.get('name')} {p.get('version')} has no sha256 in the lock; "
                                   "`pip --require-hashes` needs one. Re-lock it.")
-        wheels.append(LockedWheel(name=p.name, version=str(p.version), url=str(p.location), sha256=sha))
+        wheels.append(LockedWheel(name=str(p["name"]), version=str(p["version"]), url=str(p["url"]), sha256=sha))
     return LockedEnv(path=path, platform=platform, platforms=plats, conda=conda, pip=tuple(wheels))
+
+
+def records_sidecar_path(lockfile: Path) -> Path:
+    """Where the full records of a lockfile are kept: `<layer>.records.json` beside it."""
+    lockfile = Path(lockfile)
+    stem = lockfile.name.removesuffix(".conda-lock.yml").removesuffix(".yml")
+    return lockfile.with_name(f"{stem}.records.json")
+
+
+def read_records_sidecar(path: Path, platform: str) -> list[dict]:
+    """One platform's repodata JSON entries from a records file ([] when absent or unreadable)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+        items = data["platforms"][platform]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
 def with_url(record: object, url: str) -> object:

@@ -33,8 +33,8 @@ def test_base_app_two_platforms(base_app_project: Path) -> None:
     assert res.returncode == 0, res.output
     lockdir = base_app_project / "lock"
     names = sorted(p.name for p in lockdir.iterdir() if not p.name.startswith("."))
-    assert names == ["app.conda-lock.yml", "app.linux-aarch64.lock", "app.lock",
-                     "base.conda-lock.yml", "base.linux-aarch64.lock", "base.lock"]
+    assert names == ["app.conda-lock.yml", "app.linux-aarch64.lock", "app.lock", "app.records.json",
+                     "base.conda-lock.yml", "base.linux-aarch64.lock", "base.lock", "base.records.json"]
     base, app = _load(lockdir / "base.conda-lock.yml"), _load(lockdir / "app.conda-lock.yml")
     assert base["version"] == 1 and set(base["metadata"]["platforms"]) == {"linux-64", "linux-aarch64"}
     assert set(base["metadata"]["content_hash"]) == {"linux-64", "linux-aarch64"}
