@@ -1,0 +1,100 @@
+"""Locks against real conda-forge metadata (../shared/realworld/channel; metadata only, no packages)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, assert_user_error, run_cli, write_project
+
+REAL = (REPO / ".." / "shared" / "realworld" / "channel").resolve()
+pytestmark = pytest.mark.skipif(not (REAL / "linux-64" / "repodata.json").is_file(),
+                                reason="../shared/realworld/channel is not here")
+
+# Only what the verl stack declares: no hand-added __unix/__linux/__archspec.
+STACK = """name: real
+platforms: [linux-64]
+virtual-packages:
+  linux-64: {__cuda: "12.6", __glibc: "2.28"}
+layers:
+  base: {file: base.yml}
+  app: {file: app.yml, extends: base}
+"""
+BASE = ["python 3.10.*", "pytorch ==2.7.1 cuda126*", "cuda-version 12.6.*", "numpy <2", "cudnn"]
+
+
+def _project(root: Path, base: list[str], app: list[str]) -> Path:
+    dep = lambda specs: "".join(f"  - {s}\n" for s in specs)  # noqa: E731
+    return write_project(root, STACK, {
+        "base.yml": f"channels: ['{REAL.as_uri()}']\ndependencies:\n{dep(base)}",
+        "app.yml": f"dependencies:\n{dep(app)}" if app else "dependencies: []\n",
+    })
+
+
+def _pkgs(lock: Path) -> dict[str, dict]:
+    data = yaml.safe_load(lock.read_text())
+    return {p["name"]: p for p in data["package"] if p["manager"] == "conda"}
+
+
+def test_verl_shaped_base_locks_with_declared_virtual_packages(tmp_path: Path) -> None:
+    proj = _project(tmp_path / "p", BASE, ["pandas"])
+    res = run_cli("-C", proj, "lock")
+    assert res.returncode == 0, res.output
+    base = _pkgs(proj / "lock" / "base.conda-lock.yml")
+    assert base["pytorch"]["version"] == "2.7.1" and base["pytorch"]["build"].startswith("cuda126")
+    assert base["pytorch"]["build"].endswith("_300")  # the one cuda126 py310 build: h5ee0071_300
+    assert base["python"]["version"].startswith("3.10.")
+    assert base["cuda-version"]["version"].startswith("12.6")
+    assert int(base["numpy"]["version"].split(".")[0]) < 2
+    cudnn = tuple(int(x) for x in base["cudnn"]["version"].split(".")[:3])
+    assert (9, 10, 1) <= cudnn < (10,)  # what this pytorch build requires (so not 9.8)
+    app = _pkgs(proj / "lock" / "app.conda-lock.yml")
+    assert all(app[n]["hash"] == p["hash"] for n, p in base.items())  # app holds base exactly
+    meta = yaml.safe_load((proj / "lock" / "base.conda-lock.yml").read_text())["metadata"]
+    vp = json.loads(meta["custom_metadata"]["condastack.virtual-packages.linux-64"])
+    assert vp["__unix"] == "0" and vp["__cuda"] == "12.6" and "__linux" in vp and vp["__archspec"] == "1=x86_64"
+    records = json.loads((proj / "lock" / "base.records.json").read_text())["platforms"]["linux-64"]
+    assert {r["name"] for r in records} == set(base)
+    check = run_cli("-C", proj, "lock", "--check")
+    assert check.returncode == 0, check.output
+    layers = json.loads(run_cli("-C", proj, "layers", "--json").stdout)
+    assert layers["effective-virtual-packages"]["linux-64"]["__unix"] == "0"
+
+
+def test_child_breaking_parent_constrains_is_refused(tmp_path: Path) -> None:
+    # pandas 2.3.3 constrains tabulate >=0.9.0; the child's tabulate <0.9 must not be locked.
+    proj = _project(tmp_path / "p", ["python 3.11.*", "pandas ==2.3.3"], ["tabulate <0.9"])
+    res = run_cli("-C", proj, "lock")
+    assert_user_error(res, "layer app", "layer base", "tabulate")
+    assert not (proj / "lock" / "app.conda-lock.yml").exists()
+
+
+def test_child_breaking_parent_spec_names_both_layers_and_specs(tmp_path: Path) -> None:
+    proj = _project(tmp_path / "p", ["python 3.11.*", "pytorch 2.10.*"], ["torchvision 0.22.*"])
+    res = run_cli("-C", proj, "lock")
+    assert_user_error(res, "layer app", "torchvision 0.22.*", "layer base", "pytorch 2.10.*")
+    assert "no candidates" not in res.output.lower()
+    assert not (proj / "lock" / "app.conda-lock.yml").exists()
+
+
+def test_every_missing_spec_is_listed_and_unknown_update_refused(tmp_path: Path) -> None:
+    proj = _project(tmp_path / "p", ["python 3.11.*", "no-such-pkg-a", "numpy >=99"], [])
+    res = run_cli("-C", proj, "lock", "base")
+    assert_user_error(res, "package no-such-pkg-a not found", "no version of numpy matching 'numpy >=99'")
+    (proj / "environments" / "base.yml").write_text(f"channels: ['{REAL.as_uri()}']\ndependencies: [python 3.11.*]\n")
+    assert run_cli("-C", proj, "lock", "base").returncode == 0
+    assert_user_error(run_cli("-C", proj, "lock", "base", "--update", "no-such-package"), "no-such-package")
+
+
+def test_check_names_inconsistent_records(tmp_path: Path) -> None:
+    proj = _project(tmp_path / "p", ["python 3.11.*", "pandas ==2.3.3", "tabulate"], ["scipy"])
+    assert run_cli("-C", proj, "lock", "base").returncode == 0
+    records = proj / "lock" / "base.records.json"
+    data = json.loads(records.read_text())
+    for r in data["platforms"]["linux-64"]:
+        if r["name"] == "tabulate":
+            r["version"] = "0.8.10"  # a hand edit the lock's constrains rule out
+    records.write_text(json.dumps(data))
+    assert_user_error(run_cli("-C", proj, "lock", "--check", "base"), "pandas 2.3.3", "tabulate >=0.9.0")
