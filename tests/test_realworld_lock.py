@@ -98,3 +98,64 @@ def test_check_names_inconsistent_records(tmp_path: Path) -> None:
             r["version"] = "0.8.10"  # a hand edit the lock's constrains rule out
     records.write_text(json.dumps(data))
     assert_user_error(run_cli("-C", proj, "lock", "--check", "base"), "pandas 2.3.3", "tabulate >=0.9.0")
+
+
+# --------------------------------------------------------------------------- pip over conda
+
+
+@pytest.fixture()
+def torch_index(tmp_path: Path):  # noqa: ANN201
+    """A PEP 503 index on 127.0.0.1 with PyPI torch's shape: torch needs nvidia-* wheels and triton."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from conftest import make_wheel
+
+    files = tmp_path / "index" / "files"
+    files.mkdir(parents=True)
+    wheels = [
+        make_wheel(files, "torch", "2.7.1", requires=["nvidia-cublas-cu12==12.6.4.1", "nvidia-cudnn-cu12==9.5.1.17",
+                                                      "triton==3.3.1", "mpmath"]),
+        make_wheel(files, "nvidia-cublas-cu12", "12.6.4.1"),
+        make_wheel(files, "nvidia-cudnn-cu12", "9.5.1.17", requires=["nvidia-cublas-cu12"]),
+        make_wheel(files, "triton", "3.3.1"),
+        make_wheel(files, "mpmath", "1.3.0"),
+        make_wheel(files, "torchapp", "1.0", requires=["torch>=2.5", "numpy"]),
+    ]
+    simple = tmp_path / "index" / "simple"
+    for w in wheels:
+        proj = w.name.split("-")[0].replace("_", "-")
+        d = simple / proj
+        d.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(w.read_bytes()).hexdigest()
+        with (d / "index.html").open("a") as f:
+            f.write(f'<a href="../../files/{w.name}#sha256={digest}">{w.name}</a>\n')
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=str(tmp_path / "index")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/simple/"
+    server.shutdown()
+
+
+def test_pip_over_conda_pytorch_installs_no_pypi_torch_tree(tmp_path: Path, torch_index: str) -> None:
+    proj = _project(tmp_path / "p", ["python 3.10.*", "pytorch ==2.7.1 cuda126*", "cuda-version 12.6.*", "numpy <2",
+                                     "pip"], [])
+    (proj / "environments" / "stack.yml").write_text(STACK + f'pip-index: ["{torch_index}"]\n')
+    (proj / "environments" / "app.yml").write_text("dependencies:\n  - pip:\n    - torchapp\n    - torch>=2.7\n")
+    res = run_cli("-C", proj, "lock")
+    assert res.returncode == 0, res.output
+    data = yaml.safe_load((proj / "lock" / "app.conda-lock.yml").read_text())
+    pip = {p["name"]: p for p in data["package"] if p["manager"] == "pip"}
+    conda = {p["name"] for p in data["package"] if p["manager"] == "conda"}
+    assert set(pip) == {"torchapp"}, sorted(pip)  # no PyPI torch, no nvidia-*, no triton
+    assert "pytorch" in conda and "numpy" in conda
+    n_conda = sum(p["manager"] == "conda" for p in data["package"])
+    assert f"{n_conda}+1" in res.output  # the printed count is the file's
+    assert run_cli("-C", proj, "lock", "--check").returncode == 0
