@@ -226,6 +226,8 @@ def lock_stack(stack: Stack, layers: list[str] | None = None, *, platforms: list
     # One lock run at a time per project: a second one waits, then sees the fresh locks.
     with file_lock(ldir / ".condastack.lock"):
         clean_stale_temporaries(ldir)
+        if update:
+            _check_update_names(stack, stack.order(layers), update)
         return [_lock_layer(stack, name, platforms or list(stack.platforms), update or [], progress)
                 for name in stack.order(layers)]
 
@@ -246,8 +248,6 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
         if not all(explicit_path(stack, name, p).is_file() for p in stack.platforms):
             _write_derived(stack, name, path)
         return result
-    if update:
-        _check_update_names(stack, name, path, update)
     previous = parse_lockfile(path) if path.is_file() else None
     new_hash: dict[str, str] = {}
     packages = []
@@ -279,19 +279,17 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
     return result
 
 
-def _check_update_names(stack: Stack, name: str, path: Path, update: list[str]) -> None:
-    """`--update PKG` for a package that no lock of the chain holds is a mistake, not a no-op."""
+def _check_update_names(stack: Stack, names: list[str], update: list[str]) -> None:
+    """`--update PKG` for a package that none of the locks holds is a mistake, not a no-op."""
     held: set[str] = set()
-    for layer in stack.chain(name):
-        lp = lockfile_path(stack.root, layer.name)
+    paths = [lockfile_path(stack.root, n) for n in names]
+    for lp in paths:
         if lp.is_file():
             held |= {str(p.get("name", "")).lower() for p in read_lock_entries(lp)}
-    if not path.is_file():
-        return
     unknown = [u for u in update if u.lower() not in held]
-    if unknown:
-        raise CondastackError(f"layer {name}: --update names {', '.join(unknown)}, which {path.name} does not "
-                              f"hold (nor do its parents' locks). Check the spelling, or add it to the layer file.")
+    if unknown and any(lp.is_file() for lp in paths):
+        raise CondastackError(f"--update names {', '.join(unknown)}, which no lock of layer(s) {', '.join(names)} "
+                              f"holds. Check the spelling, or add it to a layer file first.")
 
 
 def _write_lock(stack: Stack, name: str, path: Path, packages: list, new_hash: dict[str, str],

@@ -297,3 +297,30 @@ def test_explicit_file_read_by_rattler_matches_lock(base_app_project: Path) -> N
         assert urls == {p["url"]: p["hash"]["md5"] for p in locked.values()}
         for url, md5 in urls.items():
             assert hashlib.md5(Path(url.removeprefix("file://")).read_bytes()).hexdigest() == md5
+
+
+def test_lockfile_with_star_pip_dependencies_is_read_everywhere(tmp_path: Path, channel_url: str, pypi_index,  # noqa: ANN001
+                                                                pkgs_cache: Path) -> None:
+    """conda-lock writes pip dependency values such as '*' or a bare version; every command reads them."""
+    proj = write_pip_project(tmp_path / "p", channel_url, pypi_index.url, ["linux-64"])
+    env = proj / "environments"
+    (env / "stack.yml").write_text((env / "stack.yml").read_text() + "  tools: {file: tools.yml, extends: app}\n")
+    (env / "tools.yml").write_text("dependencies: [hello]\n")
+    assert run_cli("-C", proj, "lock", "app").returncode == 0
+    lock = proj / "lock" / "app.conda-lock.yml"
+    data = _load(lock)
+    for p in data["package"]:
+        if p["name"] == "tinyapp":
+            p["dependencies"] = {"tinylib": "*"}
+        if p["name"] == "tinylib":
+            p["dependencies"] = {"python": "3.11"}  # a bare version, as conda-lock writes `==`
+    lock.write_text(yaml.safe_dump(data, sort_keys=False))
+    res = run_cli("-C", proj, "build", "app", "--json")
+    assert res.returncode == 0, res.output
+    res = run_cli("-C", proj, "build", "app", "--offline", "--prefix", tmp_path / "again", "--json")
+    assert res.returncode == 0, res.output
+    res = run_cli("-C", proj, "lock", "tools")  # a child of the layer whose lock holds them
+    assert res.returncode == 0, res.output
+    assert set(_pkgs(_load(proj / "lock" / "tools.conda-lock.yml"), "linux-64", "pip")) == {"tinyapp", "tinylib"}
+    res = run_cli("-C", proj, "lock", "app", "--update", "tinyapp")
+    assert res.returncode == 0, res.output
