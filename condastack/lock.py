@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CondastackError
-from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock, remove_path
+from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock
 from .consistency import check_records, describe
 from .solve import (
     explain_solver_error,
@@ -34,8 +34,8 @@ from .solve import (
     records_from_json,
     records_sidecar_path,
     records_to_json,
-    records_to_locked,
-    render_explicit,
+    explicit_text,
+    record_entry,
     solve_conda,
     solve_pip,
     spec_name,
@@ -248,14 +248,14 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
         if not all(explicit_path(stack, name, p).is_file() for p in stack.platforms):
             _write_derived(stack, name, path)
         return result
-    previous = parse_lockfile(path) if path.is_file() else None
+    previous = read_lock_entries(path) if path.is_file() else None
     new_hash: dict[str, str] = {}
     packages = []
     full: dict[str, list[dict]] = {}
     for plat in stack.platforms:
         h = fresh[plat]
         new_hash[plat] = h
-        prev_pkgs = [p for p in previous.package if p.platform == plat] if previous else []
+        prev_pkgs = [p for p in previous if p.get("platform") == plat] if previous else []
         keep = plat not in platforms or (old_hash.get(plat) == h and not update)
         if keep and prev_pkgs:
             packages += prev_pkgs
@@ -269,9 +269,8 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
             packages += solved
             full[plat] = records_to_json(records)
             result.solved.append(plat)
-        plat_pkgs = [p for p in packages if p.platform == plat]
-        result.counts[plat] = {"conda": sum(p.manager == "conda" for p in plat_pkgs),
-                               "pip": sum(p.manager == "pip" for p in plat_pkgs)}
+        plat_pkgs = [p for p in packages if p["platform"] == plat]
+        result.counts[plat] = {m: sum(p["manager"] == m for p in plat_pkgs) for m in ("conda", "pip")}
     if result.solved:
         _write_lock(stack, name, path, packages, new_hash, full)
     else:
@@ -302,21 +301,11 @@ def _write_lock(stack: Stack, name: str, path: Path, packages: list, new_hash: d
     for plat in stack.platforms:
         custom[f"condastack.virtual-packages.{plat}"] = json.dumps(stack.effective_virtual_packages_for(plat),
                                                                    sort_keys=True)
-    # conda-lock writes the file's own name into its header, so the temporary keeps the final
-    # name inside a temporary folder (cleaned by the next run if this one is killed).
-    tmpdir = path.parent / f"{TMP_MARK}{path.name}.{os.getpid()}.new"
-    tmpdir.mkdir(exist_ok=True)
-    try:
-        write_lockfile(tmpdir / path.name, packages,
-                       channels=[strip_credentials(c) for c in stack.channels_for(name)],
-                       platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
-        text = (tmpdir / path.name).read_text()
-        _write_derived(stack, name, tmpdir / path.name)
-    finally:
-        remove_path(tmpdir)
     # The records first: a lock whose records file is stale falls back to the channels, never to wrong data.
     atomic_write_text(records_path(stack.root, name), json.dumps({"platforms": full}, sort_keys=True) + "\n")
-    atomic_write_text(path, text)
+    write_lockfile(path, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
+                   platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
+    _write_derived(stack, name, path)
 
 
 def _write_derived(stack: Stack, name: str, lockfile: Path) -> None:
@@ -324,17 +313,20 @@ def _write_derived(stack: Stack, name: str, lockfile: Path) -> None:
 
     They are rewritten only when their content differs, so a no-op lock touches nothing.
     """
-    lf = parse_lockfile(lockfile)
+    raw = read_raw(lockfile)
+    entries = raw["package"]
+    hashes = raw["metadata"].get("content_hash") or {}
     for plat in stack.platforms:
-        conda = [p for p in lf.package if p.platform == plat and p.manager == "conda"]
-        if not conda:
+        if not any(p.get("platform") == plat and p.get("manager") == "conda" for p in entries):
             continue
-        _write_if_changed(explicit_path(stack, name, plat), render_explicit(lf, plat))
-        pip = sorted((p for p in lf.package if p.platform == plat and p.manager == "pip"), key=lambda p: p.name)
+        _write_if_changed(explicit_path(stack, name, plat), explicit_text(entries, plat, hashes.get(plat)))
+        pip = sorted((p for p in entries if p.get("platform") == plat and p.get("manager") == "pip"),
+                     key=lambda p: p["name"])
         pip_path = pip_txt_path(stack, name, plat)
         if pip:
             lines = [f"# pip packages of layer {name} ({plat}), locked by condastack\n"]
-            lines += [f"{p.name}=={p.version} --hash=sha256:{p.hash.sha256}\n" for p in pip]
+            lines += [f"{p['name']}=={p['version']} --hash=sha256:{(p.get('hash') or {}).get('sha256')}\n"
+                      for p in pip]
             _write_if_changed(pip_path, "".join(lines))
         elif pip_path.exists():
             pip_path.unlink()
@@ -359,7 +351,7 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
     if layer.extends:
         ppath = lockfile_path(stack.root, layer.extends)
         pinned, _ = full_records(stack, layer.extends, plat)
-        parent_pip = [p for p in parse_lockfile(ppath).package if p.platform == plat and p.manager == "pip"]
+        parent_pip = [p for p in read_lock_entries(ppath) if p.get("platform") == plat and p.get("manager") == "pip"]
         # The child holds every package of its parent, not only those its specs reach.
         have = {spec_name(s) for s in conda_specs}
         conda_specs = conda_specs + [r.name.normalized for r in pinned if r.name.normalized not in have]
@@ -380,12 +372,12 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
         if r_url != r.url:
             r.url = r_url
     _check_consistent(name, plat, records, vpkgs, [])
-    conda_locked = records_to_locked(records, plat)
+    conda_locked = [record_entry(r, plat) for r in records]
 
     pip_locked = []
     if pip_specs or parent_pip:
         pip_locked = _solve_pip_part(stack, name, plat, pip_specs, parent_pip, conda_locked, previous, update)
-        _check_consistent(name, plat, records, vpkgs, [(p.name, p.version) for p in pip_locked])
+        _check_consistent(name, plat, records, vpkgs, [(p["name"], str(p["version"])) for p in pip_locked])
         _check_no_overlap(name, plat, conda_locked, pip_locked)
     return conda_locked + pip_locked, records
 
@@ -393,10 +385,10 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
 def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], parent_pip: list,
                     conda_locked: list, previous, update: list[str]) -> list:  # noqa: ANN001
     layer = stack.layer(name)
-    pins = [f"{p.name}=={p.version}" for p in parent_pip]
+    pins = [f"{p['name']}=={p['version']}" for p in parent_pip]
     have = {s.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for s in pip_specs}
     specs = pip_specs + [s for s in pins if s.split("==")[0].lower() not in have]
-    prev_pip = [p for p in previous.package if p.platform == plat and p.manager == "pip"] if previous else []
+    prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"] if previous else []
     try:
         pip_locked = solve_pip(specs, conda_locked, plat, stack.effective_virtual_packages_for(plat),
                                indexes=stack.pip_indexes_for(name), previous=prev_pip + parent_pip,
@@ -404,7 +396,7 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
     except CondastackError as e:
         raise CondastackError(f"layer {name} ({plat}): {e}") from None
     for p in pip_locked:
-        p.url = strip_credentials(p.url)
+        p["url"] = strip_credentials(p["url"])
         _check_parent_pip(name, layer.extends, p, parent_pip)
     return pip_locked
 
@@ -420,9 +412,9 @@ def _check_no_overlap(name: str, plat: str, conda_locked: list, pip_locked: list
     """One package in both the conda and the pip section of one platform is a lock error."""
     from .pypi_names import canonical, pypi_names_for_conda
 
-    provided = {p: c.name for c in conda_locked for p in pypi_names_for_conda(c.name)}
-    both = [f"{p.name} (pip {p.version}, conda {provided[canonical(p.name)]})" for p in pip_locked
-            if canonical(p.name) in provided]
+    provided = {p: c["name"] for c in conda_locked for p in pypi_names_for_conda(c["name"])}
+    both = [f"{p['name']} (pip {p['version']}, conda {provided[canonical(p['name'])]})" for p in pip_locked
+            if canonical(p["name"]) in provided]
     if both:
         raise CondastackError(f"layer {name} ({plat}): packages in both the conda and the pip section: "
                               f"{', '.join(both)}. Nothing was written.")
@@ -430,9 +422,9 @@ def _check_no_overlap(name: str, plat: str, conda_locked: list, pip_locked: list
 
 def _check_parent_pip(name: str, parent: str | None, p, parent_pip: list) -> None:  # noqa: ANN001
     for q in parent_pip:
-        if q.name == p.name and q.version != p.version:
-            raise CondastackError(f"layer {name}: pip package {p.name} resolved to {p.version}, but layer "
-                                  f"{parent} pins {q.name} {q.version}.")
+        if q["name"] == p["name"] and str(q["version"]) != str(p["version"]):
+            raise CondastackError(f"layer {name}: pip package {p['name']} resolved to {p['version']}, but layer "
+                                  f"{parent} pins {q['name']} {q['version']}.")
 
 
 def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels: list[str], specs: list[str],

@@ -324,8 +324,8 @@ def explain_solver_error(err: Exception) -> str:
 # --------------------------------------------------------------------------- pip part (conda-lock)
 
 
-def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: dict[str, str], *,
-              indexes: list[str], previous: list | None = None, update: list[str] | None = None) -> list:
+def solve_pip(pip_specs: list[str], conda_entries: list[dict], platform: str, vpkgs: dict[str, str], *,
+              indexes: list[str], previous: list[dict] | None = None, update: list[str] | None = None) -> list[dict]:
     """Solve pip requirements with conda-lock's PyPI solver against conda's python.
 
     With `indexes`, only those PEP 503 indexes are asked (no request to pypi.org).
@@ -340,6 +340,7 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
     from conda_lock.models.pip_repository import PipRepository
     from conda_lock.src_parser.pyproject_toml import parse_python_requirement
 
+    conda_locked = entries_to_models(conda_entries)
     by_name = {d.name: d for d in conda_locked}
     python = by_name.get("python")
     if python is None:
@@ -364,7 +365,7 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
         with contextlib.redirect_stdout(sink), mock.patch.object(pypi_solver, "_prepare_repositories_pool", pool):
             solved = pypi_solver.solve_pypi(
                 pip_specs=specs, use_latest=list(update or []),
-                pip_locked={d.name: d for d in (previous or [])}, conda_locked=by_name,
+                pip_locked={d.name: d for d in entries_to_models(previous or [])}, conda_locked=by_name,
                 python_version=python.version, platform=platform,
                 pip_repositories=[PipRepository.from_string(u) for u in indexes],
                 allow_pypi_requests=not indexes, mapping_url=mapping_url(), strip_auth=True,
@@ -372,7 +373,30 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
     except Exception as e:  # poetry's resolver raises many types; all are user-facing here
         msg = str(e).strip().splitlines()
         raise CondastackError("pip requirements cannot be resolved: " + " ".join(m.strip() for m in msg[:8])) from None
-    return [d for d in solved.values() if d.manager == "pip"]
+    return [model_entry(d) for d in solved.values() if d.manager == "pip"]
+
+
+def entries_to_models(entries: list[dict]) -> list:
+    """conda-lock v1 entries (plain data) as conda-lock's LockedDependency models."""
+    from conda_lock.lockfile.v1.models import HashModel
+    from conda_lock.lockfile.v2prelim.models import LockedDependency
+
+    return [LockedDependency(name=p["name"], version=str(p["version"]), manager=p["manager"], platform=p["platform"],
+                             dependencies={k: str(v) for k, v in (p.get("dependencies") or {}).items()},
+                             url=p["url"], hash=HashModel(**(p.get("hash") or {})),
+                             categories={p.get("category", "main")}, build=p.get("build"))
+            for p in entries]
+
+
+def model_entry(d: object) -> dict:
+    """A conda-lock LockedDependency as a v1 entry (plain data)."""
+    out = {"name": d.name, "version": str(d.version), "manager": d.manager, "platform": d.platform,  # type: ignore[attr-defined]
+           "dependencies": dict(d.dependencies), "url": d.url,  # type: ignore[attr-defined]
+           "hash": {k: v for k, v in (("md5", d.hash.md5), ("sha256", d.hash.sha256)) if v}}  # type: ignore[attr-defined]
+    if d.build is not None:  # type: ignore[attr-defined]
+        out["build"] = d.build  # type: ignore[attr-defined]
+    out["category"], out["optional"] = "main", False
+    return out
 
 
 def _with_provided_names(by_name: dict) -> dict:
@@ -426,15 +450,39 @@ def _conda_first_pool(pool, provided: dict[str, str]):  # noqa: ANN001, ANN202
 # --------------------------------------------------------------------------- lockfile format (conda-lock)
 
 
-def write_lockfile(path: Path, packages: list, *, channels: list[str], platforms: list[str], sources: list[str],
-                   content_hash: dict[str, str], custom: dict[str, str]) -> None:
-    """Write conda-lock's unified lockfile (v1 on disk) with conda-lock's own writer."""
+def write_lockfile(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
+                   sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> None:
+    """Write conda-lock's unified lockfile (v1 on disk): the plain writer where it covers the lock,
+    else conda-lock's own writer."""
+    from .fsutil import atomic_write_text
+
+    if can_write_fast(packages, channels):
+        atomic_write_text(Path(path), lockfile_text(Path(path).name, packages, channels=channels,
+                                                    platforms=platforms, sources=sources,
+                                                    content_hash=content_hash, custom=custom))
+        return
+    # conda-lock writes the file's own name into its header: a temporary folder keeps that name.
+    from .fsutil import TMP_MARK, remove_path
+
+    tmpdir = Path(path).parent / f"{TMP_MARK}{Path(path).name}.{os.getpid()}.new"
+    tmpdir.mkdir(exist_ok=True)
+    try:
+        conda_lock_write(tmpdir / Path(path).name, packages, channels=channels, platforms=platforms,
+                         sources=sources, content_hash=content_hash, custom=custom)
+        atomic_write_text(Path(path), (tmpdir / Path(path).name).read_text())
+    finally:
+        remove_path(tmpdir)
+
+
+def conda_lock_write(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
+                     sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> None:
+    """conda-lock's own writer (the format authority the plain writer is tested against)."""
     from conda_lock.lockfile import write_conda_lock_file
     from conda_lock.lockfile.v1.models import LockMeta
     from conda_lock.lockfile.v2prelim.models import Lockfile
     from conda_lock.models.channel import Channel
 
-    lf = Lockfile(package=packages, metadata=LockMeta(
+    lf = Lockfile(package=entries_to_models(packages), metadata=LockMeta(
         content_hash=content_hash, channels=[Channel.from_string(c) for c in channels], platforms=platforms,
         sources=sources, custom_metadata=custom,
     ))
@@ -571,3 +619,108 @@ def with_url(record: object, url: str) -> object:
     r = record
     channel = r.channel or url.rsplit("/", 1)[0] + "/"  # type: ignore[attr-defined]
     return rattler.RepoDataRecord(r, r.file_name, url, channel)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- lockfile format, without the import
+# Importing conda-lock and building its pydantic models costs more than the solve itself on a
+# real stack. The common path (conda packages, main category) therefore writes the same bytes
+# conda-lock's writer and explicit renderer write; tests/test_lock.py compares the two on
+# every change, so conda-lock stays the authority on the format.
+
+_PLAIN_CHANNEL = re.compile(r"^[A-Za-z0-9_.:/+%~-]+$")
+
+
+def record_entry(r: object, platform: str) -> dict:
+    """One RepoDataRecord as a conda-lock v1 `package` entry (plain data, written order)."""
+    if r.sha256 is None or r.md5 is None:  # type: ignore[attr-defined]
+        raise CondastackError(f"{r.url}: the channel gives no sha256/md5 for {r.name.normalized}; "  # type: ignore[attr-defined]
+                              "condastack only locks packages it can verify.")
+    return {"name": r.name.normalized, "version": str(r.version), "manager": "conda",  # type: ignore[attr-defined]
+            "platform": platform, "dependencies": dict(split_depend(d) for d in r.depends),  # type: ignore[attr-defined]
+            "url": r.url, "hash": {"md5": r.md5.hex(), "sha256": r.sha256.hex()},  # type: ignore[attr-defined]
+            "build": str(r.build), "category": "main", "optional": False}  # type: ignore[attr-defined]
+
+
+def _v1_entry(p: dict) -> dict:
+    """An entry in conda-lock's written key order, unset fields left out, dependencies sorted."""
+    out = {k: p[k] for k in ("name", "version", "manager", "platform") if k in p}
+    out["version"] = str(out.get("version"))
+    out["dependencies"] = dict(sorted((p.get("dependencies") or {}).items()))
+    out["url"] = p["url"]
+    out["hash"] = {k: v for k, v in (p.get("hash") or {}).items() if v is not None}
+    for k in ("source", "build"):
+        if p.get(k) is not None:
+            out[k] = p[k]
+    out["category"] = p.get("category", "main")
+    out["optional"] = bool(p.get("optional", False))
+    return out
+
+
+def can_write_fast(packages: list[dict], channels: list[str]) -> bool:
+    """Whether the plain writer covers this lock (else conda-lock's own writer runs)."""
+    return all(_PLAIN_CHANNEL.match(c) for c in channels) and all(
+        p.get("category", "main") == "main" and not p.get("optional") and not p.get("source") for p in packages)
+
+
+def lockfile_text(name: str, packages: list[dict], *, channels: list[str], platforms: list[str], sources: list[str],
+                  content_hash: dict[str, str], custom: dict[str, str]) -> str:
+    """The text conda-lock's write_conda_lock_file writes for a main-category lock named `name`."""
+    header = [
+        'This lock file was generated by conda-lock (https://github.com/conda/conda-lock). DO NOT EDIT!', '',
+        'A "lock file" contains a concrete list of package versions (with checksums) to be installed. Unlike',
+        'e.g. `conda env create`, the resulting environment will not change as new package versions become',
+        'available, unless you explicitly update the lock file.', '',
+        'Install this environment as "YOURENV" with:', f'    conda-lock install -n YOURENV {name}',
+        'To update a single package to the latest version compatible with the version constraints in the source:',
+        f'    conda-lock lock  --lockfile {name} --update PACKAGE',
+        'To re-solve the entire environment, e.g. after changing a version constraint in the source file:',
+        f'    conda-lock {" ".join("-f " + s for s in sources)} --lockfile {name}',
+    ]
+    pkgs = sorted((p for p in packages if not (p["manager"] == "conda" and p["name"].startswith("__"))),
+                  key=lambda p: (p["manager"], p["name"], p["platform"]))
+    meta: dict = {"content_hash": content_hash,
+                  "channels": [{"url": c, "used_env_vars": []} for c in channels],
+                  "platforms": platforms, "sources": sources}
+    if custom:
+        meta["custom_metadata"] = custom
+    out = {"version": 1, "metadata": meta, "package": [_v1_entry(p) for p in pkgs]}
+    dumper = getattr(yaml, "CDumper", yaml.Dumper)
+    return "".join(("# " + line).rstrip() + "\n" for line in header) + yaml.dump(out, Dumper=dumper, sort_keys=False)
+
+
+def _toposort(deps: dict[str, set[str]]) -> list[str]:
+    """conda's toposort (as conda-lock orders @EXPLICIT files): sorted layers; cycles broken by fewest deps."""
+    data = {k: set(v) - {k} for k, v in deps.items()}
+    if "python" in data:
+        data["python"].discard("pip")
+    for extra in set().union(*data.values()) - set(data) if data else ():
+        data[extra] = set()
+    out: list[str] = []
+    while data:
+        ready = sorted(k for k, v in data.items() if not v)
+        if not ready:
+            key = sorted(data.items(), key=lambda item: (len(item[1]), item[0]))[0][0]
+            ready = [key]
+        for k in ready:
+            out.append(k)
+            data.pop(k, None)
+        for v in data.values():
+            v -= set(ready)
+    return out
+
+
+def explicit_text(packages: list[dict], platform: str, input_hash: str | None) -> str:
+    """conda-lock's @EXPLICIT rendering of one platform (pip packages as '# pip' lines)."""
+    lines = ["# Generated by conda-lock.", f"# platform: {platform}", f"# input_hash: {input_hash}", "@EXPLICIT"]
+    for manager in ("conda", "pip"):
+        mine = {p["name"]: p for p in packages if p["platform"] == platform and p["manager"] == manager
+                and not (manager == "conda" and p["name"].startswith("__"))}
+        order = [n for n in _toposort({n: set(p.get("dependencies") or {}) for n, p in mine.items()}) if n in mine]
+        for n in order:
+            p = mine[n]
+            if manager == "conda":
+                lines.append(os.path.expandvars(f"{p['url']}#{(p.get('hash') or {}).get('md5')}"))
+            else:
+                sha = (p.get("hash") or {}).get("sha256")
+                lines.append(f"# pip {n} @ {p['url']}" + (f"#sha256={sha}" if sha else ""))
+    return "\n".join(lines) + "\n"

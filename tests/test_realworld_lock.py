@@ -38,6 +38,23 @@ def _pkgs(lock: Path) -> dict[str, dict]:
     return {p["name"]: p for p in data["package"] if p["manager"] == "conda"}
 
 
+def _assert_conda_lock_writes_the_same(lock: Path, explicit: Path) -> None:
+    """The plain writer and explicit renderer agree byte for byte with conda-lock's own."""
+    from conda_lock.lockfile import parse_conda_lock_file
+
+    from condastack.solve import conda_lock_write, render_explicit
+
+    data = yaml.safe_load(lock.read_text())
+    meta = data["metadata"]
+    again = lock.parent / "again" / lock.name
+    again.parent.mkdir()
+    conda_lock_write(again, data["package"], channels=[c["url"] for c in meta["channels"]],
+                     platforms=meta["platforms"], sources=meta["sources"], content_hash=meta["content_hash"],
+                     custom=meta["custom_metadata"])
+    assert again.read_text() == lock.read_text()
+    assert render_explicit(parse_conda_lock_file(lock), "linux-64") == explicit.read_text()
+
+
 def test_verl_shaped_base_locks_with_declared_virtual_packages(tmp_path: Path) -> None:
     proj = _project(tmp_path / "p", BASE, ["pandas"])
     res = run_cli("-C", proj, "lock")
@@ -59,6 +76,7 @@ def test_verl_shaped_base_locks_with_declared_virtual_packages(tmp_path: Path) -
     assert {r["name"] for r in records} == set(base)
     check = run_cli("-C", proj, "lock", "--check")
     assert check.returncode == 0, check.output
+    _assert_conda_lock_writes_the_same(proj / "lock" / "app.conda-lock.yml", proj / "lock" / "app.lock")
     layers = json.loads(run_cli("-C", proj, "layers", "--json").stdout)
     assert layers["effective-virtual-packages"]["linux-64"]["__unix"] == "0"
 
@@ -159,3 +177,4 @@ def test_pip_over_conda_pytorch_installs_no_pypi_torch_tree(tmp_path: Path, torc
     n_conda = sum(p["manager"] == "conda" for p in data["package"])
     assert f"{n_conda}+1" in res.output  # the printed count is the file's
     assert run_cli("-C", proj, "lock", "--check").returncode == 0
+    _assert_conda_lock_writes_the_same(proj / "lock" / "app.conda-lock.yml", proj / "lock" / "app.lock")
