@@ -337,7 +337,8 @@ def _write_if_changed(path: Path, text: str) -> None:
         atomic_write_text(path, text)
 
 
-def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[str]) -> tuple[list, list]:  # noqa: ANN001
+def _solve_platform(stack: Stack, name: str, plat: str, previous: list[dict] | None,
+                    update: list[str]) -> tuple[list[dict], list]:
     """Solve one layer on one platform; returns (conda-lock entries, full conda records)."""
     layer = stack.layer(name)
     channels = stack.channels_for(name)
@@ -383,7 +384,7 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous, update: list[s
 
 
 def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], parent_pip: list,
-                    conda_locked: list, previous, update: list[str]) -> list:  # noqa: ANN001
+                    conda_locked: list[dict], previous: list[dict] | None, update: list[str]) -> list[dict]:
     layer = stack.layer(name)
     pins = [f"{p['name']}=={p['version']}" for p in parent_pip]
     have = {s.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for s in pip_specs}
@@ -481,7 +482,8 @@ def _missing_specs(channels: list[str], plat: str, specs: list[str]) -> list[str
     return out
 
 
-def _solves(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, str], pinned: list | None = None) -> bool:
+def _solves(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, str],
+            pinned: list | None = None) -> bool:
     try:
         solve_conda(channels, specs, plat, vpkgs, pinned=pinned)
     except Exception:
@@ -512,7 +514,8 @@ def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str
                 return (f"layer {name} asks for '{s}', which cannot be installed together with layer "
                         f"{_spec_owner(stack, name, plat, p)}'s spec '{p}' (each alone can be solved; "
                         f"together they cannot).")
-        return f"layer {name} asks for '{s}', which conflicts with the specs of layer {parent} ({', '.join(parent_specs)})."
+        return (f"layer {name} asks for '{s}', which conflicts with the specs of layer {parent} "
+                f"({', '.join(parent_specs)}).")
     for s in own:
         if _solves(channels, [s], plat, vpkgs, pinned=pinned) or not _solves(channels, [s], plat, vpkgs):
             continue

@@ -183,40 +183,27 @@ def split_depend(dep: str) -> tuple[str, str]:
     return name, spec.strip() or "*"
 
 
-def records_to_locked(records: list, platform: str, *, category: str = "main") -> list:
-    """RepoDataRecords -> conda-lock LockedDependency (md5 + sha256, build as str)."""
-    from conda_lock.lockfile.v1.models import HashModel
-    from conda_lock.lockfile.v2prelim.models import LockedDependency
-
-    out = []
-    for r in records:
-        if r.sha256 is None or r.md5 is None:
-            raise CondastackError(f"{r.url}: the channel gives no sha256/md5 for {r.name.normalized}; "
-                                  "condastack only locks packages it can verify.")
-        out.append(LockedDependency(
-            name=r.name.normalized, version=str(r.version), manager="conda", platform=platform,
-            dependencies=dict(split_depend(d) for d in r.depends), url=r.url,
-            hash=HashModel(md5=r.md5.hex(), sha256=r.sha256.hex()), categories={category},
-            build=str(r.build),
-        ))
-    return out
-
-
-def read_lock_entries(path: Path) -> list[dict]:
+def read_lock_entries(path: Path, *, strings: bool = False) -> list[dict]:
     """The `package` entries of a conda-lock file as plain YAML.
 
     py-rattler's LockFile reader rejects the pip dependency values conda-lock
     itself writes ('*' or a bare version), so it is never on a read path.
+    With `strings`, every scalar stays the text it is (a hash of all digits
+    is not a number): what installing from the file needs.
     """
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    if strings:
+        loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
+    else:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         data = yaml.load(Path(path).read_text(), Loader=loader)  # noqa: S506 - a safe loader
     except FileNotFoundError:
         raise CondastackError(f"lockfile not found: {path}.") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CondastackError(f"{path}: not a readable conda-lock lockfile ({type(e).__name__}).") from None
+        raise CondastackError(f"{path}: not a readable conda-lock file ({type(e).__name__}). "
+                              "Re-create it with `condastack lock`.") from None
     pkgs = data.get("package") if isinstance(data, dict) else None
     if not isinstance(pkgs, list) or not all(isinstance(p, dict) for p in pkgs):
         raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list).")
@@ -388,13 +375,13 @@ def entries_to_models(entries: list[dict]) -> list:
             for p in entries]
 
 
-def model_entry(d: object) -> dict:
+def model_entry(d) -> dict:  # noqa: ANN001 - a conda-lock LockedDependency
     """A conda-lock LockedDependency as a v1 entry (plain data)."""
-    out = {"name": d.name, "version": str(d.version), "manager": d.manager, "platform": d.platform,  # type: ignore[attr-defined]
-           "dependencies": dict(d.dependencies), "url": d.url,  # type: ignore[attr-defined]
-           "hash": {k: v for k, v in (("md5", d.hash.md5), ("sha256", d.hash.sha256)) if v}}  # type: ignore[attr-defined]
-    if d.build is not None:  # type: ignore[attr-defined]
-        out["build"] = d.build  # type: ignore[attr-defined]
+    out = {"name": d.name, "version": str(d.version), "manager": d.manager, "platform": d.platform,
+           "dependencies": dict(d.dependencies), "url": d.url,
+           "hash": {k: v for k, v in (("md5", d.hash.md5), ("sha256", d.hash.sha256)) if v}}
+    if d.build is not None:
+        out["build"] = d.build
     out["category"], out["optional"] = "main", False
     return out
 
@@ -559,7 +546,7 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
     import yaml
 
     path = Path(path)
-    entries = read_lock_entries(path)
+    entries = read_lock_entries(path, strings=True)
     try:
         meta = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)).get("metadata") or {}
     except Exception:  # read_lock_entries has already proven it is YAML
@@ -630,15 +617,15 @@ def with_url(record: object, url: str) -> object:
 _PLAIN_CHANNEL = re.compile(r"^[A-Za-z0-9_.:/+%~-]+$")
 
 
-def record_entry(r: object, platform: str) -> dict:
+def record_entry(r, platform: str) -> dict:  # noqa: ANN001 - a rattler RepoDataRecord
     """One RepoDataRecord as a conda-lock v1 `package` entry (plain data, written order)."""
-    if r.sha256 is None or r.md5 is None:  # type: ignore[attr-defined]
-        raise CondastackError(f"{r.url}: the channel gives no sha256/md5 for {r.name.normalized}; "  # type: ignore[attr-defined]
+    if r.sha256 is None or r.md5 is None:
+        raise CondastackError(f"{r.url}: the channel gives no sha256/md5 for {r.name.normalized}; "
                               "condastack only locks packages it can verify.")
-    return {"name": r.name.normalized, "version": str(r.version), "manager": "conda",  # type: ignore[attr-defined]
-            "platform": platform, "dependencies": dict(split_depend(d) for d in r.depends),  # type: ignore[attr-defined]
-            "url": r.url, "hash": {"md5": r.md5.hex(), "sha256": r.sha256.hex()},  # type: ignore[attr-defined]
-            "build": str(r.build), "category": "main", "optional": False}  # type: ignore[attr-defined]
+    return {"name": r.name.normalized, "version": str(r.version), "manager": "conda", "platform": platform,
+            "dependencies": dict(split_depend(d) for d in r.depends), "url": r.url,
+            "hash": {"md5": r.md5.hex(), "sha256": r.sha256.hex()}, "build": str(r.build),
+            "category": "main", "optional": False}
 
 
 def _v1_entry(p: dict) -> dict:
