@@ -29,6 +29,7 @@ from .solve import (
     fetch_records,
     lock_entries_as_json,
     parse_lockfile,
+    read_lock_document,
     read_lock_entries,
     read_records_sidecar,
     records_from_json,
@@ -93,17 +94,38 @@ class LayerLock:
 
 def read_raw(path: Path) -> dict:
     """A lockfile as plain YAML: the fast path for hashes and pins (conda-lock's import is slow)."""
-    import yaml
+    return read_lock_document(path)
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+def lock_summary(path: Path) -> dict:
+    """What no-op locks and hashes need from a lockfile: content_hash, counts and pins per platform.
+
+    The records file beside the lock keeps this summary with the sha256 of the
+    lockfile it describes; while that matches, the lockfile is not parsed at all.
+    """
+    data = Path(path).read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
     try:
-        data = yaml.load(Path(path).read_text(), Loader=loader)  # noqa: S506 - a safe loader
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CondastackError(f"{path}: not a readable conda-lock lockfile ({type(e).__name__}).") from None
-    if not isinstance(data, dict) or not isinstance(data.get("package"), list) or \
-            not isinstance(data.get("metadata"), dict):
-        raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list or 'metadata').")
-    return data
+        summary = json.loads(records_sidecar_path(path).read_bytes()).get("lock") or {}
+        if summary.get("sha256") == sha:
+            return summary
+    except (OSError, ValueError, AttributeError):
+        pass
+    return _summarize(read_raw(path), sha)
+
+
+def _summarize(doc: dict, sha: str) -> dict:
+    pkgs = doc["package"]
+    plats = sorted({str(p.get("platform")) for p in pkgs} | set(doc["metadata"].get("platforms") or []))
+    return {
+        "sha256": sha,
+        "content_hash": dict(doc["metadata"].get("content_hash") or {}),
+        "counts": {pl: {m: sum(1 for p in pkgs if p.get("platform") == pl and p.get("manager") == m)
+                        for m in ("conda", "pip")} for pl in plats},
+        "pins": {pl: sorted(f"{p.get('manager')}:{p.get('name')}:{p.get('version')}:"
+                            f"{(p.get('hash') or {}).get('sha256') or (p.get('hash') or {}).get('md5')}"
+                            for p in pkgs if p.get("platform") == pl) for pl in plats},
+    }
 
 
 def _parent_pins(stack: Stack, layer: str, platform: str) -> list[str]:
@@ -113,9 +135,7 @@ def _parent_pins(stack: Stack, layer: str, platform: str) -> list[str]:
     path = lockfile_path(stack.root, parent)
     if not path.is_file():
         return []
-    return sorted(f"{p.get('manager')}:{p.get('name')}:{p.get('version')}:"
-                  f"{(p.get('hash') or {}).get('sha256') or (p.get('hash') or {}).get('md5')}"
-                  for p in read_raw(path)["package"] if p.get("platform") == platform)
+    return list(lock_summary(path)["pins"].get(platform, []))
 
 
 def input_hash(stack: Stack, layer: str, platform: str) -> str:
@@ -141,7 +161,7 @@ def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[st
         if not path.is_file():
             out.append((name, f"{path.name} is missing"))
             continue
-        hashes = read_raw(path)["metadata"].get("content_hash") or {}
+        hashes = lock_summary(path)["content_hash"]
         for plat in stack.platforms:
             if hashes.get(plat) != input_hash(stack, name, plat):
                 out.append((name, f"{plat} inputs changed since {path.name} was written"))
@@ -196,7 +216,7 @@ def dry_run(stack: Stack, layers: list[str] | None = None) -> list[dict[str, obj
     out = []
     for name in stack.order(layers):
         path = lockfile_path(stack.root, name)
-        hashes = (read_raw(path)["metadata"].get("content_hash") or {}) if path.is_file() else None
+        hashes = lock_summary(path)["content_hash"] if path.is_file() else None
         for plat in stack.platforms:
             conda, pip = stack.specs_for(name, plat)
             up_to_date = hashes is not None and hashes.get(plat) == input_hash(stack, name, plat)
@@ -235,16 +255,15 @@ def lock_stack(stack: Stack, layers: list[str] | None = None, *, platforms: list
 def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str],
                 progress: Progress | None) -> LayerLock:
     path = lockfile_path(stack.root, name)
-    old_hash = dict(read_raw(path)["metadata"].get("content_hash") or {}) if path.is_file() else {}
+    old_hash = dict(lock_summary(path)["content_hash"]) if path.is_file() else {}
     result = LayerLock(layer=name, path=path)
     fresh = {p: input_hash(stack, name, p) for p in stack.platforms}
     if not update and old_hash and all(old_hash.get(p) == fresh[p] for p in stack.platforms):
         # Nothing changed: no solve, no write; only re-derive files a user deleted.
         result.unchanged = list(stack.platforms)
-        raw = read_raw(path)["package"]
+        counts = lock_summary(path)["counts"]
         for plat in stack.platforms:
-            result.counts[plat] = {m: sum(1 for p in raw if p.get("platform") == plat and p.get("manager") == m)
-                                   for m in ("conda", "pip")}
+            result.counts[plat] = dict(counts.get(plat) or {"conda": 0, "pip": 0})
         if not all(explicit_path(stack, name, p).is_file() for p in stack.platforms):
             _write_derived(stack, name, path)
         return result
@@ -301,10 +320,13 @@ def _write_lock(stack: Stack, name: str, path: Path, packages: list, new_hash: d
     for plat in stack.platforms:
         custom[f"condastack.virtual-packages.{plat}"] = json.dumps(stack.effective_virtual_packages_for(plat),
                                                                    sort_keys=True)
-    # The records first: a lock whose records file is stale falls back to the channels, never to wrong data.
-    atomic_write_text(records_path(stack.root, name), json.dumps({"platforms": full}, sort_keys=True) + "\n")
-    write_lockfile(path, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
-                   platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
+    text = write_lockfile(path, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
+                          platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
+    # The records (and the summary) name the lock they describe by its sha256; if a run dies between
+    # the two writes, they no longer match and are ignored (records then come from the channels).
+    summary = _summarize(read_raw(path), hashlib.sha256(text.encode()).hexdigest())
+    atomic_write_text(records_path(stack.root, name),
+                      json.dumps({"lock": summary, "platforms": full}, sort_keys=True) + "\n")
     _write_derived(stack, name, path)
 
 

@@ -65,12 +65,47 @@ def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[st
         return list(hit["conda"]), list(hit["pip"])
     except (OSError, ValueError, KeyError):
         pass
-    conda, pip = _parse_layer_specs(path, platform, layer=layer)
+    fast = fast_layer_specs(data)
+    conda, pip = fast if fast is not None else _parse_layer_specs(path, platform, layer=layer)
     try:
         atomic_write_text(cached, json.dumps({"conda": conda, "pip": pip}))
     except OSError:
         pass  # a read-only cache only costs speed
     return conda, pip
+
+
+_VER = r"\d[A-Za-z0-9_.+]*"
+_FAST_SPEC = re.compile(rf"^([a-z0-9_][a-z0-9_.-]*)(?: +((?:(?:>=|<=|<|>|!=){_VER}\*?|{_VER}\.\*)"
+                        rf"(?:,(?:>=|<=|<|>|!=){_VER}\*?)*))?$")
+
+
+def fast_layer_specs(data: bytes) -> tuple[list[str], list[str]] | None:
+    """The specs of a plain environment.yml without importing conda-lock, or None.
+
+    Only files conda-lock would read back unchanged qualify: no selectors, no
+    pip section, and every dependency `name` or `name <ops-version>` /
+    `name X.Y.*` (tests/test_lock.py checks each form against conda-lock).
+    """
+    try:
+        text = data.decode("utf-8")
+        if "# [" in text or "#[" in text:
+            return None
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        raw = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return None
+    deps = raw.get("dependencies") if isinstance(raw, dict) else None
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        return None
+    conda: list[str] = []
+    for d in deps:
+        m = _FAST_SPEC.match(d.strip())
+        if m is None:
+            return None
+        spec = f"{m.group(1)} {m.group(2)}" if m.group(2) else m.group(1)
+        if spec not in conda:
+            conda.append(spec)
+    return conda, []
 
 
 def _parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[str], list[str]]:
@@ -183,31 +218,59 @@ def split_depend(dep: str) -> tuple[str, str]:
     return name, spec.strip() or "*"
 
 
-def read_lock_entries(path: Path, *, strings: bool = False) -> list[dict]:
-    """The `package` entries of a conda-lock file as plain YAML.
+def read_lock_document(path: Path, *, strings: bool = False) -> dict:
+    """A conda-lock file as plain YAML (`package` list and `metadata` checked).
 
     py-rattler's LockFile reader rejects the pip dependency values conda-lock
     itself writes ('*' or a bare version), so it is never on a read path.
     With `strings`, every scalar stays the text it is (a hash of all digits
-    is not a number): what installing from the file needs.
+    is not a number): what installing from the file needs. One lock run reads
+    a parent's lock several times, so a parse is reused while the file is unchanged.
     """
-    import yaml
-
-    if strings:
-        loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
-    else:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    path = Path(path)
     try:
-        data = yaml.load(Path(path).read_text(), Loader=loader)  # noqa: S506 - a safe loader
+        key = _lock_doc_key(path, strings)
     except FileNotFoundError:
         raise CondastackError(f"lockfile not found: {path}.") from None
+    except OSError as e:
+        raise CondastackError(f"{path}: cannot read the lockfile: {e.strerror}.") from None
+    if key not in _LOCK_DOCS:
+        if len(_LOCK_DOCS) >= 16:  # a run touches a few files; old versions are dropped
+            _LOCK_DOCS.pop(next(iter(_LOCK_DOCS)))
+        _LOCK_DOCS[key] = _load_lock_document(path, strings)
+    return _LOCK_DOCS[key]
+
+
+_LOCK_DOCS: dict[tuple, dict] = {}
+
+
+def _lock_doc_key(path: Path, strings: bool) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino, strings)
+
+
+def _remember_lock_document(path: Path, doc: dict) -> None:
+    import copy
+
+    _LOCK_DOCS[_lock_doc_key(path, False)] = copy.deepcopy(doc)
+
+
+def _load_lock_document(path: Path, strings: bool) -> dict:
+    loader = getattr(yaml, "CBaseLoader" if strings else "CSafeLoader", yaml.BaseLoader if strings else yaml.SafeLoader)
+    try:
+        data = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - a safe (or base) loader
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise CondastackError(f"{path}: not a readable conda-lock file ({type(e).__name__}). "
                               "Re-create it with `condastack lock`.") from None
-    pkgs = data.get("package") if isinstance(data, dict) else None
-    if not isinstance(pkgs, list) or not all(isinstance(p, dict) for p in pkgs):
-        raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list).")
-    return pkgs
+    if not isinstance(data, dict) or not isinstance(data.get("package"), list) or \
+            not isinstance(data.get("metadata"), dict) or not all(isinstance(p, dict) for p in data["package"]):
+        raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list or 'metadata').")
+    return data
+
+
+def read_lock_entries(path: Path, *, strings: bool = False) -> list[dict]:
+    """The `package` entries of a conda-lock file (see read_lock_document)."""
+    return list(read_lock_document(path, strings=strings)["package"])
 
 
 def records_to_json(records: list) -> list[dict]:
@@ -438,16 +501,17 @@ def _conda_first_pool(pool, provided: dict[str, str]):  # noqa: ANN001, ANN202
 
 
 def write_lockfile(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
-                   sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> None:
-    """Write conda-lock's unified lockfile (v1 on disk): the plain writer where it covers the lock,
-    else conda-lock's own writer."""
+                   sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> str:
+    """Write conda-lock's unified lockfile (v1 on disk) and return its text: the plain writer where it
+    covers the lock, else conda-lock's own writer."""
     from .fsutil import atomic_write_text
 
     if can_write_fast(packages, channels):
-        atomic_write_text(Path(path), lockfile_text(Path(path).name, packages, channels=channels,
-                                                    platforms=platforms, sources=sources,
-                                                    content_hash=content_hash, custom=custom))
-        return
+        text, doc = lockfile_document(Path(path).name, packages, channels=channels, platforms=platforms,
+                                      sources=sources, content_hash=content_hash, custom=custom)
+        atomic_write_text(Path(path), text)
+        _remember_lock_document(Path(path), doc)  # what reading it back would give: no re-parse
+        return text
     # conda-lock writes the file's own name into its header: a temporary folder keeps that name.
     from .fsutil import TMP_MARK, remove_path
 
@@ -456,9 +520,11 @@ def write_lockfile(path: Path, packages: list[dict], *, channels: list[str], pla
     try:
         conda_lock_write(tmpdir / Path(path).name, packages, channels=channels, platforms=platforms,
                          sources=sources, content_hash=content_hash, custom=custom)
-        atomic_write_text(Path(path), (tmpdir / Path(path).name).read_text())
+        text = (tmpdir / Path(path).name).read_text()
+        atomic_write_text(Path(path), text)
     finally:
         remove_path(tmpdir)
+    return text
 
 
 def conda_lock_write(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
@@ -652,6 +718,13 @@ def can_write_fast(packages: list[dict], channels: list[str]) -> bool:
 def lockfile_text(name: str, packages: list[dict], *, channels: list[str], platforms: list[str], sources: list[str],
                   content_hash: dict[str, str], custom: dict[str, str]) -> str:
     """The text conda-lock's write_conda_lock_file writes for a main-category lock named `name`."""
+    return lockfile_document(name, packages, channels=channels, platforms=platforms, sources=sources,
+                             content_hash=content_hash, custom=custom)[0]
+
+
+def lockfile_document(name: str, packages: list[dict], *, channels: list[str], platforms: list[str],
+                      sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> tuple[str, dict]:
+    """The lockfile's text and the document it holds."""
     header = [
         'This lock file was generated by conda-lock (https://github.com/conda/conda-lock). DO NOT EDIT!', '',
         'A "lock file" contains a concrete list of package versions (with checksums) to be installed. Unlike',
@@ -672,7 +745,8 @@ def lockfile_text(name: str, packages: list[dict], *, channels: list[str], platf
         meta["custom_metadata"] = custom
     out = {"version": 1, "metadata": meta, "package": [_v1_entry(p) for p in pkgs]}
     dumper = getattr(yaml, "CDumper", yaml.Dumper)
-    return "".join(("# " + line).rstrip() + "\n" for line in header) + yaml.dump(out, Dumper=dumper, sort_keys=False)
+    text = "".join(("# " + line).rstrip() + "\n" for line in header) + yaml.dump(out, Dumper=dumper, sort_keys=False)
+    return text, out
 
 
 def _toposort(deps: dict[str, set[str]]) -> list[str]:

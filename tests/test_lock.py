@@ -326,3 +326,25 @@ def test_lockfile_with_star_pip_dependencies_is_read_everywhere(tmp_path: Path, 
     assert set(_pkgs(_load(proj / "lock" / "tools.conda-lock.yml"), "linux-64", "pip")) == {"tinyapp", "tinylib"}
     res = run_cli("-C", proj, "lock", "app", "--update", "tinyapp")
     assert res.returncode == 0, res.output
+
+
+@pytest.mark.parametrize("spec", ["python 3.11.*", "pytorch 2.10.*", "numpy", "numpy <2", "numpy <2.0.0",
+                                  "libfoo >=1.0,<2", "cudnn >=9.10.1.4,<10", "pip", "scikit-learn",
+                                  "jupyterlab >=4", "a-b_c.d 1.*", "x !=1.0", "x >=1.0a1,<2"])
+def test_fast_spec_reader_agrees_with_conda_lock(spec: str, tmp_path: Path) -> None:
+    from condastack.solve import _parse_layer_specs, fast_layer_specs
+
+    env = tmp_path / "e.yml"
+    env.write_text(f"channels: [conda-forge]\ndependencies:\n  - {spec}\n  - zlib\n")
+    assert fast_layer_specs(env.read_bytes()) == _parse_layer_specs(env, "linux-64", layer="x")
+
+
+@pytest.mark.parametrize("text", ["dependencies: [python 3.11]", "dependencies: [python =3.11]",
+                                  "dependencies: [python>=3.10]", "dependencies: [Numpy]",
+                                  "dependencies: ['pytorch ==2.7.1 cuda126*']", "dependencies: [x 1.0|2.0]",
+                                  "dependencies: [conda-forge::x]", "dependencies: [x  # [linux]]",
+                                  "dependencies: [pip, {pip: [tinylib]}]"])
+def test_fast_spec_reader_leaves_other_forms_to_conda_lock(text: str) -> None:
+    from condastack.solve import fast_layer_specs
+
+    assert fast_layer_specs(text.encode()) is None
