@@ -27,8 +27,10 @@ from .consistency import check_records, describe
 from .solve import (
     explain_solver_error,
     fetch_records,
+    gateway_session,
     lock_entries_as_json,
     parse_lockfile,
+    query_records,
     read_lock_document,
     read_lock_entries,
     read_records_sidecar,
@@ -248,8 +250,9 @@ def lock_stack(stack: Stack, layers: list[str] | None = None, *, platforms: list
         clean_stale_temporaries(ldir)
         if update:
             _check_update_names(stack, stack.order(layers), update)
-        return [_lock_layer(stack, name, platforms or list(stack.platforms), update or [], progress)
-                for name in stack.order(layers)]
+        with gateway_session():
+            return [_lock_layer(stack, name, platforms or list(stack.platforms), update or [], progress)
+                    for name in stack.order(layers)]
 
 
 def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str],
@@ -474,19 +477,16 @@ def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels:
 
 def _missing_specs(channels: list[str], plat: str, specs: list[str]) -> list[str]:
     """Every spec that no record of the channels can meet, each described once."""
-    import asyncio
-
     import rattler
 
     names = sorted({spec_name(s) for s in specs if not spec_name(s).startswith("__")})
     try:
-        found = asyncio.run(rattler.Gateway().query(channels, [plat, "noarch"], names, recursive=False))
+        found = query_records(channels, plat, names)
     except Exception:
         return []
     by_name: dict[str, list] = {}
-    for recs in found:
-        for r in recs:
-            by_name.setdefault(r.name.normalized, []).append(r)
+    for r in found:
+        by_name.setdefault(r.name.normalized, []).append(r)
     out = []
     for s in specs:
         n = spec_name(s)

@@ -46,8 +46,8 @@ def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[st
     """Conda match specs and pip requirement strings of one environment.yml for one platform.
 
     Selectors and pip markers are applied by conda-lock's own parser. Importing
-    conda-lock costs ~0.6 s, so results are cached by file content: a no-op
-    `lock` then never imports it.
+    conda-lock costs ~0.6 s, so a plain file is read without it (fast_layer_specs)
+    and other results are cached by file content: a no-op `lock` never imports it.
     """
     import hashlib
     import json
@@ -57,6 +57,9 @@ def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[st
     from .fsutil import atomic_write_text
 
     data = Path(path).read_bytes()
+    fast = fast_layer_specs(data)
+    if fast is not None:
+        return fast
     key = hashlib.sha256(b"|".join([data, platform.encode(), version("conda-lock").encode(),
                                     __version__.encode(), MAPPING_FILE.read_bytes()])).hexdigest()
     cached = cache_root() / "specs" / f"{key}.json"
@@ -65,8 +68,7 @@ def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[st
         return list(hit["conda"]), list(hit["pip"])
     except (OSError, ValueError, KeyError):
         pass
-    fast = fast_layer_specs(data)
-    conda, pip = fast if fast is not None else _parse_layer_specs(path, platform, layer=layer)
+    conda, pip = _parse_layer_specs(path, platform, layer=layer)
     try:
         atomic_write_text(cached, json.dumps({"conda": conda, "pip": pip}))
     except OSError:
@@ -196,6 +198,28 @@ def virtual_packages(spec: dict[str, str]) -> list:
     return out
 
 
+_SESSION: list = []  # the gateway of the running lock session, if any
+
+
+@contextlib.contextmanager
+def gateway_session():  # noqa: ANN201
+    """One rattler Gateway for the solves of one lock run: the channels' repodata is read once,
+    not once per layer and per error explanation. Outside a session each call reads afresh."""
+    import rattler
+
+    _SESSION.append(rattler.Gateway())
+    try:
+        yield
+    finally:
+        _SESSION.pop()
+
+
+def _gateway():  # noqa: ANN202
+    import rattler
+
+    return _SESSION[-1] if _SESSION else rattler.Gateway()
+
+
 def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dict[str, str], *,
                 pinned: list | None = None, locked: list | None = None) -> list:
     """Solve conda specs for one platform with py-rattler; returns RepoDataRecords.
@@ -208,9 +232,17 @@ def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dic
     import rattler
 
     return asyncio.run(rattler.solve(
-        channels, specs, platforms=[platform, "noarch"], virtual_packages=virtual_packages(vpkgs),
-        pinned_packages=pinned or None, locked_packages=locked or None,
+        channels, specs, gateway=_gateway(), platforms=[platform, "noarch"],
+        virtual_packages=virtual_packages(vpkgs), pinned_packages=pinned or None, locked_packages=locked or None,
     ))
+
+
+def query_records(channels: list[str], platform: str, names: list[str]) -> list:
+    """Every record of these package names in the channels (platform and noarch), not recursive."""
+    import asyncio
+
+    found = asyncio.run(_gateway().query(channels, [platform, "noarch"], names, recursive=False))
+    return [r for recs in found for r in recs]
 
 
 def split_depend(dep: str) -> tuple[str, str]:
@@ -338,19 +370,13 @@ def fetch_records(channels: list[str], platform: str, entries: list[dict]) -> tu
 
     Returns (records, names not found). A record is matched by sha256, then by file name.
     """
-    import asyncio
-
-    import rattler
-
     names = sorted({p["name"] for p in entries})
-    found = asyncio.run(rattler.Gateway().query(channels, [platform, "noarch"], names, recursive=False))
     by_sha: dict[str, object] = {}
     by_fn: dict[str, object] = {}
-    for recs in found:
-        for r in recs:
-            if r.sha256 is not None:
-                by_sha[r.sha256.hex()] = r
-            by_fn[f"{r.name.normalized}/{r.file_name}"] = r
+    for r in query_records(channels, platform, names):
+        if r.sha256 is not None:
+            by_sha[r.sha256.hex()] = r
+        by_fn[f"{r.name.normalized}/{r.file_name}"] = r
     out, missing = [], []
     for p in entries:
         sha = (p.get("hash") or {}).get("sha256")
