@@ -662,8 +662,10 @@ def lock_with_conda_lock(stack: Stack, layers: list[str] | None, solver: str, bi
             final = lockfile_path(stack.root, name)
             with tempfile.TemporaryDirectory(dir=ldir, prefix=f"{TMP_MARK}conda-lock.{os.getpid()}.") as tmp:
                 vp = Path(tmp) / "virtual-packages.yml"
-                vp.write_text(yaml.safe_dump({"subdirs": {
-                    p: {"packages": stack.effective_virtual_packages_for(p)} for p in stack.platforms}}))
+                # conda-lock's spec writes a build as "1 x86_64" where condastack writes 1=x86_64
+                vp.write_text(yaml.safe_dump({"subdirs": {p: {"packages": {
+                    k: v.replace("=", " ") for k, v in stack.effective_virtual_packages_for(p).items()}}
+                    for p in stack.platforms}}))
                 target = Path(tmp) / final.name
                 cmd = [exe, "lock", f"--{'micromamba' if solver == 'micromamba' else 'no-micromamba'}",
                        "--conda", binary, "--virtual-package-spec", str(vp), "--lockfile", str(target),

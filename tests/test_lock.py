@@ -348,3 +348,13 @@ def test_fast_spec_reader_leaves_other_forms_to_conda_lock(text: str) -> None:
     from condastack.solve import fast_layer_specs
 
     assert fast_layer_specs(text.encode()) is None
+
+
+def test_one_name_in_both_sections_is_a_lock_error() -> None:
+    from condastack.errors import CondastackError
+    from condastack.lock import _check_no_overlap
+
+    conda = [{"name": "pytorch", "version": "2.7.1"}, {"name": "numpy", "version": "1.26.4"}]
+    _check_no_overlap("app", "linux-64", conda, [{"name": "tinyapp", "version": "1.0"}])
+    with pytest.raises(CondastackError, match=r"torch \(pip 2\.7\.1, conda pytorch\)"):
+        _check_no_overlap("app", "linux-64", conda, [{"name": "torch", "version": "2.7.1"}])
