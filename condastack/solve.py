@@ -49,6 +49,10 @@ def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[st
     conda-lock costs ~0.6 s, so a plain file is read without it (fast_layer_specs)
     and other results are cached by file content: a no-op `lock` never imports it.
     """
+    data = Path(path).read_bytes()
+    fast = fast_layer_specs(data)
+    if fast is not None:
+        return fast
     import hashlib
     import json
     from importlib.metadata import version
@@ -56,10 +60,6 @@ def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[st
     from . import __version__
     from .fsutil import atomic_write_text
 
-    data = Path(path).read_bytes()
-    fast = fast_layer_specs(data)
-    if fast is not None:
-        return fast
     key = hashlib.sha256(b"|".join([data, platform.encode(), version("conda-lock").encode(),
                                     __version__.encode(), MAPPING_FILE.read_bytes()])).hexdigest()
     cached = cache_root() / "specs" / f"{key}.json"
