@@ -94,6 +94,10 @@ def test_child_breaking_parent_constrains_is_refused(tmp_path: Path) -> None:
     res = run_cli("-C", proj, "lock")
     assert_user_error(res, "layer app", "layer base", "tabulate")
     assert not (proj / "lock" / "app.conda-lock.yml").exists()
+    # without the records file (a lock from elsewhere), the parent's records come from the channel
+    (proj / "lock" / "base.records.json").unlink()
+    assert_user_error(run_cli("-C", proj, "lock", "app"), "layer app", "layer base", "tabulate")
+    assert not (proj / "lock" / "app.conda-lock.yml").exists()
 
 
 def test_child_breaking_parent_spec_names_both_layers_and_specs(tmp_path: Path) -> None:
