@@ -535,7 +535,7 @@ def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str
             if _solves(channels, [s, *rest], plat, vpkgs):
                 return (f"layer {name} asks for '{s}', which cannot be installed together with layer "
                         f"{_spec_owner(stack, name, plat, p)}'s spec '{p}' (each alone can be solved; "
-                        f"together they cannot).")
+                        f"together they cannot){_clashes(channels, [s, *rest], plat, vpkgs, pinned, p)}.")
         return (f"layer {name} asks for '{s}', which conflicts with the specs of layer {parent} "
                 f"({', '.join(parent_specs)}).")
     for s in own:
@@ -547,6 +547,26 @@ def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str
                 return _pin_culprit(stack, name, plat, channels, vpkgs, s, r, rest)
         return f"layer {name} asks for '{s}', which cannot be installed over the locked packages of layer {parent}."
     return None
+
+
+def _clashes(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, str], pinned: list,
+             culprit: str) -> str:
+    """Facts behind a confirmed clash: the culprit's locked record against the solution without it."""
+    import rattler
+
+    try:
+        free = {r.name.normalized: r for r in solve_conda(channels, specs, plat, vpkgs)}
+    except Exception:
+        return ""
+    facts = []
+    for r in (r for r in pinned if r.name.normalized == spec_name(culprit)):
+        for kind, deps in (("needs", r.depends), ("constrains", r.constrains)):
+            for dep in deps:
+                got = free.get(split_depend(dep)[0])
+                if got is not None and not rattler.MatchSpec(dep).matches(got):
+                    facts.append(f"{r.name.normalized} {r.version} {kind} '{dep}', and without it "
+                                 f"{got.name.normalized} {got.version} is chosen")
+    return f": {'; '.join(facts[:3])}" if facts else ""
 
 
 def _pin_culprit(stack: Stack, name: str, plat: str, channels: list[str], vpkgs: dict[str, str], spec: str,

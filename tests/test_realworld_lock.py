@@ -92,7 +92,7 @@ def test_child_breaking_parent_constrains_is_refused(tmp_path: Path) -> None:
     # pandas 2.3.3 constrains tabulate >=0.9.0; the child's tabulate <0.9 must not be locked.
     proj = _project(tmp_path / "p", ["python 3.11.*", "pandas ==2.3.3"], ["tabulate <0.9"])
     res = run_cli("-C", proj, "lock")
-    assert_user_error(res, "layer app", "layer base", "tabulate")
+    assert_user_error(res, "layer app", "layer base", "'tabulate <0.9'", "pandas 2.3.3 constrains 'tabulate >=0.9.0'")
     assert not (proj / "lock" / "app.conda-lock.yml").exists()
     # without the records file (a lock from elsewhere), the parent's records come from the channel
     (proj / "lock" / "base.records.json").unlink()
