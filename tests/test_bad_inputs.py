@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli, write_project
+from tests.helpers import run_cli, write_project
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 NONUTF8 = os.fsdecode(b"bad-\xff\xfe-name")
@@ -237,7 +237,7 @@ def test_bad_input(case: dict, bases: dict[str, Path], tmp_path: Path, channel_u
 def test_failed_solve_exits_1_every_time(tmp_path: Path) -> None:
     """A failed solve used to crash the interpreter at exit now and then (py-rattler's threads during
     finalization: SIGSEGV/SIGABRT in about 1 run of 7) instead of exiting 1; repeat it to be sure."""
-    from conftest import CLI
+    from tests.helpers import CLI
 
     empty = tmp_path / "empty-channel"
     for sub in ("linux-64", "noarch"):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CLI, run_cli, write_project
+from tests.helpers import CLI, run_cli, write_project
 
 pytestmark = pytest.mark.slow
 
