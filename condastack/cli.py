@@ -63,7 +63,7 @@ def table(*columns: str, **kw: Any) -> Table:
 
 
 # An archive starts with one of these (tar's "ustar" magic sits at offset 257).
-_ARCHIVE_MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"hsqs": "SquashFS"}
+_ARCHIVE_MAGIC = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b", b"hsqs")  # zstd, gzip, SquashFS
 
 
 def require_archive(path: Path) -> None:
@@ -155,8 +155,8 @@ def main(ctx: click.Context, root: Path, verbose: int, quiet: bool) -> None:
 
 
 @main.command()
-@verbosity_options
 @json_option
+@verbosity_options
 @click.pass_obj
 def layers(obj: Ctx, as_json: bool) -> None:
     """Show the layer tree: each layer's own specs and what it inherits."""
@@ -196,7 +196,6 @@ def layers(obj: Ctx, as_json: bool) -> None:
 
 
 @main.command()
-@verbosity_options
 @click.argument("layers", nargs=-1)
 @click.option("--platform", "platforms", multiple=True, help="Re-solve only these platforms (repeatable).")
 @click.option("--update", "update", multiple=True, metavar="PKG", help="Re-solve toward a newer PKG (repeatable).")
@@ -205,6 +204,7 @@ def layers(obj: Ctx, as_json: bool) -> None:
 @click.option("--solver", type=click.Choice(["rattler", "conda", "mamba", "micromamba"]), default="rattler",
               show_default=True, help="conda/mamba/micromamba run conda-lock's own pipeline (binary must be on PATH).")
 @json_option
+@verbosity_options
 @click.pass_obj
 def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: tuple[str, ...], check: bool,
          dry_run: bool, solver: str, as_json: bool) -> None:
@@ -278,11 +278,11 @@ def _nullctx():  # noqa: ANN202
 
 
 @main.command()
-@verbosity_options
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path), required=False)
 @click.option("--git", "rev", metavar="REV", help="Compare OLD (a lockfile) with its version at git REV.")
 @json_option
+@verbosity_options
 @click.pass_obj
 def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) -> None:
     """Packages added, removed and changed between two lockfiles (or a lockfile and git REV)."""
@@ -310,7 +310,6 @@ def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) 
 
 
 @main.command()
-@verbosity_options
 @click.argument("layer", required=False)
 @prefix_option("Check an installed env instead of a layer.")
 @click.option("--target", type=click.Path(path_type=Path),
@@ -319,6 +318,7 @@ def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) 
               "size on its own file system).")
 @click.option("--min-free-inodes", type=int, help="Free inodes required (default: 10000, or the env's file count).")
 @json_option
+@verbosity_options
 @click.pass_obj
 def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None, min_free_gb: float | None,
            min_free_inodes: int | None, as_json: bool) -> None:
@@ -357,12 +357,12 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
 
 
 @main.command("module")
-@verbosity_options
 @click.argument("prefix", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Module name, e.g. verl/app.")
 @click.option("--version", "mod_version", required=True, help="Module version, e.g. 0.5.")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("modulefiles"),
               show_default=True, help="Module tree to write into (`module use` this folder).")
+@verbosity_options
 @click.pass_obj
 def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path) -> None:
     """Write an Lmod (Lua) and a Tcl modulefile for the env at PREFIX."""
@@ -377,7 +377,6 @@ def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path
 
 
 @main.command("wrap")
-@verbosity_options
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--name", help="Conda package name (default for a wheel: its project name).")
 @click.option("--version", "pkg_version", help="Package version (default for a wheel: its version).")
@@ -394,6 +393,7 @@ def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path
               help="Channels for a recipe's build/host deps (repeatable; default conda-forge).")
 @click.option("--force", is_flag=True, help="Replace a different package with the same name-version-build.")
 @json_option
+@verbosity_options
 @click.pass_obj
 def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, depends: tuple[str, ...],
              channel_dir: Path | None, recipe: bool, platform: str, python: str | None, build_number: int,
@@ -419,7 +419,6 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
 
 
 @main.command("pack")
-@verbosity_options
 @click.argument("layer", required=False)
 @prefix_option("Pack this env instead of envs/LAYER.", file_okay=False)
 @click.option("--format", "fmt", type=click.Choice(["tar.zst", "tar.gz", "squashfs"]), default="tar.zst",
@@ -431,6 +430,7 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
 @click.option("-j", "threads", type=int, help="Compression threads (default: all cores).")
 @click.option("--allow-modified", is_flag=True, help="Pack conda files changed since the build as they are.")
 @click.option("--allow-foreign", is_flag=True, help="Pack an env not built by condastack.")
+@verbosity_options
 @click.pass_obj
 def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_prefix: str | None,
              output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
@@ -455,10 +455,10 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
 
 
 @main.command("unpack")
-@verbosity_options
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @limit_options
+@verbosity_options
 @click.pass_obj
 def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None) -> None:
     """Extract ARCHIVE safely into DEST and relocate it there."""
@@ -471,8 +471,8 @@ def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max
 
 
 @main.command("relocate")
-@verbosity_options
 @click.argument("prefix", type=click.Path(file_okay=False, path_type=Path))
+@verbosity_options
 @click.pass_obj
 def relocate_cmd(obj: Ctx, prefix: Path) -> None:
     """Point an unpacked env that was moved to PREFIX at its new path (repeatable)."""
@@ -489,7 +489,6 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
 
 
 @main.command()
-@verbosity_options
 @click.argument("layer", required=False)
 @click.option("--base-image", metavar="IMAGE", help="FROM image (default: fits the stack's __cuda and __glibc).")
 @click.option("--prefix", default="/opt/env", show_default=True, help="Where the env lives in the image.")
@@ -507,6 +506,7 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
               help="Set LD_LIBRARY_PATH=<prefix>/lib (default: only if a program in envs/LAYER/bin needs a "
               "library of the env and has no RPATH; conda packages normally have one).")
 @json_option
+@verbosity_options
 @click.pass_obj
 def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, oci: Path | None,
               oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
@@ -541,13 +541,13 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
 
 
 @main.command()
-@verbosity_options
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 @prefix_option("Where the env lives on the shared file system (replaced atomically if present).", required=True)
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
               help="squashfs only: where to put the image (default: PREFIX.squashfs).")
 @limit_options
 @json_option
+@verbosity_options
 @click.pass_obj
 def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
             max_bytes: int | None, as_json: bool) -> None:
@@ -579,7 +579,6 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
 
 
 @main.command()
-@verbosity_options
 @click.argument("layer")
 @prefix_option("Where to build (default: envs/LAYER).")
 @click.option("--offline", is_flag=True, help="Use only the package cache ($CONDASTACK_PKGS); list what is missing.")
@@ -587,6 +586,7 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
               help="auto: micromamba when it is on PATH, else py-rattler.")
 @click.option("--force", is_flag=True, help="Rebuild even if unchanged; replace a folder condastack did not make.")
 @json_option
+@verbosity_options
 @click.pass_obj
 def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool,
           as_json: bool) -> None:
@@ -608,11 +608,11 @@ def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: s
 
 
 @main.command()
-@verbosity_options
 @click.argument("layer", required=False)
 @prefix_option("Verify this environment (its lock is named in conda-meta/condastack.info unless LAYER "
                "is given).")
 @json_option
+@verbosity_options
 @click.pass_obj
 def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> None:
     """Check an environment against its lock; exit 1 on drift."""

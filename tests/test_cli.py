@@ -156,7 +156,7 @@ def test_verbose_after_the_command_counts(invoke, project: Path) -> None:  # noq
 
 
 @pytest.mark.parametrize("args", [["verify", "ap"], ["pack", "ap"], ["build", "ap"], ["lock", "ap"],
-                                  ["verify", "ap", "--prefix", "{root}"]])
+                                  ["verify", "ap", "--prefix", "{root}"], ["container", "ap"], ["doctor", "ap"]])
 def test_unknown_layer_is_called_unknown(invoke, project: Path, args: list[str]) -> None:  # noqa: ANN001
     res = invoke("-C", project, *[a.replace("{root}", str(project)) for a in args])
     assert res.exit_code == 1, res.output
