@@ -25,7 +25,7 @@ from rich.tree import Tree
 from . import __version__
 from .errors import CondastackError
 from .options import configure_logging, json_option, limit_options, prefix_option, verbosity_options
-from .stack import load_stack, redact
+from .stack import find_stack_file, load_stack, redact
 
 EXIT_USER = 1
 EXIT_BUG = 70  # EX_SOFTWARE: an unexpected exception, i.e. a condastack bug
@@ -83,8 +83,13 @@ def require_archive(path: Path) -> None:
 
 
 def known_layer(obj: Ctx, layer: str) -> str:
-    """`layer` if the stack defines it; else the stack's "unknown layer" error, before any other check."""
-    obj.stack().layer(layer)
+    """`layer` if the stack defines it; else the stack's "unknown layer" error, before any other check.
+
+    Without a stack file there is nothing to check against: the built env's own marker
+    still names its layer, and the library checks that.
+    """
+    if find_stack_file(obj.root).is_file():
+        obj.stack().layer(layer)
     return layer
 
 

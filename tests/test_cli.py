@@ -165,6 +165,14 @@ def test_unknown_layer_is_called_unknown(invoke, project: Path, args: list[str])
     assert "condastack build ap" not in res.output
 
 
+def test_without_a_stack_a_layer_is_not_checked(invoke, tmp_path: Path) -> None:  # noqa: ANN001
+    """`pack LAYER` works from envs/LAYER alone (its marker names the layer): no stack, no "unknown"."""
+    res = invoke("-C", tmp_path, "pack", "ap")
+    assert res.exit_code == 1, res.output
+    assert "unknown layer" not in res.output and "stack.yml" not in res.output
+    assert "condastack build ap" in res.stderr, res.output
+
+
 # --------------------------------------------------------------------------- not an archive
 
 
