@@ -29,6 +29,7 @@ from .solve import (
     fetch_records,
     gateway_session,
     lock_entries_as_json,
+    mapping_url,
     parse_lockfile,
     query_records,
     read_lock_document,
@@ -148,12 +149,9 @@ def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[st
             out.append((name, f"{path.name} is missing"))
             continue
         hashes = lock_summary(path)["content_hash"]
-        for plat in stack.platforms:
-            if hashes.get(plat) != input_hash(stack, name, plat):
-                out.append((name, f"{plat} inputs changed since {path.name} was written"))
-                break
-        else:
-            out += [(name, why) for why in _inconsistencies(stack, name)]
+        changed = [(name, f"{plat} inputs changed since {path.name} was written") for plat in stack.platforms
+                   if hashes.get(plat) != input_hash(stack, name, plat)]
+        out += changed or [(name, why) for why in _inconsistencies(stack, name)]
     return out
 
 

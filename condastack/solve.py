@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import rattler
 
-from conftest import assert_user_error, run_cli
+from tests.helpers import assert_user_error, run_cli
 from condastack.deliver import install_archive
 from condastack.pack import pack_prefix
 
@@ -362,7 +362,7 @@ JOB = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "job.sh"
 
 
 def _run_job(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    from conftest import CLI
+    from tests.helpers import CLI
 
     base = {"HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(tmp_path),
             "SRUN": "", "CONDASTACK": " ".join(CLI)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_user_error, run_cli, write_pip_project, write_project
+from tests.helpers import assert_user_error, run_cli, write_pip_project, write_project
 
 
 def _load(path: Path) -> dict:
@@ -217,7 +217,7 @@ def test_interrupted_lock_keeps_old_files(base_app_project: Path) -> None:
     before = _snapshot(base_app_project / "lock")
     (base_app_project / "environments" / "base.yml").write_text(
         (base_app_project / "environments" / "base.yml").read_text().replace("libfoo", "libfoo <2"))
-    from conftest import CLI
+    from tests.helpers import CLI
 
     for delay in (0.2, 0.5, 0.8):
         p = subprocess.Popen([*CLI, "-C", str(base_app_project), "lock"], stdout=subprocess.DEVNULL,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, assert_user_error, run_cli, write_project
+from tests.helpers import REPO, assert_user_error, run_cli, write_project
 
 REAL = (REPO / ".." / "shared" / "realworld" / "channel").resolve()
 pytestmark = pytest.mark.skipif(not (REAL / "linux-64" / "repodata.json").is_file(),
@@ -140,7 +140,7 @@ def torch_index(tmp_path: Path):  # noqa: ANN201
     import http.server
     import threading
 
-    from conftest import make_wheel
+    from tests.helpers import make_wheel
 
     files = tmp_path / "index" / "files"
     files.mkdir(parents=True)

@@ -19,7 +19,7 @@ import rattler
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from conftest import REPO
+from tests.helpers import REPO
 from condastack.stack import Stack, load_stack
 from condastack.wrap import default_channel
 

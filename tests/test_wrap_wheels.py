@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, write_project
+from tests.helpers import REPO, run_cli, write_project
 from condastack.elf import read_elf_dynamic
 from condastack.wheeldeps import wheel_requirements
 from condastack.wrap import WheelOptions, wrap
@@ -389,7 +389,7 @@ def test_recipe_gets_glibc_floor_from_elf(tmp_path: Path) -> None:
 ])
 def test_wrap_refuses_wheels_it_cannot_keep_faithful(tmp_path: Path, tag: str, requires: list[str],
                                                       needles: list[str]) -> None:
-    from conftest import assert_user_error
+    from tests.helpers import assert_user_error
 
     whl = write_wheel(tmp_path / "w", "oddpkg", "1.0", tag, {"oddpkg/__init__.py": ""}, requires)
     assert_user_error(run_cli("wrap", whl, "--python", PY, "--channel", tmp_path / "site"), whl.name, *needles)
