@@ -5,8 +5,9 @@ accounting any more), slurmdbd, slurmctld and slurmd run in the foreground as
 children of this process, with their keys, state, spool, logs and sockets in one
 private folder, and are stopped in reverse order. No cgroups: processes are
 tracked by proctrack/linuxproc and tasks are not bound (task/none), so it runs
-in a container. The node claims 4 CPUs whatever the machine has
-(config_overrides), so `srun -n 4` runs on 2 cores too.
+in a container. The node claims 32 CPUs and one GPU whatever the machine has
+(config_overrides; a count-only GPU), so examples/slurm/job.sh's `--cpus-per-task=8
+--gres=gpu:1` and `srun -n 4` are accepted on 2 cores too.
 
     python tests/slurm_cluster.py      # start one, print SLURM_CONF, stop on Enter
 """
@@ -167,9 +168,14 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort={p['dbd']}
 AccountingStoragePass={r}/munge/munge.sock
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs=4 RealMemory=2000 State=UNKNOWN
+GresTypes=gpu
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs=32 RealMemory=2000 Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
+        # A pretend GPU (a plain file as its device): `--gres=gpu:1` in job scripts is accepted and
+        # sets CUDA_VISIBLE_DEVICES; without cgroups nothing is bound. Slurm drops GPUs with no File.
+        (r / "etc" / "fake-gpu0").touch()
+        (r / "etc" / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.node} Name=gpu File={r}/etc/fake-gpu0\n")
         dbd = r / "etc" / "slurmdbd.conf"
         dbd.write_text(f"""\
 AuthType=auth/munge
