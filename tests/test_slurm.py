@@ -188,8 +188,7 @@ def test_node_local_squashfs_preamble_with_4_tasks(delivered: Site) -> None:
 HOLD = """\
 import json, os, pathlib, sys, time
 prefix = os.environ["CONDA_PREFIX"]
-os.chdir(prefix)  # the tree the job started with stays reachable through its cwd
-held = open("conda-meta/condastack.info")
+held = open(os.path.join(prefix, "conda-meta", "condastack.info"))  # opened before the install
 
 def tree() -> str:
     # one lookup of the prefix path, then everything relative to that tree: a consistent view
@@ -208,7 +207,8 @@ def tree() -> str:
 
 ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 seen = [tree()]
-ready.write_text(seen[0])
+ready.with_suffix(".tmp").write_text(seen[0])
+ready.with_suffix(".tmp").rename(ready)  # whole, or not there yet
 while True:
     now = tree()
     if now != seen[-1]:
@@ -217,7 +217,8 @@ while True:
         break
     time.sleep(0.005)
 print("held", json.load(held)["lock_hash"])
-print("cwd", json.load(open("conda-meta/condastack.info"))["lock_hash"])
+# the interpreter still running is the old one, whose files the install has since removed
+print("exe", os.readlink("/proc/self/exe"))
 print("seen", " ".join(seen))
 """
 
@@ -233,11 +234,11 @@ def _wait_file(path: Path, site: Site, job: int) -> None:
 def test_install_of_a_new_archive_under_a_running_job(delivered: Site, tmp_path: Path) -> None:
     site, prefix = delivered, delivered.shared / "envs" / "verl" / "app"
     install_line, sbatch_line = readme_blocks()[0][1], readme_blocks()[0][-1]
-    # A new release of the app layer, built by the same README line in a copy of the project.
+    # A new release (libfoo pinned back to 1.*), built by the same README line in a copy of the project.
     v2 = tmp_path / "proj-v2"
     shutil.copytree(site.project / "environments", v2 / "environments", symlinks=True)
-    with (v2 / "environments" / "app.yml").open("a") as f:
-        f.write("  - libfoo 1.*\n")
+    base = v2 / "environments" / "base.yml"
+    base.write_text(base.read_text().replace("  - libfoo\n", "  - libfoo 1.*\n"))
     p = subprocess.run(["bash", "-c", readme_blocks()[0][0]], cwd=v2, env=site.env, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     old_lock, new_lock = _lock(prefix), _lock(v2 / "envs" / "app")
@@ -256,7 +257,8 @@ def test_install_of_a_new_archive_under_a_running_job(delivered: Site, tmp_path:
     res = site.cluster.wait(job)
     out = site.output(job)
     assert (res.state, res.exit_code) == ("COMPLETED", "0:0"), out
-    assert f"held {old_lock}\n" in out and f"cwd {old_lock}\n" in out  # it finished on the old files
+    assert f"held {old_lock}\n" in out  # it finished on the old files
+    assert re.search(r"^exe .*/bin/python3\.\d+ \(deleted\)$", out, re.M), out
     assert f"seen {old} {new}\n" in out  # the path named a whole old tree, then a whole new one: no mix
 
     nxt = site.submit(sbatch_line.replace(
