@@ -268,3 +268,36 @@ def test_install_of_a_new_archive_under_a_running_job(delivered: Site, tmp_path:
     out = site.output(nxt)
     assert (res.state, res.exit_code) == ("COMPLETED", "0:0"), out
     assert f"lock {new_lock}\n" in out
+
+
+# --------------------------------------------------------------------------- the preamble refuses bad input
+
+
+def test_preamble_refuses_what_it_cannot_mount(delivered: Site, tmp_path: Path) -> None:
+    from conftest import assert_user_error, run_cli
+
+    site = delivered
+    image = site.shared / "envs" / "verl" / "app-sq.squashfs"
+    if not image.exists():
+        for line in readme_blocks()[1][:2]:
+            site.sh(line)
+    assert_user_error(run_cli("slurm-preamble", site.project / "pack" / "app-linux-64.tar.zst"),
+                      "needs a SquashFS image")
+    assert_user_error(run_cli("slurm-preamble", image, "--prefix", tmp_path / "elsewhere"),
+                      "can only be mounted there")
+    bad = tmp_path / image.name
+    for suffix in ("", ".sha256", ".manifest.json"):
+        shutil.copy(f"{image}{suffix}", f"{bad}{suffix}")
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    assert_user_error(run_cli("slurm-preamble", bad, "-o", tmp_path / "p.sh"), "sha256 mismatch")
+    assert not (tmp_path / "p.sh").exists()
+
+    # Sourced outside a job it stops before touching anything.
+    pre = tmp_path / "ok.sh"
+    assert run_cli("slurm-preamble", image, "-o", pre).returncode == 0
+    env = {k: v for k, v in site.env.items() if k != "SLURM_CONF"}
+    p = subprocess.run(["bash", "-c", f". {pre}; echo still-here"], capture_output=True, text=True, env=env)
+    assert p.returncode != 0 and "inside a Slurm job" in p.stderr and "still-here" not in p.stdout
+    assert not os.path.ismount(image.with_suffix("")) and list(site.node_dir.iterdir()) == []
