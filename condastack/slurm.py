@@ -8,7 +8,7 @@ broadcast) and mounting the local copy keeps the start-up reads node-local.
 The preamble is a bash fragment to source at the top of an sbatch script. On
 every node of the job it:
 1. `sbcast`s the image to node-local storage ($CONDASTACK_NODE_DIR, default /tmp);
-2. mounts the copy with `squashfuse -f` at P, in a job step that lasts as long as
+2. mounts the copy with `squashfuse_ll -f` (or `squashfuse -f`) at P, in a job step that lasts as long as
    the script (Slurm kills a step's processes when the step ends, so the FUSE
    daemon must live in a step of its own; `--overlap` keeps it from holding CPUs
    the job's own steps need);
@@ -99,7 +99,10 @@ def _mount_block(image: Path, prefix: Path) -> list[str]:
         '        echo "condastack: $1 is already mounted on $(hostname) (another job?); '
         'run jobs that mount an image with --exclusive" >&2; exit 1',
         "    fi",
-        "    exec squashfuse -f \"$2\" \"$1\"' mount \"$_cs_prefix\" \"$_cs_local\" &",
+        # squashfuse_ll (low-level FUSE API, lets the kernel cache lookups) starts python faster.
+        "    fuse=$(command -v squashfuse_ll || command -v squashfuse) ||",
+        '        { echo "condastack: no squashfuse on $(hostname)" >&2; exit 1; }',
+        "    exec \"$fuse\" -f \"$2\" \"$1\"' mount \"$_cs_prefix\" \"$_cs_local\" &",
         "_cs_mounter=$!",
         "_cs_i=0",
         'until _cs_each_node mountpoint -q "$_cs_prefix" >/dev/null 2>&1; do',
