@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class SlurmCluster:
     node: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
+    starting: Future | None = field(default=None, repr=False)  # start() running in a thread, if so
 
     @property
     def conf(self) -> Path:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +72,12 @@ class Site:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    yield c
+    """The cluster, starting in the background: `delivered` builds the env meanwhile, then waits for it."""
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    with ThreadPoolExecutor(1) as pool:
+        c.starting = pool.submit(c.start)
+        yield c
+        c.starting.exception()  # let a start still under way finish before stopping
     c.stop()
 
 
@@ -103,6 +108,7 @@ def delivered(site: Site) -> Site:
     """Block 1 of the README up to sbatch: build, pack, install, module."""
     for line in readme_blocks()[0][:-1]:
         site.sh(line)
+    site.cluster.starting.result()
     return site
 
 
