@@ -13,7 +13,10 @@ runs of `python -c 'import <the env's main modules>'`:
   tree        from the unpacked tree, page cache warm (median);
   tree-cold   from the unpacked tree after `sync; echo 3 > /proc/sys/vm/drop_caches` before
               each run (median; needs root), the stand-in for a cold shared file system;
-  squashfs-cold  the mount after the same cache drop.
+  squashfs-cold  the mount after the same cache drop;
+  tree-nowrite   the unpacked tree with PYTHONDONTWRITEBYTECODE=1, run first: like the
+              read-only image, python cannot replace .pyc files that do not match their
+              sources (each job's output counts them: "stale .pyc").
 
 Here the "shared" path is a local disk, so tree-cold is a lower bound for NFS/Lustre, where
 every file open is also a network round trip. The demo env has no third-party packages, so
@@ -52,7 +55,7 @@ for i in $(seq {rounds}); do
     t0=$(date +%s%N); "${{cmd[@]}}"; t1=$(date +%s%N)
     echo "t $i $(( (t1 - t0) / 1000 ))"
 done
-echo "python $(command -v python)"
+echo "python $(command -v python), stale .pyc: $("${{cmd[@]:0:1}}" -v "${{cmd[@]:1}}" 2>&1 | grep -c 'bytecode is stale')"
 """
 
 
@@ -104,6 +107,8 @@ def main() -> None:
     drop = "sync; echo 3 > /proc/sys/vm/drop_caches"
     try:
         cases = {
+            # first, while the tree still has the .pyc files of the archive: none written
+            "tree-nowrite": (f". {tree}/activate.sh; export PYTHONDONTWRITEBYTECODE=1", ""),
             "squashfs": (f". {preamble}", ""),
             "tree": (f". {tree}/activate.sh", ""),
             "tree-cold": (f". {tree}/activate.sh", drop),
@@ -119,12 +124,14 @@ def main() -> None:
     print(f"  unpacked tree, warm:         median {med['tree']:.0f}")
     print(f"  unpacked tree, caches dropped: median {med['tree-cold']:.0f}")
     print(f"  squashfs, caches dropped:    median {med['squashfs-cold']:.0f}")
+    print(f"  unpacked tree, no .pyc written (as read-only): median {med['tree-nowrite']:.0f}")
     print("ratios:")
     print(f"  squashfs warm / tree warm:            {med['squashfs'] / med['tree']:.2f}")
     print(f"  tree cold / tree warm:                {med['tree-cold'] / med['tree']:.2f}")
     print(f"  tree cold / squashfs warm:            {med['tree-cold'] / med['squashfs']:.2f}")
     print(f"  squashfs cold / tree cold:            {med['squashfs-cold'] / med['tree-cold']:.2f}")
     print(f"  squashfs first run / squashfs warm:   {first / med['squashfs']:.2f}")
+    print(f"  squashfs warm / tree no .pyc written: {med['squashfs'] / med['tree-nowrite']:.2f}")
     shutil.rmtree(root, ignore_errors=True)
 
 
