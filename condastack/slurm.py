@@ -14,9 +14,10 @@ every node of the job it:
    the job's own steps need);
 3. activates the env (the same variables and activate.d scripts as `install`'s
    activate.sh, read from the image now, so the job needs no condastack);
-and, from a bash EXIT trap, unmounts P and deletes the copies when the script
-ends, whether it succeeds, fails or is cancelled (squashfuse also unmounts on
-the SIGTERM Slurm sends at cancellation or time-out).
+and, from a bash EXIT trap, unmounts P when the script ends, whether it
+succeeds or fails. When the job is cancelled or times out, squashfuse unmounts
+on the SIGTERM Slurm sends. The node-local copy is unlinked as soon as it is
+mounted, so it disappears with the mount however the job ends.
 """
 
 from __future__ import annotations
@@ -102,7 +103,11 @@ def _mount_block(image: Path, prefix: Path) -> list[str]:
         # squashfuse_ll (low-level FUSE API, lets the kernel cache lookups) starts python faster.
         "    fuse=$(command -v squashfuse_ll || command -v squashfuse) ||",
         '        { echo "condastack: no squashfuse on $(hostname)" >&2; exit 1; }',
-        "    exec \"$fuse\" -f \"$2\" \"$1\"' mount \"$_cs_prefix\" \"$_cs_local\" &",
+        '    "$fuse" -f "$2" "$1" & pid=$!',
+        # Mounted, the copy needs no name: it is freed when squashfuse exits, however the job ends.
+        '    until mountpoint -q "$1"; do kill -0 "$pid" 2>/dev/null || exit 1; sleep 0.05; done',
+        '    rm -f "$2"',
+        "    wait \"$pid\"' mount \"$_cs_prefix\" \"$_cs_local\" &",
         "_cs_mounter=$!",
         "_cs_i=0",
         'until _cs_each_node mountpoint -q "$_cs_prefix" >/dev/null 2>&1; do',

@@ -96,6 +96,7 @@ class SlurmCluster:
         return self
 
     def stop(self) -> None:
+        self._cancel_jobs()
         for _name, p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -105,6 +106,18 @@ class SlurmCluster:
                     p.kill()
                     p.wait()
         self.procs.clear()
+
+    def _cancel_jobs(self, timeout: float = 60) -> None:
+        """Jobs outlive slurmd (their slurmstepd is a process of its own): cancel them and wait."""
+        if not any(n == "slurmctld" and p.poll() is None for n, p in self.procs):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ids = self.run("squeue", "-h", "-o", "%A", check=False).stdout.split()
+            if not ids:
+                return
+            self.run("scancel", *ids, check=False)
+            time.sleep(0.5)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - kept by the child

@@ -189,6 +189,18 @@ def test_node_local_squashfs_preamble_with_4_tasks(delivered: Site) -> None:
     assert (res.state, res.exit_code) == ("FAILED", "3:0"), site.output(bad)
     assert not os.path.ismount(prefix) and list(site.node_dir.iterdir()) == []
 
+    # A cancelled job: squashfuse unmounts on Slurm's SIGTERM; the unlinked copy goes with it.
+    long = site.submit(block[-1].replace("python train.py", "python -c 'import time; time.sleep(600)'"))
+    give_up = time.monotonic() + 120
+    while not (os.path.ismount(prefix) and list(site.node_dir.iterdir()) == []) and time.monotonic() < give_up:
+        time.sleep(0.1)
+    # mounted, and the copy already unlinked
+    assert os.path.ismount(prefix) and list(site.node_dir.iterdir()) == [], site.output(long)
+    site.cluster.run("scancel", str(long))
+    res = site.cluster.wait(long)
+    assert res.state == "CANCELLED", res
+    assert not os.path.ismount(prefix)
+
 
 # --------------------------------------------------------------------------- install under a running job
 
