@@ -37,7 +37,7 @@ module)
 squashfs)
     # The preamble of `condastack slurm-preamble` sbcasts the image to node-local storage on
     # every node, mounts it at the prefix it was packed for, activates the env, and unmounts
-    # it when this script exits, even on failure. Inside Apptainer instead:
+    # it when this script exits, even on failure or cancellation. Inside Apptainer instead:
     #   apptainer exec --nv --bind "$IMAGE:$ENV_PREFIX:image-src=/" base.sif "$ENV_PREFIX/bin/python" train.py
     . "$PREAMBLE"
     ;;
