@@ -55,7 +55,8 @@ for i in $(seq {rounds}); do
     t0=$(date +%s%N); "${{cmd[@]}}"; t1=$(date +%s%N)
     echo "t $i $(( (t1 - t0) / 1000 ))"
 done
-echo "python $(command -v python), stale .pyc: $("${{cmd[@]:0:1}}" -v "${{cmd[@]:1}}" 2>&1 | grep -c 'bytecode is stale')"
+stale=$(python -v -c 'import {imports}' 2>&1 | grep -c 'bytecode is stale' || true)
+echo "python $(command -v python), stale .pyc: $stale"
 """
 
 
