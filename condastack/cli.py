@@ -658,3 +658,30 @@ def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> N
         click.echo(format_report(rep))
     if not rep.ok:
         sys.exit(EXIT_USER)
+
+
+# --------------------------------------------------------------------------- Slurm node-local preamble
+
+
+@main.command("slurm-preamble")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prefix", type=click.Path(path_type=Path),
+              help="Where to mount it: must be the --dest-prefix it was packed for (the default).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the preamble here (default: print it).")
+@click.pass_obj
+def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None) -> None:
+    """Print (or write) a job preamble that sbcasts a SquashFS IMAGE to the job's nodes and mounts it.
+
+    Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
+    image and deletes the copies when the script exits, even on failure.
+    """
+    from .slurm import make_preamble, write_preamble
+
+    pre = make_preamble(image, prefix)
+    if output is None:
+        click.echo(pre.text, nl=False)
+        return
+    write_preamble(pre, output)
+    obj.console.print(f"wrote {output}: sbcast {pre.image} to each node, mount at {pre.prefix}\n"
+                      f"use it: `. {output.resolve()}` at the top of an sbatch script", markup=False)
