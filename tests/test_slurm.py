@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from slurm_cluster import SlurmCluster, missing_binaries
+from tests.helpers import REPO
+from tests.slurm_cluster import SlurmCluster, missing_binaries
 
 pytestmark = [
     pytest.mark.skipif(bool(missing_binaries()), reason=f"Slurm/munge/MariaDB not installed ({missing_binaries()}): "
@@ -293,7 +293,7 @@ def test_install_of_a_new_archive_under_a_running_job(delivered: Site, tmp_path:
 
 
 def test_preamble_refuses_what_it_cannot_mount(delivered: Site, tmp_path: Path) -> None:
-    from conftest import assert_user_error, run_cli
+    from tests.helpers import assert_user_error, run_cli
 
     site = delivered
     image = site.shared / "envs" / "verl" / "app-sq.squashfs"
