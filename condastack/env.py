@@ -227,6 +227,14 @@ class Env:
                 out[str(data.get("name", f.stem))] = data
         return out
 
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Replace a package's conda-meta record (atomically), e.g. to list files made at link time."""
+        from .fsutil import atomic_write_text
+
+        path = self.record_path(str(record["name"]), str(record["version"]), str(record["build"]))
+        atomic_write_text(path, json.dumps(record, indent=2))
+        self.__dict__.pop("records", None)
+
     def readable_records(self) -> list[dict[str, Any]]:
         """The records that can be read, skipping damaged ones (for best-effort questions)."""
         return list(self.raw_records({}))

@@ -236,7 +236,7 @@ def _variables(data: Any, path: Path) -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise _bad(_where(path, _line(data, 'variables')), f"'variables' must map names to values, "
+        raise _bad(_where(path, _line(data, 'variables')), "'variables' must map names to values, "
                               "e.g. variables: {OMP_NUM_THREADS: \"8\"}.")
     out: dict[str, str] = {}
     for k, v in raw.items():
@@ -407,8 +407,31 @@ def _check_url(url: str, line: str, base: Path, where: Where) -> None:
 # --------------------------------------------------------------------------- the file
 
 
+_VER = r"\d[A-Za-z0-9_.+]*"
+_FAST_SPEC = re.compile(rf"^([a-z0-9_][a-z0-9_.-]*)(?: +((?:(?:>=|<=|<|>|!=){_VER}\*?|{_VER}\.\*)"
+                        rf"(?:,(?:>=|<=|<|>|!=){_VER}\*?)*))?$")
+
+
+def fast_conda_spec(spec: str) -> str | None:
+    """A plain spec as conda-lock would write it, without importing conda-lock (~0.6 s), or None.
+
+    Only `name` and `name <ops-version>` / `name X.Y.*` qualify, the forms conda-lock
+    reads back unchanged (tests/test_lock.py checks each against conda-lock).
+    """
+    m = _FAST_SPEC.match(spec.strip())
+    if m is None:
+        return None
+    return f"{m.group(1)} {m.group(2)}" if m.group(2) else m.group(1)
+
+
 def conda_spec(spec: str, where: Where) -> str:
     """One conda dependency as a MatchSpec string; `python='3.10'` is read as conda reads it."""
+    clean = spec.replace("'", "").replace('"', "").strip()
+    fast = fast_conda_spec(clean)
+    return fast if fast is not None else _conda_lock_spec(spec, where)
+
+
+def _conda_lock_spec(spec: str, where: Where) -> str:
     from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
 
     from .solve import to_match_spec

@@ -192,7 +192,14 @@ class Stack:
         return out
 
     def virtual_packages_for(self, platform: str) -> dict[str, str]:
+        """The virtual packages the stack declares for one platform."""
         return dict(self.virtual_packages.get(platform, {}))
+
+    def effective_virtual_packages_for(self, platform: str) -> dict[str, str]:
+        """What a solve sees: a plain node's virtual packages, overridden by the declared ones."""
+        from .virtual import effective_virtual_packages
+
+        return effective_virtual_packages(platform, self.virtual_packages_for(platform))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,6 +207,7 @@ class Stack:
             "file": str(self.file),
             "platforms": list(self.platforms),
             "virtual-packages": self.virtual_packages,
+            "effective-virtual-packages": {p: self.effective_virtual_packages_for(p) for p in self.platforms},
             "layers": {
                 n: {
                     "file": str(l.file),

@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import write_project
+from tests.helpers import write_project
 
 from condastack.envfile import DEFAULT_CHANNELS, eval_selector, load_env_file
 from condastack.errors import CondastackError

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import yaml
-from conftest import run_cli, write_project
+from tests.helpers import run_cli, write_project
 
 CORPUS = Path(__file__).parent / "envfiles"
 PLATFORMS = ["linux-64", "linux-aarch64", "osx-arm64", "win-64"]

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import assert_user_error, make_wheel, run_cli, write_project
+from tests.helpers import assert_user_error, make_wheel, run_cli, write_project
 
 
 def _pip(proj: Path, layer: str = "base") -> dict[str, dict]:

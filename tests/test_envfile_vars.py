@@ -10,7 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import run_cli, write_project
+from tests.helpers import run_cli, write_project
 
 
 def _ok(*args: object) -> str:

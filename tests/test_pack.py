@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, run_cli
+from tests.helpers import assert_user_error, run_cli
 
 ENV_SPECS = ["hello", "python", "pip"]
 META = {"layer": "app", "stack": "demo", "platform": "linux-64", "lock_hash": "0123abcd",
@@ -321,7 +321,7 @@ def test_failed_pack_leaves_no_archive(app_env: Path, tmp_path: Path) -> None:
 
 
 def test_killed_pack_leaves_no_archive(app_env: Path, tmp_path: Path) -> None:
-    from conftest import CLI
+    from tests.helpers import CLI
 
     out = tmp_path / "out" / "app.tar.zst"
     out.parent.mkdir()
