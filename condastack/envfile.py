@@ -12,13 +12,14 @@ spec or pip requirement means.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -521,10 +522,25 @@ def _platform_data(path: Path, text: str, platform: str, layer: str) -> Any:
     return data
 
 
+@contextlib.contextmanager
+def _naming_layer(layer: str) -> Iterator[None]:
+    """Every problem found in a layer file names the layer as well as the file."""
+    try:
+        yield
+    except StackInvalid as e:
+        if f"'{layer}'" in e.problem:  # it already does
+            raise
+        raise StackInvalid(e.file, f"layer '{layer}': {e.problem}", e.line) from None
+
+
 def read_env_shape(path: Path, platforms: list[str] | tuple[str, ...], *, layer: str) -> EnvShape:
     """What loading a stack needs of a layer file, checked for every platform without conda-lock:
     its keys, channels, pip-repositories, variables and the form of its dependencies (not each spec)."""
-    path = Path(path)
+    with _naming_layer(layer):
+        return _read_env_shape(Path(path), platforms, layer)
+
+
+def _read_env_shape(path: Path, platforms: list[str] | tuple[str, ...], layer: str) -> EnvShape:
     _, text = _read_text(path, layer)
     datas = [_platform_data(path, text, plat, layer) for plat in platforms]
     channels, repos = _top(datas[0], path, layer)
@@ -547,7 +563,8 @@ def load_env_file(path: Path, platforms: list[str] | tuple[str, ...], *, layer: 
     hit = _from_cache(cached, path)
     if hit is not None:
         return hit
-    env = _read_env_file(path, text, list(platforms), layer)
+    with _naming_layer(layer):
+        env = _read_env_file(path, text, list(platforms), layer)
     _to_cache(cached, env)
     return env
 

@@ -71,7 +71,7 @@ def test_selectors_in_a_file_per_platform(tmp_path: Path) -> None:
 
 
 def test_unknown_selector_names_file_and_line(tmp_path: Path) -> None:
-    with pytest.raises(CondastackError, match=r"environment.yml, line 3: selector \[py>=38\] uses"):
+    with pytest.raises(CondastackError, match=r"environment.yml, line 3: layer 'l': selector \[py>=38\] uses"):
         _env(tmp_path, "dependencies:\n  - numpy\n  - tomli  # [py<311]\n".replace("py<311", "py>=38"))
 
 
