@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from . import __version__
-from .errors import CondastackError
+from .errors import CondastackError, from_os_error
 from .stack import load_stack, redact
 
 EXIT_USER = 1
@@ -83,19 +83,29 @@ class _Group(click.Group):
             _exit_now(EXIT_USER)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
+        except OSError as e:
+            mapped = from_os_error(e)
+            if mapped is None:
+                return self._bug(ctx, e)
+            err_console.print(f"condastack: error: {redact(str(mapped))}", markup=False)
+            _exit_now(EXIT_USER)
         except KeyboardInterrupt:
             err_console.print("condastack: interrupted", markup=False)
             sys.exit(130)
         except Exception as e:  # a bug: say so briefly; the traceback only with -v
-            obj = ctx.obj
-            if isinstance(obj, Ctx) and obj.verbose:
-                traceback.print_exc()
-            err_console.print(
-                f"condastack: internal error: {type(e).__name__}: {redact(str(e))} "
-                "(this is a bug in condastack; rerun with -v for details)",
-                markup=False,
-            )
-            _exit_now(EXIT_BUG)
+            self._bug(ctx, e)
+
+    @staticmethod
+    def _bug(ctx: click.Context, e: Exception) -> NoReturn:
+        obj = ctx.obj
+        if isinstance(obj, Ctx) and obj.verbose:
+            traceback.print_exc()
+        err_console.print(
+            f"condastack: internal error: {type(e).__name__}: {redact(str(e))} "
+            "(this is a bug in condastack; rerun with -v for details)",
+            markup=False,
+        )
+        _exit_now(EXIT_BUG)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -153,6 +153,8 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
         raise CondastackError(f"{verified.archive}: unknown archive format {fmt!r} in its manifest.")
     if image is not None:
         raise CondastackError("--image is only for squashfs archives.")
+    if prefix.is_symlink():
+        raise CondastackError(f"{prefix}: --prefix is a symlink; give the real folder (or a new path).")
     if prefix.exists() and not prefix.is_dir():
         raise CondastackError(f"{prefix}: exists and is not a folder; choose another --prefix.")
     if prefix.is_dir() and any(prefix.iterdir()) and not (prefix / "conda-meta").is_dir():

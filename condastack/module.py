@@ -19,8 +19,8 @@ from . import __version__
 from .errors import CondastackError
 from .fsutil import atomic_write_text
 
-_MODULE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 @dataclass

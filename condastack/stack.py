@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .credentials import redact, strip_credentials  # noqa: F401 - re-exported for callers
 from .errors import CondastackError
 
 STACK_FILE = Path("environments") / "stack.yml"
@@ -41,23 +42,8 @@ _ENV_KEYS = {
     "variables",
     "prefix",
 }
-_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_VPKG_NAME = re.compile(r"^__[a-z0-9_]+$")
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<auth>[^/@\s]+@)")
-_URL_TOKEN = re.compile(r"/t/[^/\s]+/")
-
-
-def strip_credentials(url: str) -> str:
-    """Drop user:password@ and conda /t/<token>/ parts, which must never reach a lockfile."""
-    return _URL_TOKEN.sub("/", _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), url))
-
-
-def redact(text: str) -> str:
-    """Strip user:password@ and /t/<token>/ from any URL in `text`."""
-    text = _URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", text)
-    return _URL_TOKEN.sub("/t/***/", text)
-
-
+_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would pass a trailing newline
+_VPKG_NAME = re.compile(r"^__[a-z0-9_]+\Z")
 @dataclass(frozen=True)
 class Layer:
     """One layer of the stack: an environment.yml plus its place in the tree."""
@@ -192,15 +178,48 @@ class _LineLoader(yaml.SafeLoader):
     """A safe loader that records the line of every mapping key."""
 
 
+class _YamlRefused(yaml.YAMLError):
+    """A YAML feature the stack files do not allow (an alias, a duplicate key), with its line."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        self.problem, self.problem_mark = problem, mark
+        super().__init__(problem)
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=True)
-    lines = {}
+    lines: dict[Any, int] = {}
     for key_node, _ in node.value:
         try:
-            lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
+            key = loader.construct_object(key_node)
+            if key in lines:  # PyYAML keeps the last value silently; that drops the user's data
+                raise _YamlRefused(f"duplicate key {_short(key)!r} (first on line {lines[key]})",
+                                   key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
         except TypeError:
             pass
     return _LinedDict(mapping, lines)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A bounded rendering for messages: a 400,000-character key is cut, never processed whole."""
+    text = value if isinstance(value, str) else type(value).__name__
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _compose_node(loader: _LineLoader, parent: Any, index: Any) -> Any:
+    # Aliases (and anchors) are refused where they are read, before anything is expanded: an alias
+    # bomb of a few lines would otherwise build (or print) billions of nodes.
+    if loader.check_event(yaml.events.AliasEvent):
+        raise _YamlRefused("aliases (*name) are not allowed in stack and layer files",
+                           loader.peek_event().start_mark)
+    event = loader.peek_event()
+    if getattr(event, "anchor", None) is not None:
+        raise _YamlRefused("anchors (&name) are not allowed in stack and layer files", event.start_mark)
+    return yaml.SafeLoader.compose_node(loader, parent, index)
+
+
+_LineLoader.compose_node = _compose_node
 
 
 class _LinedDict(dict):
@@ -218,6 +237,8 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 def load_yaml(path: Path, what: str) -> Any:
     """Read a YAML file; every problem becomes one CondastackError naming the file."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CondastackError(f"{path}: {what} is not a regular file (a folder, fifo or device); give a YAML file.")
     if not path.is_file():
         raise CondastackError(f"{what} not found: {path}.")
     try:
@@ -370,8 +391,9 @@ def _check_cycles(path: Path, layers_raw: dict[str, Any]) -> None:
 def _load_layer(name: str, lfile: Path, extends: str | None, platforms: list[str], stack_path: Path,
                 layers_raw: Any, description: str) -> Layer:
     if not lfile.is_file():
+        gone = "is not a regular file" if lfile.exists() else "does not exist"
         raise CondastackError(
-            f"{_at(stack_path, layers_raw, name)}: layer '{name}' names file {lfile}, which does not exist."
+            f"{_at(stack_path, layers_raw, name)}: layer '{name}' names file {lfile}, which {gone}."
         )
     data = load_yaml(lfile, f"layer file of '{name}'")
     if not isinstance(data, dict):
