@@ -169,7 +169,8 @@ def _metadata_paths(meta: dict[str, bytes], tree: _Tree) -> None:
             for e in entries:
                 tree.check_named(e["_path"], what)
         except (ValueError, KeyError, TypeError):
-            raise CondastackError(f"{what}: malformed (not JSON with a 'paths' list of {{'_path': ...}}).") from None
+            raise CondastackError(f"{what}: malformed (not JSON with a 'paths' list of {{'_path': ...}}). "
+                                  "The package was refused; nothing was installed.") from None
     if "info/files" in meta:
         for line in meta["info/files"].decode("utf-8", "surrogateescape").splitlines():
             if line.strip():
