@@ -404,7 +404,11 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
     try:
         _extract(archive, tmp, guard)
         # An archive with no placeholder records (not an env) is only extracted.
-        changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
+        try:
+            changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
+        except CondastackError as e:  # name the archive and the final path, not our temporary
+            raise CondastackError(f"{archive}: refused: {e.message.replace(str(tmp), str(dest))} "
+                                  "Nothing was written to the destination.", hint=e.hint) from None
         os.rename(tmp, dest)  # replaces an empty DEST in one step (rename(2)), so it is never absent
         _fsync_dir(dest.parent)
     finally:
