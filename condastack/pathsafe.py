@@ -38,7 +38,7 @@ class UnsafePath(CondastackError):
 
     def __init__(self, source: str, path: str, why: str) -> None:
         self.source, self.path, self.why = source, path, why
-        super().__init__(f"{source}: unsafe path {path!r}: {why}")
+        super().__init__(f"{source}: unsafe path {path!r}: {why}.")
 
 
 def clean_relative(path: object, source: str) -> str:
@@ -207,7 +207,7 @@ def check_package(archive: Path, label: str) -> None:
             with open(archive, "rb") as f:
                 _tar_members(f, "r|bz2", tree, meta)
     except UnsafePath as e:
-        raise CondastackError(f"{e.message}. The package was refused; nothing was installed.") from None
+        raise CondastackError(f"{e.message} The package was refused; nothing was installed.") from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise
@@ -215,7 +215,7 @@ def check_package(archive: Path, label: str) -> None:
     try:
         _metadata_paths(meta, tree)
     except UnsafePath as e:
-        raise CondastackError(f"{e.message}. The package was refused; nothing was installed.") from None
+        raise CondastackError(f"{e.message} The package was refused; nothing was installed.") from None
     stamp.parent.mkdir(parents=True, exist_ok=True)
     tmp = stamp.with_name(f"{TMP_MARK}{stamp.name}.{os.getpid()}")
     tmp.write_text(line)

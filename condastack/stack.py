@@ -325,7 +325,7 @@ def load_stack(root: Path | str = ".") -> Stack:
             "'layers' must map layer names to {file: ..., extends: ...}.")
     for lname, spec in layers_raw.items():
         _expect(isinstance(lname, str) and bool(_LAYER_NAME.match(str(lname))), path, layers_raw, lname,
-                f"'{lname}' is not a valid layer name (letters, digits, '-', '_', '.').")
+                f"{_short(lname)!r} is not a valid layer name (letters, digits, '-', '_', '.').")
         _expect(isinstance(spec, dict), path, layers_raw, lname,
                 f"layer '{lname}' must be a mapping with 'file' (and optionally 'extends').")
         for key in spec:
