@@ -19,16 +19,17 @@ import re
 import urllib.parse
 
 MASK = "***"
-# Characters that end a URL authority or a path segment in running text. '@' is not one of them:
-# a password may hold it. Quotes and backslashes end a URL inside JSON or a repr.
+# Characters that end a URL authority or a path segment in running text: ASCII controls and space,
+# quotes, '/?#'. '@' is not one of them (a password may hold it), nor is a backslash in an authority
+# (JSON writes a password's non-ASCII characters as \uXXXX), nor any non-ASCII space.
 # Each pattern starts at a literal ('://' or '/t/') and its run stops at a '/', which every next start
 # holds, so runs never overlap and a whole substitution is linear. The scheme is checked by a one-character
 # look at the character before the match instead of being matched (matching `[a-z][a-z0-9+.-]*://` is
 # quadratic on a long run of letters, and a leading lookbehind makes every position a start).
-_USERINFO = re.compile(r"://[^/?#\s\"<>\\`{}|^]*@")
-_TOKEN = re.compile(r"/t/[^/?#\s\"'<>\\`{}|^,;]+")
+_USERINFO = re.compile(r"://[^/?#\x00-\x20\"<>`{}|^]*@")
+_TOKEN = re.compile(r"/t/[^/?#\x00-\x20\"'<>\\`{}|^,;]+")
 # A query parameter: bounded key (so each '?'/'&' costs at most 64 steps), value up to the next separator.
-_QUERY = re.compile(r"([?&;])([A-Za-z0-9_.\-]{1,64})=([^&#;\s\"'<>\\`]*)")
+_QUERY = re.compile(r"([?&;])([A-Za-z0-9_.\-]{1,64})=([^&#;\x00-\x20\"'<>\\`]*)")
 _SECRET_KEYS = ("token", "secret", "password", "passwd", "pwd", "signature", "credential", "apikey",
                 "api_key", "api-key", "access_key", "auth", "session")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
