@@ -49,3 +49,19 @@ def from_os_error(e: OSError) -> CondastackError | None:
     paths = [p for p in (e.filename, getattr(e, "filename2", None)) if p is not None]
     where = " -> ".join(str(p) for p in paths) if paths else "an output file"
     return CondastackError(f"{where}: {e.strerror or name} ({name}): {hint}.")
+
+
+def naming(path: object):  # noqa: ANN201 - a context manager
+    """Within the block, an OSError that names no file (a write() hitting ENOSPC) is said to be about `path`."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _cm():  # noqa: ANN202
+        try:
+            yield
+        except OSError as e:
+            if e.filename is None and from_os_error(e) is not None:
+                e.filename = str(path)
+            raise
+
+    return _cm()

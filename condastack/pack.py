@@ -44,6 +44,7 @@ the prefix now baked into the files, or null for placeholders, and "records",
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import hashlib
@@ -60,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import CondastackError
+from .errors import CondastackError, naming
 from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, make_tempdir, remove_path
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
@@ -631,6 +632,8 @@ def _stream(comp_args: list[str], out: Path, produce) -> str:  # noqa: ANN001, C
         for t in [*threads, hasher]:
             t.join()
     if rc_c != 0:  # checked first: tar then only died of the broken pipe
+        if b"No space left" in errs.get("comp", b""):  # a user error about the output (named by the caller)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         raise CondastackError(
             f"packing failed: {comp_args[0]} exited {rc_c}: {errs.get('comp', b'').decode(errors='replace').strip()}")
     if rc_t != 0:
@@ -764,7 +767,7 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     early: dict[str, bool] = {}
     early_bytes = 0
     try:
-        with atomic_path(output) as tmp:
+        with naming(output), atomic_path(output) as tmp:
             if fmt == "squashfs":
                 modified = _scan_managed(prefix, None, records)[0]
                 refuse_modified(modified)

@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CondastackError
+from .errors import CondastackError, naming
 from .fsutil import TMP_MARK, _fsync_dir, clean_stale_temporaries, remove_path
 
 PREFIXES_FILE = "conda-meta/condastack.prefixes"
@@ -401,18 +401,19 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
     remove_path(tmp)
     tmp.mkdir()
     guard = _Guard(max_members, max_bytes)
-    try:
-        _extract(archive, tmp, guard)
-        # An archive with no placeholder records (not an env) is only extracted.
+    with naming(dest):  # a write() hitting ENOSPC names no file: it is about DEST
         try:
-            changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
-        except CondastackError as e:  # name the archive and the final path, not our temporary
-            raise CondastackError(f"{archive}: refused: {e.message.replace(str(tmp), str(dest))} "
-                                  "Nothing was written to the destination.", hint=e.hint) from None
-        os.rename(tmp, dest)  # replaces an empty DEST in one step (rename(2)), so it is never absent
-        _fsync_dir(dest.parent)
-    finally:
-        remove_path(tmp)
+            _extract(archive, tmp, guard)
+            # An archive with no placeholder records (not an env) is only extracted.
+            try:
+                changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
+            except CondastackError as e:  # name the archive and the final path, not our temporary
+                raise CondastackError(f"{archive}: refused: {e.message.replace(str(tmp), str(dest))} "
+                                      "Nothing was written to the destination.", hint=e.hint) from None
+            os.rename(tmp, dest)  # replaces an empty DEST in one step (rename(2)), so it is never absent
+            _fsync_dir(dest.parent)
+        finally:
+            remove_path(tmp)
     return UnpackResult(dest=dest, members=guard.members, bytes=guard.bytes, relocated_files=changed)
 
 
