@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from . import __version__
+from . import interrupt
 from .errors import CondastackError, from_os_error
 from .stack import load_stack, redact
 
@@ -89,9 +90,9 @@ class _Group(click.Group):
                 return self._bug(ctx, e)
             err_console.print(f"condastack: error: {redact(str(mapped))}", markup=False)
             _exit_now(EXIT_USER)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # every `finally` has run: children ended, temporaries removed
             err_console.print("condastack: interrupted", markup=False)
-            sys.exit(130)
+            _exit_now(128 + getattr(e, "signum", 2))
         except Exception as e:  # a bug: say so briefly; the traceback only with -v
             self._bug(ctx, e)
 
@@ -121,6 +122,7 @@ def main(ctx: click.Context, root: Path, verbose: int, quiet: bool) -> None:
     stack.yml -> lock -> build -> pack -> unpack/install, plus containers,
     Lmod modules and a node doctor.
     """
+    interrupt.install()
     if not root.is_dir():
         raise click.BadParameter(f"{root} is not a folder", param_hint="-C")
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -410,7 +411,13 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
             except CondastackError as e:  # name the archive and the final path, not our temporary
                 raise CondastackError(f"{archive}: refused: {e.message.replace(str(tmp), str(dest))} "
                                       "Nothing was written to the destination.", hint=e.hint) from None
-            os.rename(tmp, dest)  # replaces an empty DEST in one step (rename(2)), so it is never absent
+            try:
+                os.rename(tmp, dest)  # replaces an empty DEST in one step (rename(2)), so it is never absent
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+                raise CondastackError(f"{dest}: another process filled it while this unpack ran; it was "
+                                      "left as that process made it. Choose a new folder.") from None
             _fsync_dir(dest.parent)
         finally:
             remove_path(tmp)
