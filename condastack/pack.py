@@ -62,7 +62,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CondastackError, naming
-from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, file_lock, make_tempdir, remove_path
+from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, dir_lock, make_tempdir, remove_path
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
@@ -767,9 +767,9 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     early: dict[str, bool] = {}
     early_bytes = 0
     try:
-        # Two packs to one output take turns: the archive, its .sha256 and its manifest stay one set.
-        with naming(output), file_lock(output.parent / f".{output.name}.condastack-pack.lock"), \
-                atomic_path(output) as tmp:
+        # Two packs to one folder take turns, so an archive, its .sha256 and its manifest stay one set
+        # (the lock is on the folder itself: nothing is left beside the outputs).
+        with naming(output), dir_lock(output.parent), atomic_path(output) as tmp:
             if fmt == "squashfs":
                 modified = _scan_managed(prefix, None, records)[0]
                 refuse_modified(modified)
