@@ -391,7 +391,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     cache.mkdir(parents=True, exist_ok=True)
     for folder in (cache, cache / _VERIFIED, cache / ".condastack-pathsafe"):  # downloads and stamps of killed builds
         clean_stale_temporaries(folder)
-    paths = [cache / r.file_name for r in records]
+    paths = [cache / _cache_name(r) for r in records]
     missing = [(r, p) for r, p in zip(records, paths) if not p.exists()]
     if offline and missing:
         listing = "; ".join(f"{r.name.normalized} {r.version} {r.build} ({r.file_name})" for r, _ in missing)
@@ -414,6 +414,17 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     if fetched is not None:
         fetched += [p.name for _, p in missing]
     return paths
+
+
+def _cache_name(r: Any) -> str:
+    """The file name a locked package gets in the cache: one plain name, never a path."""
+    from .pathsafe import clean_relative
+
+    name = clean_relative(r.file_name, f"{_pkg_label(r)}: the lock's URL {r.url}")
+    if "/" in name:
+        raise CondastackError(f"{_pkg_label(r)}: the lock's URL {r.url} gives the file name {name!r}, which is a "
+                              "path. The lockfile is not as condastack wrote it; re-create it with `condastack lock`.")
+    return name
 
 
 def _gate(archive: Path, label: str) -> None:
