@@ -62,6 +62,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CondastackError, naming
+from .pathsafe import check_meta_record
 from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, dir_lock, make_tempdir, remove_path
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
@@ -202,7 +203,7 @@ def _read_records(prefix: Path, out: dict[str, tuple[bytes, dict]]) -> Iterator[
     """Each conda-meta/*.json record, parsed, as it is read; `out` collects {path: (bytes, parsed)}
     for the rest of the pack (conda-pack's model and the rewritten copies in the archive use them).
     Read once, lazily, so the scan streams the first package's files before the others are parsed.
-    Unreadable ones are left out: conda-pack reports them."""
+    A malformed one (bad JSON, wrong types, unsafe paths) is a CondastackError naming it."""
     meta_dir = os.path.join(str(prefix), "conda-meta")
     for name in sorted(os.listdir(meta_dir)):
         if not name.endswith(".json") or name.startswith("."):
@@ -212,11 +213,13 @@ def _read_records(prefix: Path, out: dict[str, tuple[bytes, dict]]) -> Iterator[
             with open(path, "rb") as f:
                 raw = f.read()
             info = json.loads(raw)
-        except (OSError, ValueError):
+        except ValueError as e:  # conda-pack would stop on it with a traceback
+            raise CondastackError(f"{path}: unreadable package record ({e}); the environment is damaged. "
+                                  "Rebuild it with `condastack build --force`.") from None
+        except OSError:
             continue
-        if isinstance(info, dict):
-            out[path] = (raw, info)
-            yield info
+        out[path] = (raw, check_meta_record(info, path, need_link=True))
+        yield info
 
 
 def _managed_records(prefix: Path, out: dict[str, tuple[bytes, dict]]) -> Iterator[tuple[str, dict]]:

@@ -72,6 +72,42 @@ def check_under(root: Path, rel: object, source: str) -> Path:
     return Path(root) / rel
 
 
+# --------------------------------------------------------------------------- conda-meta records
+
+
+def check_meta_record(info: object, source: str, *, need_link: bool = False) -> dict:
+    """A conda-meta/*.json record, if well-typed and every path in it is safe; CondastackError otherwise.
+
+    `need_link`: conda-pack reads `link.source` of every record (pack needs it; verify does not).
+    """
+    def bad(why: str) -> CondastackError:
+        return CondastackError(f"{source}: malformed package record ({why}); the environment is damaged. "
+                               "Rebuild it with `condastack build --force`.")
+
+    if not isinstance(info, dict):
+        raise bad(f"a JSON {type(info).__name__}, not an object")
+    for key in ("name", "version", "build"):
+        if key in info and not isinstance(info[key], str):
+            raise bad(f"'{key}' is not a string")
+    files = info.get("files", [])
+    if not isinstance(files, list):
+        raise bad("'files' is not a list")
+    paths = info.get("paths_data", {}) or {}
+    entries = paths.get("paths", []) if isinstance(paths, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise bad("'paths_data.paths' is not a list of objects")
+    try:
+        for f in files:
+            clean_relative(f, "files")
+        for e in entries:
+            clean_relative(e.get("_path"), "paths_data")
+    except UnsafePath as e:
+        raise bad(f"{e.message.rstrip('.')}") from None
+    if need_link and not (isinstance(info.get("link"), dict) and isinstance(info["link"].get("source"), str)):
+        raise bad("no 'link.source', which names the package it was linked from")
+    return info
+
+
 # --------------------------------------------------------------------------- conda packages
 
 
@@ -222,4 +258,4 @@ def check_package(archive: Path, label: str) -> None:
     os.replace(tmp, stamp)
 
 
-__all__ = ["UnsafePath", "clean_relative", "check_under", "check_package", "STAMP_DIR"]
+__all__ = ["UnsafePath", "clean_relative", "check_under", "check_package", "check_meta_record", "STAMP_DIR"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from .build import MARKER, canonical_name, host_platform, lockfile_path, read_marker, site_packages_dirs
 from .errors import CondastackError
+from .pathsafe import check_meta_record
 from .fsutil import sha256_file
 
 _HASH_THREADS = 4
@@ -135,6 +136,7 @@ def _conda_meta(prefix: Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError) as e:
             raise CondastackError(f"{f}: unreadable package record ({e}); the environment is damaged. "
                                   "Rebuild it with `condastack build --force`.") from None
+        check_meta_record(data, str(f))
         out[str(data.get("name", f.stem))] = data
     return out
 
