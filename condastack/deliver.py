@@ -68,7 +68,8 @@ def verify_archive(archive: Path) -> Verified:
     """Check ARCHIVE against ARCHIVE.sha256 and ARCHIVE.manifest.json; read-only."""
     archive = Path(archive).absolute()
     if not archive.is_file():
-        raise CondastackError(f"{archive}: no such archive.")
+        raise CondastackError(f"{archive}: " + ("not a regular file (a folder, fifo or device); give the archive "
+                                                "file." if archive.exists() else "no such archive."))
     sha_file, man_file = _sidecar(archive, ".sha256"), _sidecar(archive, ".manifest.json")
     for f in (sha_file, man_file):
         if not f.is_file():

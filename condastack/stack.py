@@ -277,6 +277,8 @@ def load_stack(root: Path | str = ".") -> Stack:
     """Load and validate `ROOT/environments/stack.yml` and every layer file."""
     root = Path(root).resolve()
     path = find_stack_file(root)
+    if path.exists() and not path.is_file():
+        raise CondastackError(f"{path}: the stack file is not a regular file (a folder, fifo or device).")
     if not path.is_file():
         raise CondastackError(
             f"no stack file at {path}. Create environments/stack.yml (see README) "

@@ -383,7 +383,8 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
     archive, dest = Path(archive), Path(dest).absolute()
     max_members, max_bytes = _limit(max_members, "members"), _limit(max_bytes, "bytes")
     if not archive.is_file():
-        raise CondastackError(f"{archive}: no such archive.")
+        raise CondastackError(f"{archive}: " + ("not a regular file (a folder, fifo or device); give the archive "
+                                                "file." if archive.exists() else "no such archive."))
     if dest.is_symlink():
         raise CondastackError(f"{dest}: is a symlink; give the real folder (or a new path) as the destination.")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):

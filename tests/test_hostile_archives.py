@@ -205,3 +205,16 @@ def test_unpack_manifest_wrong_types_is_ignored_not_a_crash(tmp_path: Path) -> N
     res = run_cli("unpack", archive, dest, timeout=60)
     assert res.returncode == 0, res.output
     assert (dest / "a").read_text() == "x\n"
+
+
+def test_archive_is_a_fifo(tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "victim.txt").write_text(f"{PLACEHOLDER}\n")
+    fifo = tmp_path / "in.tar.zst"
+    os.mkfifo(fifo)
+    for cmd in (["unpack", fifo, tmp_path / "dest"], ["install", fifo, "--prefix", tmp_path / "dest"]):
+        res = run_cli(*cmd, timeout=60)
+        assert_user_error(res, str(fifo), "not a regular file")
+        assert "no such archive" not in res.output
+    assert_untouched(tmp_path, canary, tmp_path / "dest")

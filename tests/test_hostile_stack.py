@@ -128,3 +128,13 @@ def test_fuzz_stack_loader(tmp_path: Path, text: str, layer: str) -> None:
         load_stack(tmp_path / "fuzz")
     except CondastackError as e:
         assert str(e) and len(str(e)) < 20_000
+
+
+def test_stack_file_is_a_fifo(tmp_path: Path) -> None:
+    (tmp_path / "proj" / "environments").mkdir(parents=True)
+    os.mkfifo(tmp_path / "proj" / "environments" / "stack.yml")
+    (tmp_path / "canary").mkdir()
+    (tmp_path / "canary" / "keep.txt").write_text("keep\n")
+    res = run_cli("-C", tmp_path / "proj", "lock", timeout=120)
+    assert_user_error(res, "stack.yml", "not a regular file")
+    _after(tmp_path, tmp_path / "proj")
