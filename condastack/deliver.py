@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CondastackError
+from .manifest_types import check_manifest
 from .fsutil import (TMP_MARK, atomic_path, atomic_write_text, clean_stale_temporaries, file_lock, remove_path,
                      require_free_space, sha256_file, swap_dir)
 
@@ -89,6 +90,7 @@ def verify_archive(archive: Path) -> Verified:
     if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
         raise CondastackError(f"{man_file}: not a condastack manifest (format_version 1). Re-pack the env with "
                               "this condastack version.")
+    check_manifest(manifest, man_file)
     if str(manifest.get("sha256", "")).lower() != expected:
         raise CondastackError(
             f"{archive}: {sha_file.name} ({expected[:16]}…) and {man_file.name} "
