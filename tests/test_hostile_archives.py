@@ -8,7 +8,6 @@ canary folder beside DEST is unchanged, and that no temporary is left.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess

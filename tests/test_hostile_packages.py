@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import tarfile
 import zipfile
 from pathlib import Path

@@ -9,15 +9,15 @@ beside the output unchanged and no temporary left.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import CLI, assert_user_error, run_cli, write_project
+from conftest import CLI, Result, assert_user_error, run_cli, write_project
 
 TMP = ".condastack-tmp-"
 
@@ -32,18 +32,14 @@ def _can_mount() -> bool:
 needs_mount = pytest.mark.skipif(not _can_mount(), reason="needs unshare -m and mount (root or user namespaces)")
 
 
-def run_on_mount(folder: Path, opts: str, *args: object, env: dict[str, str] | None = None):  # noqa: ANN201
+def run_on_mount(folder: Path, opts: str, *args: object, env: dict[str, str] | None = None) -> Result:
     """Run the CLI with a fresh tmpfs (mount options `opts`) over `folder`, in a private mount namespace."""
-    import os
-
     folder.mkdir(parents=True, exist_ok=True)
     cmd = " ".join(shlex.quote(str(a)) for a in [*CLI, *args])
     script = f"mount -t tmpfs -o {opts} tmpfs {shlex.quote(str(folder))} && exec {cmd}"
     full_env = {**os.environ, **(env or {})}
     p = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=full_env,
                        timeout=600)
-    from conftest import Result
-
     return Result(p.returncode, p.stdout, p.stderr)
 
 
