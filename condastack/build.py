@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import os
 import shutil
@@ -34,45 +35,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .credentials import with_credentials  # noqa: F401 - re-exported for callers
+from .bytecode import compile_noarch_python
+from .credentials import with_credentials
+from .env import (CREATED_BY, MARKER, Env, canonical_name, read_marker, record_file_name, site_packages_dirs,
+                  write_marker)
 from .errors import CondastackError
-from .fsutil import TMP_MARK, clean_stale_temporaries, file_lock, make_tempdir, remove_path, swap_dir
+from .fsutil import (HASH_THREADS, TMP_MARK, atomic_path, clean_stale_temporaries, file_lock, make_tempdir,
+                     remove_path, sha256_file, swap_dir)
+from .layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
+from .pathsafe import STAMP_DIR
 
-MARKER = Path("conda-meta") / "condastack.info"
-CREATED_BY = f"condastack {__version__}"
 INSTALLERS = ("auto", "rattler", "micromamba")
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
-_HASH_THREADS = 4
+# Names other modules (and tests) import from here.
+__all__ = ["BuildResult", "build_layer", "build_prefix", "pkgs_dir", "read_marker", "host_platform"]
 
 Progress = Callable[[str], None]
-
-
-def pkgs_dir() -> Path:
-    """The shared package cache: `$CONDASTACK_PKGS`, default ~/.cache/condastack/pkgs."""
-    env = os.environ.get("CONDASTACK_PKGS")
-    if env:
-        return Path(env).expanduser().absolute()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "condastack" / "pkgs"
-
-
-def wheels_dir() -> Path:
-    return pkgs_dir() / "wheels"
 
 
 def host_platform() -> str:
     import rattler
 
     return str(rattler.Platform.current())
-
-
-def lockfile_path(root: Path, layer: str) -> Path:
-    return Path(root) / "lock" / f"{layer}.conda-lock.yml"
-
-
-def default_prefix(root: Path, layer: str) -> Path:
-    return Path(root) / "envs" / layer
 
 
 @dataclass
@@ -101,24 +85,24 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
     """Build `envs/<layer>` (or `prefix`) from `lock/<layer>.conda-lock.yml`."""
     root = Path(root).absolute()
     lockfile = lockfile_path(root, layer)
-    if not lockfile.is_file():
+
+    @functools.cache
+    def stack() -> Any:  # loaded once, and only when needed (the no-op path never reads it)
         from .stack import load_stack
 
-        load_stack(root).layer(layer)  # an unknown layer is reported as such
+        return load_stack(root)
+
+    if not lockfile.is_file():
+        stack().layer(layer)  # an unknown layer is reported as such
         raise CondastackError(f"{lockfile}: layer '{layer}' has no lock. Run `condastack lock {layer}` first.")
 
     def stack_name() -> str:
-        from .stack import load_stack
-
-        return load_stack(root).name
+        return stack().name
 
     def channel_urls() -> list[str]:
-        from .stack import load_stack
+        return stack().channels_for(layer) + stack().pip_indexes_for(layer)
 
-        st = load_stack(root)
-        return st.channels_for(layer) + st.pip_indexes_for(layer)
-
-    return build_prefix(lockfile, prefix or default_prefix(root, layer), layer=layer, stack=stack_name,
+    return build_prefix(lockfile, prefix or env_prefix(root, layer), layer=layer, stack=stack_name,
                         offline=offline, installer=installer, force=force, progress=progress,
                         credentials=channel_urls)
 
@@ -176,6 +160,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                 archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds)
                 say(f"linking {len(env.conda)} conda packages")
                 _install_rattler(env.conda, archives, tmp, prefix)
+                compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
                     wheels = fetch_wheels(env.pip, offline=offline, fetched=res.fetched, credentials=creds)
@@ -227,60 +212,23 @@ def _is_empty_dir(path: Path) -> bool:
 # --------------------------------------------------------------------------- marker and intactness
 
 
-def read_marker(prefix: Path) -> dict[str, Any] | None:
-    """The `conda-meta/condastack.info` of an environment, or None."""
-    try:
-        data = json.loads((Path(prefix) / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_marker(prefix: Path, data: dict[str, Any]) -> None:
-    path = Path(prefix) / MARKER
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def is_intact(prefix: Path, env: Any) -> bool:
     """A quick check that an env still holds what its lock says (records and dist-infos exist).
 
     Deliberately cheap (no file hashing): it decides only whether a rebuild is needed.
     `condastack verify` is the thorough check.
     """
-    meta = Path(prefix) / "conda-meta"
-    try:
-        have = {p.name for p in meta.iterdir() if p.suffix == ".json" and p.name != MARKER.name}
-    except OSError:
+    on_disk = Env(prefix)
+    if not on_disk.is_conda_env():
         return False
-    want = {f"{r.name.normalized}-{r.version}-{r.build}.json" for r in env.conda}
-    if have != want:
+    want = {record_file_name(r.name.normalized, str(r.version), r.build) for r in env.conda}
+    if set(on_disk.record_names()) != want:
         return False
     if env.pip:
-        dists = installed_dists(Path(prefix))
+        dists = on_disk.installed_dists()
         if any(dists.get(canonical_name(w.name)) != w.version for w in env.pip):
             return False
     return True
-
-
-def canonical_name(name: str) -> str:
-    import re
-
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def site_packages_dirs(prefix: Path) -> list[Path]:
-    return sorted(p for p in Path(prefix).glob("lib/python*/site-packages") if p.is_dir())
-
-
-def installed_dists(prefix: Path) -> dict[str, str]:
-    """canonical distribution name -> version, from the *.dist-info folder names."""
-    out: dict[str, str] = {}
-    for sp in site_packages_dirs(prefix):
-        for d in sp.glob("*.dist-info"):
-            name, _, version = d.name[: -len(".dist-info")].partition("-")
-            out[canonical_name(name)] = version
-    return out
 
 
 # --------------------------------------------------------------------------- conda archives
@@ -316,17 +264,12 @@ def _verified(archive: Path, sha256: str) -> bool:
 
 
 def _remember(archive: Path, sha256: str) -> None:
-    stamp = _stamp_path(archive)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name(f"{TMP_MARK}{stamp.name}.{os.getpid()}")
-    tmp.write_text(_Stamp.of(archive, sha256).line())
-    os.replace(tmp, stamp)
+    with atomic_path(_stamp_path(archive), durable=False) as tmp:
+        tmp.write_text(_Stamp.of(archive, sha256).line())
 
 
 def _check_cached(archive: Path, sha256: str, what: str) -> None:
     """Refuse a cached file whose content is not what the lock says."""
-    from .fsutil import sha256_file
-
     if _verified(archive, sha256):
         return
     actual = sha256_file(archive)
@@ -342,11 +285,9 @@ def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] 
     """Copy or download `url` to `dest`, hashing on the way; a mismatch is refused."""
     import hashlib
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # The pid goes last: clean_stale_temporaries reads it there to spare a running build's download.
-    tmp = dest.with_name(f"{TMP_MARK}{dest.name}.{id(dest)}.{os.getpid()}")
     h = hashlib.sha256()
-    try:
+    # The temporary's name ends in our pid: clean_stale_temporaries spares a running build's download.
+    with atomic_path(dest, durable=False) as tmp:
         with _open_url(url, what, credentials) as src, open(tmp, "wb") as out:
             while block := src.read(1 << 20):
                 h.update(block)
@@ -357,9 +298,6 @@ def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] 
                 "file after it was locked, or it was tampered with; nothing was installed. Re-lock if the change "
                 "is expected."
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     _remember(dest, sha256)
 
 
@@ -389,7 +327,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     """Every conda archive of `records` in the cache, sha256-checked against the lock."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    for folder in (cache, cache / _VERIFIED, cache / ".condastack-pathsafe"):  # downloads and stamps of killed builds
+    for folder in (cache, cache / _VERIFIED, cache / STAMP_DIR):  # downloads and stamps of killed builds
         clean_stale_temporaries(folder)
     paths = [cache / _cache_name(r) for r in records]
     missing = [(r, p) for r, p in zip(records, paths) if not p.exists()]
@@ -445,7 +383,7 @@ def _parallel(fn: Callable[[Any], None], items: list) -> None:
         for it in items:
             fn(it)
         return
-    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
         for f in [pool.submit(fn, it) for it in items]:
             f.result()
 
@@ -483,8 +421,7 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
                               f"{final}.") from None
     for orig, used in zip(records, local):
         if used is not orig:
-            _restore_origin(tmp / "conda-meta" / f"{orig.name.normalized}-{orig.version}-{orig.build}.json",
-                            used, orig)
+            _restore_origin(Env(tmp).record_path(orig.name.normalized, str(orig.version), orig.build), used, orig)
 
 
 def _restore_origin(meta_file: Path, used: Any, orig: Any) -> None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import layout
+from .env import Env
 from .errors import CondastackError
 from .fsutil import atomic_path, atomic_write_text, make_tempdir, remove_path, sha256_file
 from .stack import Stack, load_stack
@@ -119,89 +121,30 @@ def archive_format(path: Path) -> str:
     raise CondastackError(f"{path}: not a tar archive (.tar.gz, .tar.zst or .tar expected).")
 
 
-def _first(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if d.get(k) not in (None, ""):
-            return d[k]
-    return None
-
-
 def _binary_placeholder_len(manifest: dict[str, Any]) -> int | None:
     """The shortest binary placeholder recorded in a pack manifest (None if none)."""
     lengths: list[int] = []
-    explicit = _first(manifest, "max_prefix_len", "max_prefix_length")
-    if isinstance(explicit, int):
-        lengths.append(explicit)
-    records = _first(manifest, "placeholders", "placeholder_records", "prefix_placeholders") or []
-    if isinstance(records, dict):
-        records = list(records.values())
+    records = manifest.get("placeholders") or []
     for rec in records if isinstance(records, list) else []:
         if not isinstance(rec, dict):
             continue
-        mode = rec.get("file_mode") or rec.get("mode")
-        ph = rec.get("placeholder") or rec.get("prefix_placeholder")
+        mode, ph = rec.get("mode"), rec.get("placeholder")
         if mode == "binary" and isinstance(ph, str):
             lengths.append(len(ph))
     return min(lengths) if lengths else None
 
 
 def env_max_prefix_len(env: Path) -> int | None:
-    """The shortest binary placeholder of a built env's packages (from conda-meta), None if none."""
-    lengths: list[int] = []
-    meta = Path(env) / "conda-meta"
-    if not meta.is_dir():
-        return None
-    for rec in meta.glob("*.json"):
-        try:
-            data = json.loads(rec.read_text())
-        except (OSError, ValueError):
-            continue
-        paths = ((data.get("paths_data") or {}).get("paths") or []) if isinstance(data, dict) else []
-        for p in paths:
-            ph = p.get("prefix_placeholder") if isinstance(p, dict) else None
-            if ph and p.get("file_mode") == "binary":
-                lengths.append(len(ph.encode()))
-    return min(lengths) if lengths else None
+    """The shortest binary placeholder of a built env's packages (from its records), None if none."""
+    return Env(env).min_binary_placeholder()
 
 
 def _elf_dynamic(path: Path) -> tuple[list[str], bool] | None:
     """(DT_NEEDED names, has RPATH or RUNPATH) of a 64-bit little-endian ELF file, None if not one."""
-    import struct
+    from .elf import read_elf_dynamic
 
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-                return None
-            phoff, = struct.unpack_from("<Q", head, 32)
-            phentsize, phnum = struct.unpack_from("<HH", head, 54)
-            f.seek(phoff)
-            phdrs = f.read(phentsize * phnum)
-            loads, dyn = [], None
-            for i in range(phnum):
-                p_type, _, p_offset, p_vaddr, _, p_filesz, _, _ = struct.unpack_from("<IIQQQQQQ", phdrs, i * phentsize)
-                if p_type == 1:
-                    loads.append((p_vaddr, p_offset, p_filesz))
-                elif p_type == 2:
-                    dyn = (p_offset, p_filesz)
-            if dyn is None:
-                return [], False
-            f.seek(dyn[0])
-            raw = f.read(dyn[1])
-            entries = [struct.unpack_from("<qQ", raw, o) for o in range(0, len(raw) - 15, 16)]
-            strtab = next((v for t, v in entries if t == 5), None)
-            has_path = any(t in (15, 29) for t, _ in entries)
-            if strtab is None:
-                return [], has_path
-            off = next((o + strtab - va for va, o, sz in loads if va <= strtab < va + sz), None)
-            names: list[str] = []
-            for t, v in entries:
-                if t == 1 and off is not None:
-                    f.seek(off + v)
-                    names.append(f.read(256).split(b"\0", 1)[0].decode(errors="replace"))
-            return names, has_path
-    except (OSError, struct.error):
-        return None
+    d = read_elf_dynamic(path)
+    return None if d is None else (list(d.needed), d.has_rpath)
 
 
 def env_needs_ld_library_path(env: Path) -> bool:
@@ -236,15 +179,15 @@ def read_archive(path: Path) -> PackedArchive:
             raise CondastackError(f"{mpath}: unreadable archive manifest ({e}). Pack the layer again.") from None
     spath = path.with_name(path.name + ".sha256")
     digest = spath.read_text().split()[0] if spath.is_file() and spath.read_text().split() else sha256_file(path)
-    lock_hash = _first(manifest, "lock_hash", "lock_content_hash", "content_hash") or "unknown"
-    dest = _first(manifest, "dest_prefix")
+    lock_hash = manifest.get("lock_hash") or "unknown"
+    dest = manifest.get("dest_prefix")
     return PackedArchive(
         path=path,
         sha256=digest,
         fmt=fmt,
         dest_prefix=str(dest) if dest else None,
         lock_hash=str(lock_hash),
-        platform=_first(manifest, "platform"),
+        platform=manifest.get("platform") or None,
         max_prefix_len=_binary_placeholder_len(manifest),
     )
 
@@ -291,7 +234,7 @@ def find_archive(root: Path, layer: str, platform: str, prefix: str, archive: Pa
             )
         check_prefix(prefix, found)
         return found
-    pack_dir = Path(root) / "pack"
+    pack_dir = layout.pack_dir(root)
     others: list[PackedArchive] = []
     for path in _candidates(pack_dir, layer, platform):
         info = read_archive(path)
@@ -301,7 +244,7 @@ def find_archive(root: Path, layer: str, platform: str, prefix: str, archive: Pa
         others.append(info)
     for info in others:  # a too-long prefix is the real problem, not the missing archive
         check_prefix(prefix, info)
-    env_limit = env_max_prefix_len(Path(root) / "envs" / layer)
+    env_limit = env_max_prefix_len(layout.env_prefix(root, layer))
     if env_limit is not None and len(prefix) > env_limit:
         raise CondastackError(
             f"--prefix {prefix} is {len(prefix)} characters, but the environment of layer '{layer}' holds binary "
@@ -356,7 +299,7 @@ def default_layer(stack: Stack) -> str:
     return leaves[0] if leaves else next(iter(stack.layers))
 
 
-def container_spec(root: Path, layer: str | None = None, *, prefix: str = DEFAULT_PREFIX,
+def container_spec(root: Path, layer: str | None = None, *, stack: Stack | None = None, prefix: str = DEFAULT_PREFIX,
                    base_image: str | None = None, platform: str | None = None, archive: Path | None = None,
                    ld_library_path: bool | None = None, command: tuple[str, ...] = (),
                    user: str = DEFAULT_USER) -> ContainerSpec:
@@ -365,7 +308,7 @@ def container_spec(root: Path, layer: str | None = None, *, prefix: str = DEFAUL
     `ld_library_path` None means: set it only if the built env (envs/LAYER) has a
     program that needs it (see `env_needs_ld_library_path`).
     """
-    stack = load_stack(root)
+    stack = stack or load_stack(root)
     name = layer or default_layer(stack)
     stack.layer(name)  # unknown layer -> CondastackError naming the known ones
     plat = platform or stack.default_platform
@@ -379,7 +322,7 @@ def container_spec(root: Path, layer: str | None = None, *, prefix: str = DEFAUL
     packed = find_archive(stack.root, name, plat, prefix, archive)
     base = base_image or default_base_image(stack.virtual_packages_for(plat))
     if ld_library_path is None:
-        ld_library_path = env_needs_ld_library_path(stack.root / "envs" / name)
+        ld_library_path = env_needs_ld_library_path(layout.env_prefix(stack.root, name))
     return ContainerSpec(stack_name=stack.name, layer=name, platform=plat, prefix=prefix, base_image=base,
                          archive=packed, user=user, ld_library_path=ld_library_path, command=tuple(command))
 
@@ -636,6 +579,50 @@ def _default_command(spec: ContainerSpec, has_base: bool) -> list[str]:
     return [f"{spec.prefix}/bin/python"]
 
 
+def _image_config(spec: ContainerSpec, config: dict[str, Any], base: str | None, diff_id: str) -> dict[str, Any]:
+    """The image config: the base image's (if any) with the env's variables, labels, user and layer added."""
+    arch = _ARCH[spec.platform]
+    if config and config.get("architecture") not in (None, arch):
+        raise CondastackError(f"--oci-base {base}: image is {config.get('architecture')}, "
+                              f"but layer '{spec.layer}' is {spec.platform} ({arch}).")
+    cfg = dict(config.get("config") or {})
+    base_env = dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e)
+    new_env = spec.env(base_env.get("PATH", DEFAULT_PATH))
+    base_env.update(new_env)
+    cfg["Env"] = [f"{k}={v}" for k, v in base_env.items()]
+    cfg["Labels"] = {**(cfg.get("Labels") or {}), **spec.labels}
+    cfg["User"] = spec.user
+    cfg["Cmd"] = _default_command(spec, base is not None)
+    cfg.setdefault("WorkingDir", "/")
+    created = _created()
+    return {
+        "created": created,
+        "architecture": arch,
+        "os": "linux",
+        "config": cfg,
+        "rootfs": {"type": "layers",
+                   "diff_ids": [*((config.get("rootfs") or {}).get("diff_ids") or []), diff_id]},
+        "history": [*(config.get("history") or []),
+                    {"created": created, "created_by": f"condastack container {spec.layer} --prefix {spec.prefix}",
+                     "comment": f"environment {spec.archive.path.name} ({spec.archive.sha256})"}],
+    }
+
+
+def _tar_layout(work: Path, output: Path, base_layers: list[dict[str, Any]], base_dir: Path | None) -> None:
+    """The OCI layout at `work` (plus the base layout's blobs) as one tar at `output`."""
+    blob_files = sorted(p for p in (work / "blobs" / "sha256").iterdir() if p.is_file())
+    with atomic_path(output) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("oci-layout", "index.json"):
+            tar.add(work / name, arcname=name)
+        for d in ("blobs", "blobs/sha256"):
+            tar.add(work / d, arcname=d, recursive=False)
+        for lay in base_layers:  # base blobs are streamed from the base layout, not copied twice
+            assert base_dir is not None
+            tar.add(_blob_path(base_dir, lay["digest"]), arcname=f"blobs/{lay['digest'].replace(':', '/')}")
+        for p in blob_files:
+            tar.add(p, arcname=f"blobs/sha256/{p.name}")
+
+
 def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = None, tag: str | None = None,
                       compresslevel: int = 6) -> OciResult:
     """Write an OCI image archive (`oci-archive:` for skopeo/apptainer) with the env as one layer.
@@ -660,30 +647,7 @@ def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = N
             base_dir, bman, config = _read_base_layout(base)
             base_layers = list(bman.get("layers", []))
         arch = _ARCH[spec.platform]
-        if config and config.get("architecture") not in (None, arch):
-            raise CondastackError(f"--oci-base {base}: image is {config.get('architecture')}, "
-                                  f"but layer '{spec.layer}' is {spec.platform} ({arch}).")
-        cfg = dict(config.get("config") or {})
-        base_env = dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e)
-        new_env = spec.env(base_env.get("PATH", DEFAULT_PATH))
-        base_env.update(new_env)
-        cfg["Env"] = [f"{k}={v}" for k, v in base_env.items()]
-        cfg["Labels"] = {**(cfg.get("Labels") or {}), **spec.labels}
-        cfg["User"] = spec.user
-        cfg["Cmd"] = _default_command(spec, base is not None)
-        cfg.setdefault("WorkingDir", "/")
-        created = _created()
-        image_config = {
-            "created": created,
-            "architecture": arch,
-            "os": "linux",
-            "config": cfg,
-            "rootfs": {"type": "layers",
-                       "diff_ids": [*((config.get("rootfs") or {}).get("diff_ids") or []), diff_id]},
-            "history": [*(config.get("history") or []),
-                        {"created": created, "created_by": f"condastack container {spec.layer} --prefix {spec.prefix}",
-                         "comment": f"environment {spec.archive.path.name} ({spec.archive.sha256})"}],
-        }
+        image_config = _image_config(spec, config, base, diff_id)
         if len(image_config["rootfs"]["diff_ids"]) != len(base_layers) + 1:
             raise CondastackError(f"--oci-base {base}: its config lists {len(image_config['rootfs']['diff_ids']) - 1} "
                                   f"layers but its manifest {len(base_layers)}; the layout is inconsistent.")
@@ -707,17 +671,7 @@ def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = N
         (work / "index.json").write_text(json.dumps(index, indent=2))
         (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
 
-        blob_files = sorted(p for p in blobs.iterdir() if p.is_file())
-        with atomic_path(output) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name in ("oci-layout", "index.json"):
-                tar.add(work / name, arcname=name)
-            for d in ("blobs", "blobs/sha256"):
-                tar.add(work / d, arcname=d, recursive=False)
-            for lay in base_layers:  # base blobs are streamed from the base layout, not copied twice
-                assert base_dir is not None
-                tar.add(_blob_path(base_dir, lay["digest"]), arcname=f"blobs/{lay['digest'].replace(':', '/')}")
-            for p in blob_files:
-                tar.add(p, arcname=f"blobs/sha256/{p.name}")
+        _tar_layout(work, output, base_layers, base_dir)
     finally:
         remove_path(work)
     return OciResult(path=output, manifest_digest=man_digest, layer_digest=digest, diff_id=diff_id,
@@ -748,11 +702,12 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
     """
     root = Path(root).resolve()
     explicit_files = dockerfile is not None or apptainer is not None
-    spec = container_spec(root, layer, prefix=prefix, base_image=base_image, platform=platform, archive=archive,
+    stack = load_stack(root)
+    spec = container_spec(root, layer, stack=stack, prefix=prefix, base_image=base_image, platform=platform, archive=archive,
                           ld_library_path=ld_library_path, command=command, user=user)
     if dockerfile is None:
-        is_default = spec.layer == default_layer(load_stack(root))
-        dockerfile = root / DOCKERFILE if is_default else root / "pack" / f"{spec.layer}.Dockerfile"
+        is_default = spec.layer == default_layer(stack)
+        dockerfile = root / DOCKERFILE if is_default else layout.pack_dir(root) / f"{spec.layer}.Dockerfile"
     if apptainer is None:
         apptainer = spec.archive.path.parent / f"{spec.layer}.def"
     # The Dockerfile and the definition extract with the base image's tar, which reads gzip only;

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .env import INSTALL_RECORD, Env
 from .errors import CondastackError
 from .manifest_types import check_manifest
 from .fsutil import (TMP_MARK, atomic_path, atomic_write_text, clean_stale_temporaries, file_lock, remove_path,
                      require_free_space, sha256_file, swap_dir)
 
-# Not *.json: tools that read conda-meta/*.json as package records must not see it.
-INSTALL_RECORD = "conda-meta/condastack.install"
 
 
 @dataclass
@@ -124,12 +123,7 @@ def check_against_manifest(prefix: Path, manifest: dict) -> int:
             f"{manifest.get('archive')}: unpacked {count} files but the manifest lists {want}; the archive does "
             "not match its manifest. Nothing was installed; re-pack and copy again."
         )
-    have = set()
-    for rec in (prefix / "conda-meta").glob("*.json"):
-        if rec.name == "condastack.info":
-            continue
-        data = json.loads(rec.read_text())
-        have.add((data.get("name"), data.get("version"), data.get("build")))
+    have = {(data.get("name"), data.get("version"), data.get("build")) for data in Env(prefix).records.values()}
     want_pk = {(p.get("name"), p.get("version"), p.get("build")) for p in manifest.get("packages") or []}
     if want_pk and have != want_pk:
         missing = sorted(f"{n}-{v}-{b}" for n, v, b in want_pk - have)
@@ -160,7 +154,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
         raise CondastackError(f"{prefix}: --prefix is a symlink; give the real folder (or a new path).")
     if prefix.exists() and not prefix.is_dir():
         raise CondastackError(f"{prefix}: exists and is not a folder; choose another --prefix.")
-    if prefix.is_dir() and any(prefix.iterdir()) and not (prefix / "conda-meta").is_dir():
+    if prefix.is_dir() and any(prefix.iterdir()) and not Env(prefix).is_conda_env():
         raise CondastackError(
             f"{prefix}: exists, is not empty and is not a conda env; refusing to replace it. Choose an empty or "
             "new --prefix, or remove it first."
@@ -183,7 +177,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
             from .module import write_activation_scripts
 
             act, _ = write_activation_scripts(stage, final_prefix=prefix)
-            replaced = (prefix / "conda-meta").is_dir()
+            replaced = Env(prefix).is_conda_env()
             if prefix.is_dir() and not replaced:
                 prefix.rmdir()  # an empty folder made ready by an admin
             swap_dir(stage, prefix)

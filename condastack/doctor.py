@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .env import Env
 from .errors import CondastackError
 
 Status = Literal["pass", "fail", "warn"]
@@ -205,21 +206,11 @@ def requirements_for_layer(root: Path, layer: str, platform: str) -> Requirement
 
 
 def _stack_virtual_packages(root: Path, layer: str, platform: str) -> dict[str, str]:
-    from .stack import find_stack_file, load_stack, load_yaml
+    from .stack import load_stack
 
-    try:
-        stack = load_stack(root)
-    except ModuleNotFoundError:
-        # A compute node may lack conda-lock (which parses the layer files); the
-        # virtual packages live in stack.yml itself, so read just that.
-        path = find_stack_file(Path(root).resolve())
-        data = load_yaml(path, "stack file")
-        layers = (data or {}).get("layers") or {}
-        if layer not in layers:
-            raise CondastackError(f"{path}: unknown layer '{layer}' (layers: {', '.join(layers) or 'none'}).") \
-                from None
-        vps = ((data or {}).get("virtual-packages") or {}).get(platform) or {}
-        return {str(k): str(v) for k, v in vps.items()}
+    # The virtual packages live in stack.yml itself: the layer files' specs are not
+    # parsed, so a compute node without conda-lock can answer.
+    stack = load_stack(root, parse_specs=False)
     stack.layer(layer)  # raises for an unknown layer
     if platform not in stack.platforms:
         raise CondastackError(
@@ -235,33 +226,19 @@ _SITE = re.compile(r"^lib/python\d+\.\d+/site-packages/([A-Za-z_][A-Za-z0-9_]*)(
 def requirements_for_prefix(prefix: Path) -> Requirements:
     """Requirements of an installed env: virtual-package depends of its packages, its python."""
     prefix = Path(prefix).resolve()
-    meta = prefix / "conda-meta"
-    if not meta.is_dir():
-        raise CondastackError(
-            f"{prefix}: not a conda environment (no conda-meta/). Pass the prefix given to "
-            "`condastack install` or `unpack`."
-        )
+    env = Env(prefix)
+    env.require_conda_env(" Pass the prefix given to `condastack install` or `unpack`.")
     req = Requirements(target=str(prefix), kind="prefix", prefix=prefix)
-    info_file = meta / "condastack.info"
-    if info_file.is_file():
-        try:
-            info = json.loads(info_file.read_text())
-            req.lock_hash = info.get("lock_hash")
-            req.platform = info.get("platform")
-            if info.get("layer"):
-                req.target = f"{info['layer']} ({prefix})"
-        except (OSError, ValueError):
-            pass
+    info = env.marker
+    if info is not None:
+        req.lock_hash = info.get("lock_hash")
+        req.platform = info.get("platform")
+        if info.get("layer"):
+            req.target = f"{info['layer']} ({prefix})"
     size = 0
     files = 0
     modules: list[str] = []
-    for rec_file in sorted(meta.glob("*.json")):
-        if rec_file.name.startswith("condastack."):
-            continue
-        try:
-            rec = json.loads(rec_file.read_text())
-        except (OSError, ValueError) as e:
-            raise CondastackError(f"{rec_file}: unreadable package record ({e}). Reinstall the env.") from None
+    for rec in env.records.values():
         who = f"{rec.get('name')} {rec.get('version')} {rec.get('build')}"
         for dep in rec.get("depends") or []:
             name, _, spec = dep.strip().partition(" ")

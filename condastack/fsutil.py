@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import CondastackError
 
 TMP_MARK = ".condastack-tmp-"
+HASH_THREADS = 4  # threads hashing files at once (hashlib releases the GIL)
 
 _RENAME_EXCHANGE = 2  # from linux/fs.h
 _AT_FDCWD = -100
@@ -44,11 +45,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
+def atomic_path(final: Path, *, suffix: str = "", durable: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `final` if the block succeeds.
 
     The temporary is removed on any failure, so `final` is either untouched or
     complete. Works for files and folders (a folder at `final` is swapped).
+    `durable=False` skips the fsyncs, for caches whose entries are checked on use.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -59,13 +61,14 @@ def atomic_path(final: Path, *, suffix: str = "") -> Iterator[Path]:
         if tmp.is_dir() and not tmp.is_symlink():
             swap_dir(tmp, final)
         else:
-            if tmp.exists():
+            if durable and tmp.exists():
                 with contextlib.suppress(OSError):
                     fd = os.open(tmp, os.O_RDONLY)
                     os.fsync(fd)
                     os.close(fd)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            if durable:
+                _fsync_dir(final.parent)
     finally:
         remove_path(tmp)
 
@@ -168,7 +171,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, what: str = "") -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (flock) held for the block; waits for other holders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .env import MARKER, STATE_FILE, Env
 from .errors import CondastackError
 from .fsutil import atomic_write_text
 
@@ -49,21 +50,16 @@ def read_env_info(prefix: Path, *, final_prefix: Path | None = None) -> EnvInfo:
     """What activation needs from the env at `prefix` (scripts named at `final_prefix`)."""
     prefix = Path(os.path.abspath(prefix))
     final = Path(os.path.abspath(final_prefix)) if final_prefix else prefix
-    meta = prefix / "conda-meta"
-    if not meta.is_dir():
-        raise CondastackError(
-            f"{prefix}: not a conda environment (no conda-meta/). Pass the prefix of an env made by "
-            "`condastack install`, `unpack` or `build`."
-        )
+    env = Env(prefix)
+    env.require_conda_env(" Pass the prefix of an env made by `condastack install`, `unpack` or `build`.")
     info = EnvInfo(prefix=final)
-    cs = meta / "condastack.info"
-    if cs.is_file():
-        data = _read_json(cs)
+    if env.has_marker():
+        data = _read_json(env.path(MARKER))
         info.lock_hash = data.get("lock_hash")
         info.layer = data.get("layer")
         info.stack = data.get("stack")
         info.platform = data.get("platform")
-    state = meta / "state"
+    state = env.path(STATE_FILE)
     if state.is_file():
         for k, v in (_read_json(state).get("env_vars") or {}).items():
             if not _ENV_NAME.match(str(k)):

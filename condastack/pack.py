@@ -6,6 +6,7 @@ cache, so they still carry their original placeholders, and the archive holds
 conda-pack's activate scripts and `bin/conda-unpack`. A user with only `tar`
 can therefore extract it and run `./bin/conda-unpack` with the env's python.
 
+This module is the planner; the writers are in `pack_writers.py`.
 What differs from conda-pack is the writer. conda-pack streams every byte
 through Python's tarfile; we hand GNU tar lists of paths (files unchanged
 since the build come straight from the prefix, placeholder files from the
@@ -43,33 +44,27 @@ the prefix now baked into the files, or null for placeholders, and "records",
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import fnmatch
-import hashlib
 import json
 import os
 import re
 import shutil
 import stat
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import __version__
+from .env import CREATED_BY, MARKER, PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member
 from .errors import CondastackError, naming
-from .pathsafe import check_meta_record
-from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, dir_lock, make_tempdir, remove_path
+from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, dir_lock, make_tempdir, remove_path, sha256_file
+from .layout import env_prefix, pack_output
+from .pack_writers import Plan, SquashfsWriter, TarWriter, compressor
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
 DEFAULT_LEVEL = {"tar.zst": 3, "tar.gz": 4, "squashfs": 3}
-META_FILE = "conda-meta/condastack.info"
-PREFIXES_FILE = "conda-meta/condastack.prefixes"
 _SCAN_CHUNK = 1 << 20
 
 
@@ -84,22 +79,6 @@ class PackResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class _Plan:
-    """Where each archive member comes from."""
-
-    from_prefix: list[str] = field(default_factory=list)
-    from_cache: dict[str, list[str]] = field(default_factory=dict)  # package folder -> relative names
-    staged: list[str] = field(default_factory=list)  # written under the staging folder
-    records: list[tuple[str, str, str]] = field(default_factory=list)  # (file, placeholder, mode)
-    packages: list[dict] = field(default_factory=list)
-    bytes_unpacked: int = 0
-
-    @property
-    def count(self) -> int:
-        return len(self.from_prefix) + sum(map(len, self.from_cache.values())) + len(self.staged)
-
-
 # --------------------------------------------------------------------------- the environment
 
 
@@ -108,14 +87,14 @@ def read_env_meta(prefix: Path, *, allow_foreign: bool = False) -> dict:
     prefix = Path(prefix)
     if not prefix.is_dir():
         raise CondastackError(f"{prefix}: no such environment. Build it with `condastack build LAYER` first.")
-    if not (prefix / "conda-meta").is_dir():
-        raise CondastackError(f"{prefix}: not a conda environment (no conda-meta folder); nothing to pack.")
-    meta_path = prefix / META_FILE
+    env = Env(prefix)
+    env.require_conda_env(" Nothing to pack.")
+    meta_path = env.path(MARKER)
     if not meta_path.is_file():
         if allow_foreign:
             return {}
         raise CondastackError(
-            f"{prefix}: this environment was not built by condastack (no {META_FILE}), so its lock "
+            f"{prefix}: this environment was not built by condastack (no {MARKER}), so its lock "
             "is unknown. Build it with `condastack build LAYER`, or pass --allow-foreign to pack it anyway."
         )
     try:
@@ -131,7 +110,7 @@ class _ParsedJson:
     conda-pack only reads these records; every other file goes to the real `json`.
     """
 
-    def __init__(self, parsed: dict[str, tuple[bytes, dict]]) -> None:
+    def __init__(self, parsed: RawRecords) -> None:
         self.parsed = parsed
 
     def load(self, fil, **kw):  # noqa: ANN001, ANN003, ANN201
@@ -145,10 +124,10 @@ class _ParsedJson:
 _CONDA_PACK_JSON = threading.Lock()
 
 
-def load_env(prefix: Path, records: dict[str, tuple[bytes, dict]] | None = None):  # noqa: ANN201 - CondaEnv
+def load_env(prefix: Path, records: RawRecords | None = None):  # noqa: ANN201 - CondaEnv
     """conda-pack's view of the env: its file list with sources and placeholders.
 
-    `records` ({path: (bytes, parsed)} from `_read_records`) are handed to conda-pack
+    `records` ({path: (bytes, parsed)} from `Env.raw_records`) are handed to conda-pack
     instead of being parsed again; its model is otherwise unchanged.
     """
     import conda_pack.core as cpc
@@ -190,58 +169,32 @@ def _record_unchanged(path: str, rec: dict, st: os.stat_result) -> bool:
         return False
     if rec.get("prefix_placeholder"):
         want = rec.get("sha256_in_prefix")
-        return not want or _sha256(path) == want
+        return not want or sha256_file(path) == want
     size = rec.get("size_in_bytes")
     if size is not None and st.st_size != size:
         return False
     if st.st_nlink > 1:
         return True
-    return not rec.get("sha256") or _sha256(path) == rec["sha256"]
+    return not rec.get("sha256") or sha256_file(path) == rec["sha256"]
 
 
-def _read_records(prefix: Path, out: dict[str, tuple[bytes, dict]]) -> Iterator[dict]:
-    """Each conda-meta/*.json record, parsed, as it is read; `out` collects {path: (bytes, parsed)}
-    for the rest of the pack (conda-pack's model and the rewritten copies in the archive use them).
-    Read once, lazily, so the scan streams the first package's files before the others are parsed.
-    A malformed one (bad JSON, wrong types, unsafe paths) is a CondastackError naming it."""
-    meta_dir = os.path.join(str(prefix), "conda-meta")
-    for name in sorted(os.listdir(meta_dir)):
-        if not name.endswith(".json") or name.startswith("."):
-            continue
-        path = os.path.join(meta_dir, name)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-            info = json.loads(raw)
-        except ValueError as e:  # conda-pack would stop on it with a traceback
-            raise CondastackError(f"{path}: unreadable package record ({e}); the environment is damaged. "
-                                  "Rebuild it with `condastack build --force`.") from None
-        except OSError:
-            continue
-        out[path] = (raw, check_meta_record(info, path, need_link=True))
-        yield info
-
-
-def _managed_records(prefix: Path, out: dict[str, tuple[bytes, dict]]) -> Iterator[tuple[str, dict]]:
-    """(path in prefix, paths_data record) of every conda-managed file, package by package."""
-    for info in _read_records(prefix, out):
+def _managed_records(prefix: Path, out: RawRecords) -> Iterator[tuple[str, dict]]:
+    """(path in prefix, paths_data record) of every conda-managed file, package by package; the
+    records are read lazily (the scan streams the first package's files before the others are
+    parsed) and collected in `out` for conda-pack's model and the archive's rewritten copies."""
+    for info in Env(prefix).raw_records(out, strict=True):
         for rec in (info.get("paths_data") or {}).get("paths", []):
             yield rec["_path"], rec
 
 
-def find_modified(prefix: Path) -> list[str]:
-    """Conda-managed files whose content changed since the install (e.g. clobbered by pip)."""
-    return _scan_managed(Path(prefix), None)[0]
-
-
 def _scan_managed(prefix: Path, emit,  # noqa: ANN001
-                  records: dict[str, tuple[bytes, dict]] | None = None) -> tuple[list[str], dict[str, bool], int]:
+                  records: RawRecords | None = None) -> tuple[list[str], dict[str, bool], int]:
     """Check every conda-managed file; hand the unchanged plain ones (and symlinks) to `emit` at once.
 
     Returns (modified, emitted {target: is_symlink}, bytes emitted). `emit(target)` lets the
     archive stream start before conda-pack's model of the env is ready; that model later
     confirms each early choice (see `_confirm_early`). `records` collects the conda-meta
-    records read on the way (see `_read_records`).
+    records read on the way (see `Env.raw_records`).
     """
     modified: list[str] = []
     emitted: dict[str, bool] = {}
@@ -266,14 +219,6 @@ def _scan_managed(prefix: Path, emit,  # noqa: ANN001
             nbytes += st.st_size
             emit(rel)
     return modified, emitted, nbytes
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while b := f.read(_SCAN_CHUNK):
-            h.update(b)
-    return h.hexdigest()
 
 
 def _contains(path: str, needle: bytes) -> bool:
@@ -344,7 +289,7 @@ def _rewrite_conda_meta(source: str, parsed: tuple[bytes, dict] | None = None) -
     """A package record without the build machine's paths, as conda-pack's `rewrite_conda_meta`;
     returns (its bytes, the record as parsed before the edit).
 
-    `parsed` is (bytes, record) as read by `_read_records`; it is not modified. Its bytes are
+    `parsed` is (bytes, record) as read by `Env.raw_records`; it is not modified. Its bytes are
     edited in place (the record keeps its own layout). Otherwise it is written compact: json's
     C encoder does not indent, and its pure-Python indenting one spends ~0.5 s on a 14 MB record.
     """
@@ -365,23 +310,12 @@ def _rewrite_conda_meta(source: str, parsed: tuple[bytes, dict] | None = None) -
     return json.dumps(data, sort_keys=True).encode(), data
 
 
-def check_dest_fits(records: list[tuple[str, str, str]], dest: str) -> None:
-    """A binary placeholder can only be replaced by a path no longer than itself."""
-    for f, ph, mode in records:
-        if mode == "binary" and len(dest.encode()) > len(ph.encode()):
-            raise CondastackError(
-                f"{f}: the prefix {dest} is {len(dest.encode())} bytes long, but this binary file holds a "
-                f"placeholder of {len(ph.encode())} bytes, so the environment can only be relocated to a path "
-                f"of at most {len(ph.encode())} characters. Choose a shorter path."
-            )
-
-
 def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str],  # noqa: ANN001, C901
-          skip: dict[str, bool] | None = None, records: dict[str, tuple[bytes, dict]] | None = None) -> _Plan:
+          skip: dict[str, bool] | None = None, records: RawRecords | None = None) -> Plan:
     from conda_pack.core import BIN_DIR, rewrite_shebang
     from conda_pack.prefixes import replace_prefix
 
-    plan = _Plan()
+    plan = Plan()
     prefix_s = str(prefix)
     prefix_b = prefix_s.encode()
 
@@ -417,7 +351,7 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             plan.from_prefix.append(target)
             continue
         if f.file_mode is None:
-            if fnmatch.fnmatch(target, "conda-meta/*.json"):
+            if is_record_member(target):
                 data, info = _rewrite_conda_meta(f.source, (records or {}).get(f.source))
                 plan.packages.append(info)
                 stage(target, data, f.source)
@@ -464,16 +398,14 @@ def _confirm_early(env, early: dict[str, bool]) -> bool:  # noqa: ANN001
         link = early.get(f.target)
         if link is None:
             continue
-        if not link and (f.file_mode is not None or (f.target.startswith("conda-meta/") and f.target.endswith(".json"))):
+        if not link and (f.file_mode is not None or is_record_member(f.target)):
             return False
         seen.add(f.target)
     return len(seen) == len(early)
 
 
-def _add_scripts(plan: _Plan, staging: Path, dest: str | None) -> None:
+def _add_scripts(plan: Plan, staging: Path, dest: str | None) -> None:
     """conda-pack's activate scripts and, without a dest prefix, its bin/conda-unpack."""
-    import re
-
     import conda_pack
     import conda_pack.core as cpc
 
@@ -509,7 +441,7 @@ def _add_scripts(plan: _Plan, staging: Path, dest: str | None) -> None:
 _UNPACK_NOTE = """
     if not args.version:
         import json as _json
-        _state_path = os.path.join(new_prefix, 'conda-meta', 'condastack.prefixes')
+        _state_path = os.path.join(new_prefix, %r)
         if os.path.exists(_state_path):
             with open(_state_path) as _f:
                 _state = _json.load(_f)
@@ -517,219 +449,155 @@ _UNPACK_NOTE = """
             with open(_state_path + '.tmp', 'w') as _f:
                 _json.dump(_state, _f, indent=1)
             os.replace(_state_path + '.tmp', _state_path)
-"""
-
-
-# --------------------------------------------------------------------------- writing
-
-
-class _TarFeed:
-    """Names for GNU tar's `-T -` (NUL-separated), each group read relative to its own folder.
-
-    A thread writes them to tar, so the planning can run ahead of tar (it holds a queue of
-    names, a few MB at most) and tar never waits for Python.
-    """
-
-    def __init__(self, pipe) -> None:  # noqa: ANN001 - a binary file object
-        import queue
-
-        self.pipe = pipe
-        self.base: str | None = None
-        self.buf: list[bytes] = []
-        self.count = 0
-        self.broken = False
-        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self.writer = threading.Thread(target=self._write, daemon=True)
-        self.writer.start()
-
-    def _write(self) -> None:
-        while (block := self.queue.get()) is not None:
-            if self.broken:
-                continue
-            try:
-                self.pipe.write(block)
-                self.pipe.flush()
-            except (BrokenPipeError, ValueError):  # tar died (or was killed): its status says why
-                self.broken = True
-
-    def add(self, base: str | Path, name: str) -> None:
-        base = str(base)
-        if base != self.base:  # position-sensitive, like -C on the command line
-            self.buf.append(b"--directory=" + os.fsencode(base) + b"\0")
-            self.base = base
-        n = os.fsencode(name)
-        self.buf.append((b"--add-file=" + n if n.startswith(b"-") else n) + b"\0")
-        self.count += 1
-        if len(self.buf) >= 1024:
-            self.flush()
-
-    def add_plan(self, prefix: Path, plan: _Plan, staging: Path) -> None:
-        for name in plan.from_prefix:
-            self.add(prefix, name)
-        for base, names in sorted(plan.from_cache.items()):
-            resolved = Path(base).resolve()
-            for name in names:
-                self.add(resolved, name)
-        for name in plan.staged:
-            self.add(staging, name)
-
-    def flush(self) -> None:
-        if self.buf:
-            self.queue.put(b"".join(self.buf))
-            self.buf.clear()
-
-    def close(self) -> None:
-        """All names are listed: let the writer finish, then end tar's list."""
-        self.flush()
-        self.queue.put(None)
-        self.writer.join()
-        with contextlib.suppress(BrokenPipeError):
-            self.pipe.close()
-
-
-class _Restart(Exception):
-    """The early stream disagreed with conda-pack's model: write the archive again, planned first."""
-
-
-# --no-verbatim-files-from: `--directory=` entries in the list switch folders (--null alone implies verbatim).
-_TAR = ["tar", "-cf", "-", "--no-recursion", "--numeric-owner", "--null", "--no-verbatim-files-from", "-T", "-"]
-
-
-def _stream(comp_args: list[str], out: Path, produce) -> str:  # noqa: ANN001, C901
-    """`tar -T - | compressor > out` while `produce(feed)` still lists names; returns the sha256.
-
-    The compressor writes the file itself; a thread hashes it behind, in large reads, so
-    no byte of the archive waits for Python.
-    """
-    with open(out, "wb") as sink:
-        tar = subprocess.Popen(_TAR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            comp = subprocess.Popen(comp_args, stdin=tar.stdout, stdout=sink, stderr=subprocess.PIPE)
-        except FileNotFoundError:
-            tar.kill()
-            tar.wait()
-            raise CondastackError(f"{comp_args[0]} is not installed; install it or choose another --format.") from None
-    tar.stdout.close()
-    errs: dict[str, bytes] = {}
-    hasher = _Follower(out)
-    threads = [threading.Thread(target=lambda p=p, k=k: errs.__setitem__(k, p.stderr.read()), daemon=True)
-               for k, p in (("tar", tar), ("comp", comp))]
-    for t in [*threads, hasher]:
-        t.start()
-    with contextlib.suppress(OSError):  # room for ~16k names: tar never waits for the writer thread
-        fcntl.fcntl(tar.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
-    ok = False
-    feed = _TarFeed(tar.stdin)
-    try:
-        produce(feed)
-        ok = True
-    finally:
-        if not ok:
-            for p in (tar, comp):
-                with contextlib.suppress(OSError):
-                    p.kill()
-        feed.close()
-        rc_t = tar.wait()
-        rc_c = comp.wait()
-        hasher.done.set()
-        for t in [*threads, hasher]:
-            t.join()
-    if rc_c != 0:  # checked first: tar then only died of the broken pipe
-        if b"No space left" in errs.get("comp", b""):  # a user error about the output (named by the caller)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        raise CondastackError(
-            f"packing failed: {comp_args[0]} exited {rc_c}: {errs.get('comp', b'').decode(errors='replace').strip()}")
-    if rc_t != 0:
-        raise CondastackError(f"packing failed: tar exited {rc_t}: {errs.get('tar', b'').decode(errors='replace').strip()}")
-    return hasher.hexdigest()
-
-
-class _Follower(threading.Thread):
-    """sha256 of a file that is still being written; `done` is set once the writer has exited."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self.done = threading.Event()
-        self.h = hashlib.sha256()
-
-    def run(self) -> None:
-        flushed = 0
-        with open(self.path, "rb", buffering=0) as f:
-            while True:
-                finished = self.done.is_set()  # read before the data: nothing can follow it then
-                while block := f.read(8 << 20):
-                    self.h.update(block)
-                    pos = f.tell()
-                    if pos - flushed >= 64 << 20:
-                        _start_writeback(f.fileno(), flushed, pos - flushed)
-                        flushed = pos
-                if finished:
-                    return
-                self.done.wait(0.05)
-
-    def hexdigest(self) -> str:
-        return self.h.hexdigest()
-
-
-def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Start writing a hashed range of the archive to disk (sync_file_range, not waiting), so the
-    fsync that makes the finished archive durable has little left to do. Best effort."""
-    global _sync_file_range
-    if _sync_file_range is None:
-        import ctypes
-
-        try:
-            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-            _sync_file_range = fn
-        except (OSError, AttributeError):  # not Linux/glibc
-            _sync_file_range = False
-    if _sync_file_range:
-        _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
-
-
-_sync_file_range = None
-
-
-def _link_tree(prefix: Path, plan: _Plan, tree: Path) -> None:
-    """Fill `tree` (which already holds the staged files) with links to every other member."""
-    def put(src: Path, target: str) -> None:
-        out = tree / target
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            os.symlink(os.readlink(src), out)
-        elif src.is_dir():
-            out.mkdir(exist_ok=True)
-        else:
-            try:
-                os.link(src, out)
-            except OSError:  # another file system: copy
-                shutil.copy2(src, out)
-
-    for t in plan.from_prefix:
-        put(prefix / t, t)
-    for base, names in plan.from_cache.items():
-        for t in names:
-            put(Path(base) / t, t)
-
-
-def _threads(threads: int | None) -> int:
-    return threads if threads and threads > 0 else (os.cpu_count() or 1)
+""" % PREFIXES_FILE
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix: str | None = None,
-                level: int | None = None, threads: int | None = None, allow_modified: bool = False,
-                allow_foreign: bool = False) -> PackResult:
-    """Pack the env at `prefix` into `output` (+ .sha256 and .manifest.json beside it)."""
-    t0 = time.perf_counter()
+@dataclass
+class _Job:
+    """One pack run: its inputs, and what it has read of the env so far (each part read once)."""
+
+    prefix: Path
+    output: Path
+    fmt: str
+    dest: str | None
+    level: int
+    threads: int
+    allow_modified: bool
+    staging: Path
+    t0: float
+    records: RawRecords = field(default_factory=dict)  # conda-meta records, read by the scan
+    timings: dict[str, float] = field(default_factory=dict)
+    _env: Any = None
+
+    def conda_pack_env(self) -> Any:
+        """conda-pack's model of the env, built on first use from the records already read."""
+        if self._env is None:
+            self._env = load_env(self.prefix, self.records)
+        return self._env
+
+    def mark(self, step: str) -> None:
+        self.timings[step] = time.perf_counter() - self.t0
+
+    def refuse_modified(self, modified: list[str]) -> None:
+        if modified and not self.allow_modified:
+            shown = "\n".join(f"  - {m}" for m in modified[:20]) + (
+                f"\n  + {len(modified) - 20} more" if len(modified) > 20 else "")
+            raise CondastackError(
+                f"{self.prefix}: {len(modified)} conda-managed file(s) changed since the build (pip may have "
+                f"clobbered them):\n{shown}\nRebuild the layer, or pass --allow-modified to pack the changed "
+                "files as they are.")
+
+    def plan(self, modified: list[str], skip: dict[str, bool] | None = None) -> Plan:
+        """The members not streamed yet, with conda-pack's scripts and our relocation state."""
+        plan = _plan(self.prefix, self.conda_pack_env(), self.staging, self.dest, set(modified), skip=skip,
+                     records=self.records)
+        _add_scripts(plan, self.staging, self.dest)
+        self.mark("plan")
+        return plan
+
+
+@dataclass
+class _Written:
+    plan: Plan
+    digest: str
+    early: dict[str, bool] = field(default_factory=dict)  # members streamed before the plan
+    early_bytes: int = 0
+
+
+class _Restart(Exception):
+    """The early stream disagreed with conda-pack's model: write the archive again, planned first."""
+
+    def __init__(self, modified: list[str]) -> None:
+        super().__init__()
+        self.modified = modified
+
+
+def _write_squashfs(job: _Job, tmp: Path) -> _Written:
+    modified = _scan_managed(job.prefix, None, job.records)[0]
+    job.refuse_modified(modified)
+    plan = job.plan(modified)
+    writer = SquashfsWriter(tmp, job.staging, job.level, job.threads)
+    writer.add_plan(job.prefix, plan, job.staging)
+    return _Written(plan, writer.finish())
+
+
+def _stream_early(job: _Job, writer: TarWriter) -> _Written:
+    """Stream the unchanged conda-managed files straight from the prefix while they are checked,
+    then the rest once conda-pack's model (file list, package cache, placeholders) is read: GNU
+    tar reads its name list well ahead, so that work overlaps the compression. (One thread: a
+    second Python thread would fight this one for the GIL on every system call.)"""
+    prefix = job.prefix
+    modified, early, early_bytes = _scan_managed(prefix, lambda rel: writer.add(prefix, rel), job.records)
+    job.refuse_modified(modified)
+    job.mark("scan")
+    if not _confirm_early(job.conda_pack_env(), early):
+        raise _Restart(modified)
+    plan = job.plan(modified, skip=early)
+    writer.add_plan(prefix, plan, job.staging)
+    return _Written(plan, "", early, early_bytes)
+
+
+def _write_tar(job: _Job, tmp: Path) -> _Written:
+    comp = compressor(job.fmt, job.level, job.threads)
+    writer = TarWriter(tmp, comp)
+    try:
+        written = _stream_early(job, writer)
+    except _Restart as e:  # never seen with rattler-installed envs; kept correct, not fast
+        writer.abort()
+        job.timings["restarted"] = 1.0
+        remove_path(job.staging)
+        job.staging.mkdir()
+        plan = job.plan(e.modified)
+        writer = TarWriter(tmp, comp)
+        try:
+            writer.add_plan(job.prefix, plan, job.staging)
+        except BaseException:
+            writer.abort()
+            raise
+        return _Written(plan, writer.finish())
+    except BaseException:
+        writer.abort()
+        raise
+    written.digest = writer.finish()
+    return written
+
+
+def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> dict:
+    return {
+        "format_version": 1, "format": job.fmt, "archive": job.output.name, "sha256": w.digest, "size": size,
+        "dest_prefix": job.dest,
+        **{k: meta.get(k) for k in ("layer", "stack", "platform", "lock_hash", "lockfile")},
+        "source_prefix": str(job.prefix),
+        "packages": sorted(({k: p.get(k) for k in ("name", "version", "build", "channel", "subdir", "fn",
+                                                   "sha256", "md5")} for p in w.plan.packages),
+                           key=lambda p: p["name"] or ""),
+        "file_count": w.plan.count + len(w.early), "bytes_unpacked": w.plan.bytes_unpacked + w.early_bytes,
+        "placeholders": [{"file": f, "placeholder": ph, "mode": m} for f, ph, m in w.plan.records]
+        if job.dest is None else [],
+        "level": job.level, "threads": job.threads,
+        "created_by": CREATED_BY, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _write_sidecars(output: Path, digest: str, manifest: dict) -> Path:
+    """Sidecars first, archive last: an archive at `output` is always complete. An older
+    archive goes before its sidecars change, so what is at `output` always matches them."""
+    sha_path = output.with_name(output.name + ".sha256")
+    if output.exists() and (not sha_path.is_file() or sha_path.read_text().split()[:1] != [digest]):
+        output.unlink()
+    mpath = output.with_name(output.name + ".manifest.json")
+    atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(sha_path, f"{digest}  {output.name}\n")
+    return mpath
+
+
+def _check_request(fmt: str, dest_prefix: str | None) -> str | None:
+    """The format is known and the dest prefix usable; returns the normalised dest prefix."""
     if fmt not in FORMATS:
         raise CondastackError(f"unknown archive format '{fmt}'; choose one of {', '.join(FORMATS)}.")
-    prefix = Path(prefix).absolute()
-    output = Path(output).absolute()
     if dest_prefix is not None:
         if not os.path.isabs(dest_prefix):
             raise CondastackError(f"--dest-prefix {dest_prefix}: must be an absolute path.")
@@ -737,128 +605,41 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     if fmt == "squashfs" and dest_prefix is None:
         raise CondastackError("a squashfs image is mounted read-only where it runs, so it needs --dest-prefix "
                               "PATH (the mount point).")
-    meta = read_env_meta(prefix, allow_foreign=allow_foreign)
-    level = DEFAULT_LEVEL[fmt] if level is None else level
-    nthreads = _threads(threads)
+    return dest_prefix
 
+
+def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix: str | None = None,
+                level: int | None = None, threads: int | None = None, allow_modified: bool = False,
+                allow_foreign: bool = False) -> PackResult:
+    """Pack the env at `prefix` into `output` (+ .sha256 and .manifest.json beside it)."""
+    t0 = time.perf_counter()
+    dest_prefix = _check_request(fmt, dest_prefix)
+    prefix, output = Path(prefix).absolute(), Path(output).absolute()
+    meta = read_env_meta(prefix, allow_foreign=allow_foreign)
     output.parent.mkdir(parents=True, exist_ok=True)
     # Temporaries of killed runs: the archive being written and the staging folders.
     clean_stale_temporaries(output.parent, output.name)
-    clean_stale_temporaries(prefix.parent if fmt == "squashfs" else output.parent, "pack.")
-    staging = make_tempdir(prefix.parent if fmt == "squashfs" else output.parent, "pack")
-    # The archive stream starts with the unchanged conda-managed files, straight from the prefix,
-    # while conda-pack's model of the env (file list, package cache, placeholders) is read after them:
-    # GNU tar reads its name list well ahead, so that work overlaps the compression. (One thread:
-    # a second Python thread would fight this one for the GIL on every system call.)
-    env_box: dict = {}
-    records: dict[str, tuple[bytes, dict]] = {}
-
-    def conda_pack_env():  # noqa: ANN202
-        if "env" not in env_box:
-            env_box["env"] = load_env(prefix, records)
-        return env_box["env"]
-
-    def refuse_modified(modified: list[str]) -> None:
-        if modified and not allow_modified:
-            shown = "\n".join(f"  - {m}" for m in modified[:20]) + (
-                f"\n  + {len(modified) - 20} more" if len(modified) > 20 else "")
-            raise CondastackError(
-                f"{prefix}: {len(modified)} conda-managed file(s) changed since the build (pip may have clobbered "
-                f"them):\n{shown}\nRebuild the layer, or pass --allow-modified to pack the changed files as they are.")
-
-    timings: dict[str, float] = {}
-    early: dict[str, bool] = {}
-    early_bytes = 0
+    near = prefix.parent if fmt == "squashfs" else output.parent  # a link tree must be on the env's disk
+    clean_stale_temporaries(near, "pack.")
+    job = _Job(prefix, output, fmt, dest_prefix, DEFAULT_LEVEL[fmt] if level is None else level,
+               _threads(threads), allow_modified, make_tempdir(near, "pack"), t0)
     try:
         # Two packs to one folder take turns, so an archive, its .sha256 and its manifest stay one set
         # (the lock is on the folder itself: nothing is left beside the outputs).
         with naming(output), dir_lock(output.parent), atomic_path(output) as tmp:
-            if fmt == "squashfs":
-                modified = _scan_managed(prefix, None, records)[0]
-                refuse_modified(modified)
-                plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified), records=records)
-                _add_scripts(plan, staging, dest_prefix)
-                timings["plan"] = time.perf_counter() - t0
-                _link_tree(prefix, plan, staging)
-                cmd = ["mksquashfs", str(staging), str(tmp), "-noappend", "-no-progress", "-quiet", "-comp", "zstd",
-                       "-Xcompression-level", str(level), "-processors", str(nthreads), "-all-root", "-no-xattrs"]
-                try:
-                    p = subprocess.run(cmd, capture_output=True, text=True)
-                except FileNotFoundError:
-                    raise CondastackError("mksquashfs is not installed (apt-get install squashfs-tools).") from None
-                if p.returncode != 0:
-                    raise CondastackError(f"mksquashfs failed for {output}: {(p.stderr or p.stdout).strip()}")
-                from .fsutil import sha256_file
-                digest = sha256_file(tmp)
-            else:
-                comp = (["zstd", f"-T{nthreads}", f"-{level}", "-q", "-c"] if fmt == "tar.zst"
-                        else ["pigz", "-p", str(nthreads), f"-{level}", "-c"])
-                if level > 19 and fmt == "tar.zst":
-                    comp.insert(1, "--ultra")
-                modified: list[str] = []
-
-                def produce(feed: _TarFeed) -> None:
-                    nonlocal plan, modified, early, early_bytes
-                    modified, early, early_bytes = _scan_managed(prefix, lambda rel: feed.add(prefix, rel), records)
-                    refuse_modified(modified)
-                    timings["scan"] = time.perf_counter() - t0
-                    env = conda_pack_env()
-                    if not _confirm_early(env, early):
-                        raise _Restart
-                    plan = _plan(prefix, env, staging, dest_prefix, set(modified), skip=early, records=records)
-                    _add_scripts(plan, staging, dest_prefix)
-                    timings["plan"] = time.perf_counter() - t0
-                    feed.add_plan(prefix, plan, staging)
-
-                plan = _Plan()
-                try:
-                    digest = _stream(comp, tmp, produce)
-                except _Restart:  # never seen with rattler-installed envs; kept correct, not fast
-                    timings["restarted"] = 1.0
-                    early, early_bytes = {}, 0
-                    remove_path(staging)
-                    staging.mkdir()
-                    plan = _plan(prefix, conda_pack_env(), staging, dest_prefix, set(modified), records=records)
-                    _add_scripts(plan, staging, dest_prefix)
-                    digest = _stream(comp, tmp, lambda feed: feed.add_plan(prefix, plan, staging))
+            written = (_write_squashfs if fmt == "squashfs" else _write_tar)(job, tmp)
             size = tmp.stat().st_size
-            file_count = plan.count + len(early)
-            bytes_unpacked = plan.bytes_unpacked + early_bytes
-            manifest = {
-                "format_version": 1, "format": fmt, "archive": output.name, "sha256": digest, "size": size,
-                "dest_prefix": dest_prefix,
-                **{k: meta.get(k) for k in ("layer", "stack", "platform", "lock_hash", "lockfile")},
-                "source_prefix": str(prefix),
-                "packages": sorted(({k: p.get(k) for k in ("name", "version", "build", "channel", "subdir", "fn",
-                                                           "sha256", "md5")} for p in plan.packages),
-                                   key=lambda p: p["name"] or ""),
-                "file_count": file_count, "bytes_unpacked": bytes_unpacked,
-                "placeholders": [{"file": f, "placeholder": ph, "mode": m} for f, ph, m in plan.records]
-                if dest_prefix is None else [],
-                "level": level, "threads": nthreads,
-                "created_by": f"condastack {__version__}", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            # Sidecars first, archive last: an archive at `output` is always complete. An older
-            # archive goes before its sidecars change, so what is at `output` always matches them.
-            sha_path = output.with_name(output.name + ".sha256")
-            if output.exists() and (not sha_path.is_file() or sha_path.read_text().split()[:1] != [digest]):
-                output.unlink()
-            mpath = output.with_name(output.name + ".manifest.json")
-            atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
-            atomic_write_text(sha_path, f"{digest}  {output.name}\n")
+            manifest = _manifest(job, meta, written, size)
+            mpath = _write_sidecars(output, written.digest, manifest)
     finally:
-        remove_path(staging)
-    timings["total"] = time.perf_counter() - t0
-    return PackResult(output=output, sha256=digest, manifest=mpath, file_count=file_count,
-                      bytes_unpacked=bytes_unpacked, bytes_archive=size, timings=timings)
-
-
-def env_prefix(root: Path, layer: str) -> Path:
-    return Path(root) / "envs" / layer
+        remove_path(job.staging)
+    job.mark("total")
+    return PackResult(output=output, sha256=written.digest, manifest=mpath, file_count=manifest["file_count"],
+                      bytes_unpacked=manifest["bytes_unpacked"], bytes_archive=size, timings=job.timings)
 
 
 def default_output(root: Path, layer: str, platform: str, fmt: str) -> Path:
-    return Path(root) / "pack" / f"{layer}-{platform}{SUFFIX[fmt]}"
+    return pack_output(root, layer, platform, SUFFIX[fmt])
 
 
 def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> PackResult:  # noqa: ANN003
@@ -876,5 +657,9 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
     return pack_prefix(prefix, out, **kw)
 
 
-__all__ = ["PackResult", "pack_prefix", "pack_layer", "find_modified", "load_env", "read_env_meta",
+def _threads(threads: int | None) -> int:
+    return threads if threads and threads > 0 else (os.cpu_count() or 1)
+
+
+__all__ = ["PackResult", "pack_prefix", "pack_layer", "load_env", "read_env_meta",
            "check_dest_fits", "default_output", "FORMATS", "PREFIXES_FILE"]

@@ -7,7 +7,6 @@ that every later stage can trust it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,10 +15,8 @@ from typing import Any
 
 import yaml
 
-from .credentials import redact, strip_credentials  # noqa: F401 - re-exported for callers
-from .errors import CondastackError
-
-STACK_FILE = Path("environments") / "stack.yml"
+from .errors import CondastackError, StackInvalid
+from .layout import stack_file
 
 KNOWN_PLATFORMS = (
     "linux-64",
@@ -44,21 +41,44 @@ _ENV_KEYS = {
 }
 _LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would pass a trailing newline
 _VPKG_NAME = re.compile(r"^__[a-z0-9_]+\Z")
+
+
 @dataclass(frozen=True)
 class Layer:
-    """One layer of the stack: an environment.yml plus its place in the tree."""
+    """One layer of the stack: an environment.yml plus its place in the tree.
+
+    Its specs are parsed by conda-lock (through solve.py) on first use, so a
+    reader that needs only the stack's shape never imports the solver.
+    """
 
     name: str
     file: Path
     extends: str | None
     channels: tuple[str, ...]
-    conda: dict[str, tuple[str, ...]]  # platform -> conda match specs (own, after selectors)
-    pip: dict[str, tuple[str, ...]]  # platform -> pip requirement strings (own)
+    platforms: tuple[str, ...]
     pip_repositories: tuple[str, ...] = ()
     description: str = ""
+    _specs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
-    def file_digest(self) -> str:
-        return hashlib.sha256(self.file.read_bytes()).hexdigest()
+    def specs(self, platform: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(conda match specs, pip requirement strings) of this layer alone, after selectors."""
+        if platform not in self._specs:
+            from .solve import parse_layer_specs  # the conda-lock seam
+
+            c, p = parse_layer_specs(self.file, platform, layer=self.name)
+            self._specs[platform] = (tuple(c), tuple(p))
+        return self._specs[platform]
+
+    @property
+    def conda(self) -> dict[str, tuple[str, ...]]:
+        """platform -> conda match specs (own, after selectors)."""
+        return {p: self.specs(p)[0] for p in self.platforms}
+
+    @property
+    def pip(self) -> dict[str, tuple[str, ...]]:
+        """platform -> pip requirement strings (own)."""
+        return {p: self.specs(p)[1] for p in self.platforms}
 
 
 @dataclass(frozen=True)
@@ -95,10 +115,6 @@ class Stack:
             cur = layer.extends
         return list(reversed(out))
 
-    def parent(self, name: str) -> Layer | None:
-        ext = self.layer(name).extends
-        return None if ext is None else self.layers[ext]
-
     def children(self, name: str) -> list[str]:
         return [n for n, l in self.layers.items() if l.extends == name]
 
@@ -126,8 +142,9 @@ class Stack:
         conda: list[str] = []
         pip: list[str] = []
         for layer in self.chain(name):
-            conda += [s for s in layer.conda.get(platform, ()) if s not in conda]
-            pip += [s for s in layer.pip.get(platform, ()) if s not in pip]
+            own_conda, own_pip = layer.specs(platform) if platform in layer.platforms else ((), ())
+            conda += [s for s in own_conda if s not in conda]
+            pip += [s for s in own_pip if s not in pip]
         return conda, pip
 
     def pip_indexes_for(self, name: str) -> list[str]:
@@ -137,7 +154,14 @@ class Stack:
         return out
 
     def virtual_packages_for(self, platform: str) -> dict[str, str]:
+        """The virtual packages the stack declares for one platform."""
         return dict(self.virtual_packages.get(platform, {}))
+
+    def effective_virtual_packages_for(self, platform: str) -> dict[str, str]:
+        """What a solve sees: a plain node's virtual packages, overridden by the declared ones."""
+        from .virtual import effective_virtual_packages
+
+        return effective_virtual_packages(platform, self.virtual_packages_for(platform))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,6 +169,7 @@ class Stack:
             "file": str(self.file),
             "platforms": list(self.platforms),
             "virtual-packages": self.virtual_packages,
+            "effective-virtual-packages": {p: self.effective_virtual_packages_for(p) for p in self.platforms},
             "layers": {
                 n: {
                     "file": str(l.file),
@@ -238,7 +263,7 @@ def load_yaml(path: Path, what: str) -> Any:
     """Read a YAML file; every problem becomes one CondastackError naming the file."""
     path = Path(path)
     if path.exists() and not path.is_file():
-        raise CondastackError(f"{path}: {what} is not a regular file (a folder, fifo or device); give a YAML file.")
+        raise StackInvalid(path, f"{what} is not a regular file (a folder, fifo or device); give a YAML file.")
     if not path.is_file():
         raise CondastackError(f"{what} not found: {path}.")
     try:
@@ -251,42 +276,68 @@ def load_yaml(path: Path, what: str) -> Any:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise CondastackError(f"{path}{where}: malformed YAML in {what}: {problem}.") from None
+        raise StackInvalid(path, f"malformed YAML in {what}: {problem}.", mark.line + 1 if mark else None) \
+            from None
 
 
-def _at(path: Path, data: Any, key: Any) -> str:
-    line = data.line(key) if isinstance(data, _LinedDict) else None
-    return f"{path}, line {line}" if line else str(path)
+def _line(data: Any, key: Any) -> int | None:
+    return data.line(key) if isinstance(data, _LinedDict) else None
 
 
 def _expect(cond: bool, path: Path, data: Any, key: Any, msg: str) -> None:
     if not cond:
-        raise CondastackError(f"{_at(path, data, key)}: {msg}")
+        raise StackInvalid(path, msg, _line(data, key))
 
 
 # --------------------------------------------------------------------------- loading
 
 
 def find_stack_file(root: Path) -> Path:
-    return Path(root) / STACK_FILE
+    return stack_file(root)
 
 
-def load_stack(root: Path | str = ".") -> Stack:
-    """Load and validate `ROOT/environments/stack.yml` and every layer file."""
+def load_stack(root: Path | str = ".", *, parse_specs: bool = True) -> Stack:
+    """Load and validate `ROOT/environments/stack.yml` and every layer file.
+
+    With `parse_specs` (the default) every layer's specs are parsed now, so a bad
+    spec is reported at load; without, they are parsed on first use and loading
+    never imports the solver (doctor on a compute node uses that).
+    """
     root = Path(root).resolve()
     path = find_stack_file(root)
     if path.exists() and not path.is_file():
-        raise CondastackError(f"{path}: the stack file is not a regular file (a folder, fifo or device).")
+        raise StackInvalid(path, "the stack file is not a regular file (a folder, fifo or device).")
     if not path.is_file():
         raise CondastackError(
             f"no stack file at {path}. Create environments/stack.yml (see README) "
             "or point -C at the project folder."
         )
     data = load_yaml(path, "stack file")
+    name, platforms = _check_top(path, data)
+    vpkgs = _virtual_packages(path, data, platforms)
+    pip_index = _str_list(data.get("pip-index", []), path, data, "pip-index")
+    channels = [resolve_channel(c, path.parent) for c in _str_list(data.get("channels", []), path, data, "channels")]
+    layers_raw = data["layers"]
+    _check_layer_entries(path, data, layers_raw)
+    _check_cycles(path, layers_raw)
+
+    layers: dict[str, Layer] = {}
+    for lname, spec in layers_raw.items():
+        lfile = (path.parent / spec["file"]).resolve()
+        layers[lname] = _load_layer(lname, lfile, spec.get("extends"), tuple(platforms), path, layers_raw,
+                                    str(spec.get("description", "")))
+        if parse_specs:
+            for plat in platforms:
+                layers[lname].specs(plat)
+    return Stack(root=root, file=path, name=name, platforms=tuple(platforms), virtual_packages=vpkgs,
+                 layers=layers, pip_index=tuple(pip_index), channels=tuple(channels))
+
+
+def _check_top(path: Path, data: Any) -> tuple[str, list[str]]:
+    """The stack file's own keys, its name and its platforms."""
     if not isinstance(data, dict):
-        raise CondastackError(f"{path}: the stack file must be a mapping with 'name', 'platforms' and 'layers'.")
+        raise StackInvalid(path, "the stack file must be a mapping with 'name', 'platforms' and 'layers'.")
     for key in data:
         _expect(key in _STACK_KEYS, path, data, key,
                 f"unknown key '{key}' in the stack file (allowed: {', '.join(sorted(_STACK_KEYS))}).")
@@ -302,7 +353,10 @@ def load_stack(root: Path | str = ".") -> Stack:
         _expect(p in KNOWN_PLATFORMS, path, data, "platforms",
                 f"unknown platform '{p}' (known: {', '.join(KNOWN_PLATFORMS)}).")
     _expect(len(set(platforms)) == len(platforms), path, data, "platforms", "a platform is listed twice.")
+    return name, platforms
 
+
+def _virtual_packages(path: Path, data: Any, platforms: list[str]) -> dict[str, dict[str, str]]:
     vpkgs_raw = data.get("virtual-packages") or {}
     _expect(isinstance(vpkgs_raw, dict), path, data, "virtual-packages",
             "'virtual-packages' must map a platform to {__name: version}.")
@@ -318,11 +372,10 @@ def load_stack(root: Path | str = ".") -> Stack:
             _expect(isinstance(ver, (str, int, float)) and not isinstance(ver, bool), path, pk, vname,
                     f"the version of {vname} must be a string such as \"12.6\".")
         vpkgs[plat] = {k: str(v) for k, v in pk.items()}
+    return vpkgs
 
-    pip_index = _str_list(data.get("pip-index", []), path, data, "pip-index")
-    channels = [resolve_channel(c, path.parent) for c in _str_list(data.get("channels", []), path, data, "channels")]
 
-    layers_raw = data["layers"]
+def _check_layer_entries(path: Path, data: Any, layers_raw: Any) -> None:
     _expect(isinstance(layers_raw, dict) and bool(layers_raw), path, data, "layers",
             "'layers' must map layer names to {file: ..., extends: ...}.")
     for lname, spec in layers_raw.items():
@@ -340,23 +393,6 @@ def load_stack(root: Path | str = ".") -> Stack:
                 f"'extends' of layer '{lname}' must be one layer name.")
         _expect(ext is None or ext in layers_raw, path, spec, "extends",
                 f"layer '{lname}' extends unknown layer '{ext}' (layers: {', '.join(map(str, layers_raw))}).")
-    _check_cycles(path, layers_raw)
-
-    layers: dict[str, Layer] = {}
-    for lname, spec in layers_raw.items():
-        lfile = (path.parent / spec["file"]).resolve()
-        layers[lname] = _load_layer(lname, lfile, spec.get("extends"), list(platforms), path, layers_raw,
-                                    str(spec.get("description", "")))
-    return Stack(
-        root=root,
-        file=path,
-        name=name,
-        platforms=tuple(platforms),
-        virtual_packages=vpkgs,
-        layers=layers,
-        pip_index=tuple(pip_index),
-        channels=tuple(channels),
-    )
 
 
 def resolve_channel(channel: str, base: Path) -> str:
@@ -385,21 +421,19 @@ def _check_cycles(path: Path, layers_raw: dict[str, Any]) -> None:
         while cur is not None:
             if cur in seen:
                 loop = " -> ".join([*seen[seen.index(cur):], cur])
-                raise CondastackError(f"{_at(path, layers_raw, start)}: layers extend each other in a cycle: {loop}.")
+                raise StackInvalid(path, f"layers extend each other in a cycle: {loop}.", _line(layers_raw, start))
             seen.append(cur)
             cur = layers_raw[cur].get("extends")
 
 
-def _load_layer(name: str, lfile: Path, extends: str | None, platforms: list[str], stack_path: Path,
+def _load_layer(name: str, lfile: Path, extends: str | None, platforms: tuple[str, ...], stack_path: Path,
                 layers_raw: Any, description: str) -> Layer:
     if not lfile.is_file():
         gone = "is not a regular file" if lfile.exists() else "does not exist"
-        raise CondastackError(
-            f"{_at(stack_path, layers_raw, name)}: layer '{name}' names file {lfile}, which {gone}."
-        )
+        raise StackInvalid(stack_path, f"layer '{name}' names file {lfile}, which {gone}.", _line(layers_raw, name))
     data = load_yaml(lfile, f"layer file of '{name}'")
     if not isinstance(data, dict):
-        raise CondastackError(f"{lfile}: layer '{name}' must be a conda environment.yml (a mapping with 'dependencies').")
+        raise StackInvalid(lfile, f"layer '{name}' must be a conda environment.yml (a mapping with 'dependencies').")
     for key in data:
         _expect(key in _ENV_KEYS, lfile, data, key,
                 f"unknown key '{key}' in layer '{name}' (an environment.yml has: {', '.join(sorted(_ENV_KEYS))}).")
@@ -412,20 +446,12 @@ def _load_layer(name: str, lfile: Path, extends: str | None, platforms: list[str
                 f"layer '{name}': each dependency must be a conda spec string or a 'pip:' list, not {json.dumps(d, default=str)}.")
     pip_repos = _str_list(data.get("pip-repositories", []) or [], lfile, data, "pip-repositories")
 
-    conda: dict[str, tuple[str, ...]] = {}
-    pip: dict[str, tuple[str, ...]] = {}
-    from .solve import parse_layer_specs  # the conda-lock seam
-
-    for plat in platforms:
-        c, p = parse_layer_specs(lfile, plat, layer=name)
-        conda[plat], pip[plat] = tuple(c), tuple(p)
     return Layer(
         name=name,
         file=lfile,
         extends=extends,
         channels=tuple(resolve_channel(c, lfile.parent) for c in channels if c != "nodefaults"),
-        conda=conda,
-        pip=pip,
+        platforms=platforms,
         pip_repositories=tuple(pip_repos),
         description=description,
     )

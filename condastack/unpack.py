@@ -34,10 +34,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CondastackError, naming
-from .fsutil import TMP_MARK, _fsync_dir, clean_stale_temporaries, remove_path
+from .env import PREFIXES_FILE, Env, check_dest_fits
+from .errors import ArchiveRefused, CondastackError, naming
+from .fsutil import TMP_MARK, _fsync_dir, atomic_path, clean_stale_temporaries, remove_path
 
-PREFIXES_FILE = "conda-meta/condastack.prefixes"
 LIMIT_ENV = {"members": "CONDASTACK_MAX_MEMBERS", "bytes": "CONDASTACK_MAX_BYTES"}
 _CHUNK = 1 << 20
 _OK_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
@@ -62,7 +62,11 @@ class RelocateResult:
 
 
 class _Refused(Exception):
-    pass
+    """The gate's verdict on one member; becomes an ArchiveRefused naming the archive."""
+
+    def __init__(self, reason: str, member: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.member = reason, member
 
 
 # --------------------------------------------------------------------------- the member checker
@@ -83,12 +87,12 @@ class _Guard:
     @staticmethod
     def clean(name: str, what: str = "member") -> str:
         if "\0" in name:
-            raise _Refused(f"{what} {name!r} has a NUL byte in its name")
+            raise _Refused(f"{what} {name!r} has a NUL byte in its name", member=name)
         if name.startswith("/"):
-            raise _Refused(f"{what} {name!r} is an absolute path")
+            raise _Refused(f"{what} {name!r} is an absolute path", member=name)
         parts = [p for p in name.split("/") if p not in ("", ".")]
         if ".." in parts:
-            raise _Refused(f"{what} {name!r} contains '..'")
+            raise _Refused(f"{what} {name!r} contains '..'", member=name)
         return "/".join(parts)
 
     def resolve(self, parts: list[str], name: str) -> list[str]:
@@ -102,17 +106,17 @@ class _Guard:
                 continue
             if part == "..":
                 if not out:
-                    raise _Refused(f"member {name!r} resolves outside the destination")
+                    raise _Refused(f"member {name!r} resolves outside the destination", member=name)
                 out.pop()
                 continue
             cur = "/".join([*out, part])
             if cur in self.links:
                 hops += 1
                 if hops > 40:
-                    raise _Refused(f"member {name!r}: too many levels of symbolic links")
+                    raise _Refused(f"member {name!r}: too many levels of symbolic links", member=name)
                 target = self.links[cur]
                 if target.startswith("/"):
-                    raise _Refused(f"member {name!r} goes through an absolute symlink")
+                    raise _Refused(f"member {name!r} goes through an absolute symlink", member=name)
                 todo = target.split("/") + todo
                 continue
             out.append(part)
@@ -127,7 +131,7 @@ class _Guard:
         if info.type not in _OK_TYPES:
             kind = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
                     tarfile.FIFOTYPE: "a fifo"}.get(info.type, f"of unsupported type {info.type!r}")
-            raise _Refused(f"member {name!r} is {kind}")
+            raise _Refused(f"member {name!r} is {kind}", member=name)
         if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
             self.bytes += info.size + extra
             if self.max_bytes is not None and self.bytes > self.max_bytes:
@@ -137,13 +141,13 @@ class _Guard:
         if not rel:
             if info.type == tarfile.DIRTYPE:
                 return
-            raise _Refused(f"member {name!r} has an empty name")
+            raise _Refused(f"member {name!r} has an empty name", member=name)
         parts = rel.split("/")
         parent = self.resolve(parts[:-1], name)
         full = "/".join([*parent, parts[-1]])
         if info.type == tarfile.SYMTYPE:
             if not linkname or linkname.startswith("/"):
-                raise _Refused(f"symlink {name!r} -> {linkname!r} points outside the destination")
+                raise _Refused(f"symlink {name!r} -> {linkname!r} points outside the destination", member=name)
             self.resolve(parent + linkname.split("/"), name)  # raises on escape
             self.links[full] = linkname
             self.files.discard(full)
@@ -151,10 +155,10 @@ class _Guard:
             tparts = self.clean(linkname, "hard link target").split("/")
             if "/".join([*self.resolve(tparts[:-1], name), tparts[-1]]) in self.links:
                 # link(2) on a symlink makes another symlink, which would resolve from the new place.
-                raise _Refused(f"hard link {name!r} -> {linkname!r} points to a symlink")
+                raise _Refused(f"hard link {name!r} -> {linkname!r} points to a symlink", member=name)
             target = "/".join(self.resolve(tparts, name))
             if target not in self.files:
-                raise _Refused(f"hard link {name!r} -> {linkname!r} does not point to a file of the archive")
+                raise _Refused(f"hard link {name!r} -> {linkname!r} does not point to a file of the archive", member=name)
             self.links.pop(full, None)
             self.files.add(full)
         else:
@@ -249,6 +253,21 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def _check_member(info: tarfile.TarInfo, fields: dict[str, str], long_name: str | None, long_link: str | None,
+                  guard: _Guard) -> int:
+    """Check one member, with what its pax/GNU headers say of it; returns its padded data size."""
+    name = fields.get("path", long_name if long_name is not None else info.name)
+    name = fields.get("GNU.sparse.name", name)  # tar writes a pax sparse member under this name
+    link = fields.get("linkpath", long_link if long_link is not None else info.linkname)
+    if "size" in fields:
+        info.size = _pax_size(fields, "size")
+    for key in ("GNU.sparse.realsize", "GNU.sparse.size"):  # a sparse file expands to its real size
+        if key in fields:
+            guard.sparse_extra = max(0, _pax_size(fields, key) - info.size)
+    guard.check(info, name, link)
+    return 0 if info.type in (tarfile.SYMTYPE, tarfile.DIRTYPE) else (info.size + 511) // 512 * 512
+
+
 def _filter_stream(src: int, dst: int, guard: _Guard) -> None:  # noqa: C901
     """Copy a tar stream from fd `src` to fd `dst`, checking each member before tar sees its header.
 
@@ -297,19 +316,7 @@ def _filter_stream(src: int, dst: int, guard: _Guard) -> None:  # noqa: C901
                     pax.update(_pax(body))
                 continue
             fields = {**glob_pax, **pax} if (pax or glob_pax) else pax
-            name = fields.get("path", long_name if long_name is not None else info.name)
-            name = fields.get("GNU.sparse.name", name)  # tar writes a pax sparse member under this name
-            link = fields.get("linkpath", long_link if long_link is not None else info.linkname)
-            if "size" in fields:
-                info.size = _pax_size(fields, "size")
-                padded = (info.size + 511) // 512 * 512
-            for key in ("GNU.sparse.realsize", "GNU.sparse.size"):  # a sparse file expands to its real size
-                if key in fields:
-                    guard.sparse_extra = max(0, _pax_size(fields, key) - info.size)
-            if info.type in (tarfile.SYMTYPE, tarfile.DIRTYPE):
-                padded = 0
-            guard.check(info, name, link)
-            pos += 512 + padded
+            pos += 512 + _check_member(info, fields, long_name, long_link, guard)
             group = None
             long_name = long_link = None
             pax = {}
@@ -393,16 +400,16 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
     if manifest.is_file():  # fail before extracting gigabytes when DEST cannot fit
         with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError, OSError):
             records = [(r["file"], r["placeholder"], r["mode"]) for r in json.loads(manifest.read_text())["placeholders"]]
-            _check_fits(records, str(dest))
+            check_dest_fits(records, str(dest))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CondastackError(f"{dest}: cannot create its parent folder: {e.strerror}.") from None
     clean_stale_temporaries(dest.parent, dest.name)  # left by a killed unpack
+    guard = _Guard(max_members, max_bytes)
     tmp = dest.parent / f"{TMP_MARK}{dest.name}.{os.getpid()}"
     remove_path(tmp)
     tmp.mkdir()
-    guard = _Guard(max_members, max_bytes)
     with naming(dest):  # a write() hitting ENOSPC names no file: it is about DEST
         try:
             _extract(archive, tmp, guard)
@@ -410,10 +417,11 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
             try:
                 changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
             except CondastackError as e:  # name the archive and the final path, not our temporary
-                raise CondastackError(f"{archive}: refused: {e.message.replace(str(tmp), str(dest))} "
-                                      "Nothing was written to the destination.", hint=e.hint) from None
+                raise ArchiveRefused(archive, str(e).replace(str(tmp), str(dest)).rstrip(".")) from None
             try:
-                os.rename(tmp, dest)  # replaces an empty DEST in one step (rename(2)), so it is never absent
+                # Not atomic_path: its swap would replace a DEST another process filled meanwhile. rename(2)
+                # replaces only an empty DEST, in one step, so DEST is never absent.
+                os.rename(tmp, dest)
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                     raise
@@ -437,12 +445,12 @@ def _extract(archive: Path, into: Path, guard: _Guard) -> None:
                for k, p in (("dec", dec), ("tar", tar))]
     for t in threads:
         t.start()
-    refused: str | None = None
+    refused: _Refused | None = None
     broken = False
     try:
         _filter_stream(dec.stdout.fileno(), tar.stdin.fileno(), guard)
     except _Refused as e:
-        refused = str(e)
+        refused = e
     except BrokenPipeError:
         broken = True
     finally:
@@ -455,10 +463,10 @@ def _extract(archive: Path, into: Path, guard: _Guard) -> None:
         for t in threads:
             t.join()
     if refused:
-        if rc_d not in (0, None) and "truncated" in refused:
+        if rc_d not in (0, None) and "truncated" in refused.reason:
             raise CondastackError(f"{archive}: cannot be decompressed: "
                                   f"{errs.get('dec', b'').decode(errors='replace').strip()}")
-        raise CondastackError(f"{archive}: refused: {refused}. Nothing was written to the destination.")
+        raise ArchiveRefused(archive, refused.reason, member=refused.member)
     if rc_d != 0:
         raise CondastackError(f"{archive}: cannot be decompressed: {errs.get('dec', b'').decode(errors='replace').strip()}")
     if rc_t != 0 or broken:
@@ -526,15 +534,6 @@ def _binary_relocate(data: bytes, old: bytes, new: bytes, room: int, path: str) 
     return out
 
 
-def _check_fits(records: list, new: str) -> None:
-    for f, ph, mode in records:
-        if mode == "binary" and len(new.encode()) > len(ph.encode()):
-            raise CondastackError(
-                f"{f}: cannot relocate to {new} ({len(new.encode())} bytes): this binary file holds a placeholder "
-                f"of {len(ph.encode())} bytes, so the prefix can be at most {len(ph.encode())} characters long. "
-                "Choose a shorter path.")
-
-
 def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     """Point the placeholder files of the env at `prefix` to `as_prefix` (default: `prefix`).
 
@@ -544,13 +543,12 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     new = str(Path(as_prefix).absolute() if as_prefix else prefix)
     state = _read_state(prefix)
     if state is None:
-        if not (prefix / "conda-meta").is_dir():
-            raise CondastackError(f"{prefix}: not a conda environment (no conda-meta folder).")
+        Env(prefix).require_conda_env()
         raise CondastackError(f"{prefix}: has no relocation records ({PREFIXES_FILE}); it was not unpacked "
                               "from a condastack or conda-pack archive.")
     current = state.get("current")
     records = [tuple(r) for r in state.get("records", [])]
-    _check_fits(records, new)  # every binary first, so nothing is half-done
+    check_dest_fits(records, new)  # every binary first, so nothing is half-done
     changed = 0
     if current != new:
         for f, ph, mode in records:
@@ -578,11 +576,10 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
 
 def _replace_file(path: Path, data: bytes) -> None:
     """Write a new copy and rename it over: running programs and hard links keep the old one."""
-    tmp = path.with_name(f"{TMP_MARK}{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    with contextlib.suppress(FileNotFoundError):
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-    os.replace(tmp, path)
+    with atomic_path(path, durable=False) as tmp:
+        tmp.write_bytes(data)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
 
 
 __all__ = ["UnpackResult", "RelocateResult", "unpack_archive", "relocate"]

@@ -13,19 +13,17 @@ Three checks, each reported as a list of problems (drift):
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .build import MARKER, canonical_name, host_platform, lockfile_path, read_marker, site_packages_dirs
+from .build import host_platform
+from .env import MARKER, Env, canonical_name, dist_name_version
 from .errors import CondastackError
-from .pathsafe import check_meta_record
-from .fsutil import sha256_file
-
-_HASH_THREADS = 4
+from .fsutil import HASH_THREADS, sha256_file
+from .layout import env_prefix, lockfile_path
 
 
 @dataclass
@@ -65,16 +63,14 @@ def verify_layer(root: Path | None = None, layer: str | None = None, *, prefix: 
     if prefix is None:
         if layer is None or root is None:
             raise CondastackError("verify needs a LAYER or --prefix PATH.")
-        prefix = Path(root) / "envs" / layer
+        prefix = env_prefix(root, layer)
     prefix = Path(prefix).absolute()
-    if not (prefix / "conda-meta").is_dir():
-        hint = f" Run `condastack build {layer}` first." if layer else ""
-        raise CondastackError(f"{prefix}: not a conda environment (no conda-meta/).{hint}")
+    Env(prefix).require_conda_env(f" Run `condastack build {layer}` first." if layer else "")
     if lockfile is None:
         if layer is not None and root is not None:
             lockfile = lockfile_path(Path(root), layer)
         else:
-            marker = read_marker(prefix)
+            marker = Env(prefix).marker
             if marker is None or not marker.get("lockfile"):
                 raise CondastackError(f"{prefix}: no {MARKER} naming its lock; pass the LAYER to verify against "
                                       "lock/<layer>.conda-lock.yml.")
@@ -89,7 +85,8 @@ def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
 
     env = read_locked_env(lockfile, host_platform())
     rep = VerifyReport(prefix=prefix, lockfile=lockfile, platform=env.platform)
-    records = _conda_meta(prefix)
+    on_disk = Env(prefix)
+    records = on_disk.records
     rep.conda_packages = len(records)
 
     locked = {r.name.normalized: r for r in env.conda}
@@ -106,9 +103,7 @@ def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
         rep.problems.append(Problem("extra-package", name, f"{m.get('version')} {m.get('build')} is not in the lock"))
 
     # pip distributions are the dist-infos that no conda package installed
-    conda_files = {e.get("_path") or e.get("path") for m in records.values()
-                   for e in (m.get("paths_data") or {}).get("paths") or []}
-    dists = _pip_dists(prefix, conda_files)
+    dists = on_disk.pip_dists()
     _check_files(prefix, records, _pip_owners(prefix, dists), rep)
 
     rep.pip_packages = len(dists)
@@ -124,21 +119,6 @@ def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
         rep.problems.append(Problem("extra-pip", name, f"{dists[name][0]} is installed by pip but not in the lock",
                                     path=dists[name][1]))
     return rep
-
-
-def _conda_meta(prefix: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for f in sorted((prefix / "conda-meta").glob("*.json")):
-        if f.name == MARKER.name:
-            continue
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
-            raise CondastackError(f"{f}: unreadable package record ({e}); the environment is damaged. "
-                                  "Rebuild it with `condastack build --force`.") from None
-        check_meta_record(data, str(f))
-        out[str(data.get("name", f.stem))] = data
-    return out
 
 
 def _check_files(prefix: Path, records: dict[str, dict[str, Any]], pip_owner: dict[str, str],
@@ -168,7 +148,7 @@ def _check_files(prefix: Path, records: dict[str, dict[str, Any]], pip_owner: di
         except OSError:
             return job, None
 
-    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
         results = list(pool.map(digest, jobs))
     rep.files_checked = len(jobs)
     for (name, rel, expected), actual in results:
@@ -197,41 +177,10 @@ def _pip_owners(prefix: Path, dists: dict[str, tuple[str, str]]) -> dict[str, st
     out: dict[str, str] = {}
     for version, rel_dist in dists.values():
         d = prefix / rel_dist
-        name, _ = _dist_name_version(d)
+        name, _ = dist_name_version(d)
         for rel in _record_entries(d):
             full = os.path.normpath(d.parent / rel)
             out[os.path.relpath(full, prefix)] = f"{name} {version}"
-    return out
-
-
-def _dist_name_version(d: Path) -> tuple[str, str]:
-    name = version = ""
-    try:
-        for line in (d / "METADATA").read_text(errors="replace").splitlines():
-            if not line.strip():
-                break
-            key, _, value = line.partition(":")
-            if key.lower() == "name" and not name:
-                name = value.strip()
-            elif key.lower() == "version" and not version:
-                version = value.strip()
-    except OSError:
-        pass
-    if not name:
-        name, _, version = d.name[: -len(".dist-info")].partition("-")
-    return name, version
-
-
-def _pip_dists(prefix: Path, conda_files: set[str]) -> dict[str, tuple[str, str]]:
-    """canonical name -> (version, dist-info path) of distributions no conda package owns."""
-    out: dict[str, tuple[str, str]] = {}
-    for sp in site_packages_dirs(prefix):
-        for d in sp.glob("*.dist-info"):
-            rel = os.path.relpath(d, prefix)
-            if f"{rel}/METADATA" in conda_files or f"{rel}/RECORD" in conda_files:
-                continue
-            name, version = _dist_name_version(d)
-            out[canonical_name(name)] = (version, rel)
     return out
 
 

@@ -36,8 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .channel import build_recipe, channel_url, index_channel
+from .elf import max_glibc, tree_glibc_floor
 from .errors import CondastackError
+from .wheeldeps import WheelDep, unsatisfied, wheel_requirements
 from .fsutil import file_lock, make_tempdir, remove_path, sha256_file
+from .pkgfloor import add_glibc_floor
 
 SITE_CHANNEL = Path("environments") / "channel"
 WRAP_PLATFORMS = ("linux-64", "linux-aarch64", "noarch")
@@ -61,6 +64,9 @@ class WrappedPackage:
     subdir: str
     status: str  # "added", "unchanged" or "replaced"
     entry_points: tuple[str, ...] = field(default=())
+    depends: tuple[str, ...] = field(default=())
+    unsatisfied: tuple[str, ...] = field(default=())  # wheel requirements no channel satisfies
+    notes: tuple[str, ...] = field(default=())
 
     @property
     def dist(self) -> str:
@@ -73,6 +79,25 @@ def default_channel(root: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True)
+class WheelOptions:
+    """How a wheel becomes a package: extras, local versions, the channels its dependencies come from."""
+
+    extras: tuple[str, ...] = ()
+    keep_local_version: bool = False  # keep "2.13.0+cpu" as the version instead of moving "cpu" to the build
+    check_channels: tuple[str, ...] | None = None  # None: do not check; the site channel is always added
+    wheel_dir: Path | None = None  # wrap unsatisfied requirements from the wheels found here
+
+
+@dataclass
+class _Built:
+    pkgs: list[Path]
+    entry_points: tuple[str, ...] = ()
+    depends: tuple[str, ...] = ()
+    unsatisfied: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def wrap(
@@ -89,11 +114,13 @@ def wrap(
     build_string: str | None = None,
     build_channels: Sequence[str] = ("conda-forge",),
     force: bool = False,
+    wheel: WheelOptions = WheelOptions(),
 ) -> list[WrappedPackage]:
     """Make conda package(s) from SOURCE and put them into the site channel `channel`.
 
     SOURCE is a folder mirroring a prefix, a `.whl` file, or (recipe=True) a
-    rattler-build recipe (folder or recipe.yaml). Returns the placed packages.
+    rattler-build recipe (folder or recipe.yaml). Returns the placed packages
+    (with wheel.wheel_dir, also the wrapped wheels of its unsatisfied requirements).
     """
     source = Path(source).expanduser()
     channel = Path(channel).expanduser().resolve()
@@ -109,30 +136,54 @@ def wrap(
     work = make_tempdir(channel, "wrap")
     try:
         if recipe:
-            built = _build_from_recipe(source, work, channel, build_channels, name, version)
-            eps: tuple[str, ...] = ()
+            pkgs = _build_from_recipe(source, work, channel, build_channels, name, version)
+            added = [(p, add_glibc_floor(p)) for p in pkgs]
+            built = _Built(pkgs, notes=tuple(f"{p.name}: added {d} (what its ELF files need)" for p, d in added if d))
         elif source.is_file() and source.suffix == ".whl":
-            built, eps = _build_from_wheel(source, work, name, version, depends, platform, python,
-                                           build_number, build_string)
+            built = _build_from_wheel(source, work, name, version, depends, platform, python,
+                                      build_number, build_string, wheel, channel)
         elif source.is_dir():
             if (source / "recipe.yaml").is_file() and not any((source / d).exists() for d in ("bin", "lib", "share")):
                 raise CondastackError(f"wrap: {source} looks like a rattler-build recipe; pass --recipe to build it.")
-            built = [_build_from_folder(source, work, name, version, depends, platform, build_number, build_string)]
-            eps = ()
+            built = _build_from_folder(source, work, name, version, depends, platform, build_number, build_string)
         else:
             raise CondastackError(
                 f"wrap: {source} is neither a folder nor a wheel (*.whl). Give a built folder that mirrors a "
                 "prefix (bin/, lib/, ...), a wheel, or a recipe with --recipe."
             )
         with file_lock(channel / ".condastack-wrap.lock"):
-            placed = [_place(pkg, channel, force, eps) for pkg in built]
+            placed = [_place(pkg, channel, force, built) for pkg in built.pkgs]
             if any(p.status == "replaced" for p in placed):
                 _reindex_all(channel)
             else:
                 index_channel(channel)
-        return placed
     finally:
         remove_path(work)
+    if built.unsatisfied and wheel.wheel_dir is not None:
+        placed += _wrap_missing(placed[0], channel, platform, python, wheel, force)
+    return placed
+
+
+def stack_channels(root: Path) -> tuple[str, ...]:
+    """Every channel of the stack at root (all layers), () when there is no stack."""
+    from .stack import find_stack_file, load_stack
+
+    if not find_stack_file(Path(root)).is_file():
+        return ()
+    st = load_stack(root)
+    out: list[str] = []
+    for layer in st.layers:
+        out += [c for c in st.channels_for(layer) if c not in out]
+    return tuple(out)
+
+
+def still_unsatisfied(pkg: WrappedPackage, placed: Sequence[WrappedPackage]) -> list[str]:
+    """The requirements of pkg that neither a channel nor another package of this wrap satisfies."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wrapped = {canonicalize_name(p.name) for p in placed}
+    return [u for u in pkg.unsatisfied if canonicalize_name(Requirement(u).name) not in wrapped]
 
 
 # --------------------------------------------------------------------------- validation
@@ -192,15 +243,27 @@ def _content_hash(folder: Path) -> str:
 
 
 def _build_from_folder(folder: Path, work: Path, name: str | None, version: str | None, depends: Sequence[str],
-                       platform: str, build_number: int, build_string: str | None) -> Path:
+                       platform: str, build_number: int, build_string: str | None) -> _Built:
     name = _check_name(name, "--name")
     version = _check_version(version)
     folder = folder.resolve()
     if not any(folder.iterdir()):
         raise CondastackError(f"wrap: folder {folder} is empty; it must mirror a prefix (bin/, lib/, share/ ...).")
     _refuse_absolute_paths(folder)
-    build = build_string or f"h{_build_id(_content_hash(folder), name, version, sorted(depends), platform)}_{build_number}"
-    return _assemble(name, version, platform, build, work, folder, depends, build_number)
+    deps = _with_glibc_floor(list(depends), tree_glibc_floor(folder))
+    build = build_string or f"h{_build_id(_content_hash(folder), name, version, sorted(deps), platform)}_{build_number}"
+    return _Built([_assemble(name, version, platform, build, work, folder, deps, build_number)], depends=tuple(deps))
+
+
+def _with_glibc_floor(depends: list[str], floor: str | None) -> list[str]:
+    """Add `__glibc >=floor` unless the caller already said which glibc the package needs."""
+    if floor is None or any(_dep_name(d) == "__glibc" for d in depends):
+        return depends
+    return [*depends, f"__glibc >={floor}"]
+
+
+def _dep_name(spec: str) -> str:
+    return re.split(r"[\s<>=!~*\[]", spec.strip(), maxsplit=1)[0]
 
 
 def _refuse_absolute_paths(folder: Path) -> None:
@@ -250,6 +313,12 @@ class _Wheel:
     python: str | None  # "3.10" from a cpXY tag, else None
     platforms: tuple[str, ...]
     abis: tuple[str, ...]
+    metadata: str  # the METADATA text
+
+
+_LEGACY_MANYLINUX = {"manylinux1": "2.5", "manylinux2010": "2.12", "manylinux2014": "2.17"}
+_TAG = re.compile(r"(manylinux1|manylinux2010|manylinux2014|manylinux_(\d+)_(\d+)|musllinux_\d+_\d+|linux)_(\w+)")
+_MACHINE = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 
 
 def _read_wheel(path: Path) -> _Wheel:
@@ -261,8 +330,11 @@ def _read_wheel(path: Path) -> _Wheel:
         raise CondastackError(f"wrap: {path.name} is not a wheel file name ({e}).") from None
     try:
         with zipfile.ZipFile(path) as z:
-            if not any(n.endswith(".dist-info/WHEEL") for n in z.namelist()):
+            names = z.namelist()
+            if not any(n.endswith(".dist-info/WHEEL") for n in names):
                 raise CondastackError(f"wrap: {path} has no *.dist-info/WHEEL; it is not a wheel.")
+            meta = next((n for n in names if n.count("/") == 1 and n.endswith(".dist-info/METADATA")), None)
+            metadata = z.read(meta).decode("utf-8", errors="replace") if meta else ""
     except zipfile.BadZipFile:
         raise CondastackError(f"wrap: {path} is not a zip archive, so not a wheel.") from None
     pys = {t.interpreter[2:] for t in tags if re.fullmatch(r"cp3\d+", t.interpreter)}
@@ -276,27 +348,44 @@ def _read_wheel(path: Path) -> _Wheel:
         python=py,
         platforms=tuple(sorted({t.platform for t in tags if t.platform != "any"})),
         abis=tuple(sorted({t.abi for t in tags if t.abi not in ("none", "abi3")})),
+        metadata=metadata,
     )
 
 
+def _tag_glibc_floor(wheel: str, platforms: tuple[str, ...], platform: str) -> str | None:
+    """The lowest glibc any of the wheel's platform tags runs on (the wheel installs if one tag fits)."""
+    if not platforms:
+        return None  # a pure wheel
+    arch = _MACHINE[platform]
+    floors: list[str | None] = []
+    for tag in platforms:
+        m = _TAG.fullmatch(tag)
+        if m is None or m.group(4) != arch:
+            continue
+        if m.group(1).startswith("musllinux"):
+            raise CondastackError(f"wrap: {wheel} is a musllinux wheel: it links musl libc, which conda environments "
+                                  "on glibc Linux do not have. Use the manylinux wheel of the same release.")
+        if m.group(2):
+            floors.append(f"{m.group(2)}.{m.group(3)}")
+        else:  # a legacy manylinux tag, or a plain linux_ tag that promises nothing (its ELF files decide)
+            floors.append(_LEGACY_MANYLINUX.get(m.group(1)))
+    if not floors:
+        raise CondastackError(f"wrap: {wheel} is built for {', '.join(platforms)}, none of which runs on {platform} "
+                              f"({arch} Linux). Wrap the {arch} Linux wheel, or pass the matching --platform.")
+    if None in floors:
+        return None
+    return min((f for f in floors if f), key=lambda v: tuple(map(int, v.split("."))))
+
+
 def _build_from_wheel(wheel: Path, work: Path, name: str | None, version: str | None, depends: Sequence[str],
-                      platform: str, python: str | None, build_number: int,
-                      build_string: str | None) -> tuple[list[Path], tuple[str, ...]]:
+                      platform: str, python: str | None, build_number: int, build_string: str | None,
+                      opts: WheelOptions, channel: Path) -> _Built:
     info = _read_wheel(wheel)
     name = _check_name(name or info.name, "--name")
-    version = _check_version(version or _conda_version(info.version))
-    if python is not None and not _PY.match(python):
-        raise CondastackError(f"wrap: --python '{python}' must be a major.minor version such as 3.10.")
-    py = python or info.python
-    if py is None:
-        raise CondastackError(
-            f"wrap: {wheel.name} does not name one CPython version; pass --python X.Y (the python of the layer "
-            "that will use it, e.g. 3.10)."
-        )
-    if info.python is not None and python is not None and python != info.python:
-        raise CondastackError(f"wrap: {wheel.name} is built for python {info.python}, not --python {python}.")
-    if platform == "noarch":
-        raise CondastackError("wrap: a wrapped wheel is installed under lib/pythonX.Y; give a platform such as linux-64.")
+    raw_version, local = _conda_version(info.version, opts.keep_local_version)
+    version = _check_version(version or raw_version)
+    py = _wheel_python(wheel, info, python, platform)
+    tag_floor = _tag_glibc_floor(wheel.name, info.platforms, platform)
 
     prefix = work / "prefix"
     site = prefix / "lib" / f"python{py}" / "site-packages"
@@ -314,18 +403,120 @@ def _build_from_wheel(wheel: Path, work: Path, name: str | None, version: str | 
     meta_file = prefix / "share" / "condastack" / "wrapped" / f"{name}.json"
     meta_file.parent.mkdir(parents=True)
     meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    notes = _compile_bytecode(prefix, site, py)
 
-    deps = [f"python {py}.*", *[d for d in depends if d.split()[0] != "python"]]
+    reqs = wheel_requirements(info.metadata, py, platform, opts.extras, where=wheel.name)
+    deps = _merge_depends([f"python {py}.*", *[r.spec for r in reqs]], depends)
+    deps = _with_glibc_floor(deps, max_glibc(tag_floor, tree_glibc_floor(prefix)))
+    missing, check_note = _check_satisfiable(reqs, depends, opts, channel, platform)
     build = build_string or (
-        f"py{py.replace('.', '')}h{_build_id(meta['sha256'], name, version, sorted(deps), platform)}_{build_number}"
+        f"{_local_label(local)}py{py.replace('.', '')}h"
+        f"{_build_id(meta['sha256'], name, version, sorted(deps), platform)}_{build_number}"
     )
     pkg = _assemble(name, version, platform, build, work, prefix, deps, build_number)
-    return [pkg], tuple(sorted(eps))
+    return _Built([pkg], tuple(sorted(eps)), tuple(deps), tuple(r.requirement for r in missing),
+                  tuple(notes + check_note))
 
 
-def _conda_version(v: str) -> str:
-    # A PEP 440 local version ("2.3.0+cu126") keeps its '+'; '-' is not allowed in conda versions.
-    return v.replace("-", "_")
+def _wheel_python(wheel: Path, info: _Wheel, python: str | None, platform: str) -> str:
+    if python is not None and not _PY.match(python):
+        raise CondastackError(f"wrap: --python '{python}' must be a major.minor version such as 3.10.")
+    py = python or info.python
+    if py is None:
+        raise CondastackError(
+            f"wrap: {wheel.name} does not name one CPython version; pass --python X.Y (the python of the layer "
+            "that will use it, e.g. 3.10)."
+        )
+    if info.python is not None and python is not None and python != info.python:
+        raise CondastackError(f"wrap: {wheel.name} is built for python {info.python}, not --python {python}.")
+    if platform == "noarch":
+        raise CondastackError("wrap: a wrapped wheel is installed under lib/pythonX.Y; give a platform such as linux-64.")
+    return py
+
+
+def _conda_version(v: str, keep_local: bool = False) -> tuple[str, str]:
+    """(conda version, local label): "2.13.0+cpu" -> ("2.13.0", "cpu"), so `torch >=2.13` matches it.
+
+    The label goes into the build string instead, as conda-forge does with its variants.
+    '-' is not allowed in conda versions.
+    """
+    v = v.replace("-", "_")
+    if keep_local or "+" not in v:
+        return v, ""
+    public, _, local = v.partition("+")
+    return public, local
+
+
+def _local_label(local: str) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', local)}_" if local else ""
+
+
+def _merge_depends(from_wheel: list[str], given: Sequence[str]) -> list[str]:
+    """--depends adds to the wheel's dependencies and replaces those of the same name."""
+    names = {_dep_name(d) for d in given}
+    return [*[d for d in from_wheel if _dep_name(d) not in names], *given]
+
+
+def _check_satisfiable(reqs: list[WheelDep], depends: Sequence[str], opts: WheelOptions, channel: Path,
+                       platform: str) -> tuple[list[WheelDep], list[str]]:
+    """The wheel's requirements that no channel of the stack (or the site channel) can satisfy."""
+    given = {_dep_name(d) for d in depends}
+    reqs = [r for r in reqs if r.conda_name not in given]
+    if opts.check_channels is None or not reqs:
+        return [], []
+    index_channel(channel)  # the site channel may not have been indexed yet
+    channels = [channel_url(channel), *[c for c in opts.check_channels if c != channel_url(channel)]]
+    try:
+        return unsatisfied(reqs, channels, platform), []
+    except Exception as e:  # an unreachable channel (offline): say so, the lock will tell
+        return [], [f"dependencies not checked: cannot read the channels ({str(e).splitlines()[0][:200]})"]
+
+
+def _compile_bytecode(prefix: Path, site: Path, py: str) -> list[str]:
+    """Byte-compile the staged wheel as conda-forge packages ship it, for the package's python.
+
+    Checked-hash .pyc files stay valid when the env is moved, unpacked with other
+    mtimes or mounted read-only (python checks the source hash, not its mtime);
+    paths are recorded relative to the prefix, and python fixes them on load.
+    """
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    interp = sys.executable if py == here else shutil.which(f"python{py}")
+    if interp is None:
+        return [f"no bytecode: no python{py} on PATH to compile with"]
+    # A fixed hash seed keeps set constants in one order, so the .pyc bytes are reproducible.
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("SOURCE_DATE_EPOCH", None)
+    p = subprocess.run([interp, "-m", "compileall", "-q", "-j", "1", "-s", f"{prefix}/",
+                        "--invalidation-mode", "checked-hash", str(site)], capture_output=True, text=True, env=env)
+    if p.returncode != 0:  # a file that is not python 3 (a template, a py2 test); python skips it too
+        bad = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("***")][:3]
+        return [f"some files were not byte-compiled: {'; '.join(bad) or p.stderr.strip()[-200:]}"]
+    return []
+
+
+def _wrap_missing(top: WrappedPackage, channel: Path, platform: str, python: str | None, opts: WheelOptions,
+                  force: bool) -> list[WrappedPackage]:
+    """Wrap, from opts.wheel_dir, the best wheel for each requirement no channel could satisfy."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    assert opts.wheel_dir is not None
+    # A pure dependency wheel gets the python of the package that needs it.
+    python = python or next((d.split()[1].removesuffix(".*") for d in top.depends if d.startswith("python ")), None)
+    out: list[WrappedPackage] = []
+    for line in top.unsatisfied:
+        req = Requirement(line)
+        found = []
+        for whl in sorted(Path(opts.wheel_dir).glob("*.whl")):
+            try:
+                wname, wver, _, _ = parse_wheel_filename(whl.name)
+            except ValueError:
+                continue
+            if canonicalize_name(wname) == canonicalize_name(req.name) and req.specifier.contains(wver, True):
+                found.append((wver, whl))
+        if found:
+            out += wrap(max(found)[1], channel=channel, platform=platform, python=python, force=force, wheel=opts)
+    return out
 
 
 def _pip_install(wheel: Path, site: Path, py: str, info: _Wheel) -> None:
@@ -443,17 +634,19 @@ def _split_dist(pkg: Path) -> tuple[str, str, str]:
     return name, version, build
 
 
-def _place(pkg: Path, channel: Path, force: bool, eps: tuple[str, ...]) -> WrappedPackage:
+def _place(pkg: Path, channel: Path, force: bool, built: _Built) -> WrappedPackage:
     subdir = pkg.parent.name
     if subdir not in WRAP_PLATFORMS:
         raise CondastackError(f"wrap: built package {pkg.name} is for subdir '{subdir}', which a site channel here "
                               f"does not carry ({', '.join(WRAP_PLATFORMS)}).")
     dest = channel / subdir / pkg.name
     name, version, build = _split_dist(pkg)
+    extra = dict(entry_points=built.entry_points, depends=built.depends, unsatisfied=built.unsatisfied,
+                 notes=built.notes)
     status = "added"
     if dest.exists():
         if sha256_file(dest) == sha256_file(pkg):
-            return WrappedPackage(dest, name, version, build, subdir, "unchanged", eps)
+            return WrappedPackage(dest, name, version, build, subdir, "unchanged", **extra)
         if not force:
             raise CondastackError(
                 f"wrap: {dest} already exists and differs from the package just built "
@@ -465,5 +658,5 @@ def _place(pkg: Path, channel: Path, force: bool, eps: tuple[str, ...]) -> Wrapp
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
     shutil.copyfile(pkg, tmp)
     os.replace(tmp, dest)
-    return WrappedPackage(dest, name, version, build, subdir, status, eps)
+    return WrappedPackage(dest, name, version, build, subdir, status, **extra)
 

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from condastack.credentials import redact, strip_credentials, with_credentials
-from conftest import run_cli, write_project
+from tests.helpers import run_cli, write_project
 
 MARK = "ZQ"  # never in hosts or paths below, so a secret found in an output is a leak
 _SAFE = "abcdefghijklmnopqrstuvwxyz0123456789-."

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_cli
+from tests.helpers import assert_user_error, run_cli
 
 TMP = ".condastack-tmp-"
 PLACEHOLDER = "/opt/condastack-placeholder-prefix-that-is-long-enough"

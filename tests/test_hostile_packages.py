@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import assert_user_error, run_cli, write_project
+from tests.helpers import assert_user_error, run_cli, write_project
 
 TMP = ".condastack-tmp-"
 F, SYM, HARD, FIFO = tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE

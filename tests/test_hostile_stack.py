@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_user_error, run_cli, write_project
+from tests.helpers import assert_user_error, run_cli, write_project
 
 TMP = ".condastack-tmp-"
 BOMB = "".join(f'{c}: &{c} [{", ".join([f"*{p}"] * 9)}]\n' for p, c in zip("abcdefgh", "bcdefghi"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_project
+from tests.helpers import run_cli, write_project
 
 
 class _Conditional(http.server.SimpleHTTPRequestHandler):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, run_cli
+from tests.helpers import assert_user_error, run_cli
 
 ENV_SPECS = ["hello", "python", "pip"]
 META = {"layer": "app", "stack": "demo", "platform": "linux-64", "lock_hash": "0123abcd",
@@ -321,7 +321,7 @@ def test_failed_pack_leaves_no_archive(app_env: Path, tmp_path: Path) -> None:
 
 
 def test_killed_pack_leaves_no_archive(app_env: Path, tmp_path: Path) -> None:
-    from conftest import CLI
+    from tests.helpers import CLI
 
     out = tmp_path / "out" / "app.tar.zst"
     out.parent.mkdir()
@@ -356,3 +356,32 @@ def test_dest_too_long_for_binary_placeholder(packed: Path, app_env: Path, tmp_p
     shutil.copy(packed, bare)
     assert_user_error(run_cli("unpack", bare, long_dest), f"at most {len(placeholder)} characters")
     assert not long_dest.exists() and [p.name for p in long_dest.parent.iterdir()] == []
+
+
+def _members(archive: Path) -> dict[str, bytes | str | None]:
+    """name -> file bytes, link target, or None for folders, of a .tar.zst."""
+    data = subprocess.run(["zstd", "-dc", str(archive)], capture_output=True, check=True).stdout
+    out: dict[str, bytes | str | None] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for m in tf.getmembers():
+            out[m.name] = tf.extractfile(m).read() if m.isfile() else (m.linkname if m.issym() else None)
+    return out
+
+
+def test_restart_path_writes_the_same_archive_content(app_env: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """When conda-pack's model disagrees with the early stream, the archive is planned once more and
+    written again from the start: same members, same content as the streamed one."""
+    from condastack import pack
+
+    normal = pack.pack_prefix(app_env, tmp_path / "normal.tar.zst")
+    assert "restarted" not in normal.timings
+    monkeypatch.setattr(pack, "_confirm_early", lambda env, early: False)
+    again = pack.pack_prefix(app_env, tmp_path / "again.tar.zst")
+    assert again.timings.get("restarted") == 1.0
+    a, b = _members(normal.output), _members(again.output)
+    assert a.keys() == b.keys() and len(a) == normal.file_count == again.file_count
+    differ = [n for n in a if a[n] != b[n]]
+    # every member holds the same bytes (or link target) either way
+    assert differ == [], differ[:10]
+    assert json.loads(again.manifest.read_text())["bytes_unpacked"] == normal.bytes_unpacked

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, Result, assert_user_error, run_cli, write_project
+from tests.helpers import CLI, Result, assert_user_error, run_cli, write_project
 
 TMP = ".condastack-tmp-"
 

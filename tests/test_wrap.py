@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_cli, write_project
+from tests.helpers import assert_user_error, run_cli, write_project
 from condastack.errors import CondastackError
 from condastack.wrap import default_channel, wrap
 
@@ -187,7 +187,7 @@ def test_wrap_cp_wheel_takes_its_python(tmp_path: Path) -> None:
     (p,) = wrap(whl, channel=tmp_path / "site", name="tiny-tool")
     assert p.build.startswith("py310h")
     repo = json.loads((tmp_path / "site" / "linux-64" / "repodata.json").read_text())["packages.conda"]
-    assert repo[p.path.name]["depends"] == ["python 3.10.*"]
+    assert repo[p.path.name]["depends"] == ["python 3.10.*", "__glibc >=2.17"]  # the manylinux_2_17 floor
     with pytest.raises(CondastackError, match="built for python 3.10"):
         wrap(whl, channel=tmp_path / "site", python="3.11")
 

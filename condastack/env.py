@@ -1,0 +1,243 @@
+"""An environment on disk: its prefix, condastack's marker, package records and pip distributions.
+
+Modelled on conda-pack's `CondaEnv`: one object per prefix that reads
+`conda-meta` once and lazily. Every stage that looks inside an environment
+(build, verify, pack, unpack, deliver, doctor, container, module) asks this
+module; none opens `conda-meta` itself.
+
+Files condastack keeps in `conda-meta` (none ends in .json, so tools that read
+`conda-meta/*.json` as package records never see them):
+
+    condastack.info      the marker of an env built by condastack:
+                         {"layer", "stack", "platform", "lock_hash", "lockfile", "created_by"}
+    condastack.prefixes  relocation state of a packed/unpacked env (see unpack.relocate)
+    condastack.install   what `condastack install` installed there
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CondastackError, EnvDamaged, PrefixTooLong
+from .pathsafe import check_meta_record
+
+META_DIR = "conda-meta"
+MARKER = Path(META_DIR) / "condastack.info"
+PREFIXES_FILE = f"{META_DIR}/condastack.prefixes"
+INSTALL_RECORD = f"{META_DIR}/condastack.install"
+STATE_FILE = Path(META_DIR) / "state"  # conda's per-env state (env_vars)
+CREATED_BY = f"condastack {__version__}"
+
+RawRecords = dict[str, tuple[bytes, dict]]  # conda-meta file path -> (its bytes, parsed)
+
+
+# --------------------------------------------------------------------------- the marker
+
+
+def is_record_member(target: str) -> bool:
+    """Whether a prefix-relative path is a package record (conda-meta/*.json)."""
+    return target.startswith(META_DIR + "/") and target.endswith(".json")
+
+
+def record_file_name(name: str, version: str, build: str) -> str:
+    """The conda-meta file name of an installed package."""
+    return f"{name}-{version}-{build}.json"
+
+
+def read_marker(prefix: Path) -> dict[str, Any] | None:
+    """The `conda-meta/condastack.info` of an environment, or None."""
+    try:
+        data = json.loads((Path(prefix) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_marker(prefix: Path, data: dict[str, Any]) -> None:
+    path = Path(prefix) / MARKER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- pip distributions
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def site_packages_dirs(prefix: Path) -> list[Path]:
+    return sorted(p for p in Path(prefix).glob("lib/python*/site-packages") if p.is_dir())
+
+
+def dist_name_version(d: Path) -> tuple[str, str]:
+    """Name and version of a *.dist-info folder, from its METADATA (else its folder name)."""
+    name = version = ""
+    try:
+        for line in (d / "METADATA").read_text(errors="replace").splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            if key.lower() == "name" and not name:
+                name = value.strip()
+            elif key.lower() == "version" and not version:
+                version = value.strip()
+    except OSError:
+        pass
+    if not name:
+        name, _, version = d.name[: -len(".dist-info")].partition("-")
+    return name, version
+
+
+# --------------------------------------------------------------------------- placeholders
+
+
+def check_dest_fits(records: list[tuple[str, str, str]], dest: str) -> None:
+    """A binary placeholder can only be replaced by a path no longer than itself."""
+    for f, ph, mode in records:
+        if mode == "binary" and len(dest.encode()) > len(ph.encode()):
+            raise PrefixTooLong(file=f, prefix=dest, room=len(ph.encode()))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class Env:
+    """An environment at `prefix`; everything read from `conda-meta` is read once, on first use."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = Path(prefix)
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.prefix / META_DIR
+
+    def is_conda_env(self) -> bool:
+        return self.meta_dir.is_dir()
+
+    def require_conda_env(self, advice: str = "") -> None:
+        """Refuse a folder that is not a conda environment; `advice` follows the reason."""
+        if not self.is_conda_env():
+            raise CondastackError(f"{self.prefix}: not a conda environment (no {META_DIR}/).{advice}")
+
+    @cached_property
+    def marker(self) -> dict[str, Any] | None:
+        return read_marker(self.prefix)
+
+    def has_marker(self) -> bool:
+        return (self.prefix / MARKER).is_file()
+
+    def path(self, rel: str | Path) -> Path:
+        """A file of condastack's inside the env, e.g. `env.path(PREFIXES_FILE)`."""
+        return self.prefix / rel
+
+    def record_path(self, name: str, version: str, build: str) -> Path:
+        return self.meta_dir / record_file_name(name, version, build)
+
+    def record_names(self) -> list[str]:
+        """File names of the package records (conda-meta/*.json), sorted."""
+        try:
+            names = os.listdir(self.meta_dir)
+        except OSError:
+            return []
+        return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
+
+    def raw_records(self, out: RawRecords, *, strict: bool = False) -> Iterator[dict]:
+        """Each package record, parsed, as it is read; `out` collects {path: (bytes, parsed)} so a
+        caller can hand them on (pack gives them to conda-pack's model and rewrites their bytes).
+        A generator, so a scan can use the first package before the others are parsed.
+        Unreadable ones are left out, unless `strict`: then a malformed one (bad JSON, wrong types,
+        unsafe paths, no link.source) is refused by the path gate, naming it (pack uses that:
+        conda-pack would stop on it with a traceback)."""
+        meta_dir = str(self.meta_dir)
+        for name in self.record_names():
+            path = os.path.join(meta_dir, name)
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read()
+                info = json.loads(raw)
+            except ValueError as e:
+                if strict:
+                    raise EnvDamaged(file=path, reason=str(e)) from None
+                continue
+            except OSError:
+                continue
+            if strict:
+                check_meta_record(info, path, need_link=True)
+            if isinstance(info, dict):
+                out[path] = (raw, info)
+                yield info
+
+    @cached_property
+    def records(self) -> dict[str, dict[str, Any]]:
+        """package name -> its conda-meta record; an unreadable record is refused."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.record_names():
+            f = self.meta_dir / name
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                raise EnvDamaged(file=f, reason=str(e)) from None
+            check_meta_record(data, str(f))
+            out[str(data.get("name", f.stem))] = data
+        return out
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Replace a package's conda-meta record (atomically), e.g. to list files made at link time."""
+        from .fsutil import atomic_write_text
+
+        path = self.record_path(str(record["name"]), str(record["version"]), str(record["build"]))
+        atomic_write_text(path, json.dumps(record, indent=2))
+        self.__dict__.pop("records", None)
+
+    def readable_records(self) -> list[dict[str, Any]]:
+        """The records that can be read, skipping damaged ones (for best-effort questions)."""
+        return list(self.raw_records({}))
+
+    def conda_files(self) -> set[str]:
+        """Prefix-relative paths of every conda-managed file."""
+        return {e.get("_path") or e.get("path") for m in self.records.values()
+                for e in (m.get("paths_data") or {}).get("paths") or []}
+
+    def site_packages_dirs(self) -> list[Path]:
+        return site_packages_dirs(self.prefix)
+
+    def installed_dists(self) -> dict[str, str]:
+        """canonical distribution name -> version, from the *.dist-info folder names (cheap)."""
+        out: dict[str, str] = {}
+        for sp in self.site_packages_dirs():
+            for d in sp.glob("*.dist-info"):
+                name, _, version = d.name[: -len(".dist-info")].partition("-")
+                out[canonical_name(name)] = version
+        return out
+
+    def pip_dists(self) -> dict[str, tuple[str, str]]:
+        """canonical name -> (version, dist-info path) of distributions no conda package owns."""
+        conda_files = self.conda_files()
+        out: dict[str, tuple[str, str]] = {}
+        for sp in self.site_packages_dirs():
+            for d in sp.glob("*.dist-info"):
+                rel = os.path.relpath(d, self.prefix)
+                if f"{rel}/METADATA" in conda_files or f"{rel}/RECORD" in conda_files:
+                    continue
+                name, version = dist_name_version(d)
+                out[canonical_name(name)] = (version, rel)
+        return out
+
+    def min_binary_placeholder(self) -> int | None:
+        """The shortest binary placeholder of the env's packages (bytes), None if none."""
+        lengths: list[int] = []
+        for data in self.readable_records():
+            for p in (data.get("paths_data") or {}).get("paths") or []:
+                ph = p.get("prefix_placeholder") if isinstance(p, dict) else None
+                if ph and p.get("file_mode") == "binary":
+                    lengths.append(len(ph.encode()))
+        return min(lengths) if lengths else None
+

@@ -1,0 +1,104 @@
+"""Where things live: every path of a project and of condastack's user caches.
+
+A project folder holds
+
+    environments/stack.yml                  the stack file (and the layer files it names)
+    lock/<layer>.conda-lock.yml             the unified lockfile of a layer
+    lock/<layer>[.<platform>].lock          its @EXPLICIT file (no platform for the default one)
+    lock/<layer>[.<platform>].pip.txt       its pip requirements
+    lock/<layer>.records.json               full records (depends, constrains) for child solves
+    envs/<layer>                            the built environment
+    pack/<layer>-<platform>.<ext>           archives (+ .sha256, .manifest.json)
+
+and the user caches are $CONDASTACK_CACHE (default ~/.cache/condastack), the
+package cache $CONDASTACK_PKGS (default ~/.cache/condastack/pkgs) and the wheel
+cache inside it. Nothing else in condastack spells these paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STACK_FILE = Path("environments") / "stack.yml"
+LOCK_DIR = "lock"
+ENVS_DIR = "envs"
+PACK_DIR = "pack"
+LOCKFILE_SUFFIX = ".conda-lock.yml"
+
+
+# --------------------------------------------------------------------------- project
+
+
+def stack_file(root: Path) -> Path:
+    return Path(root) / STACK_FILE
+
+
+def lock_dir(root: Path) -> Path:
+    return Path(root) / LOCK_DIR
+
+
+def lockfile_path(root: Path, layer: str) -> Path:
+    return lock_dir(root) / f"{layer}{LOCKFILE_SUFFIX}"
+
+
+def records_sidecar_path(lockfile: Path) -> Path:
+    """The full records (depends and constrains) of a lockfile: `<layer>.records.json` beside it."""
+    lockfile = Path(lockfile)
+    stem = lockfile.name.removesuffix(LOCKFILE_SUFFIX).removesuffix(".yml")
+    return lockfile.with_name(f"{stem}.records.json")
+
+
+def lock_mutex(root: Path) -> Path:
+    """The flock file that serialises `lock` runs of one project."""
+    return lock_dir(root) / ".condastack.lock"
+
+
+def explicit_path(root: Path, layer: str, platform: str, default_platform: str) -> Path:
+    if platform == default_platform:
+        return lock_dir(root) / f"{layer}.lock"
+    return lock_dir(root) / f"{layer}.{platform}.lock"
+
+
+def pip_txt_path(root: Path, layer: str, platform: str, default_platform: str) -> Path:
+    if platform == default_platform:
+        return lock_dir(root) / f"{layer}.pip.txt"
+    return lock_dir(root) / f"{layer}.{platform}.pip.txt"
+
+
+def env_prefix(root: Path, layer: str) -> Path:
+    return Path(root) / ENVS_DIR / layer
+
+
+def pack_dir(root: Path) -> Path:
+    return Path(root) / PACK_DIR
+
+
+def pack_output(root: Path, layer: str, platform: str, suffix: str) -> Path:
+    """pack/<layer>-<platform><suffix>, suffix such as ".tar.zst"."""
+    return pack_dir(root) / f"{layer}-{platform}{suffix}"
+
+
+# --------------------------------------------------------------------------- user caches
+
+
+def _xdg_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+
+
+def cache_root() -> Path:
+    """condastack's user cache folder ($CONDASTACK_CACHE, else ~/.cache/condastack)."""
+    env = os.environ.get("CONDASTACK_CACHE")
+    return Path(env) if env else _xdg_cache() / "condastack"
+
+
+def pkgs_dir() -> Path:
+    """The shared package cache: `$CONDASTACK_PKGS`, default ~/.cache/condastack/pkgs."""
+    env = os.environ.get("CONDASTACK_PKGS")
+    if env:
+        return Path(env).expanduser().absolute()
+    return _xdg_cache() / "condastack" / "pkgs"
+
+
+def wheels_dir() -> Path:
+    return pkgs_dir() / "wheels"

@@ -1,0 +1,270 @@
+"""Archive writers: a tar stream through zstd or gzip, and a SquashFS image.
+
+Each writer takes members as (folder, name) pairs through `add`, or a whole
+`Plan` through `add_plan`, and `finish()` returns the archive's sha256; this
+follows conda-pack's `formats.py`, where one writer per format shares that
+interface. What goes in and from where is decided by the planner (pack.py).
+
+The tar writer never streams bytes through Python: GNU tar reads lists of
+paths (`-T -`, each group relative to its own folder) and pipes into
+multithreaded `zstd -T<threads>` (or `pigz`), which writes the file; a thread
+hashes it behind. The SquashFS writer fills a tree of hard links and runs
+`mksquashfs -processors N -comp zstd` once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CondastackError
+from .fsutil import sha256_file
+
+
+@dataclass
+class Plan:
+    """Where each archive member comes from."""
+
+    from_prefix: list[str] = field(default_factory=list)
+    from_cache: dict[str, list[str]] = field(default_factory=dict)  # package folder -> relative names
+    staged: list[str] = field(default_factory=list)  # written under the staging folder
+    records: list[tuple[str, str, str]] = field(default_factory=list)  # (file, placeholder, mode)
+    packages: list[dict] = field(default_factory=list)
+    bytes_unpacked: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.from_prefix) + sum(map(len, self.from_cache.values())) + len(self.staged)
+
+
+class _Writer:
+    """What both writers share: a plan is added folder by folder."""
+
+    def add(self, base: str | Path, name: str) -> None:
+        raise NotImplementedError
+
+    def add_plan(self, prefix: Path, plan: Plan, staging: Path) -> None:
+        for name in plan.from_prefix:
+            self.add(prefix, name)
+        for base, names in sorted(plan.from_cache.items()):
+            resolved = Path(base).resolve()
+            for name in names:
+                self.add(resolved, name)
+        for name in plan.staged:
+            self.add(staging, name)
+
+    def finish(self) -> str:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Stop after a failure; the partial output is the caller's to remove."""
+
+
+def compressor(fmt: str, level: int, threads: int) -> list[str]:
+    """The command that compresses a tar stream for `fmt` ("tar.zst" or "tar.gz")."""
+    if fmt == "tar.zst":
+        return ["zstd", f"-T{threads}", *(["--ultra"] if level > 19 else []), f"-{level}", "-q", "-c"]
+    return ["pigz", "-p", str(threads), f"-{level}", "-c"]
+
+
+class TarWriter(_Writer):
+    """`tar -T - | compressor > out`: members are listed while earlier ones are already compressed."""
+
+    def __init__(self, out: Path, comp_args: list[str]) -> None:
+        self.comp_args = comp_args
+        with open(out, "wb") as sink:
+            self.tar = subprocess.Popen(_TAR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                self.comp = subprocess.Popen(comp_args, stdin=self.tar.stdout, stdout=sink, stderr=subprocess.PIPE)
+            except FileNotFoundError:
+                self.tar.kill()
+                self.tar.wait()
+                raise CondastackError(f"{comp_args[0]} is not installed; install it or choose another --format.") \
+                    from None
+        self.tar.stdout.close()
+        self.errs: dict[str, bytes] = {}
+        self.hasher = _Follower(out)
+        self.threads = [threading.Thread(target=lambda p=p, k=k: self.errs.__setitem__(k, p.stderr.read()),
+                                         daemon=True) for k, p in (("tar", self.tar), ("comp", self.comp))]
+        for t in [*self.threads, self.hasher]:
+            t.start()
+        with contextlib.suppress(OSError):  # room for ~16k names: tar never waits for the writer thread
+            fcntl.fcntl(self.tar.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+        self.feed = _TarFeed(self.tar.stdin)
+        self.add = self.feed.add  # the hot path: one call per member, no wrapper
+
+    def _close(self) -> tuple[int, int]:
+        self.feed.close()
+        rc_t = self.tar.wait()
+        rc_c = self.comp.wait()
+        self.hasher.done.set()
+        for t in [*self.threads, self.hasher]:
+            t.join()
+        return rc_t, rc_c
+
+    def abort(self) -> None:
+        for p in (self.tar, self.comp):
+            with contextlib.suppress(OSError):
+                p.kill()
+        self._close()
+
+    def finish(self) -> str:
+        rc_t, rc_c = self._close()
+        if rc_c != 0:  # checked first: tar then only died of the broken pipe
+            if b"No space left" in self.errs.get("comp", b""):  # a user error about the output (named by the caller)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            err = self.errs.get("comp", b"").decode(errors="replace").strip()
+            raise CondastackError(f"packing failed: {self.comp_args[0]} exited {rc_c}: {err}")
+        if rc_t != 0:
+            err = self.errs.get("tar", b"").decode(errors="replace").strip()
+            raise CondastackError(f"packing failed: tar exited {rc_t}: {err}")
+        return self.hasher.hexdigest()
+
+
+class SquashfsWriter(_Writer):
+    """Links every member into `tree` (which already holds the staged files), then one `mksquashfs`."""
+
+    def __init__(self, out: Path, tree: Path, level: int, threads: int) -> None:
+        self.out, self.tree, self.level, self.threads = out, tree, level, threads
+
+    def add(self, base: str | Path, name: str) -> None:
+        src = Path(base) / name
+        if Path(base) == self.tree:  # a staged file: already in place
+            return
+        out = self.tree / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), out)
+        elif src.is_dir():
+            out.mkdir(exist_ok=True)
+        else:
+            try:
+                os.link(src, out)
+            except OSError:  # another file system: copy
+                shutil.copy2(src, out)
+
+    def finish(self) -> str:
+        cmd = ["mksquashfs", str(self.tree), str(self.out), "-noappend", "-no-progress", "-quiet", "-comp", "zstd",
+               "-Xcompression-level", str(self.level), "-processors", str(self.threads), "-all-root", "-no-xattrs"]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise CondastackError("mksquashfs is not installed (apt-get install squashfs-tools).") from None
+        if p.returncode != 0:
+            raise CondastackError(f"mksquashfs failed for {self.out}: {(p.stderr or p.stdout).strip()}")
+        return sha256_file(self.out)
+
+
+# --no-verbatim-files-from: `--directory=` entries in the list switch folders (--null alone implies verbatim).
+_TAR = ["tar", "-cf", "-", "--no-recursion", "--numeric-owner", "--null", "--no-verbatim-files-from", "-T", "-"]
+
+
+class _TarFeed:
+    """Names for GNU tar's `-T -` (NUL-separated), each group read relative to its own folder.
+
+    A thread writes them to tar, so the planning can run ahead of tar (it holds a queue of
+    names, a few MB at most) and tar never waits for Python.
+    """
+
+    def __init__(self, pipe) -> None:  # noqa: ANN001 - a binary file object
+        import queue
+
+        self.pipe = pipe
+        self.base: str | None = None
+        self.buf: list[bytes] = []
+        self.count = 0
+        self.broken = False
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.writer = threading.Thread(target=self._write, daemon=True)
+        self.writer.start()
+
+    def _write(self) -> None:
+        while (block := self.queue.get()) is not None:
+            if self.broken:
+                continue
+            try:
+                self.pipe.write(block)
+                self.pipe.flush()
+            except (BrokenPipeError, ValueError):  # tar died (or was killed): its status says why
+                self.broken = True
+
+    def add(self, base: str | Path, name: str) -> None:
+        base = str(base)
+        if base != self.base:  # position-sensitive, like -C on the command line
+            self.buf.append(b"--directory=" + os.fsencode(base) + b"\0")
+            self.base = base
+        n = os.fsencode(name)
+        self.buf.append((b"--add-file=" + n if n.startswith(b"-") else n) + b"\0")
+        self.count += 1
+        if len(self.buf) >= 1024:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.queue.put(b"".join(self.buf))
+            self.buf.clear()
+
+    def close(self) -> None:
+        """All names are listed: let the writer finish, then end tar's list."""
+        self.flush()
+        self.queue.put(None)
+        self.writer.join()
+        with contextlib.suppress(BrokenPipeError):
+            self.pipe.close()
+
+
+
+class _Follower(threading.Thread):
+    """sha256 of a file that is still being written; `done` is set once the writer has exited."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.done = threading.Event()
+        self.h = hashlib.sha256()
+
+    def run(self) -> None:
+        flushed = 0
+        with open(self.path, "rb", buffering=0) as f:
+            while True:
+                finished = self.done.is_set()  # read before the data: nothing can follow it then
+                while block := f.read(8 << 20):
+                    self.h.update(block)
+                    pos = f.tell()
+                    if pos - flushed >= 64 << 20:
+                        _start_writeback(f.fileno(), flushed, pos - flushed)
+                        flushed = pos
+                if finished:
+                    return
+                self.done.wait(0.05)
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing a hashed range of the archive to disk (sync_file_range, not waiting), so the
+    fsync that makes the finished archive durable has little left to do. Best effort."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        import ctypes
+
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+            _sync_file_range = fn
+        except (OSError, AttributeError):  # not Linux/glibc
+            _sync_file_range = False
+    if _sync_file_range:
+        _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
+
+
+_sync_file_range = None
