@@ -71,8 +71,11 @@ _ARCHIVE_MAGIC = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b", b"hsqs")  # zstd, gzip, Squa
 def require_archive(path: Path) -> None:
     """Refuse a file that is neither compressed (zstd, gzip), SquashFS nor a tar, before any work on it.
 
-    A file that is missing or unreadable is left to the library, which names that problem itself.
+    A file that is missing, unreadable or not a regular file (a fifo would block the read) is left
+    to the library, which names that problem itself.
     """
+    if not path.is_file():
+        return
     try:
         with open(path, "rb") as f:
             head = f.read(512)
