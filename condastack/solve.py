@@ -1,9 +1,8 @@
 """The one seam between conda-lock (formats) and py-rattler (solving, installing).
 
-conda-lock is the authority on what one conda match spec or pip requirement
-means (envfile.py reads the environment.yml around them through here) and on
-the lockfile models; py-rattler does the solving. Everything that converts
-between the two lives here and nowhere else.
+conda-lock is the authority on what an environment.yml means (selectors,
+channels, `pip:`) and on the lockfile models; py-rattler does the solving.
+Everything that converts between the two lives here and nowhere else.
 """
 
 from __future__ import annotations
@@ -36,7 +35,120 @@ def mapping_url() -> str:
         return str(conda_lock_mapping(Path(tempfile.gettempdir()) / "condastack-mapping"))
 
 
-# --------------------------------------------------------------------------- conda-lock's dependency model
+# --------------------------------------------------------------------------- environment.yml
+
+
+def parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[str], list[str]]:
+    """Conda match specs and pip requirement strings of one environment.yml for one platform.
+
+    Selectors and pip markers are applied by conda-lock's own parser. Importing
+    conda-lock costs ~0.6 s, so a plain file is read without it (fast_layer_specs)
+    and other results are cached by file content: a no-op `lock` never imports it.
+    """
+    data = Path(path).read_bytes()
+    fast = fast_layer_specs(data)
+    if fast is not None:
+        return fast
+    import json
+    from importlib.metadata import version
+
+    from . import __version__
+    from .fsutil import atomic_write_text
+
+    key = hashlib.sha256(b"|".join([data, platform.encode(), version("conda-lock").encode(),
+                                    __version__.encode(), MAPPING_FILE.read_bytes()])).hexdigest()
+    cached = cache_root() / "specs" / f"{key}.json"
+    try:
+        hit = json.loads(cached.read_text())
+        return list(hit["conda"]), list(hit["pip"])
+    except (OSError, ValueError, KeyError):
+        pass
+    conda, pip = _parse_layer_specs(path, platform, layer=layer)
+    try:
+        atomic_write_text(cached, json.dumps({"conda": conda, "pip": pip}))
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return conda, pip
+
+
+_VER = r"\d[A-Za-z0-9_.+]*"
+_FAST_SPEC = re.compile(rf"^([a-z0-9_][a-z0-9_.-]*)(?: +((?:(?:>=|<=|<|>|!=){_VER}\*?|{_VER}\.\*)"
+                        rf"(?:,(?:>=|<=|<|>|!=){_VER}\*?)*))?$")
+
+
+def fast_layer_specs(data: bytes) -> tuple[list[str], list[str]] | None:
+    """The specs of a plain environment.yml without importing conda-lock, or None.
+
+    Only files conda-lock would read back unchanged qualify: no selectors, no
+    pip section, and every dependency `name` or `name <ops-version>` /
+    `name X.Y.*` (tests/test_lock.py checks each form against conda-lock).
+    """
+    try:
+        text = data.decode("utf-8")
+        if "# [" in text or "#[" in text:
+            return None
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        raw = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return None
+    deps = raw.get("dependencies") if isinstance(raw, dict) else None
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        return None
+    conda: list[str] = []
+    for d in deps:
+        m = _FAST_SPEC.match(d.strip())
+        if m is None:
+            return None
+        spec = f"{m.group(1)} {m.group(2)}" if m.group(2) else m.group(1)
+        if spec not in conda:
+            conda.append(spec)
+    return conda, []
+
+
+def _parse_layer_specs(path: Path, platform: str, *, layer: str) -> tuple[list[str], list[str]]:
+    from conda_lock.models.lock_spec import VersionedDependency
+    from conda_lock.src_parser.environment_yaml import parse_environment_file
+    from conda_lock.src_parser.markers import evaluate_marker
+    from conda_lock.src_parser.pyproject_toml import parse_python_requirement
+    from conda_lock.src_parser.selectors import filter_platform_selectors
+
+    sink = io.StringIO()
+    try:
+        # conda-lock prints a line for each selector it drops; keep our output clean.
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            spec = parse_environment_file(Path(path), [platform], mapping_url=mapping_url())
+    except Exception as e:  # conda-lock raises plain ValueErrors for bad specs
+        raise CondastackError(f"{path}: layer '{layer}': cannot parse the environment file: {e}") from None
+
+    conda: list[str] = []
+    for dep in spec.dependencies[platform]:
+        if dep.manager != "conda" or not isinstance(dep, VersionedDependency):
+            continue
+        ms = to_match_spec(dep)
+        if ms not in conda and not (dep.name == "pip" and any(c.split()[0] == "pip" for c in conda)):
+            conda.append(ms)
+
+    # pip requirement strings are kept verbatim (conda-lock mangles URLs when it parses them),
+    # but only those whose markers hold on this platform.
+    text = "\n".join(filter_platform_selectors(Path(path).read_text(), platform=platform))
+    raw = yaml.safe_load(text) or {}
+    pip: list[str] = []
+    for entry in raw.get("dependencies") or []:
+        if isinstance(entry, dict):
+            for req in entry.get("pip") or []:
+                req = str(req).strip()
+                if req.startswith("-e ") or req.startswith("--editable"):
+                    raise CondastackError(
+                        f"{path}: layer '{layer}': editable pip dependency '{req}' cannot be locked or "
+                        "packed; build it as a wheel or wrap it with `condastack wrap`."
+                    )
+                try:
+                    dep = parse_python_requirement(req, manager="pip", category="main", mapping_url=mapping_url())
+                except Exception as e:
+                    raise CondastackError(f"{path}: layer '{layer}': bad pip requirement '{req}': {e}") from None
+                if evaluate_marker(dep.markers, platform) and req not in pip:
+                    pip.append(req)
+    return conda, pip
 
 
 def to_match_spec(dep: object) -> str:
@@ -180,7 +292,37 @@ def _load_lock_document(path: Path, strings: bool) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("package"), list) or \
             not isinstance(data.get("metadata"), dict) or not all(isinstance(p, dict) for p in data["package"]):
         raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list or 'metadata').")
+    _check_lock_fields(path, data)
     return data
+
+
+_LOCK_SCALARS = ("name", "version", "manager", "platform", "url")
+_LOCK_VERSION = re.compile(r"^[A-Za-z0-9_!*]+(?:[.+-][A-Za-z0-9_!*]+)*\Z")
+_CONDA_ARCHIVE = (".conda", ".tar.bz2")
+
+
+def _check_lock_fields(path: Path, data: dict) -> None:
+    """The fields installing reads have the types and shapes conda-lock writes; a lockfile is hostile
+    until checked, and a wrong one must be a message naming it, not a crash deeper in the installer."""
+    def bad(why: str) -> CondastackError:
+        return CondastackError(f"{path}: not a readable conda-lock file ({why}). Re-create it with "
+                               "`condastack lock`.")
+
+    if "version" in data and not str(data["version"]).isdigit():
+        raise bad(f"its format 'version' {str(data['version'])[:40]!r} is not an integer")
+    for i, p in enumerate(data["package"]):
+        for key in _LOCK_SCALARS:
+            if not isinstance(p.get(key), (str, int, float)) or isinstance(p.get(key), bool):
+                raise bad(f"package #{i + 1}: '{key}' is {type(p.get(key)).__name__}, not a string")
+        label = f"package {str(p['name'])[:80]}"
+        if not _LOCK_VERSION.match(str(p["version"])):
+            raise bad(f"{label}: malformed version {str(p['version'])[:80]!r}")
+        if "://" not in str(p["url"]):
+            raise bad(f"{label}: 'url' {str(p['url'])[:80]!r} is not a URL")
+        if p["manager"] == "conda" and not str(p["url"]).endswith(_CONDA_ARCHIVE):
+            raise bad(f"{label}: the URL {str(p['url'])[:200]} does not name a conda package (.conda or .tar.bz2)")
+        if not isinstance(p.get("hash", {}), dict):
+            raise bad(f"{label}: 'hash' is {type(p['hash']).__name__}, not a mapping")
 
 
 def read_lock_entries(path: Path, *, strings: bool = False) -> list[dict]:
@@ -313,8 +455,6 @@ def solve_pip(pip_specs: list[str], conda_entries: list[dict], platform: str, vp
     specs = {}
     for req in pip_specs:
         dep = parse_python_requirement(req, manager="pip", category="main", mapping_url=mapping_url())
-        if type(dep).__name__ == "PathDependency" and re.search(r"@\s*http://", req):
-            dep = _http_url_dependency(dep, req)  # conda-lock reads only https:// as a URL
         specs[dep.name] = dep
     real_pool = pypi_solver._prepare_repositories_pool
 
@@ -334,37 +474,7 @@ def solve_pip(pip_specs: list[str], conda_entries: list[dict], platform: str, vp
     except Exception as e:  # poetry's resolver raises many types; all are user-facing here
         msg = str(e).strip().splitlines()
         raise CondastackError("pip requirements cannot be resolved: " + " ".join(m.strip() for m in msg[:8])) from None
-    out = [model_entry(d) for d in solved.values() if d.manager == "pip"]
-    for d in out:
-        if d["url"].startswith("git+file://None/"):  # conda-lock writes a file URL's empty host as "None"
-            d["url"] = "git+file:///" + d["url"][len("git+file://None/"):]
-        if not d["hash"].get("sha256") and d["url"].startswith(("http://", "https://")):
-            d["hash"]["sha256"] = _url_sha256(d["url"], d["name"])  # `name @ URL`: pip --require-hashes needs it
-    return out
-
-
-def _url_sha256(url: str, name: str) -> str:
-    import urllib.request
-
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url.split("#", 1)[0], timeout=60) as f:  # noqa: S310 - http(s) only, above
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as e:
-        raise CondastackError(f"pip requirement {name} @ {url}: cannot download it to record its sha256: {e}") \
-            from None
-    return h.hexdigest()
-
-
-def _http_url_dependency(dep: object, req: str) -> object:
-    from urllib.parse import urldefrag
-
-    from conda_lock.models.lock_spec import URLDependency
-
-    url, frag = urldefrag(req.split("@", 1)[1].split(";", 1)[0].strip())
-    return URLDependency(name=dep.name, manager="pip", category="main", extras=[],  # type: ignore[attr-defined]
-                         markers=dep.markers, url=url, hashes=[frag.replace("=", ":")])  # type: ignore[attr-defined]
+    return [model_entry(d) for d in solved.values() if d.manager == "pip"]
 
 
 def entries_to_models(entries: list[dict]) -> list:
@@ -576,23 +686,12 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
     for p in mine:
         if p.get("manager") != "pip":
             continue
-        _refuse_vcs(path, p)
         sha = (p.get("hash") or {}).get("sha256")
         if not sha:
             raise CondastackError(f"{path}: pip package {p.get('name')} {p.get('version')} has no sha256 in the lock; "
                                   "`pip --require-hashes` needs one. Re-lock it.")
         wheels.append(LockedWheel(name=str(p["name"]), version=str(p["version"]), url=str(p["url"]), sha256=sha))
     return LockedEnv(path=path, platform=platform, platforms=plats, conda=conda, pip=tuple(wheels))
-
-
-def _refuse_vcs(path: Path, p: dict) -> None:
-    """A pip package locked from version control (conda-lock records its commit, not a wheel's sha256)."""
-    url = str(p.get("url", ""))
-    if url.startswith(("git+", "hg+", "svn+", "bzr+")):
-        raise CondastackError(
-            f"{path}: pip package {p.get('name')} {p.get('version')} is locked from version control ({url}); "
-            "condastack builds from sha256-checked wheels only. Build a wheel of that commit and serve it from "
-            "an index or list it as `name @ https://…/name.whl`, or wrap it with `condastack wrap`, then re-lock.")
 
 
 def read_records_sidecar(path: Path, platform: str) -> list[dict]:
