@@ -685,6 +685,7 @@ def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> N
               help="Where to mount it: must be the --dest-prefix it was packed for (the default).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the preamble here (default: print it).")
+@verbosity_options
 @click.pass_obj
 def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None) -> None:
     """Print (or write) a job preamble that sbcasts a SquashFS IMAGE to the job's nodes and mounts it.

@@ -59,7 +59,7 @@ def project(tmp_path: Path) -> Path:
 def test_the_command_list() -> None:
     """The parametrized tests below cover every command; a new one must be added to MISSING as well."""
     assert COMMANDS == sorted(["build", "container", "diff", "doctor", "install", "layers", "lock", "module", "pack",
-                               "relocate", "unpack", "verify", "wrap"])
+                               "relocate", "slurm-preamble", "unpack", "verify", "wrap"])
     assert set(MISSING) | NO_REQUIRED_ARGUMENT == set(COMMANDS)
 
 
@@ -80,7 +80,7 @@ def test_help(invoke, name: str) -> None:  # noqa: ANN001
 def test_group_help_lists_every_command(invoke) -> None:  # noqa: ANN001
     res = invoke("--help")
     assert res.exit_code == 0
-    listed = re.findall(r"^  (\w+)\s", res.output.split("Commands:")[1], flags=re.M)
+    listed = re.findall(r"^  ([\w-]+)\s", res.output.split("Commands:")[1], flags=re.M)
     assert listed == COMMANDS
 
 
@@ -98,6 +98,7 @@ MISSING: dict[str, list[list[str]]] = {
     "module": [[], ["{root}"], ["{root}", "--name", "a/b"]],
     "wrap": [[]],
     "diff": [[], ["old.conda-lock.yml"]],
+    "slurm-preamble": [[]],
 }
 NO_REQUIRED_ARGUMENT = {"layers", "lock", "doctor", "container"}  # all their arguments have defaults
 
