@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from .bytecode import compile_noarch_python
+from .credentials import with_credentials
 from .env import (CREATED_BY, MARKER, Env, canonical_name, read_env_vars, read_marker, record_file_name,
                   site_packages_dirs, write_env_vars, write_marker)
 from .errors import CondastackError
 from .fsutil import (HASH_THREADS, TMP_MARK, atomic_path, clean_stale_temporaries, file_lock, make_tempdir,
                      remove_path, sha256_file, swap_dir)
 from .layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
+from .pathsafe import STAMP_DIR
 
 INSTALLERS = ("auto", "rattler", "micromamba")
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
@@ -124,6 +126,8 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     if installer not in INSTALLERS:
         raise CondastackError(f"unknown installer '{installer}' (choose one of {', '.join(INSTALLERS)}).")
     lockfile, prefix = Path(lockfile).absolute(), Path(prefix).absolute()
+    if prefix.is_symlink():
+        raise CondastackError(f"{prefix}: --prefix is a symlink; give the real folder (or a new path).")
     env = read_locked_env(lockfile, host_platform())
     lock_hash = env.lock_hash()
     variables = lock_variables(lockfile)
@@ -302,31 +306,6 @@ def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] 
     _remember(dest, sha256)
 
 
-def with_credentials(url: str, credentials: list[str] | tuple) -> tuple[str, dict[str, str]]:
-    """The URL to download and its headers, given the credentialed channel URLs it may fall under.
-
-    A lock holds bare URLs (see stack.strip_credentials); the stack's channel URL
-    that the bare URL starts with gives back its /t/<token>/ part or its basic auth.
-    """
-    import base64
-
-    from .stack import strip_credentials
-
-    for full in credentials:
-        bare = strip_credentials(full).rstrip("/") + "/"
-        if bare == full.rstrip("/") + "/" or not url.startswith(bare):
-            continue
-        target = urllib.parse.urlsplit(full.rstrip("/") + "/" + url[len(bare):])
-        if target.username is None:
-            return target.geturl(), {}
-        user = urllib.parse.unquote(target.username)
-        password = urllib.parse.unquote(target.password or "")
-        netloc = target.hostname + (f":{target.port}" if target.port else "")
-        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-        return target._replace(netloc=netloc).geturl(), {"Authorization": f"Basic {auth}"}
-    return url, {}
-
-
 def _open_url(url: str, what: str, credentials: list[str] | tuple = ()):  # noqa: ANN202 - a binary file object
     parsed = urllib.parse.urlparse(url)
     try:
@@ -353,9 +332,9 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     """Every conda archive of `records` in the cache, sha256-checked against the lock."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    for folder in (cache, cache / _VERIFIED):  # downloads and stamps of killed builds
+    for folder in (cache, cache / _VERIFIED, cache / STAMP_DIR):  # downloads and stamps of killed builds
         clean_stale_temporaries(folder)
-    paths = [cache / r.file_name for r in records]
+    paths = [cache / _cache_name(r) for r in records]
     missing = [(r, p) for r, p in zip(records, paths) if not p.exists()]
     if offline and missing:
         listing = "; ".join(f"{r.name.normalized} {r.version} {r.build} ({r.file_name})" for r, _ in missing)
@@ -372,11 +351,35 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
             _fetch(r.url, p, sha, _pkg_label(r), credentials)
         else:
             _check_cached(p, sha, _pkg_label(r))
+        _gate(p, _pkg_label(r))
 
     _parallel(one, list(zip(records, paths)))
     if fetched is not None:
         fetched += [p.name for _, p in missing]
     return paths
+
+
+def _cache_name(r: Any) -> str:
+    """The file name a locked package gets in the cache: one plain name, never a path."""
+    from .pathsafe import clean_relative
+
+    name = clean_relative(r.file_name, f"{_pkg_label(r)}: the lock's URL {r.url}")
+    if "/" in name:
+        raise CondastackError(f"{_pkg_label(r)}: the lock's URL {r.url} gives the file name {name!r}, which is a "
+                              "path. The lockfile is not as condastack wrote it; re-create it with `condastack lock`.")
+    return name
+
+
+def _gate(archive: Path, label: str) -> None:
+    """The path-safety gate, before the installer sees the package; a refused one leaves the cache."""
+    from .pathsafe import check_package
+
+    try:
+        check_package(archive, label)
+    except CondastackError:
+        remove_path(archive)
+        remove_path(_stamp_path(archive))
+        raise
 
 
 def _parallel(fn: Callable[[Any], None], items: list) -> None:

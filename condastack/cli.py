@@ -23,9 +23,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from . import __version__
-from .errors import CondastackError
+from . import interrupt
+from .credentials import redact
+from .errors import CondastackError, from_os_error
 from .options import configure_logging, json_option, limit_options, prefix_option, verbosity_options
-from .stack import find_stack_file, load_stack, redact
+from .stack import find_stack_file, load_stack
 
 EXIT_USER = 1
 EXIT_BUG = 70  # EX_SOFTWARE: an unexpected exception, i.e. a condastack bug
@@ -69,8 +71,11 @@ _ARCHIVE_MAGIC = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b", b"hsqs")  # zstd, gzip, Squa
 def require_archive(path: Path) -> None:
     """Refuse a file that is neither compressed (zstd, gzip), SquashFS nor a tar, before any work on it.
 
-    A file that is missing or unreadable is left to the library, which names that problem itself.
+    A file that is missing, unreadable or not a regular file (a fifo would block the read) is left
+    to the library, which names that problem itself.
     """
+    if not path.is_file():
+        return
     try:
         with open(path, "rb") as f:
             head = f.read(512)
@@ -122,19 +127,29 @@ class _Group(click.Group):
             _exit_now(EXIT_USER)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
-        except KeyboardInterrupt:
+        except OSError as e:
+            mapped = from_os_error(e)
+            if mapped is None:
+                return self._bug(ctx, e)
+            err_console.print(f"condastack: error: {redact(str(mapped))}", markup=False)
+            _exit_now(EXIT_USER)
+        except KeyboardInterrupt as e:  # every `finally` has run: children ended, temporaries removed
             err_console.print("condastack: interrupted", markup=False)
-            sys.exit(130)
+            _exit_now(128 + getattr(e, "signum", 2))
         except Exception as e:  # a bug: say so briefly; the traceback only with -v
-            obj = ctx.obj
-            if isinstance(obj, Ctx) and obj.verbose:
-                traceback.print_exc()
-            err_console.print(
-                f"condastack: internal error: {type(e).__name__}: {redact(str(e))} "
-                "(this is a bug in condastack; rerun with -v for details)",
-                markup=False,
-            )
-            _exit_now(EXIT_BUG)
+            self._bug(ctx, e)
+
+    @staticmethod
+    def _bug(ctx: click.Context, e: Exception) -> NoReturn:
+        obj = ctx.obj
+        if isinstance(obj, Ctx) and obj.verbose:
+            traceback.print_exc()
+        err_console.print(
+            f"condastack: internal error: {type(e).__name__}: {redact(str(e))} "
+            "(this is a bug in condastack; rerun with -v for details)",
+            markup=False,
+        )
+        _exit_now(EXIT_BUG)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,6 +165,7 @@ def main(ctx: click.Context, root: Path, verbose: int, quiet: bool) -> None:
     stack.yml -> lock -> build -> pack -> unpack/install, plus containers,
     Lmod modules and a node doctor. -q and -v may also follow the command.
     """
+    interrupt.install()
     if not root.is_dir():
         raise click.BadParameter(f"{root} is not a folder", param_hint="-C")
     configure_logging(verbose)

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import __version__
 from .errors import CondastackError, EnvDamaged, PrefixTooLong
+from .pathsafe import check_meta_record
 
 META_DIR = "conda-meta"
 MARKER = Path(META_DIR) / "condastack.info"
@@ -195,11 +196,13 @@ class Env:
             return []
         return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
 
-    def raw_records(self, out: RawRecords) -> Iterator[dict]:
+    def raw_records(self, out: RawRecords, *, strict: bool = False) -> Iterator[dict]:
         """Each package record, parsed, as it is read; `out` collects {path: (bytes, parsed)} so a
         caller can hand them on (pack gives them to conda-pack's model and rewrites their bytes).
         A generator, so a scan can use the first package before the others are parsed.
-        Unreadable ones are left out (conda-pack reports them)."""
+        Unreadable ones are left out, unless `strict`: then a malformed one (bad JSON, wrong types,
+        unsafe paths, no link.source) is refused by the path gate, naming it (pack uses that:
+        conda-pack would stop on it with a traceback)."""
         meta_dir = str(self.meta_dir)
         for name in self.record_names():
             path = os.path.join(meta_dir, name)
@@ -207,8 +210,14 @@ class Env:
                 with open(path, "rb") as f:
                     raw = f.read()
                 info = json.loads(raw)
-            except (OSError, ValueError):
+            except ValueError as e:
+                if strict:
+                    raise EnvDamaged(file=path, reason=str(e)) from None
                 continue
+            except OSError:
+                continue
+            if strict:
+                check_meta_record(info, path, need_link=True)
             if isinstance(info, dict):
                 out[path] = (raw, info)
                 yield info
@@ -223,8 +232,8 @@ class Env:
                 data = json.loads(f.read_text())
             except (OSError, ValueError) as e:
                 raise EnvDamaged(file=f, reason=str(e)) from None
-            if isinstance(data, dict):
-                out[str(data.get("name", f.stem))] = data
+            check_meta_record(data, str(f))
+            out[str(data.get("name", f.stem))] = data
         return out
 
     def write_record(self, record: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from . import yamlfile
 from .env import ENV_VAR_NAME
 from .errors import StackInvalid
 
@@ -167,56 +168,15 @@ def apply_selectors(text: str, platform: str, path: Path) -> str:
 # --------------------------------------------------------------------------- YAML with item lines
 
 
-class _Loader(yaml.SafeLoader):
-    """A safe loader that records the line of each list item and mapping key."""
-
-
-class _Lined(list):
-    lines: list[int]
-
-
-class _LinedMap(dict):
-    lines: dict[Any, int]
-
-
-def _seq(loader: _Loader, node: yaml.SequenceNode) -> _Lined:
-    out = _Lined(loader.construct_object(n, deep=True) for n in node.value)
-    out.lines = [n.start_mark.line + 1 for n in node.value]
-    return out
-
-
-def _map(loader: _Loader, node: yaml.MappingNode) -> _LinedMap:
-    out = _LinedMap(yaml.SafeLoader.construct_mapping(loader, node, deep=True))
-    out.lines = {}
-    for k, _ in node.value:
-        try:
-            out.lines[loader.construct_object(k)] = k.start_mark.line + 1
-        except TypeError:
-            pass
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _seq)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _map)
-
-
 def _load(text: str, path: Path) -> Any:
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yamlfile.parse(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise _bad(_where(path, mark.line + 1 if mark else None), f"malformed YAML: {problem}.") \
-            from None
+        problem, line = yamlfile.error_place(e)
+        raise _bad(_where(path, line), f"malformed YAML: {problem}.") from None
 
 
-def _line(container: Any, key: Any) -> int | None:
-    lines = getattr(container, "lines", None)
-    if isinstance(lines, dict):
-        return lines.get(key)
-    if isinstance(lines, list) and isinstance(key, int) and key < len(lines):
-        return lines[key]
-    return None
+_line = yamlfile.line_of
 
 
 # --------------------------------------------------------------------------- channels, variables

@@ -185,6 +185,19 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def dir_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on a folder itself, held for the block: no lock file is left behind."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def make_tempdir(near: Path, name: str) -> Path:
     """A temporary folder beside `near` (same file system, so rename works)."""
     Path(near).mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import __version__, layout
 from .consistency import check_records, describe
+from .credentials import redact, strip_credentials
 from .envfile import PYPI_SIMPLE, PipOptions
 from .errors import CondastackError, LockConflict
 from .findlinks import find_links_index
@@ -48,7 +49,7 @@ from .solve import (
     write_lockfile,
 )
 from .layout import lock_dir, lockfile_path, records_sidecar_path
-from .stack import Stack, redact, strip_credentials
+from .stack import Stack
 
 LOCK_FORMAT = "condastack-lock-1"
 VARIABLES_KEY = "condastack.variables"  # custom metadata: the layer's `variables:`, as JSON

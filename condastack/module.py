@@ -20,7 +20,7 @@ from .env import MARKER, Env, read_env_vars
 from .errors import CondastackError
 from .fsutil import atomic_write_text
 
-_MODULE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_MODULE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 
 
 @dataclass

@@ -57,8 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from .env import CREATED_BY, MARKER, PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member
-from .errors import CondastackError
-from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, make_tempdir, remove_path, sha256_file
+from .errors import CondastackError, naming
+from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, dir_lock, make_tempdir, remove_path, sha256_file
 from .layout import env_prefix, pack_output
 from .pack_writers import Plan, SquashfsWriter, TarWriter, compressor
 
@@ -182,7 +182,7 @@ def _managed_records(prefix: Path, out: RawRecords) -> Iterator[tuple[str, dict]
     """(path in prefix, paths_data record) of every conda-managed file, package by package; the
     records are read lazily (the scan streams the first package's files before the others are
     parsed) and collected in `out` for conda-pack's model and the archive's rewritten copies."""
-    for info in Env(prefix).raw_records(out):
+    for info in Env(prefix).raw_records(out, strict=True):
         for rec in (info.get("paths_data") or {}).get("paths", []):
             yield rec["_path"], rec
 
@@ -624,7 +624,9 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     job = _Job(prefix, output, fmt, dest_prefix, DEFAULT_LEVEL[fmt] if level is None else level,
                _threads(threads), allow_modified, make_tempdir(near, "pack"), t0)
     try:
-        with atomic_path(output) as tmp:
+        # Two packs to one folder take turns, so an archive, its .sha256 and its manifest stay one set
+        # (the lock is on the folder itself: nothing is left beside the outputs).
+        with naming(output), dir_lock(output.parent), atomic_path(output) as tmp:
             written = (_write_squashfs if fmt == "squashfs" else _write_tar)(job, tmp)
             size = tmp.stat().st_size
             manifest = _manifest(job, meta, written, size)

@@ -15,6 +15,7 @@ hashes it behind. The SquashFS writer fills a tree of hard links and runs
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -118,6 +119,8 @@ class TarWriter(_Writer):
     def finish(self) -> str:
         rc_t, rc_c = self._close()
         if rc_c != 0:  # checked first: tar then only died of the broken pipe
+            if b"No space left" in self.errs.get("comp", b""):  # a user error about the output (named by the caller)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             err = self.errs.get("comp", b"").decode(errors="replace").strip()
             raise CondastackError(f"packing failed: {self.comp_args[0]} exited {rc_c}: {err}")
         if rc_t != 0:

@@ -180,7 +180,37 @@ def _load_lock_document(path: Path, strings: bool) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("package"), list) or \
             not isinstance(data.get("metadata"), dict) or not all(isinstance(p, dict) for p in data["package"]):
         raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list or 'metadata').")
+    _check_lock_fields(path, data)
     return data
+
+
+_LOCK_SCALARS = ("name", "version", "manager", "platform", "url")
+_LOCK_VERSION = re.compile(r"^[A-Za-z0-9_!*]+(?:[.+-][A-Za-z0-9_!*]+)*\Z")
+_CONDA_ARCHIVE = (".conda", ".tar.bz2")
+
+
+def _check_lock_fields(path: Path, data: dict) -> None:
+    """The fields installing reads have the types and shapes conda-lock writes; a lockfile is hostile
+    until checked, and a wrong one must be a message naming it, not a crash deeper in the installer."""
+    def bad(why: str) -> CondastackError:
+        return CondastackError(f"{path}: not a readable conda-lock file ({why}). Re-create it with "
+                               "`condastack lock`.")
+
+    if "version" in data and not str(data["version"]).isdigit():
+        raise bad(f"its format 'version' {str(data['version'])[:40]!r} is not an integer")
+    for i, p in enumerate(data["package"]):
+        for key in _LOCK_SCALARS:
+            if not isinstance(p.get(key), (str, int, float)) or isinstance(p.get(key), bool):
+                raise bad(f"package #{i + 1}: '{key}' is {type(p.get(key)).__name__}, not a string")
+        label = f"package {str(p['name'])[:80]}"
+        if not _LOCK_VERSION.match(str(p["version"])):
+            raise bad(f"{label}: malformed version {str(p['version'])[:80]!r}")
+        if "://" not in str(p["url"]):
+            raise bad(f"{label}: 'url' {str(p['url'])[:80]!r} is not a URL")
+        if p["manager"] == "conda" and not str(p["url"]).endswith(_CONDA_ARCHIVE):
+            raise bad(f"{label}: the URL {str(p['url'])[:200]} does not name a conda package (.conda or .tar.bz2)")
+        if not isinstance(p.get("hash", {}), dict):
+            raise bad(f"{label}: 'hash' is {type(p['hash']).__name__}, not a mapping")
 
 
 def read_lock_entries(path: Path, *, strings: bool = False) -> list[dict]:

@@ -17,6 +17,8 @@ import yaml
 from .envfile import PYPI_SIMPLE, EnvFile, PipOptions, apply_constraints, expand_channels, load_env_file, \
     read_env_shape
 from .errors import CondastackError, StackInvalid
+from . import yamlfile
+from .credentials import redact
 from .layout import stack_file
 
 KNOWN_PLATFORMS = (
@@ -29,21 +31,8 @@ KNOWN_PLATFORMS = (
 )
 _STACK_KEYS = {"name", "platforms", "virtual-packages", "layers", "pip-index", "channels"}
 _LAYER_KEYS = {"file", "extends", "description"}
-_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_VPKG_NAME = re.compile(r"^__[a-z0-9_]+$")
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<auth>[^/@\s]+@)")
-_URL_TOKEN = re.compile(r"/t/[^/\s]+/")
-
-
-def strip_credentials(url: str) -> str:
-    """Drop user:password@ and conda /t/<token>/ parts, which must never reach a lockfile."""
-    return _URL_TOKEN.sub("/", _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), url))
-
-
-def redact(text: str) -> str:
-    """Strip user:password@ and /t/<token>/ from any URL in `text`."""
-    text = _URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", text)
-    return _URL_TOKEN.sub("/t/***/", text)
+_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would pass a trailing newline
+_VPKG_NAME = re.compile(r"^__[a-z0-9_]+\Z")
 
 
 @dataclass(frozen=True)
@@ -242,36 +231,11 @@ def _inherited(stack: Stack, name: str, platform: str) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- YAML
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A safe loader that records the line of every mapping key."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=True)
-    lines = {}
-    for key_node, _ in node.value:
-        try:
-            lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
-        except TypeError:
-            pass
-    return _LinedDict(mapping, lines)
-
-
-class _LinedDict(dict):
-    def __init__(self, data: dict[Any, Any], lines: dict[Any, int]) -> None:
-        super().__init__(data)
-        self.lines = lines
-
-    def line(self, key: Any) -> int | None:
-        return self.lines.get(key)
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_yaml(path: Path, what: str) -> Any:
     """Read a YAML file; every problem becomes one CondastackError naming the file."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise StackInvalid(path, f"{what} is not a regular file (a folder, fifo or device); give a YAML file.")
     if not path.is_file():
         raise CondastackError(f"{what} not found: {path}.")
     try:
@@ -281,16 +245,13 @@ def load_yaml(path: Path, what: str) -> Any:
     except OSError as e:
         raise CondastackError(f"{path}: cannot read {what}: {e.strerror}.") from None
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        return yamlfile.parse(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise StackInvalid(path, f"malformed YAML in {what}: {problem}.", mark.line + 1 if mark else None) \
-            from None
+        problem, line = yamlfile.error_place(e)
+        raise StackInvalid(path, f"malformed YAML in {what}: {problem}.", line) from None
 
 
-def _line(data: Any, key: Any) -> int | None:
-    return data.line(key) if isinstance(data, _LinedDict) else None
+_line = yamlfile.line_of
 
 
 def _expect(cond: bool, path: Path, data: Any, key: Any, msg: str) -> None:
@@ -314,6 +275,8 @@ def load_stack(root: Path | str = ".", *, parse_specs: bool = True) -> Stack:
     """
     root = Path(root).resolve()
     path = find_stack_file(root)
+    if path.exists() and not path.is_file():
+        raise StackInvalid(path, "the stack file is not a regular file (a folder, fifo or device).")
     if not path.is_file():
         raise CondastackError(
             f"no stack file at {path}. Create environments/stack.yml (see README) "
@@ -386,7 +349,7 @@ def _check_layer_entries(path: Path, data: Any, layers_raw: Any) -> None:
             "'layers' must map layer names to {file: ..., extends: ...}.")
     for lname, spec in layers_raw.items():
         _expect(isinstance(lname, str) and bool(_LAYER_NAME.match(str(lname))), path, layers_raw, lname,
-                f"'{lname}' is not a valid layer name (letters, digits, '-', '_', '.').")
+                f"{yamlfile.short(lname)!r} is not a valid layer name (letters, digits, '-', '_', '.').")
         _expect(isinstance(spec, dict), path, layers_raw, lname,
                 f"layer '{lname}' must be a mapping with 'file' (and optionally 'extends').")
         for key in spec:
@@ -435,8 +398,8 @@ def _check_cycles(path: Path, layers_raw: dict[str, Any]) -> None:
 def _load_layer(name: str, lfile: Path, extends: str | None, platforms: tuple[str, ...], stack_path: Path,
                 layers_raw: Any, description: str) -> Layer:
     if not lfile.is_file():
-        raise StackInvalid(stack_path, f"layer '{name}' names file {lfile}, which does not exist.",
-                           _line(layers_raw, name))
+        gone = "is not a regular file" if lfile.exists() else "does not exist"
+        raise StackInvalid(stack_path, f"layer '{name}' names file {lfile}, which {gone}.", _line(layers_raw, name))
     shape = read_env_shape(lfile, platforms, layer=name)
     return Layer(
         name=name,
