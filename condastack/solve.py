@@ -254,7 +254,31 @@ def solve_pip(pip_specs: list[str], conda_locked: list, platform: str, vpkgs: di
     except Exception as e:  # poetry's resolver raises many types; all are user-facing here
         msg = str(e).strip().splitlines()
         raise CondastackError("pip requirements cannot be resolved: " + " ".join(m.strip() for m in msg[:8])) from None
-    return [d for d in solved.values() if d.manager == "pip"]
+    pip = [d for d in solved.values() if d.manager == "pip"]
+    for d in pip:
+        d.dependencies = {k: pep440_constraint(v) for k, v in d.dependencies.items()}
+    return pip
+
+
+def pep440_constraint(constraint: str) -> str:
+    """A pip dependency's constraint as PEP 440, which rattler needs to read the lockfile back.
+
+    conda-lock writes poetry's constraint strings: `9.5.1.17` for `==9.5.1.17` (every
+    nvidia-* pin of a CUDA torch wheel), `*` for any, `<1 || >1` for unions. PEP 440
+    has no union; the constraint is informational (pip installs the locked wheels with
+    --no-deps), so an inexpressible one becomes "" (any).
+    """
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    text = constraint.strip()
+    if text in ("", "*") or "||" in text:
+        return ""
+    if text[0].isdigit():
+        text = "==" + text
+    try:
+        return str(SpecifierSet(text))
+    except InvalidSpecifier:
+        return ""
 
 
 # --------------------------------------------------------------------------- lockfile format (conda-lock)
