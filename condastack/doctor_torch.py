@@ -167,15 +167,28 @@ def _lib_check(lib: str, t: TorchEnv, dists: dict[str, tuple[str, Path]]) -> tup
         return "fail", f"no {want}" + (f" (only {other})" if other else ""), \
             f"pip install '{want}{'==' + pin if pin else ''}' into the env (add it to the layer's pip list and re-lock)."
     version = present[want]
-    libdir = t.site / "nvidia" / lib / "lib"
-    if not any(libdir.glob(f"lib{lib}*.so*")):
-        return "fail", f"{want} {version} but no lib{lib}*.so in {libdir}", \
+    libs = _wheel_libs(t.site, dists[want][1], lib)
+    if not libs or not all(p.is_file() for p in libs):
+        where = ", ".join(str(p.relative_to(t.site)) for p in libs if not p.is_file()) or f"nvidia/{lib}/lib"
+        return "fail", f"{want} {version} but no lib{lib}*.so ({where})", \
             "The wheel's files are missing: rebuild or reinstall the env (condastack build / install)."
     if pin and version != pin:
         return "warn", f"{want} {version}; torch pins {pin}", \
             f"torch {t.version} was built with {lib} {pin}; a newer {lib} of the same major usually works " \
             f"(verl's images replace cuDNN this way). If torch fails in {lib} calls, pin {want}=={pin}."
     return "pass", f"{want} {version}", ""
+
+
+def _wheel_libs(site: Path, info: Path, lib: str) -> list[Path]:
+    """The lib<lib>*.so* files a wheel installed, from its RECORD (CUDA 13 wheels use nvidia/cu13/lib)."""
+    pat = re.compile(rf"(^|/)lib{lib}[^/]*\.so[^/]*$")
+    record = info / "RECORD"
+    if record.is_file():
+        rows = (line.split(",", 1)[0] for line in record.read_text(errors="replace").splitlines())
+        found = [site / r for r in rows if pat.search(r)]
+        if found:
+            return found
+    return sorted((site / "nvidia" / lib / "lib").glob(f"lib{lib}*.so*"))
 
 
 def check_torch_libs(t: TorchEnv) -> Check:

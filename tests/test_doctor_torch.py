@@ -152,6 +152,20 @@ def test_cudnn_wheel_without_its_library_fails(tmp_path: Path, cxx_libs: dict[bo
     assert c.status == "fail" and "no libcudnn" in c.found and "reinstall" in c.fix
 
 
+def test_wheel_libraries_are_found_through_record(tmp_path: Path, cxx_libs: dict[bool, Path]) -> None:
+    """CUDA 13 wheels put their libraries elsewhere (nvidia/cu13/lib): RECORD says where."""
+    site = make_torch(tmp_path, cxx_libs)
+    shutil.rmtree(site / "nvidia" / "nccl")
+    (site / "nvidia" / "cu13" / "lib").mkdir(parents=True)
+    (site / "nvidia" / "cu13" / "lib" / "libnccl.so.2").write_bytes(b"\x7fELF")
+    info = site / "nvidia_nccl_cu12-2.26.2.dist-info"
+    (info / "RECORD").write_text("nvidia/cu13/lib/libnccl.so.2,sha256=x,4\nnvidia_nccl_cu12-2.26.2.dist-info/RECORD,,\n")
+    assert by_name(torch_checks(tmp_path, node("12.8")))["cudnn / nccl"].status == "pass"
+    (site / "nvidia" / "cu13" / "lib" / "libnccl.so.2").unlink()
+    c = by_name(torch_checks(tmp_path, node("12.8")))["cudnn / nccl"]
+    assert c.status == "fail" and "nvidia/cu13/lib/libnccl.so.2" in c.found
+
+
 def test_flash_attn_matching_build_passes(tmp_path: Path, cxx_libs: dict[bool, Path]) -> None:
     site = make_torch(tmp_path, cxx_libs)
     add_flash_attn(site, cxx_libs[True], "cu12torch2.7cxx11abiTRUE")
