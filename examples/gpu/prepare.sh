@@ -17,7 +17,7 @@ if ! ls "$C"/py312/python-3.12*.conda >/dev/null 2>&1; then
 fi
 ls "$C"/whl/py_rattler-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d "$C/whl" py-rattler==0.28.0 py-rattler-build==0.73.0 conda-pack==0.9.2
+  -d "$C/whl" py-rattler==0.28.0 py-rattler-build==0.73.0 conda-pack==0.9.2 zstandard==0.25.0
 ls "$C"/deb/zstd_*.deb >/dev/null 2>&1 || (cd "$C/deb" && apt-get download zstd)
 rm -rf "$C/src" "$C/gpu" && mkdir -p "$C/src"
 cp -r "$REPO/condastack" "$REPO/cli.py" "$C/src/" && find "$C/src" -name __pycache__ -prune -exec rm -rf {} +

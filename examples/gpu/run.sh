@@ -64,20 +64,24 @@ print(r.action, r.conda_packages, 'conda packages', r.installer)" || return 1
   du -sh "$ENV"; "${CS[@]}" verify --prefix "$ENV" || return 1
 
   step "pack: condastack vs raw tar | zstd -T0 vs conda-pack (16 cores)"
-  measure "condastack pack (tar.zst, all cores)" "${CS[@]}" pack --prefix "$ENV" -o "$W/torch.tar.zst"
-  measure "raw tar | zstd -T0 -3" bash -c "tar -C '$ENV' -cf - . | zstd -T0 -3 -q -o '$W/raw.tar.zst'"
-  measure "conda-pack -j 16 (tar.gz)" timeout 300 python3 -c \
-    "import sys; from conda_pack.cli import main; sys.argv[0]='conda-pack'; main()" \
-    -p "$ENV" -o "$W/cp.tar.gz" -j 16 -q
-  measure "conda-pack (tar.zst)" timeout 240 python3 -c \
-    "import sys; from conda_pack.cli import main; sys.argv[0]='conda-pack'; main()" \
-    -p "$ENV" -o "$W/cp.tar.zst" -j 16 -q
+  for r in 1 2 3; do  # three interleaved rounds of the two fast ones
+    measure "round $r: condastack pack (tar.zst, all cores)" "${CS[@]}" pack --prefix "$ENV" -o "$W/torch.tar.zst"
+    measure "round $r: raw tar | zstd -T0 -3" bash -c "tar -C '$ENV' -cf - . | zstd -T0 -3 -q -f -o '$W/raw.tar.zst'"
+  done
+  CP=(python3 -c "import sys; from conda_pack.cli import main; sys.argv[0]='conda-pack'; main()")
+  measure "conda-pack defaults (tar.gz, 1 thread)" timeout 300 "${CP[@]}" -p "$ENV" -o "$W/cp1.tar.gz" -q
+  measure "conda-pack -j 16 (tar.gz)" timeout 300 "${CP[@]}" -p "$ENV" -o "$W/cp.tar.gz" -j 16 -q
+  measure "conda-pack -j 16 (tar.zst)" timeout 300 "${CP[@]}" -p "$ENV" -o "$W/cp.tar.zst" -j 16 -q
   ls -l "$W"/*.tar.* | awk '{printf "%s %.0f MB\n", $9, $5/1e6}'
 
   step "unpack at another path (relocate) vs raw zstd -dc | tar -x"
   DEST="$W/elsewhere/deeper/torch"
-  measure "condastack unpack" "${CS[@]}" unpack "$W/torch.tar.zst" "$DEST"
-  mkdir -p "$W/rawx" && measure "raw zstd -dc | tar -x" bash -c "zstd -dc '$W/raw.tar.zst' | tar -C '$W/rawx' -xf -"
+  for r in 1 2; do
+    rm -rf "$W/elsewhere" "$W/rawx"; sync
+    measure "round $r: condastack unpack" "${CS[@]}" unpack "$W/torch.tar.zst" "$DEST"
+    sync; mkdir -p "$W/rawx"
+    measure "round $r: raw zstd -dc | tar -x" bash -c "zstd -dc '$W/raw.tar.zst' | tar -C '$W/rawx' -xf -"
+  done
   rm -rf "$W/rawx" "$ENV"   # the original build is gone: the relocated copy stands alone
   "${CS[@]}" verify --prefix "$DEST"
 
@@ -112,14 +116,16 @@ PY
   python3 - "$DEST/bin/python" "$(command -v python3)" <<'PY'
 import os, statistics, subprocess, sys, time
 env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-for label, py in (("relocated", sys.argv[1]), ("original", sys.argv[2])):
-    subprocess.run([py, "-c", "import torch"], env=env, check=True)
-    runs = []
-    for _ in range(5):
-        t = time.perf_counter()
-        subprocess.run([py, "-c", "import torch"], env=env, check=True)
-        runs.append(time.perf_counter() - t)
-    print(f"import torch, {label} ({py}): min {min(runs):.2f} s, median {statistics.median(runs):.2f} s")
+# `pass` and `import sympy` (pure python) separate the interpreter's own speed from the env's layout.
+for code in ("import torch", "pass", "import sympy"):
+    for label, py in (("relocated", sys.argv[1]), ("original", sys.argv[2])):
+        subprocess.run([py, "-W", "ignore", "-c", code], env=env, check=True, stderr=subprocess.DEVNULL)
+        runs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            subprocess.run([py, "-W", "ignore", "-c", code], env=env, check=True, stderr=subprocess.DEVNULL)
+            runs.append(time.perf_counter() - t)
+        print(f"{code!r:16} {label:9} ({py}): min {min(runs):.2f} s, median {statistics.median(runs):.2f} s")
 PY
 }
 

@@ -2,12 +2,15 @@
 # The seed's PyTorch 2.7.1 (CUDA 12.6) env for real: lock against PyPI, build, verify,
 # pack, unpack elsewhere, import torch/tensordict/sglang/flashinfer, doctor; then
 # install, Lmod module and SquashFS as for the demo. Needs network (PyPI) and
-# ~30 GB free. Usage: examples/torch/run.sh [PYTHON_ROOT]  (default: pyenv's 3.10)
+# ~30 GB free. Usage: [LAYER=app|base] [SKIP_LOCK=1] examples/torch/run.sh [PYTHON_ROOT]
+# (default: layer app, pyenv's 3.10; SKIP_LOCK=1 builds from the committed lock).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 PYROOT="${1:-/root/.pyenv/versions/3.10.13}"
 WORK="${TORCH_WORK:-$HERE/out}"
+LAYER="${LAYER:-app}"
+MODS="torch, tensordict"; [ "$LAYER" = app ] && MODS="torch, tensordict, sglang, flashinfer"
 CS=("$REPO/.venv/bin/python" "$REPO/cli.py" -C "$HERE")
 [ -x "$REPO/.venv/bin/python" ] || bash "$REPO/scripts/setup.sh"
 step() { printf '\n=== %s  [%s]\n' "$*" "$(date +%T)"; }
@@ -23,31 +26,35 @@ for r in python pip; do  # once: the package is rebuilt only when the channel la
     t "${CS[@]}" wrap --recipe "$WORK/recipes/$r" -c "file://$WORK/empty-channel"
 done
 
-step "lock base + app against the real PyPI"
-t "${CS[@]}" lock
-step "build app, verify"
-t "${CS[@]}" build app
-t "${CS[@]}" verify app
-du -sh "$HERE/envs/app"
+if [ -z "${SKIP_LOCK:-}" ]; then
+  step "lock base + app against the real PyPI"
+  t "${CS[@]}" lock
+fi
+step "build $LAYER, verify"
+t "${CS[@]}" build "$LAYER"
+t "${CS[@]}" verify "$LAYER"
+du -sh "$HERE/envs/$LAYER"
 
-step "pack app, unpack at another path"
+step "pack $LAYER, unpack at another path"
 rm -rf "$WORK/elsewhere"
-t "${CS[@]}" pack app
-DEST="$WORK/elsewhere/deeper/app"
-t "${CS[@]}" unpack "$HERE/pack/app-linux-64.tar.zst" "$DEST"
+t "${CS[@]}" pack "$LAYER"
+ls -l "$HERE/pack/$LAYER-linux-64.tar.zst"
+DEST="$WORK/elsewhere/deeper/$LAYER"
+t "${CS[@]}" unpack "$HERE/pack/$LAYER-linux-64.tar.zst" "$DEST"
 t "${CS[@]}" verify --prefix "$DEST"
 
 step "run from the relocated env"
 cd /tmp
-"$DEST/bin/python" - "$DEST" <<'PY'
-import sys, time
+"$DEST/bin/python" - "$DEST" "$MODS" <<'PY'
+import importlib, sys, time
 t = time.perf_counter()
-import torch, tensordict, sglang, flashinfer
-print(f"imported torch/tensordict/sglang/flashinfer in {time.perf_counter() - t:.1f} s from {sys.prefix}")
+mods = {m: importlib.import_module(m) for m in sys.argv[2].split(", ")}
+print(f"imported {', '.join(mods)} in {time.perf_counter() - t:.1f} s from {sys.prefix}")
+torch, tensordict = mods["torch"], mods["tensordict"]
 assert sys.prefix == sys.argv[1], sys.prefix
 assert torch.__file__.startswith(sys.argv[1]), torch.__file__
-print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(),
-      "| tensordict", tensordict.__version__, "| sglang", sglang.__version__, "| flashinfer", flashinfer.__version__)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), "|",
+      " | ".join(f"{m} {getattr(mod, '__version__', '?')}" for m, mod in mods.items() if m != "torch"))
 assert torch.__version__.split("+")[0] == "2.7.1" and torch.version.cuda == "12.6"
 a, b = torch.randn(512, 256, dtype=torch.float64), torch.randn(256, 128, dtype=torch.float64)
 ref = [[sum(a[i, k].item() * b[k, j].item() for k in range(256)) for j in range(3)] for i in range(3)]
@@ -60,14 +67,16 @@ step "doctor --prefix on the relocated env"
 
 step "install to a shared prefix, modulefiles, SquashFS"
 rm -rf "$WORK/shared" "$WORK/modules"
-t "${CS[@]}" install "$HERE/pack/app-linux-64.tar.zst" --prefix "$WORK/shared/envs/verl-torch/app"
-"$WORK/shared/envs/verl-torch/app/bin/python" -c "import torch, sys; print('installed:', sys.prefix, torch.__version__)"
-t "${CS[@]}" module "$WORK/shared/envs/verl-torch/app" --name verl-torch/app --version 2.7.1 -o "$WORK/modules"
+SH="$WORK/shared/envs/verl-torch/$LAYER"
+t "${CS[@]}" install "$HERE/pack/$LAYER-linux-64.tar.zst" --prefix "$SH"
+(cd /tmp && "$SH/bin/python" -c "import torch, sys; print('installed:', sys.prefix, torch.__version__)")
+t "${CS[@]}" module "$SH" --name "verl-torch/$LAYER" --version 2.7.1 -o "$WORK/modules"
 find "$WORK/modules" -type f
-t "${CS[@]}" pack app --format squashfs --dest-prefix /shared/envs/verl-torch/app -o "$HERE/pack/app-linux-64.sqfs"
+t "${CS[@]}" pack "$LAYER" --format squashfs --dest-prefix "/shared/envs/verl-torch/$LAYER" \
+  -o "$HERE/pack/$LAYER-linux-64.sqfs"
 ls -la "$HERE/pack/"
 mkdir -p "$WORK/mnt"
-if squashfuse "$HERE/pack/app-linux-64.sqfs" "$WORK/mnt" 2>/dev/null; then
+if squashfuse "$HERE/pack/$LAYER-linux-64.sqfs" "$WORK/mnt" 2>/dev/null; then
   ls "$WORK/mnt/lib/python3.10/site-packages/torch/lib" | head -5
   fusermount -u "$WORK/mnt" || umount "$WORK/mnt"
 fi
