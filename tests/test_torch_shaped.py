@@ -194,3 +194,19 @@ def test_pip_dependency_constraints_are_written_as_pep440(poetry: str, pep440: s
     from condastack.solve import pep440_constraint
 
     assert pep440_constraint(poetry) == pep440
+
+
+def test_a_locked_sdist_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """PyPI has some packages only as sdists (antlr4-python3-runtime 4.9.3, via hydra-core)."""
+    from condastack.build import install_wheels
+    from condastack.errors import CondastackError
+    from condastack.solve import LockedWheel
+
+    (tmp_path / "tmp" / "bin").mkdir(parents=True)
+    (tmp_path / "tmp" / "bin" / "python").write_text("")
+    url = "https://files.pythonhosted.org/packages/3e/38/antlr4-python3-runtime-4.9.3.tar.gz"
+    w = LockedWheel(name="antlr4-python3-runtime", version="4.9.3", url=url, sha256="0" * 64)
+    with pytest.raises(CondastackError) as e:
+        install_wheels(tmp_path / "tmp", tmp_path / "final", [w], [tmp_path / "x.tar.gz"])
+    assert "antlr4-python3-runtime 4.9.3 (antlr4-python3-runtime-4.9.3.tar.gz)" in str(e.value)
+    assert "re-lock" in str(e.value)
