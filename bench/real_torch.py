@@ -99,7 +99,7 @@ def _report(times: dict[str, list[float]], rss: dict[str, int], work: Path, n_fi
     ]
     load1 = os.getloadavg()
     print("\n```markdown")
-    print(f"Real PyTorch env (examples/torch, layer app): {n_files} files, {size / 1e9:.2f} GB, largest file "
+    print(f"Real PyTorch env ({env}): {n_files} files, {size / 1e9:.2f} GB, largest file "
           f"{biggest / 1e9:.2f} GB; {os.cpu_count()} cores; {ROUNDS} round(s); load average {load0[0]:.1f} before, "
           f"{load1[0]:.1f} after.\n")
     print("| step | wall (s) | archive (MB) | peak RSS (MB) |\n|---|---|---|---|")
