@@ -483,6 +483,13 @@ def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Pat
     if not python.exists():
         raise CondastackError(f"{final}: the lock has pip packages ({', '.join(w.name for w in wheels)}) but no "
                               "python in its conda part. Add python and pip to the layer and re-lock.")
+    sdists = [f"{w.name} {w.version} ({w.url.rsplit('/', 1)[-1]})" for w in wheels
+              if not w.url.split("#", 1)[0].endswith(".whl")]
+    if sdists:  # pip would build them, offline, with a build backend the env does not have
+        raise CondastackError(
+            f"{final}: the lock has pip source distributions, not wheels: {'; '.join(sdists)}. condastack installs "
+            "locked wheels only. Drop the requirement that pulls them in, build wheels and serve them from a "
+            "`pip-index`, or make them conda packages with `condastack wrap`, then re-lock.")
     req = tmp.parent / f"{TMP_MARK}{final.name}.{os.getpid()}.requirements.txt"
     req.write_text("".join(f"{w.name} @ {p.as_uri()} --hash=sha256:{w.sha256}\n" for w, p in zip(wheels, paths)))
     # No bytecode from this run: it would record the temporary path as co_filename.

@@ -124,6 +124,16 @@ def site_packages_dirs(prefix: Path) -> list[Path]:
     return sorted(p for p in Path(prefix).glob("lib/python*/site-packages") if p.is_dir())
 
 
+def dist_infos(site: Path) -> dict[str, tuple[str, Path]]:
+    """canonical distribution name -> (version, *.dist-info folder) in one site-packages (cheap:
+    from the folder names)."""
+    out: dict[str, tuple[str, Path]] = {}
+    for d in Path(site).glob("*.dist-info"):
+        name, _, version = d.name[: -len(".dist-info")].partition("-")
+        out[canonical_name(name)] = (version, d)
+    return out
+
+
 def dist_name_version(d: Path) -> tuple[str, str]:
     """Name and version of a *.dist-info folder, from its METADATA (else its folder name)."""
     name = version = ""
@@ -258,12 +268,7 @@ class Env:
 
     def installed_dists(self) -> dict[str, str]:
         """canonical distribution name -> version, from the *.dist-info folder names (cheap)."""
-        out: dict[str, str] = {}
-        for sp in self.site_packages_dirs():
-            for d in sp.glob("*.dist-info"):
-                name, _, version = d.name[: -len(".dist-info")].partition("-")
-                out[canonical_name(name)] = version
-        return out
+        return {name: version for sp in self.site_packages_dirs() for name, (version, _) in dist_infos(sp).items()}
 
     def pip_dists(self) -> dict[str, tuple[str, str]]:
         """canonical name -> (version, dist-info path) of distributions no conda package owns."""

@@ -25,6 +25,7 @@ import ast
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -550,6 +551,7 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     records = [tuple(r) for r in state.get("records", [])]
     check_dest_fits(records, new)  # every binary first, so nothing is half-done
     changed = 0
+    rewritten: dict[str, str] = {}
     if current != new:
         for f, ph, mode in records:
             old = current or ph
@@ -568,10 +570,32 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
                     break
             if out != data:
                 _replace_file(path, out)
-                changed += 1
+                rewritten[f] = hashlib.sha256(out).hexdigest()
+        _record_new_hashes(prefix, rewritten)
+        changed = len(rewritten)
         state["current"] = new
         _replace_file(prefix / PREFIXES_FILE, (json.dumps(state, indent=1) + "\n").encode())
     return RelocateResult(prefix=prefix, old_prefix=current, files_changed=changed)
+
+
+def _record_new_hashes(prefix: Path, rewritten: dict[str, str]) -> None:
+    """Set `sha256_in_prefix` of rewritten files in conda-meta, as conda does when it links into a prefix,
+    so that `verify` checks a relocated env against what relocation wrote."""
+    if not rewritten:
+        return
+    for rec_file in sorted((prefix / "conda-meta").glob("*.json")):
+        try:
+            rec = json.loads(rec_file.read_text())
+        except (OSError, ValueError):
+            continue  # verify reports an unreadable record itself
+        hit = False
+        for entry in (rec.get("paths_data") or {}).get("paths") or []:
+            new_hash = rewritten.get(entry.get("_path", ""))
+            if new_hash and entry.get("sha256_in_prefix") != new_hash:
+                entry["sha256_in_prefix"] = new_hash
+                hit = True
+        if hit:
+            _replace_file(rec_file, (json.dumps(rec, indent=2) + "\n").encode())
 
 
 def _replace_file(path: Path, data: bytes) -> None:
