@@ -439,13 +439,14 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
     have = {requirement_name(s) for s in pip_specs}
     specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
     prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"] if previous else []
-    indexes = stack.pip_indexes_for(name)
+    indexes, options = stack.pip_indexes_for(name), stack.pip_options_for(name)
     try:
-        with find_links_index(stack.pip_options_for(name).find_links) as (links_index, served):
+        with find_links_index(options.find_links) as (links_index, served):
             if links_index:  # pip's --find-links adds to the indexes (to PyPI when none is named)
                 indexes = (indexes or [PYPI_SIMPLE]) + [links_index]
             pip_locked = solve_pip(specs, conda_locked, plat, stack.effective_virtual_packages_for(plat),
-                                   indexes=indexes, previous=prev_pip + parent_pip, update=list(update))
+                                   indexes=indexes, previous=prev_pip + parent_pip, update=list(update),
+                                   pre=options.pre)
     except CondastackError as e:
         raise CondastackError(f"layer {name} ({plat}): {redact(str(e))}") from None
     for p in pip_locked:

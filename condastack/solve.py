@@ -314,7 +314,8 @@ def explain_solver_error(err: Exception) -> str:
 
 
 def solve_pip(pip_specs: list[str], conda_entries: list[dict], platform: str, vpkgs: dict[str, str], *,
-              indexes: list[str], previous: list[dict] | None = None, update: list[str] | None = None) -> list[dict]:
+              indexes: list[str], previous: list[dict] | None = None, update: list[str] | None = None,
+              pre: bool = False) -> list[dict]:
     """Solve pip requirements with conda-lock's PyPI solver against conda's python.
 
     With `indexes`, only those PEP 503 indexes are asked (no request to pypi.org).
@@ -349,7 +350,7 @@ def solve_pip(pip_specs: list[str], conda_entries: list[dict], platform: str, vp
     real_pool = pypi_solver._prepare_repositories_pool
 
     def pool(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        return _conda_first_pool(real_pool(*args, **kwargs), provided)
+        return _conda_first_pool(real_pool(*args, **kwargs), provided, pre=pre)
 
     sink = io.StringIO()
     try:
@@ -437,8 +438,10 @@ def _with_provided_names(by_name: dict) -> dict:
     return out
 
 
-def _conda_first_pool(pool, provided: dict[str, str]):  # noqa: ANN001, ANN202
-    """A poetry pool in which conda-provided names exist only at the conda version, without requirements."""
+def _conda_first_pool(pool, provided: dict[str, str], *, pre: bool = False):  # noqa: ANN001, ANN202
+    """A poetry pool in which conda-provided names exist only at the conda version, without requirements.
+    With `pre` (pip's --pre), pre-releases count like releases for every requirement, direct or not."""
+
     from conda_lock._vendor.poetry.core.packages.package import Package
 
     from .pypi_names import canonical
@@ -455,6 +458,8 @@ def _conda_first_pool(pool, provided: dict[str, str]):  # noqa: ANN001, ANN202
         def find_packages(self, dependency):  # noqa: ANN001, ANN202
             p = stand_ins.get(canonical(dependency.name))
             if p is None:
+                if pre:  # in place: poetry's provider also ranks the candidates by this flag
+                    dependency._allows_prereleases = True
                 return super().find_packages(dependency)
             return [p] if dependency.constraint.allows(p.version) else []
 

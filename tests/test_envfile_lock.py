@@ -139,6 +139,26 @@ def test_find_links_folder_and_page_are_locked(tmp_path: Path, channel_url: str,
     assert list((proj / "envs" / "base" / "lib").glob("python3*/site-packages/tinylocal/__init__.py"))
 
 
+def test_pre_takes_pre_releases_for_every_requirement(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001
+    """pip's --pre: a pre-release counts like a release, for direct and indirect requirements alike."""
+    def project(root: Path, pre: bool) -> Path:
+        wheels = root / "environments" / "wheels"
+        wheels.mkdir(parents=True)
+        make_wheel(wheels, "tinydep", "1.0")
+        make_wheel(wheels, "tinydep", "2.0rc1")
+        make_wheel(wheels, "tinytop", "1.0", requires=["tinydep>=1"])
+        make_wheel(wheels, "tinytop", "1.1b2", requires=["tinydep>=1"])
+        return _project(root, channel_url, [f"--index-url {pypi_index.url}", "-f wheels",
+                                            *(["--pre"] if pre else []), "tinytop"])
+
+    for pre, top, dep in ((False, "1.0", "1.0"), (True, "1.1b2", "2.0rc1")):
+        proj = project(tmp_path / f"pre-{pre}", pre)
+        res = run_cli("-C", proj, "lock")
+        assert res.returncode == 0, res.output
+        pip = _pip(proj)
+        assert (pip["tinytop"]["version"], pip["tinydep"]["version"]) == (top, dep), pip
+
+
 def test_selectors_quotes_and_variables_only_file_lock_on_the_test_channel(tmp_path: Path, channel_url: str) -> None:
     proj = write_project(tmp_path / "p", """
         name: sel
