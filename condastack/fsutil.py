@@ -200,31 +200,27 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) held for the block; waits for other holders."""
+def _flock(fd: int) -> Iterator[None]:
+    """Hold an exclusive flock on an open descriptor for the block (waits for other holders), then close it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def file_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive advisory lock (flock) on a lock file, held for the block."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return _flock(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
 
 
-@contextlib.contextmanager
-def dir_lock(folder: Path) -> Iterator[None]:
+def dir_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive flock on a folder itself, held for the block: no lock file is left behind."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return _flock(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
 
 
 def make_tempdir(near: Path, name: str) -> Path:
