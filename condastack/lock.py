@@ -25,7 +25,6 @@ from .consistency import check_records, describe
 from .credentials import redact, strip_credentials
 from .envfile import PYPI_SIMPLE, PipOptions
 from .errors import CondastackError, LockConflict
-from .findlinks import find_links_index
 from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock
 from .solve import (
     explain_solver_error,
@@ -439,6 +438,8 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
     have = {requirement_name(s) for s in pip_specs}
     specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
     prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"] if previous else []
+    from .findlinks import find_links_index  # a loopback server: only when there is a pip part
+
     indexes, options = stack.pip_indexes_for(name), stack.pip_options_for(name)
     try:
         with find_links_index(options.find_links) as (links_index, served):

@@ -81,16 +81,15 @@ def virtual_packages(spec: dict[str, str]) -> list:
     return out
 
 
-_SESSION: list = []  # the gateway of the running lock session, if any
+_SESSION: list[list] = []  # per running lock session: its gateway, once one is needed
 
 
 @contextlib.contextmanager
 def gateway_session():  # noqa: ANN201
     """One rattler Gateway for the solves of one lock run: the channels' repodata is read once,
-    not once per layer and per error explanation. Outside a session each call reads afresh."""
-    import rattler
-
-    _SESSION.append(rattler.Gateway())
+    not once per layer and per error explanation. Outside a session each call reads afresh.
+    Made on first use, so a lock run that solves nothing never imports rattler."""
+    _SESSION.append([])
     try:
         yield
     finally:
@@ -100,7 +99,11 @@ def gateway_session():  # noqa: ANN201
 def _gateway():  # noqa: ANN202
     import rattler
 
-    return _SESSION[-1] if _SESSION else rattler.Gateway()
+    if not _SESSION:
+        return rattler.Gateway()
+    if not _SESSION[-1]:
+        _SESSION[-1].append(rattler.Gateway())
+    return _SESSION[-1][0]
 
 
 def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dict[str, str], *,
