@@ -79,7 +79,8 @@ build:
     - patchelf --set-rpath '$ORIGIN/../lib' $PREFIX/bin/python{v}
     - patchelf --set-rpath '$ORIGIN' $PREFIX/lib/libpython{v}.so.1.0
     - for f in $PREFIX/lib/python{v}/lib-dynload/*.so; do patchelf --set-rpath '$ORIGIN/../..' "$f"; done
-    - $PREFIX/bin/python{v} -I -m compileall -q -j 0 --invalidation-mode checked-hash $PREFIX/lib/python{v} >/dev/null || true
+    # -B: the modules compileall itself imports must not get timestamp .pyc first; -f: rewrite any that exist
+    - $PREFIX/bin/python{v} -B -I -m compileall -f -q -j 0 --invalidation-mode checked-hash $PREFIX/lib/python{v} >/dev/null || true
 """)
     return folder
 
