@@ -79,8 +79,13 @@ class BuildResult:
 
 
 def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: bool = False,
-                installer: str = "auto", force: bool = False, progress: Progress | None = None) -> BuildResult:
-    """Build `envs/<layer>` (or `prefix`) from `lock/<layer>.conda-lock.yml`."""
+                installer: str = "auto", force: bool = False, frozen: bool = False,
+                progress: Progress | None = None) -> BuildResult:
+    """Build `envs/<layer>` (or `prefix`) from `lock/<layer>.conda-lock.yml`.
+
+    A lock whose layer inputs changed since it was written is refused (LockStale)
+    unless `frozen`, which builds the lock as it is (pixi's --frozen).
+    """
     root = Path(root).absolute()
     lockfile = lockfile_path(root, layer)
 
@@ -93,6 +98,11 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
     if not lockfile.is_file():
         stack().layer(layer)  # an unknown layer is reported as such
         raise CondastackError(f"{lockfile}: layer '{layer}' has no lock. Run `condastack lock {layer}` first.")
+    if not frozen:
+        from .lock import check_fresh
+        from .stack import load_stack
+
+        check_fresh(load_stack(root, parse_specs=False), layer, host_platform())
 
     def stack_name() -> str:
         return stack().name

@@ -431,6 +431,8 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
         res = pack_layer(obj.root, layer, output=output, **kw)
     else:
         fail("name a LAYER to pack, or give --prefix PATH -o FILE.")
+    for note in res.warnings:
+        err_console.print(f"condastack: warning: {note}", markup=False)
     t = res.timings["total"]
     obj.console.print(f"packed {res.file_count} files, {res.bytes_unpacked / 1e6:.1f} MB -> {res.output} "
                       f"({res.bytes_archive / 1e6:.1f} MB, {t:.1f} s)\nsha256 {res.sha256}\nmanifest {res.manifest}",
@@ -567,16 +569,17 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
 @click.option("--installer", type=click.Choice(["auto", "rattler", "micromamba"]), default="auto", show_default=True,
               help="auto: micromamba when it is on PATH, else py-rattler.")
 @click.option("--force", is_flag=True, help="Rebuild even if unchanged; replace a folder condastack did not make.")
+@click.option("--frozen", is_flag=True, help="Build the lock as it is, even if the layer's specs changed since.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool,
+def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool, frozen: bool,
           as_json: bool) -> None:
     """Create the environment of LAYER from lock/LAYER.conda-lock.yml for this machine's platform."""
     from .build import build_layer
 
     say = (lambda m: err_console.print(m, markup=False)) if obj.verbose and not obj.quiet else None
     res = build_layer(obj.root, layer, prefix=prefix, offline=offline, installer=installer, force=force,
-                      progress=say)
+                      frozen=frozen, progress=say)
     if as_json:
         emit_json(res.to_json())
         return

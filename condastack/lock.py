@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, layout
-from .errors import CondastackError, LockConflict
+from .errors import CondastackError, LockConflict, LockStale
 from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock, remove_path
 from .solve import (
     explain_solver_error,
@@ -120,6 +120,21 @@ def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[st
                 out.append((name, f"{plat} inputs changed since {path.name} was written"))
                 break
     return out
+
+
+def check_fresh(stack: Stack, layer: str, platform: str) -> None:
+    """Refuse to use `layer`'s lock for `platform` when the layer's inputs changed since it was written.
+
+    Cheap enough for every build: spec parsing is cached by file content, so this
+    reads YAML and hashes, and never imports conda-lock.
+    """
+    path = lockfile_path(stack.root, layer)
+    plats = [platform] if platform in stack.platforms else list(stack.platforms)
+    hashes = read_raw(path)["metadata"].get("content_hash") or {}
+    for plat in plats:
+        if hashes.get(plat) != input_hash(stack, layer, plat):
+            raise LockStale(layer, path, f"the {plat} inputs (specs, channels, virtual packages or parent "
+                                         "lock) changed")
 
 
 # --------------------------------------------------------------------------- dry run

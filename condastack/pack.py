@@ -44,6 +44,7 @@ the prefix now baked into the files, or null for placeholders, and "records",
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -56,7 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .env import CREATED_BY, MARKER, PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member
+from .env import (CREATED_BY, MARKER, PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member,
+                  with_file_hashes)
 from .errors import CondastackError
 from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, make_tempdir, remove_path, sha256_file
 from .layout import env_prefix, pack_output
@@ -77,6 +79,7 @@ class PackResult:
     bytes_unpacked: int
     bytes_archive: int
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # shown by the CLI; the pack went ahead
 
 
 # --------------------------------------------------------------------------- the environment
@@ -319,6 +322,12 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
     prefix_s = str(prefix)
     prefix_b = prefix_s.encode()
 
+    # What each placeholder file holds in the archive ({target: (sha256 or None for the
+    # package's own, size)}), written into the staged records: the records then describe the
+    # archive, whatever the build prefix was, and `verify` after unpack compares against that.
+    held: dict[str, tuple[str | None, int]] = {}
+    staged_records: dict[str, dict] = {}
+
     def stage(target: str, data: bytes, like: str) -> None:
         out = staging / target
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -337,7 +346,9 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, out)
             plan.staged.append(target)
-        plan.bytes_unpacked += src.stat().st_size
+        size = src.stat().st_size
+        plan.bytes_unpacked += size
+        held[target] = (None, size)
 
     skip = skip or {}
     for f in env.files:
@@ -354,6 +365,7 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             if is_record_member(target):
                 data, info = _rewrite_conda_meta(f.source, (records or {}).get(f.source))
                 plan.packages.append(info)
+                staged_records[target] = info
                 stage(target, data, f.source)
             else:
                 plan.from_prefix.append(target)
@@ -379,15 +391,33 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             data = Path(f.source).read_bytes()
         if dest is not None:
             check_dest_fits([(target, placeholder, mode)], dest)
-            stage(target, replace_prefix(data, mode, placeholder, dest), f.source)
+            data = replace_prefix(data, mode, placeholder, dest)
+            held[target] = (hashlib.sha256(data).hexdigest(), len(data))
+            stage(target, data, f.source)
             continue
         fixed = False
         if mode == "text" and target.startswith(BIN_DIR + "/"):
             data, fixed = rewrite_shebang(data, target, placeholder)
         if not fixed:
             plan.records.append((target, placeholder, mode))
+        held[target] = (hashlib.sha256(data).hexdigest(), len(data))
         stage(target, data, f.source)
+    _restage_records(staging, staged_records, held)
     return plan
+
+
+def _restage_records(staging: Path, staged: dict[str, dict], held: dict[str, tuple[str | None, int]]) -> None:
+    """Rewrite the staged records of packages with placeholder files to name what the archive holds."""
+    for target, info in staged.items():
+        new = with_file_hashes(info, held)
+        if new is None:
+            continue
+        for key in ("extracted_package_dir", "package_tarball_full_path"):
+            if key in new:
+                new[key] = ""
+        if isinstance(new.get("link"), dict) and "source" in new["link"]:
+            new["link"] = dict(new["link"], source="")
+        (staging / target).write_bytes(json.dumps(new, sort_keys=True).encode())
 
 
 def _confirm_early(env, early: dict[str, bool]) -> bool:  # noqa: ANN001
@@ -468,6 +498,8 @@ class _Job:
     allow_modified: bool
     staging: Path
     t0: float
+    mtime: int = 0  # every member's mtime (see archive_mtime)
+    mtime_from: str = ""
     records: RawRecords = field(default_factory=dict)  # conda-meta records, read by the scan
     timings: dict[str, float] = field(default_factory=dict)
     _env: Any = None
@@ -495,6 +527,8 @@ class _Job:
         plan = _plan(self.prefix, self.conda_pack_env(), self.staging, self.dest, set(modified), skip=skip,
                      records=self.records)
         _add_scripts(plan, self.staging, self.dest)
+        plan.from_prefix.sort()  # a member order that depends only on the env's content
+        plan.staged.sort()
         self.mark("plan")
         return plan
 
@@ -519,7 +553,7 @@ def _write_squashfs(job: _Job, tmp: Path) -> _Written:
     modified = _scan_managed(job.prefix, None, job.records)[0]
     job.refuse_modified(modified)
     plan = job.plan(modified)
-    writer = SquashfsWriter(tmp, job.staging, job.level, job.threads)
+    writer = SquashfsWriter(tmp, job.staging, job.level, job.threads, job.mtime)
     writer.add_plan(job.prefix, plan, job.staging)
     return _Written(plan, writer.finish())
 
@@ -542,7 +576,7 @@ def _stream_early(job: _Job, writer: TarWriter) -> _Written:
 
 def _write_tar(job: _Job, tmp: Path) -> _Written:
     comp = compressor(job.fmt, job.level, job.threads)
-    writer = TarWriter(tmp, comp)
+    writer = TarWriter(tmp, comp, job.mtime)
     try:
         written = _stream_early(job, writer)
     except _Restart as e:  # never seen with rattler-installed envs; kept correct, not fast
@@ -551,7 +585,7 @@ def _write_tar(job: _Job, tmp: Path) -> _Written:
         remove_path(job.staging)
         job.staging.mkdir()
         plan = job.plan(e.modified)
-        writer = TarWriter(tmp, comp)
+        writer = TarWriter(tmp, comp, job.mtime)
         try:
             writer.add_plan(job.prefix, plan, job.staging)
         except BaseException:
@@ -578,6 +612,10 @@ def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> dict:
         "placeholders": [{"file": f, "placeholder": ph, "mode": m} for f, ph, m in w.plan.records]
         if job.dest is None else [],
         "level": job.level, "threads": job.threads,
+        # what the archive was built from: equal inputs give a byte-identical archive
+        "built_from": {"lock_hash": meta.get("lock_hash"), "lockfile": meta.get("lockfile"),
+                       "mtime": job.mtime, "mtime_from": job.mtime_from, "dest_prefix": job.dest,
+                       "format": job.fmt, "level": job.level, "tools": _tool_versions(job.fmt)},
         "created_by": CREATED_BY, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -623,6 +661,7 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     clean_stale_temporaries(near, "pack.")
     job = _Job(prefix, output, fmt, dest_prefix, DEFAULT_LEVEL[fmt] if level is None else level,
                _threads(threads), allow_modified, make_tempdir(near, "pack"), t0)
+    job.mtime, job.mtime_from = archive_mtime(prefix)
     try:
         with atomic_path(output) as tmp:
             written = (_write_squashfs if fmt == "squashfs" else _write_tar)(job, tmp)
@@ -652,7 +691,72 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
     if fmt not in FORMATS:
         raise CondastackError(f"unknown archive format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     out = output or default_output(root, layer, meta.get("platform") or "unknown", fmt)
-    return pack_prefix(prefix, out, **kw)
+    res = pack_prefix(prefix, out, **kw)
+    note = _lock_moved_on(root, layer, meta)
+    if note:
+        res.warnings.append(note)
+    return res
+
+
+def _lock_moved_on(root: Path, layer: str, meta: dict) -> str | None:
+    """A warning when the env was built from another lock than the current `lock/<layer>` one."""
+    from .layout import lockfile_path
+    from .solve import read_locked_env
+
+    lockfile = lockfile_path(root, layer)
+    if not meta.get("lock_hash") or not meta.get("platform") or not lockfile.is_file():
+        return None
+    try:
+        current = read_locked_env(lockfile, meta["platform"]).lock_hash()
+    except CondastackError as e:
+        return f"layer {layer}: the current lock cannot be compared with the env ({e})"
+    if current == meta["lock_hash"]:
+        return None
+    return (f"layer {layer}: the env was built from lock {meta['lock_hash'][:12]}, but {lockfile.name} is now "
+            f"{current[:12]}; the archive holds the older packages. Run `condastack build {layer}` and pack again "
+            "to ship the current lock.")
+
+
+_TIMESTAMP = re.compile(rb'"timestamp"\s*:\s*(\d+)')
+
+
+def archive_mtime(prefix: Path) -> tuple[int, str]:
+    """The one mtime of every member, and where it came from: `$SOURCE_DATE_EPOCH`, else the
+    newest build time of the locked packages (the same for every env built from one lock).
+
+    Only the head of each record is read (rattler writes `timestamp` before `paths_data`);
+    a record without one there is read whole.
+    """
+    sde = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if sde.isdigit():
+        return int(sde), "SOURCE_DATE_EPOCH"
+    newest = 0
+    env = Env(prefix)
+    for name in env.record_names():
+        try:
+            with open(env.meta_dir / name, "rb") as f:
+                m = _TIMESTAMP.search(f.read(1 << 16)) or _TIMESTAMP.search(f.read())
+        except OSError:
+            continue
+        if m:
+            t = int(m.group(1))
+            newest = max(newest, t // 1000 if t > 10**11 else t)  # conda stores ms since 2019
+    return newest, "packages"
+
+
+def _tool_versions(fmt: str) -> dict[str, str]:
+    import subprocess
+
+    tools = {"tar.zst": ["tar", "zstd"], "tar.gz": ["tar", "pigz"], "squashfs": ["mksquashfs"]}[fmt]
+    out = {}
+    for tool in tools:
+        try:
+            p = subprocess.run([tool, "-version" if tool == "mksquashfs" else "--version"], capture_output=True,
+                               text=True, timeout=10)
+            out[tool] = ((p.stdout or p.stderr).strip().splitlines() or [""])[0]
+        except (OSError, subprocess.SubprocessError):
+            out[tool] = "unknown"
+    return out
 
 
 def _threads(threads: int | None) -> int:

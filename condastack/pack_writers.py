@@ -68,19 +68,25 @@ class _Writer:
 
 
 def compressor(fmt: str, level: int, threads: int) -> list[str]:
-    """The command that compresses a tar stream for `fmt` ("tar.zst" or "tar.gz")."""
+    """The command that compresses a tar stream for `fmt` ("tar.zst" or "tar.gz").
+
+    Reproducible archives: zstd's output is the same for every -T<n> (n >= 1: its
+    multithreaded format does not depend on the worker count; only --single-thread
+    differs, measured with zstd 1.5.4), and pigz's does not depend on -p; -n keeps
+    names and times out of the gzip header.
+    """
     if fmt == "tar.zst":
-        return ["zstd", f"-T{threads}", *(["--ultra"] if level > 19 else []), f"-{level}", "-q", "-c"]
-    return ["pigz", "-p", str(threads), f"-{level}", "-c"]
+        return ["zstd", f"-T{max(threads, 1)}", *(["--ultra"] if level > 19 else []), f"-{level}", "-q", "-c"]
+    return ["pigz", "-n", "-p", str(threads), f"-{level}", "-c"]
 
 
 class TarWriter(_Writer):
     """`tar -T - | compressor > out`: members are listed while earlier ones are already compressed."""
 
-    def __init__(self, out: Path, comp_args: list[str]) -> None:
+    def __init__(self, out: Path, comp_args: list[str], mtime: int = 0) -> None:
         self.comp_args = comp_args
         with open(out, "wb") as sink:
-            self.tar = subprocess.Popen(_TAR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.tar = subprocess.Popen([*_TAR, f"--mtime=@{mtime}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 self.comp = subprocess.Popen(comp_args, stdin=self.tar.stdout, stdout=sink, stderr=subprocess.PIPE)
             except FileNotFoundError:
@@ -129,8 +135,8 @@ class TarWriter(_Writer):
 class SquashfsWriter(_Writer):
     """Links every member into `tree` (which already holds the staged files), then one `mksquashfs`."""
 
-    def __init__(self, out: Path, tree: Path, level: int, threads: int) -> None:
-        self.out, self.tree, self.level, self.threads = out, tree, level, threads
+    def __init__(self, out: Path, tree: Path, level: int, threads: int, mtime: int = 0) -> None:
+        self.out, self.tree, self.level, self.threads, self.mtime = out, tree, level, threads, mtime
 
     def add(self, base: str | Path, name: str) -> None:
         src = Path(base) / name
@@ -150,7 +156,8 @@ class SquashfsWriter(_Writer):
 
     def finish(self) -> str:
         cmd = ["mksquashfs", str(self.tree), str(self.out), "-noappend", "-no-progress", "-quiet", "-comp", "zstd",
-               "-Xcompression-level", str(self.level), "-processors", str(self.threads), "-all-root", "-no-xattrs"]
+               "-Xcompression-level", str(self.level), "-processors", str(self.threads), "-all-root", "-no-xattrs",
+               "-mkfs-time", str(self.mtime), "-all-time", str(self.mtime)]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True)
         except FileNotFoundError:
@@ -161,7 +168,9 @@ class SquashfsWriter(_Writer):
 
 
 # --no-verbatim-files-from: `--directory=` entries in the list switch folders (--null alone implies verbatim).
-_TAR = ["tar", "-cf", "-", "--no-recursion", "--numeric-owner", "--null", "--no-verbatim-files-from", "-T", "-"]
+# Reproducible: one format, owner 0:0 and (with --mtime) one time for every member.
+_TAR = ["tar", "-cf", "-", "--format=gnu", "--no-recursion", "--numeric-owner", "--owner=0", "--group=0",
+        "--null", "--no-verbatim-files-from", "-T", "-"]
 
 
 class _TarFeed:

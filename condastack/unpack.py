@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -464,6 +465,7 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     records = [tuple(r) for r in state.get("records", [])]
     check_dest_fits(records, new)  # every binary first, so nothing is half-done
     changed = 0
+    held: dict[str, tuple[str | None, int]] = {}
     if current != new:
         for f, ph, mode in records:
             old = current or ph
@@ -482,7 +484,9 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
                     break
             if out != data:
                 _replace_file(path, out)
+                held[f] = (hashlib.sha256(out).hexdigest(), len(out))
                 changed += 1
+        Env(prefix).update_file_hashes(held)  # what `verify` compares the rewritten files against
         state["current"] = new
         _replace_file(prefix / PREFIXES_FILE, (json.dumps(state, indent=1) + "\n").encode())
     return RelocateResult(prefix=prefix, old_prefix=current, files_changed=changed)

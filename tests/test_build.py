@@ -336,3 +336,19 @@ def test_pkgs_dir_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONDASTACK_PKGS", "/x/pkgs")
     assert pkgs_dir() == Path("/x/pkgs")
     assert sys.modules["condastack.build"].MARKER == Path("conda-meta/condastack.info")
+
+
+def test_stale_lock_refused_and_frozen_builds(base_app_project: Path, pkgs_cache: Path) -> None:
+    proj = base_app_project
+    _lock(proj, "base")
+    layer = proj / "environments" / "base.yml"
+    layer.write_text(layer.read_text().replace("- libfoo\n", "- libfoo <2\n"))
+    res = run_cli("-C", proj, "build", "base")
+    assert_user_error(res, "layer base", "condastack lock base", "--frozen")
+    assert not (proj / "envs" / "base").exists()
+    # --frozen builds what the lock says (libfoo 2.0), not the new spec
+    assert _build(proj, "base", "--frozen")["action"] == "created"
+    assert [p.name for p in (proj / "envs" / "base" / "conda-meta").glob("libfoo-*.json")] == \
+        ["libfoo-2.0-hb0f4dca_0.json"]
+    _lock(proj, "base")
+    assert _build(proj, "base")["action"] == "rebuilt"
