@@ -42,6 +42,7 @@ from .errors import CondastackError
 from .fsutil import (HASH_THREADS, TMP_MARK, atomic_path, clean_stale_temporaries, file_lock, make_tempdir,
                      remove_path, sha256_file, swap_dir)
 from .layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
+from .pkgcache import check_extracted, stamp
 
 INSTALLERS = ("auto", "rattler", "micromamba")
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
@@ -395,6 +396,10 @@ def _parallel(fn: Callable[[Any], None], items: list) -> None:
             f.result()
 
 
+def _extracted_dir(record: Any) -> Path:
+    return pkgs_dir() / f"{record.name.normalized}-{record.version}-{record.build}"
+
+
 def _extracted_matches(record: Any) -> bool:
     """Whether rattler's cache already holds this exact package (so it will not fetch it).
 
@@ -415,8 +420,9 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
     from .solve import with_url
 
     # rattler gets our verified archive as the URL of every package it would have to
-    # fetch; packages already extracted in its cache keep their locked URL.
-    local = [r if _extracted_matches(r) else with_url(r, a.as_uri()) for r, a in zip(records, archives)]
+    # fetch; packages already extracted in its cache, and still intact, keep their locked URL.
+    local = [r if _extracted_matches(r) and check_extracted(_extracted_dir(r)) else with_url(r, a.as_uri())
+             for r, a in zip(records, archives)]
     try:
         asyncio.run(rattler.install(local, str(tmp), cache_dir=str(pkgs_dir()), installed_packages=[],
                                     alternative_target_prefix=str(final), show_progress=False))
@@ -428,6 +434,7 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
                               f"{final}.") from None
     for orig, used in zip(records, local):
         if used is not orig:
+            stamp(_extracted_dir(orig))  # just extracted from the verified archive
             _restore_origin(Env(tmp).record_path(orig.name.normalized, str(orig.version), orig.build), used, orig)
 
 

@@ -352,3 +352,26 @@ def test_stale_lock_refused_and_frozen_builds(base_app_project: Path, pkgs_cache
         ["libfoo-2.0-hb0f4dca_0.json"]
     _lock(proj, "base")
     assert _build(proj, "base")["action"] == "rebuilt"
+
+
+def test_edited_cache_file_is_extracted_again(base_app_project: Path, pkgs_cache: Path) -> None:
+    proj = base_app_project
+    _lock(proj)
+    _build(proj, "base")
+    variant = Path("share/gpu-kernels/variant")
+    cached = next(pkgs_cache.glob("gpu-kernels-*/")) / variant
+    original = cached.read_bytes()
+    edited = proj / "envs" / "base" / variant
+    assert os.stat(edited).st_ino == os.stat(cached).st_ino  # a hard link: an in-place edit reaches the cache
+    with open(edited, "ab") as f:
+        f.write(b"edited in place\n")
+    assert cached.read_bytes() != original
+    _build(proj, "app")
+    app_file = proj / "envs" / "app" / variant
+    assert app_file.read_bytes() == original  # linked from a fresh extraction, not the edited file
+    assert cached.read_bytes() == original and os.stat(app_file).st_ino == os.stat(cached).st_ino
+    assert run_cli("-C", proj, "verify", "app").returncode == 0
+    # an untouched cache is linked from again (no new extraction: same inode as before)
+    ino = os.stat(cached).st_ino
+    _build(proj, "app", "--force")
+    assert os.stat(app_file).st_ino == ino

@@ -1,0 +1,103 @@
+"""Integrity of the extracted packages in the package cache.
+
+Environments are hard links into the cache's extracted folders, so a file
+edited in place in any environment is edited in the cache too, and every
+later build would link the edited file again. Before a build links from an
+extracted folder, that folder is checked against a stamp written when it was
+known good: the size and mtime of each of its files (an in-place edit changes
+the mtime; replacing a file breaks the link and leaves the cache alone). A
+folder that differs, or has no stamp yet, is hashed against its own
+`info/paths.json`; one that still differs is removed, so the installer
+extracts it again from its sha256-verified archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .fsutil import atomic_path, remove_path, sha256_file
+
+_STAMPS = ".verified"  # shared with build.py's archive stamps, under the cache folder
+
+
+def _stamp_path(folder: Path) -> Path:
+    return folder.parent / _STAMPS / f"{folder.name}.tree"
+
+
+def _tree_lines(folder: Path, paths: Iterable[str]) -> list[str] | None:
+    """'size mtime_ns path' of each file, or None if one is missing."""
+    out = []
+    base = str(folder) + "/"
+    for rel in paths:
+        try:
+            st = os.lstat(base + rel)
+        except OSError:
+            return None
+        out.append(f"{st.st_size} {st.st_mtime_ns} {rel}")
+    return out
+
+
+def _listed_files(folder: Path) -> list[tuple[str, str | None]] | None:
+    """(path, sha256) of the package's files from its info/paths.json; None if unreadable."""
+    try:
+        data = json.loads((folder / "info" / "paths.json").read_bytes())
+        return [(p["_path"], p.get("sha256")) for p in data["paths"] if p.get("path_type", "hardlink") != "directory"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def stamp(folder: Path) -> None:
+    """Record the folder as good now (it was just extracted from a verified archive, or hashed)."""
+    listed = _listed_files(folder)
+    lines = _tree_lines(folder, [p for p, _ in listed]) if listed is not None else None
+    if lines is None:
+        return
+    target = _stamp_path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, durable=False) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def _stamp_holds(folder: Path) -> bool:
+    try:
+        lines = _stamp_path(folder).read_text().splitlines()
+    except OSError:
+        return False
+    now = _tree_lines(folder, (line.split(" ", 2)[2] for line in lines if line.count(" ") >= 2))
+    return now == lines
+
+
+def _hashes_hold(folder: Path) -> bool:
+    listed = _listed_files(folder)
+    if listed is None:
+        return False
+    for rel, sha in listed:
+        path = folder / rel
+        if path.is_symlink() or not sha:
+            continue
+        try:
+            if sha256_file(path) != sha:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def check_extracted(folder: Path) -> bool:
+    """True if the extracted `folder` may be linked from; otherwise it is removed (with rattler's
+    `<folder>.lock`), so the installer extracts the package again from its archive."""
+    if _stamp_holds(folder):
+        return True
+    if _hashes_hold(folder):
+        stamp(folder)
+        return True
+    remove_path(folder)
+    folder.with_name(folder.name + ".lock").unlink(missing_ok=True)
+    _stamp_path(folder).unlink(missing_ok=True)
+    return False
+
+
+__all__ = ["check_extracted", "stamp"]
