@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -43,6 +44,7 @@ from .fsutil import (HASH_THREADS, TMP_MARK, atomic_path, clean_stale_temporarie
                      remove_path, sha256_file, swap_dir)
 from .layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
 from .pkgcache import check_extracted, stamp
+from .progress import Meter, report
 
 INSTALLERS = ("auto", "rattler", "micromamba")
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
@@ -81,7 +83,7 @@ class BuildResult:
 
 def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: bool = False,
                 installer: str = "auto", force: bool = False, frozen: bool = False,
-                progress: Progress | None = None) -> BuildResult:
+                progress: Progress | None = None, meter: Meter | None = None) -> BuildResult:
     """Build `envs/<layer>` (or `prefix`) from `lock/<layer>.conda-lock.yml`.
 
     A lock whose layer inputs changed since it was written is refused (LockStale)
@@ -113,13 +115,13 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
 
     return build_prefix(lockfile, prefix or env_prefix(root, layer), layer=layer, stack=stack_name,
                         offline=offline, installer=installer, force=force, progress=progress,
-                        credentials=channel_urls)
+                        credentials=channel_urls, meter=meter)
 
 
 def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stack: str | Callable[[], str] = "",
                  offline: bool = False, installer: str = "auto", force: bool = False,
                  progress: Progress | None = None,
-                 credentials: list[str] | Callable[[], list[str]] = ()) -> BuildResult:
+                 credentials: list[str] | Callable[[], list[str]] = (), meter: Meter | None = None) -> BuildResult:
     """Build the environment of a conda-lock file at `prefix` for this machine's platform.
 
     A no-op when `prefix` already holds this lock intact. `stack` may be a
@@ -164,9 +166,10 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                 _install_micromamba(lockfile, tmp, prefix)
             else:
                 say(f"checking {len(env.conda)} conda packages against the lock")
-                archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds)
+                archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds,
+                                          meter=meter)
                 say(f"linking {len(env.conda)} conda packages")
-                _install_rattler(env.conda, archives, tmp, prefix)
+                _install_rattler(env.conda, archives, tmp, prefix, meter)
                 compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
@@ -355,7 +358,7 @@ def _pkg_label(r: Any) -> str:
 
 
 def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: list[str] | None = None,
-                   credentials: list[str] | tuple = ()) -> list[Path]:
+                   credentials: list[str] | tuple = (), meter: Meter | None = None) -> list[Path]:
     """Every conda archive of `records` in the cache, sha256-checked against the lock."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -370,6 +373,8 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
             "Build once with network access (or fill $CONDASTACK_PKGS) first."
         )
     want = {id(r) for r, _ in missing}
+    done = [0]
+    lock = threading.Lock()
 
     def one(item: tuple[Any, Path]) -> None:
         r, p = item
@@ -378,6 +383,9 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
             _fetch(r.url, p, sha, _pkg_label(r), credentials)
         else:
             _check_cached(p, sha, _pkg_label(r))
+        with lock:
+            done[0] += 1
+            report(meter, "download", done[0], len(records), "packages")
 
     _parallel(one, list(zip(records, paths)))
     if fetched is not None:
@@ -414,7 +422,33 @@ def _extracted_matches(record: Any) -> bool:
     return len(head) == 40 and head[8:] == bytes(record.sha256) and (pkgs_dir() / key / "info" / "index.json").is_file()
 
 
-def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, final: Path) -> None:
+class _LinkWatch(threading.Thread):
+    """Reports linked packages while rattler installs: it writes a package's conda-meta record
+    once the package is linked (rattler's own progress bar cannot be read from Python)."""
+
+    def __init__(self, prefix: Path, total: int, meter: Meter) -> None:
+        super().__init__(daemon=True)
+        self.meta, self.total, self.meter = prefix / "conda-meta", total, meter
+        self.stop = threading.Event()
+
+    def count(self) -> int:
+        try:
+            return sum(1 for n in os.listdir(self.meta) if n.endswith(".json"))
+        except OSError:
+            return 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.1):
+            self.meter("link", self.count(), self.total, "packages")
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join()
+        self.meter("link", self.count(), self.total, "packages")
+
+
+def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, final: Path,
+                     meter: Meter | None = None) -> None:
     import rattler
 
     from .solve import with_url
@@ -423,6 +457,9 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
     # fetch; packages already extracted in its cache, and still intact, keep their locked URL.
     local = [r if _extracted_matches(r) and check_extracted(_extracted_dir(r)) else with_url(r, a.as_uri())
              for r, a in zip(records, archives)]
+    watch = _LinkWatch(tmp, len(records), meter) if meter is not None else None
+    if watch is not None:
+        watch.start()
     try:
         asyncio.run(rattler.install(local, str(tmp), cache_dir=str(pkgs_dir()), installed_packages=[],
                                     alternative_target_prefix=str(final), show_progress=False))
@@ -432,6 +469,9 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
             raise OSError(errno.ENOSPC, text) from None
         raise CondastackError(f"{final}: linking the conda packages failed: {text}. Nothing was changed at "
                               f"{final}.") from None
+    finally:
+        if watch is not None:
+            watch.finish()
     for orig, used in zip(records, local):
         if used is not orig:
             stamp(_extracted_dir(orig))  # just extracted from the verified archive

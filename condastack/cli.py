@@ -421,16 +421,20 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
     from .pack import pack_layer, pack_prefix
 
+    from .progress import terminal_meter
+
     kw = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads, allow_modified=allow_modified,
               allow_foreign=allow_foreign)
-    if prefix is not None:
-        if output is None:
-            fail("--prefix needs -o FILE (where to write the archive).")
-        res = pack_prefix(prefix, output, **kw)
-    elif layer:
-        res = pack_layer(obj.root, layer, output=output, **kw)
-    else:
-        fail("name a LAYER to pack, or give --prefix PATH -o FILE.")
+    with terminal_meter(not obj.quiet) as meter:
+        kw["meter"] = meter
+        if prefix is not None:
+            if output is None:
+                fail("--prefix needs -o FILE (where to write the archive).")
+            res = pack_prefix(prefix, output, **kw)
+        elif layer:
+            res = pack_layer(obj.root, layer, output=output, **kw)
+        else:
+            fail("name a LAYER to pack, or give --prefix PATH -o FILE.")
     for note in res.warnings:
         err_console.print(f"condastack: warning: {note}", markup=False)
     t = res.timings["total"]
@@ -449,7 +453,10 @@ def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max
     """Extract ARCHIVE safely into DEST and relocate it there."""
     from .unpack import unpack_archive
 
-    res = unpack_archive(archive, dest, max_members=max_members, max_bytes=max_bytes)
+    from .progress import terminal_meter
+
+    with terminal_meter(not obj.quiet) as meter:
+        res = unpack_archive(archive, dest, max_members=max_members, max_bytes=max_bytes, meter=meter)
     obj.console.print(f"unpacked {res.members} members ({res.bytes / 1e6:.1f} MB) into {res.dest}; "
                       f"relocated {res.relocated_files} files", markup=False)
 
@@ -539,7 +546,11 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
     from .deliver import install_archive
 
-    res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes)
+    from .progress import terminal_meter
+
+    with terminal_meter(not obj.quiet) as meter:
+        res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes,
+                              meter=meter)
     if as_json:
         emit_json({"prefix": str(res.prefix), "format": res.format, "sha256": res.sha256,
                    "lock_hash": res.lock_hash, "replaced": res.replaced, "file_count": res.file_count,
@@ -578,8 +589,11 @@ def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: s
     from .build import build_layer
 
     say = (lambda m: err_console.print(m, markup=False)) if obj.verbose and not obj.quiet else None
-    res = build_layer(obj.root, layer, prefix=prefix, offline=offline, installer=installer, force=force,
-                      frozen=frozen, progress=say)
+    from .progress import terminal_meter
+
+    with terminal_meter(not obj.quiet) as meter:
+        res = build_layer(obj.root, layer, prefix=prefix, offline=offline, installer=installer, force=force,
+                          frozen=frozen, progress=say, meter=meter)
     if as_json:
         emit_json(res.to_json())
         return

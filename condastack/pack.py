@@ -63,6 +63,7 @@ from .errors import CondastackError
 from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, make_tempdir, remove_path, sha256_file
 from .layout import env_prefix, pack_output
 from .pack_writers import Plan, SquashfsWriter, TarWriter, compressor
+from .progress import Meter
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
@@ -499,6 +500,7 @@ class _Job:
     staging: Path
     t0: float
     mtime: int = 0  # every member's mtime (see archive_mtime)
+    meter: Meter | None = None
     mtime_from: str = ""
     records: RawRecords = field(default_factory=dict)  # conda-meta records, read by the scan
     timings: dict[str, float] = field(default_factory=dict)
@@ -570,13 +572,20 @@ def _stream_early(job: _Job, writer: TarWriter) -> _Written:
     if not _confirm_early(job.conda_pack_env(), early):
         raise _Restart(modified)
     plan = job.plan(modified, skip=early)
+    writer.total = _tar_bytes(plan.bytes_unpacked + early_bytes, plan.count + len(early))
     writer.add_plan(prefix, plan, job.staging)
     return _Written(plan, "", early, early_bytes)
 
 
+def _tar_bytes(content: int, members: int) -> int:
+    """About how long the tar stream of `members` files holding `content` bytes is (for progress):
+    a 512-byte header and on average 256 bytes of padding per member."""
+    return content + 768 * members
+
+
 def _write_tar(job: _Job, tmp: Path) -> _Written:
     comp = compressor(job.fmt, job.level, job.threads)
-    writer = TarWriter(tmp, comp, job.mtime)
+    writer = TarWriter(tmp, comp, job.mtime, job.meter)
     try:
         written = _stream_early(job, writer)
     except _Restart as e:  # never seen with rattler-installed envs; kept correct, not fast
@@ -585,7 +594,8 @@ def _write_tar(job: _Job, tmp: Path) -> _Written:
         remove_path(job.staging)
         job.staging.mkdir()
         plan = job.plan(e.modified)
-        writer = TarWriter(tmp, comp, job.mtime)
+        writer = TarWriter(tmp, comp, job.mtime, job.meter)
+        writer.total = _tar_bytes(plan.bytes_unpacked, plan.count)
         try:
             writer.add_plan(job.prefix, plan, job.staging)
         except BaseException:
@@ -648,7 +658,7 @@ def _check_request(fmt: str, dest_prefix: str | None) -> str | None:
 
 def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix: str | None = None,
                 level: int | None = None, threads: int | None = None, allow_modified: bool = False,
-                allow_foreign: bool = False) -> PackResult:
+                allow_foreign: bool = False, meter: Meter | None = None) -> PackResult:
     """Pack the env at `prefix` into `output` (+ .sha256 and .manifest.json beside it)."""
     t0 = time.perf_counter()
     dest_prefix = _check_request(fmt, dest_prefix)
@@ -662,6 +672,7 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     job = _Job(prefix, output, fmt, dest_prefix, DEFAULT_LEVEL[fmt] if level is None else level,
                _threads(threads), allow_modified, make_tempdir(near, "pack"), t0)
     job.mtime, job.mtime_from = archive_mtime(prefix)
+    job.meter = meter
     try:
         with atomic_path(output) as tmp:
             written = (_write_squashfs if fmt == "squashfs" else _write_tar)(job, tmp)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import CondastackError
 from .fsutil import sha256_file
+from .progress import Meter
 
 
 @dataclass
@@ -83,10 +84,14 @@ def compressor(fmt: str, level: int, threads: int) -> list[str]:
 class TarWriter(_Writer):
     """`tar -T - | compressor > out`: members are listed while earlier ones are already compressed."""
 
-    def __init__(self, out: Path, comp_args: list[str], mtime: int = 0) -> None:
+    def __init__(self, out: Path, comp_args: list[str], mtime: int = 0, meter: Meter | None = None) -> None:
         self.comp_args = comp_args
+        self.meter = meter
+        self.total: int | None = None  # expected tar bytes, once the plan is known (for `meter`)
+        cmd = [*_TAR, f"--mtime=@{mtime}"] + ([f"--checkpoint={_CP_RECORDS}", f"--checkpoint-action=echo={_CP}%u"]
+                                            if meter is not None else [])
         with open(out, "wb") as sink:
-            self.tar = subprocess.Popen([*_TAR, f"--mtime=@{mtime}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.tar = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 self.comp = subprocess.Popen(comp_args, stdin=self.tar.stdout, stdout=sink, stderr=subprocess.PIPE)
             except FileNotFoundError:
@@ -97,14 +102,28 @@ class TarWriter(_Writer):
         self.tar.stdout.close()
         self.errs: dict[str, bytes] = {}
         self.hasher = _Follower(out)
-        self.threads = [threading.Thread(target=lambda p=p, k=k: self.errs.__setitem__(k, p.stderr.read()),
-                                         daemon=True) for k, p in (("tar", self.tar), ("comp", self.comp))]
+        self.threads = [threading.Thread(target=self._read_tar_errors, daemon=True),
+                        threading.Thread(target=lambda: self.errs.__setitem__("comp", self.comp.stderr.read()),
+                                         daemon=True)]
         for t in [*self.threads, self.hasher]:
             t.start()
         with contextlib.suppress(OSError):  # room for ~16k names: tar never waits for the writer thread
             fcntl.fcntl(self.tar.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
         self.feed = _TarFeed(self.tar.stdin)
         self.add = self.feed.add  # the hot path: one call per member, no wrapper
+
+    def _read_tar_errors(self) -> None:
+        """tar's stderr: its checkpoints (progress, with a meter) and its errors."""
+        errs = []
+        for line in self.tar.stderr:
+            at = line.find(_CP.encode())
+            if at >= 0 and self.meter is not None:
+                with contextlib.suppress(ValueError):
+                    n = int(line[at + len(_CP):].strip()) * _CP_RECORDS * 10240  # 20 blocks of 512 a record
+                    self.meter("pack", min(n, self.total or n), self.total, "bytes")
+                continue
+            errs.append(line)
+        self.errs["tar"] = b"".join(errs)
 
     def _close(self) -> tuple[int, int]:
         self.feed.close()
@@ -123,6 +142,8 @@ class TarWriter(_Writer):
 
     def finish(self) -> str:
         rc_t, rc_c = self._close()
+        if self.meter is not None and rc_t == 0 and rc_c == 0 and self.total:
+            self.meter("pack", self.total, self.total, "bytes")
         if rc_c != 0:  # checked first: tar then only died of the broken pipe
             err = self.errs.get("comp", b"").decode(errors="replace").strip()
             raise CondastackError(f"packing failed: {self.comp_args[0]} exited {rc_c}: {err}")
@@ -169,6 +190,7 @@ class SquashfsWriter(_Writer):
 
 # --no-verbatim-files-from: `--directory=` entries in the list switch folders (--null alone implies verbatim).
 # Reproducible: one format, owner 0:0 and (with --mtime) one time for every member.
+_CP, _CP_RECORDS = "@condastack-checkpoint ", 100  # a progress line every 100 records (~1 MB)
 _TAR = ["tar", "-cf", "-", "--format=gnu", "--no-recursion", "--numeric-owner", "--owner=0", "--group=0",
         "--null", "--no-verbatim-files-from", "-T", "-"]
 

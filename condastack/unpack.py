@@ -37,6 +37,7 @@ from pathlib import Path
 from .env import PREFIXES_FILE, Env, check_dest_fits
 from .errors import ArchiveRefused, CondastackError
 from .fsutil import atomic_path, clean_stale_temporaries
+from .progress import Meter
 LIMIT_ENV = {"members": "CONDASTACK_MAX_MEMBERS", "bytes": "CONDASTACK_MAX_BYTES"}
 _CHUNK = 1 << 20
 _OK_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
@@ -74,7 +75,9 @@ class _Refused(Exception):
 class _Guard:
     """Follows the tree an archive builds (names and symlinks) without touching disk."""
 
-    def __init__(self, max_members: int | None, max_bytes: int | None) -> None:
+    def __init__(self, max_members: int | None, max_bytes: int | None, meter: Meter | None = None,
+                 total: int | None = None) -> None:
+        self.meter, self.total, self.shown = meter, total, 0
         self.links: dict[str, str] = {}
         self.files: set[str] = set()
         self.members = 0
@@ -134,6 +137,9 @@ class _Guard:
             if self.max_bytes is not None and self.bytes > self.max_bytes:
                 raise _Refused(f"more than {self.max_bytes} bytes once expanded (the --max-bytes / "
                                f"{LIMIT_ENV['bytes']} limit)")
+            if self.meter is not None and self.bytes - self.shown >= 1 << 20:  # checked bytes reach tar next
+                self.shown = self.bytes
+                self.meter("unpack", self.bytes, self.total, "bytes")
         rel = self.clean(name)
         if not rel:
             if info.type == tarfile.DIRTYPE:
@@ -344,7 +350,7 @@ def _limit(given: int | None, kind: str) -> int | None:
 
 
 def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
-                   max_bytes: int | None = None) -> UnpackResult:
+                   max_bytes: int | None = None, meter: Meter | None = None) -> UnpackResult:
     """Extract `archive` safely into `dest` (which must not exist or be empty) and relocate it there.
 
     Member count and expanded size are limited by `max_members` / `max_bytes`, which
@@ -357,20 +363,25 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CondastackError(f"{dest}: already exists and is not empty; choose a new folder or remove it first.")
     manifest = archive.with_name(archive.name + ".manifest.json")
+    total = None
     if manifest.is_file():  # fail before extracting gigabytes when DEST cannot fit
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            records = [(r["file"], r["placeholder"], r["mode"]) for r in json.loads(manifest.read_text())["placeholders"]]
+            data = json.loads(manifest.read_text())
+            total = int(data["bytes_unpacked"]) if isinstance(data.get("bytes_unpacked"), int) else None
+            records = [(r["file"], r["placeholder"], r["mode"]) for r in data["placeholders"]]
             check_dest_fits(records, str(dest))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CondastackError(f"{dest}: cannot create its parent folder: {e.strerror}.") from None
     clean_stale_temporaries(dest.parent, dest.name)  # left by a killed unpack
-    guard = _Guard(max_members, max_bytes)
+    guard = _Guard(max_members, max_bytes, meter, total)
     # An empty DEST is swapped for the full tree in one step, so it is never absent.
     with atomic_path(dest) as tmp:
         tmp.mkdir()
         _extract(archive, tmp, guard)
+        if meter is not None:
+            meter("unpack", guard.bytes, total and max(total, guard.bytes), "bytes")
         # An archive with no placeholder records (not an env) is only extracted.
         changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
     return UnpackResult(dest=dest, members=guard.members, bytes=guard.bytes, relocated_files=changed)
