@@ -13,6 +13,7 @@ make it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -190,6 +191,34 @@ def read_archive(path: Path) -> PackedArchive:
         platform=manifest.get("platform") or None,
         max_prefix_len=_binary_placeholder_len(manifest),
     )
+
+
+def gzip_copy(src: PackedArchive) -> PackedArchive:
+    """A gzip copy of a .tar.zst archive beside it (`zstd -dc | pigz`, streamed), with its sidecars;
+    reused while it was made from the same archive. Docker's ADD and a base image's tar read gzip."""
+    out = src.path.with_name(src.path.name[: -len(".tar.zst")] + ".tar.gz")
+    mpath, spath = (out.with_name(out.name + s) for s in (".manifest.json", ".sha256"))
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        made = json.loads(mpath.read_text())
+        if made["converted_from"]["sha256"] == src.sha256 and out.is_file():
+            return read_archive(out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as sink:
+        dec = subprocess.Popen(["zstd", "-dcq", str(src.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        gz = subprocess.run(["pigz", "-n", "-6", "-c"], stdin=dec.stdout, stdout=sink, stderr=subprocess.PIPE)
+        dec.stdout.close()
+        err = dec.stderr.read().decode(errors="replace").strip()
+        if dec.wait() != 0 or gz.returncode != 0:
+            raise CondastackError(f"{src.path}: converting it to gzip failed: {err or gz.stderr.decode().strip()}")
+        sink.flush()
+        digest = sha256_file(tmp)
+        manifest: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            manifest = json.loads(src.path.with_name(src.path.name + ".manifest.json").read_text())
+        manifest.update(format="tar.gz", archive=out.name, sha256=digest, size=tmp.stat().st_size,
+                        converted_from={"archive": src.path.name, "sha256": src.sha256})
+        atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
+        atomic_write_text(spath, f"{digest}  {out.name}\n")
+    return read_archive(out)
 
 
 def pack_command(layer: str, prefix: str) -> str:
@@ -714,6 +743,8 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
     # the OCI writer reads any of our formats. So a .tar.zst archive is fine for --oci alone
     # (then no Dockerfile or definition is written unless asked for, which is an error).
     texts: dict[Path, str] = {}
+    if spec.archive.fmt == "tar.zst" and (oci is None or explicit_files):
+        spec = dataclasses.replace(spec, archive=gzip_copy(spec.archive))
     if spec.archive.fmt == "tar.gz" or oci is None or explicit_files:
         texts[Path(dockerfile)] = render_dockerfile(spec, root, Path(dockerfile))
         texts[Path(apptainer)] = render_apptainer(spec, Path(apptainer).parent)

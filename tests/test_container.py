@@ -464,13 +464,7 @@ def test_oci_reads_zstd_archive_and_is_reproducible(project: Path, tmp_path: Pat
     z = ct.write_oci_archive(spec_z, tmp_path / "z.tar")
     assert a.manifest_digest == b.manifest_digest
     assert a.diff_id == z.diff_id  # same uncompressed layer from either archive format
-    # but the Dockerfile and definition need gzip, and say how to get it
-    with pytest.raises(CondastackError, match="--format tar.gz --dest-prefix /opt/env"):
-        ct.make_container(project, "app", archive=zst)
-    with pytest.raises(CondastackError, match="--format tar.gz --dest-prefix /opt/env"):
-        ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar", dockerfile=tmp_path / "D")
-    assert not (tmp_path / "o.tar").exists() and not (tmp_path / "D").exists()
-    only = ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar")  # --oci alone is fine
+    only = ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar")  # --oci alone reads zstd
     assert only.dockerfile is None and only.oci is not None and only.oci.diff_id == a.diff_id
 
 
@@ -542,3 +536,30 @@ def test_ld_library_path_only_where_needed(project: Path, tmp_path: Path) -> Non
     assert f'export LD_LIBRARY_PATH="{PREFIX}/lib"' in (copy / "pack" / "app.def").read_text()
     assert run_cli("-C", copy, "container", "app", "--no-ld-library-path").returncode == 0
     assert "LD_LIBRARY_PATH" not in (copy / "Dockerfile.thin").read_text()
+
+
+def test_container_after_a_default_zstd_pack_converts_to_gzip(project: Path, tmp_path: Path) -> None:
+    """The Dockerfile and definition need gzip: a .tar.zst archive is converted beside it, streamed."""
+    proj = tmp_path / "proj"
+    shutil.copytree(project, proj, symlinks=True, ignore=shutil.ignore_patterns("*.tar.gz*", "Dockerfile.thin"))
+    gz = _archive(project)
+    zst = proj / "pack" / "app-linux-64.tar.zst"
+    subprocess.run(f"gzip -dc {gz} | zstd -q -o {zst}", shell=True, check=True)
+    manifest = json.loads(Path(f"{gz}.manifest.json").read_text())
+    manifest.update(format="tar.zst", archive=zst.name)
+    Path(f"{zst}.manifest.json").write_text(json.dumps(manifest))
+    res = run_cli("-C", proj, "container", "app")
+    assert res.returncode == 0, res.output
+    made = proj / "pack" / "app-linux-64.tar.gz"
+    assert made.read_bytes()[:2] == b"\x1f\x8b"
+    digest = hashlib.sha256(made.read_bytes()).hexdigest()
+    assert Path(f"{made}.sha256").read_text().split()[0] == digest
+    assert json.loads(Path(f"{made}.manifest.json").read_text())["converted_from"]["archive"] == zst.name
+    text = (proj / "Dockerfile.thin").read_text()
+    assert "ADD pack/app-linux-64.tar.gz /opt/env/" in text and digest in text
+    with tarfile.open(made) as a, subprocess.Popen(["zstd", "-dc", str(zst)], stdout=subprocess.PIPE) as p, \
+            tarfile.open(fileobj=p.stdout, mode="r|") as b:
+        assert a.getnames() == [m.name for m in b]
+    mtime = made.stat().st_mtime_ns
+    assert run_cli("-C", proj, "container", "app").returncode == 0
+    assert made.stat().st_mtime_ns == mtime  # made once per source archive
