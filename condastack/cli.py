@@ -483,7 +483,8 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
 @click.option("--base-image", metavar="IMAGE", help="FROM image (default: fits the stack's __cuda and __glibc).")
 @click.option("--prefix", default="/opt/env", show_default=True, help="Where the env lives in the image.")
 @click.option("--oci", type=click.Path(dir_okay=False, path_type=Path), help="Also write an OCI image archive here.")
-@click.option("--oci-base", metavar="DIR[:TAG]", help="Base image for --oci: a local OCI layout (default: scratch).")
+@click.option("--oci-base", metavar="DIR[:TAG]", help="Base image for --oci: a local OCI layout, or `scratch` "
+              "(default: a minimal Debian made by debootstrap, cached).")
 @click.option("--apptainer", type=click.Path(dir_okay=False, path_type=Path),
               help="Apptainer definition to write (default: pack/<layer>.def).")
 @click.option("-o", "--dockerfile", type=click.Path(dir_okay=False, path_type=Path),
@@ -513,7 +514,8 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
            "apptainer": str(res.apptainer) if res.apptainer else None,
            "oci": None if res.oci is None else {"path": str(res.oci.path), "tag": res.oci.tag,
                                                 "manifest": res.oci.manifest_digest,
-                                                "layer": res.oci.layer_digest, "layer_size": res.oci.layer_size}}
+                                                "layer": res.oci.layer_digest, "layer_size": res.oci.layer_size,
+                                                "contents": res.oci_contents}}
     if as_json:
         emit_json(out)
         return
@@ -521,9 +523,10 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
         if out[what]:
             obj.console.print(f"wrote {out[what]}", markup=False)
     if res.oci is not None:
-        obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer)",
-                          markup=False)
-    obj.console.print(f"layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
+        obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer): "
+                          f"{res.oci_contents}", markup=False)
+    if res.dockerfile is not None:
+        obj.console.print(f"Dockerfile: layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
 
 
 # --------------------------------------------------------------------------- install (issue 7)

@@ -716,6 +716,7 @@ class ContainerResult:
     dockerfile: Path | None
     apptainer: Path | None
     oci: OciResult | None
+    oci_contents: str | None = None  # what the OCI image holds, in words
 
 
 def make_container(root: Path | str, layer: str | None = None, *, base_image: str | None = None,
@@ -748,11 +749,28 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
     if spec.archive.fmt == "tar.gz" or oci is None or explicit_files:
         texts[Path(dockerfile)] = render_dockerfile(spec, root, Path(dockerfile))
         texts[Path(apptainer)] = render_apptainer(spec, Path(apptainer).parent)
-    oci_result = write_oci_archive(spec, Path(oci), base=oci_base) if oci is not None else None
+    oci_result, contents = None, None
+    if oci is not None:
+        oci_base, contents = _oci_base(stack, spec, oci_base)
+        oci_result = write_oci_archive(spec, Path(oci), base=oci_base)
     for path, text in texts.items():
         atomic_write_text(path, text)
     return ContainerResult(spec=spec, dockerfile=Path(dockerfile) if texts else None,
-                           apptainer=Path(apptainer) if texts else None, oci=oci_result)
+                           apptainer=Path(apptainer) if texts else None, oci=oci_result, oci_contents=contents)
+
+
+def _oci_base(stack: Stack, spec: ContainerSpec, oci_base: str | None) -> tuple[str | None, str]:
+    """The base layout for --oci and a sentence on what the image holds. No --oci-base: a minimal
+    Debian fitting the stack's __glibc (an env alone has no C library to run on); "scratch": none."""
+    env = f"layer {spec.layer} at {spec.prefix}"
+    if oci_base == "scratch":
+        return None, f"{env} only (scratch: no C library, the image cannot run programs on its own)"
+    if oci_base is not None:
+        return oci_base, f"{env} on the local OCI image {oci_base}"
+    from .baseimage import debian_base
+
+    base = debian_base(stack.virtual_packages_for(spec.platform).get("__glibc"), spec.platform)
+    return base.ref, f"{env} on {base.description}"
 
 
 def shlex_command(text: str | None) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 # apt tools (when root) and a virtual environment at .venv with condastack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PKGS="squashfs-tools squashfuse fuse3 zstd pigz patchelf skopeo umoci lmod debootstrap binutils"
+APT_PKGS="squashfs-tools squashfuse fuse3 zstd pigz patchelf skopeo umoci lmod debootstrap binutils podman runc"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=""
   for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

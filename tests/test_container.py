@@ -385,8 +385,9 @@ def _skopeo_inspect(oci: Path, *extra: str) -> dict:
 def test_oci_scratch_archive_inspect_copy_unpack(project: Path, tmp_path: Path) -> None:
     _have("skopeo", "umoci")
     oci = tmp_path / "app.oci.tar"
-    res = run_cli("-C", project, "container", "app", "--oci", oci)
+    res = run_cli("-C", project, "container", "app", "--oci", oci, "--oci-base", "scratch")
     assert res.returncode == 0, res.output
+    assert "scratch" in res.stdout
     sha = hashlib.sha256(_archive(project).read_bytes()).hexdigest()
 
     top = _skopeo_inspect(oci)
@@ -464,7 +465,7 @@ def test_oci_reads_zstd_archive_and_is_reproducible(project: Path, tmp_path: Pat
     z = ct.write_oci_archive(spec_z, tmp_path / "z.tar")
     assert a.manifest_digest == b.manifest_digest
     assert a.diff_id == z.diff_id  # same uncompressed layer from either archive format
-    only = ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar")  # --oci alone reads zstd
+    only = ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar", oci_base="scratch")  # reads zstd
     assert only.dockerfile is None and only.oci is not None and only.oci.diff_id == a.diff_id
 
 
@@ -563,3 +564,57 @@ def test_container_after_a_default_zstd_pack_converts_to_gzip(project: Path, tmp
     mtime = made.stat().st_mtime_ns
     assert run_cli("-C", proj, "container", "app").returncode == 0
     assert made.stat().st_mtime_ns == mtime  # made once per source archive
+
+
+def _seed_debian_rootfs(cache: Path, debian_rootfs_tar: Path) -> None:
+    """The rootfs condastack would debootstrap, from the test cache (same recipe: bookworm minbase)."""
+    dest = cache / "rootfs" / "debian-bookworm-amd64-minbase.tar.zst"
+    dest.parent.mkdir(parents=True)
+    os.link(debian_rootfs_tar, dest)
+
+
+@needs_root
+def test_default_oci_image_runs_the_program_on_its_own(project: Path, debian_rootfs_tar: Path,
+                                                       tmp_path: Path) -> None:
+    """Without --oci-base the image is the env on a minimal Debian, and runs the env's program
+    with nothing from the host: under podman when it is here, else umoci unpack + chroot."""
+    cache = tmp_path / "cache"
+    _seed_debian_rootfs(cache, debian_rootfs_tar)
+    oci = tmp_path / "app.oci.tar"
+    res = run_cli("-C", project, "container", "app", "--oci", oci, env={"CONDASTACK_CACHE": str(cache)})
+    assert res.returncode == 0, res.output
+    assert "Debian bookworm minbase" in res.stdout and "layer app at /opt/env" in res.stdout
+    assert "nvidia" not in res.stdout
+    top = _skopeo_inspect(oci)
+    assert len(top["Layers"]) == 2
+    if shutil.which("podman") and shutil.which("runc"):
+        conf = tmp_path / "containers.conf"
+        conf.write_text("[containers]\ndefault_ulimits = []\n")
+        env = dict(os.environ, CONTAINERS_CONF=str(conf))
+        tag = f"localhost/condastack-test-app:{os.getpid()}"
+        # into podman's storage under a name of this run (`podman load` would call it app:latest)
+        subprocess.run(["skopeo", "copy", "-q", f"oci-archive:{oci}", f"containers-storage:{tag}"], env=env,
+                       check=True, capture_output=True)
+        try:
+            out = subprocess.run(["podman", "run", "--rm", "--network=none", "--runtime", "runc", tag, "hello"],
+                                 env=env, capture_output=True, text=True)
+        finally:
+            subprocess.run(["podman", "rmi", "-f", tag], env=env, capture_output=True)
+    else:
+        layout = tmp_path / "layout"
+        subprocess.run(["skopeo", "copy", "-q", f"oci-archive:{oci}", f"oci:{layout}:app"], check=True)
+        bundle = tmp_path / "bundle"
+        subprocess.run(["umoci", "unpack", "--image", f"{layout}:app", str(bundle)], check=True, capture_output=True)
+        out = _chroot(bundle / "rootfs", "1000:1000", "/usr/bin/env", "-i", f"PATH={PREFIX}/bin:/usr/bin:/bin",
+                      "hello", capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert f"prefix={PREFIX}\n" in out.stdout and f"lib={PREFIX}\n" in out.stdout
+
+
+def test_no_debootstrap_refuses_and_says_what_to_pass(project: Path, tmp_path: Path) -> None:
+    oci = tmp_path / "app.oci.tar"
+    res = run_cli("-C", project, "container", "app", "--oci", oci,
+                  env={"CONDASTACK_CACHE": str(tmp_path / "c"), "PATH": "/nonexistent:" + os.path.dirname(sys.executable)
+                       + ":/usr/bin:/bin", "CONDASTACK_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"})
+    assert_user_error(res, "--oci-base DIR[:TAG]")
+    assert not oci.exists()
