@@ -372,6 +372,9 @@ def _need_gzip(spec: ContainerSpec) -> None:
         )
 
 
+_RUN_LABELS = (f"{LABEL_NS}.lock-hash", f"{LABEL_NS}.archive-sha256")
+
+
 def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | None = None) -> str:
     """Dockerfile.thin: FROM base, ADD (extract) the archive at the prefix, env, labels, non-root USER.
 
@@ -387,7 +390,10 @@ def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | Non
     env = spec.env("$PATH")
     cmd = list(spec.command) or ["/bin/sh"]
     df = os.path.relpath(Path(dockerfile).resolve(), Path(context).resolve()) if dockerfile else DOCKERFILE
-    labels = " \\\n      ".join(f"{k}={_q(v)}" for k, v in spec.labels.items())
+    # Only what the stack decides: the lock hash and the archive's sha256 change with every channel
+    # and re-pack, and a committed Dockerfile should not (they are in the image's ADDed files,
+    # the archive's .sha256 sidecar, the Apptainer definition and the OCI config).
+    labels = " \\\n      ".join(f"{k}={_q(v)}" for k, v in spec.labels.items() if k not in _RUN_LABELS)
     envs = " \\\n    ".join(f"{k}={v}" for k, v in env.items())
     return f"""\
 # Thin container for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).

@@ -113,7 +113,7 @@ def main() -> None:
     oci = OUT / "app.oci.tar"
     # scratch: the default Debian base needs debootstrap and a mirror; the demo stays offline
     timed(steps, "Dockerfile.thin + Apptainer def + OCI archive (env only, --oci-base scratch)",
-          lambda: cli("container", "app", "--archive", opt, "-o", DEMO / "Dockerfile.thin",
+          lambda: cli("container", "app", "--archive", opt, "-o", REPO / "Dockerfile.thin",
                       "--apptainer", DEMO / "pack" / "app.def", "--oci", oci, "--oci-base", "scratch"),
           lambda _: f"OCI {_size(oci)}")
     doc = timed(steps, "doctor (this node against the stack)", lambda: cli("doctor", "app", check=False),
