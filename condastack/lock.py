@@ -130,7 +130,10 @@ def check_fresh(stack: Stack, layer: str, platform: str) -> None:
     """
     path = lockfile_path(stack.root, layer)
     plats = [platform] if platform in stack.platforms else list(stack.platforms)
-    hashes = read_raw(path)["metadata"].get("content_hash") or {}
+    meta = read_raw(path)["metadata"]
+    if "condastack.layer" not in (meta.get("custom_metadata") or {}):
+        return  # written by conda-lock's own pipeline (--solver conda…): its hashes are not ours
+    hashes = meta.get("content_hash") or {}
     for plat in plats:
         if hashes.get(plat) != input_hash(stack, layer, plat):
             raise LockStale(layer, path, f"the {plat} inputs (specs, channels, virtual packages or parent "

@@ -34,7 +34,16 @@ Beside ARCHIVE go `ARCHIVE.sha256` (sha256sum format) and
     placeholders    [{file, placeholder, mode}] files that still hold a placeholder
                     (mode "text" or "binary"); empty when dest_prefix is set
     level, threads  compression settings used
+    built_from      what the archive was made from: {lock_hash, lockfile, mtime (of every
+                    member), mtime_from ("SOURCE_DATE_EPOCH" or "packages": the newest build
+                    time of the locked packages), dest_prefix, format, level, tools (versions)}
     created_by, created
+
+Archives are reproducible: the same env (or two envs of one lock packed for the same
+--dest-prefix) gives byte-identical archives. Members come in an order fixed by the env's
+content, all with one mtime and owner 0:0, and the compressors' output does not depend on
+the thread count. Package records name the content the archive holds for each placeholder
+file (`sha256_in_prefix`), not the build prefix's.
 
 The env inside also carries `conda-meta/condastack.prefixes` (JSON: "current",
 the prefix now baked into the files, or null for placeholders, and "records",
