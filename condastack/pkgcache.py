@@ -91,6 +91,8 @@ def check_extracted(folder: Path) -> bool:
     `<folder>.lock`), so the installer extracts the package again from its archive."""
     if _stamp_holds(folder):
         return True
+    if _listed_files(folder) is None:  # an old-style package without paths.json: nothing to check against
+        return True
     if _hashes_hold(folder):
         stamp(folder)
         return True
