@@ -43,7 +43,7 @@ from .errors import CondastackError
 from .fsutil import (HASH_THREADS, TMP_MARK, atomic_path, clean_stale_temporaries, file_lock, make_tempdir,
                      remove_path, sha256_file, swap_dir)
 from .layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
-from .pkgcache import check_extracted, stamp
+from .pkgcache import Checker, discard, stamp
 from .progress import Meter, report
 
 INSTALLERS = ("auto", "rattler", "micromamba")
@@ -449,14 +449,35 @@ class _LinkWatch(threading.Thread):
 
 def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, final: Path,
                      meter: Meter | None = None) -> None:
+    """Link the packages into `tmp`. Extracted cache folders are checked while rattler links from
+    them; if one was edited, it is removed and the env is linked again (it is then re-extracted)."""
+    reused = {id(r) for r in records if _extracted_matches(r)}
+    checker = Checker([_extracted_dir(r) for r in records if id(r) in reused])
+    checker.start()
+    try:
+        _link(records, archives, tmp, final, meter, reused)
+    except BaseException:
+        if not checker.edited():
+            raise
+    edited = checker.edited()
+    if edited:
+        for folder in edited:
+            discard(folder)
+        remove_path(tmp)
+        tmp.mkdir()
+        _umask_mode(tmp)
+        _link(records, archives, tmp, final, meter, {id(r) for r in records if _extracted_matches(r)})
+
+
+def _link(records: tuple | list, archives: list[Path], tmp: Path, final: Path, meter: Meter | None,
+          reused: set[int]) -> None:
     import rattler
 
     from .solve import with_url
 
     # rattler gets our verified archive as the URL of every package it would have to
-    # fetch; packages already extracted in its cache, and still intact, keep their locked URL.
-    local = [r if _extracted_matches(r) and check_extracted(_extracted_dir(r)) else with_url(r, a.as_uri())
-             for r, a in zip(records, archives)]
+    # fetch; packages already extracted in its cache keep their locked URL.
+    local = [r if id(r) in reused else with_url(r, a.as_uri()) for r, a in zip(records, archives)]
     watch = _LinkWatch(tmp, len(records), meter) if meter is not None else None
     if watch is not None:
         watch.start()

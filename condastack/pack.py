@@ -325,17 +325,13 @@ def _rewrite_conda_meta(source: str, parsed: tuple[bytes, dict] | None = None) -
 
 def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str],  # noqa: ANN001, C901
           skip: dict[str, bool] | None = None, records: RawRecords | None = None) -> Plan:
-    from conda_pack.core import BIN_DIR, rewrite_shebang
-    from conda_pack.prefixes import replace_prefix
+    from conda_pack.core import BIN_DIR
 
     plan = Plan()
     prefix_s = str(prefix)
     prefix_b = prefix_s.encode()
 
-    # What each placeholder file holds in the archive ({target: (sha256 or None for the
-    # package's own, size)}), written into the staged records: the records then describe the
-    # archive, whatever the build prefix was, and `verify` after unpack compares against that.
-    held: dict[str, tuple[str | None, int]] = {}
+    held: dict[str, tuple[str | None, int]] = {}  # see _restage_records
     staged_records: dict[str, dict] = {}
 
     def stage(target: str, data: bytes, like: str) -> None:
@@ -383,14 +379,10 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             continue
         mode, placeholder = f.file_mode, f.prefix_placeholder
         if mode == "unknown":
-            if not _contains(f.source, prefix_b):
+            data = _unmanaged_text(f.source, prefix_b)
+            if data is None:
                 plan.from_prefix.append(target)
                 plan.bytes_unpacked += os.lstat(in_prefix).st_size
-                continue
-            data = Path(f.source).read_bytes()
-            if not _is_text(data):  # like conda-pack: unmanaged binaries are left alone on Unix
-                plan.from_prefix.append(target)
-                plan.bytes_unpacked += len(data)
                 continue
             mode, placeholder = "text", prefix_s
         elif dest is None and not (mode == "text" and target.startswith(BIN_DIR + "/")):
@@ -399,16 +391,8 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             continue
         else:
             data = Path(f.source).read_bytes()
-        if dest is not None:
-            check_dest_fits([(target, placeholder, mode)], dest)
-            data = replace_prefix(data, mode, placeholder, dest)
-            held[target] = (hashlib.sha256(data).hexdigest(), len(data))
-            stage(target, data, f.source)
-            continue
-        fixed = False
-        if mode == "text" and target.startswith(BIN_DIR + "/"):
-            data, fixed = rewrite_shebang(data, target, placeholder)
-        if not fixed:
+        data, keeps_placeholder = _rewritten(data, target, mode, placeholder, dest)
+        if keeps_placeholder:
             plan.records.append((target, placeholder, mode))
         held[target] = (hashlib.sha256(data).hexdigest(), len(data))
         stage(target, data, f.source)
@@ -416,8 +400,33 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
     return plan
 
 
+def _unmanaged_text(source: str, prefix_b: bytes) -> bytes | None:
+    """An unmanaged file's bytes if it is text holding the prefix; like conda-pack, unmanaged
+    binaries are left alone on Unix."""
+    if not _contains(source, prefix_b):
+        return None
+    data = Path(source).read_bytes()
+    return data if _is_text(data) else None
+
+
+def _rewritten(data: bytes, target: str, mode: str, placeholder: str, dest: str | None) -> tuple[bytes, bool]:
+    """What a placeholder file holds in the archive, and whether that still has the placeholder."""
+    from conda_pack.core import BIN_DIR, rewrite_shebang
+    from conda_pack.prefixes import replace_prefix
+
+    if dest is not None:
+        check_dest_fits([(target, placeholder, mode)], dest)
+        return replace_prefix(data, mode, placeholder, dest), False
+    if mode == "text" and target.startswith(BIN_DIR + "/"):
+        data, fixed = rewrite_shebang(data, target, placeholder)
+        return data, not fixed
+    return data, True
+
+
 def _restage_records(staging: Path, staged: dict[str, dict], held: dict[str, tuple[str | None, int]]) -> None:
-    """Rewrite the staged records of packages with placeholder files to name what the archive holds."""
+    """Rewrite the staged records of packages with placeholder files to name what the archive holds
+    (`held`: {target: (sha256, or None for the package's own, size)}). The records then describe
+    the archive whatever the build prefix was, and `verify` after unpack compares against them."""
     for target, info in staged.items():
         new = with_file_hashes(info, held)
         if new is None:
