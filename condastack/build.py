@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from .bytecode import compile_noarch_python
-from .env import (CREATED_BY, MARKER, Env, canonical_name, read_marker, record_file_name, site_packages_dirs,
-                  write_marker)
+from .credentials import with_credentials
+from .env import (CREATED_BY, MARKER, Env, canonical_name, read_env_vars, read_marker, record_file_name,
+                  site_packages_dirs, write_env_vars, write_marker)
 from .errors import CondastackError
 from .fsutil import (HASH_THREADS, TMP_MARK, atomic_path, clean_stale_temporaries, file_lock, make_tempdir,
                      remove_path, sha256_file, swap_dir)
 from .layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
+from .pathsafe import STAMP_DIR
 from .pkgcache import Checker, discard, stamp
 from .progress import Meter, report
 
@@ -129,6 +131,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     channel/index URLs with credentials (user:password@ or /t/<token>/), which the
     lock leaves out; a download whose URL falls under one of them uses them.
     """
+    from .lock import lock_variables
     from .solve import read_locked_env
 
     t0 = time.monotonic()
@@ -136,8 +139,11 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     if installer not in INSTALLERS:
         raise CondastackError(f"unknown installer '{installer}' (choose one of {', '.join(INSTALLERS)}).")
     lockfile, prefix = Path(lockfile).absolute(), Path(prefix).absolute()
+    if prefix.is_symlink():
+        raise CondastackError(f"{prefix}: --prefix is a symlink; give the real folder (or a new path).")
     env = read_locked_env(lockfile, host_platform())
     lock_hash = env.lock_hash()
+    variables = lock_variables(lockfile)
     chosen = choose_installer(installer)
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +158,8 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                     "Choose another --prefix, or pass --force to replace it."
                 )
             if marker is not None and marker.get("lock_hash") == lock_hash and not force and is_intact(prefix, env):
+                if read_env_vars(prefix) != variables:
+                    write_env_vars(prefix, variables)  # only `variables:` changed: no relink needed
                 return BuildResult(prefix, layer, "unchanged", lock_hash, chosen, len(env.conda), len(env.pip),
                                    seconds=time.monotonic() - t0)
 
@@ -177,6 +185,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                     install_wheels(tmp, prefix, env.pip, wheels)
             write_marker(tmp, {"layer": layer, "stack": stack_name, "platform": env.platform,
                                "lock_hash": lock_hash, "lockfile": str(lockfile), "created_by": CREATED_BY})
+            write_env_vars(tmp, variables)
             swap_dir(tmp, prefix)
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -311,31 +320,6 @@ def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] 
     _remember(dest, sha256)
 
 
-def with_credentials(url: str, credentials: list[str] | tuple) -> tuple[str, dict[str, str]]:
-    """The URL to download and its headers, given the credentialed channel URLs it may fall under.
-
-    A lock holds bare URLs (see stack.strip_credentials); the stack's channel URL
-    that the bare URL starts with gives back its /t/<token>/ part or its basic auth.
-    """
-    import base64
-
-    from .stack import strip_credentials
-
-    for full in credentials:
-        bare = strip_credentials(full).rstrip("/") + "/"
-        if bare == full.rstrip("/") + "/" or not url.startswith(bare):
-            continue
-        target = urllib.parse.urlsplit(full.rstrip("/") + "/" + url[len(bare):])
-        if target.username is None:
-            return target.geturl(), {}
-        user = urllib.parse.unquote(target.username)
-        password = urllib.parse.unquote(target.password or "")
-        netloc = target.hostname + (f":{target.port}" if target.port else "")
-        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-        return target._replace(netloc=netloc).geturl(), {"Authorization": f"Basic {auth}"}
-    return url, {}
-
-
 def _open_url(url: str, what: str, credentials: list[str] | tuple = ()):  # noqa: ANN202 - a binary file object
     parsed = urllib.parse.urlparse(url)
     try:
@@ -362,9 +346,9 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     """Every conda archive of `records` in the cache, sha256-checked against the lock."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    for folder in (cache, cache / _VERIFIED):  # downloads and stamps of killed builds
+    for folder in (cache, cache / _VERIFIED, cache / STAMP_DIR):  # downloads and stamps of killed builds
         clean_stale_temporaries(folder)
-    paths = [cache / r.file_name for r in records]
+    paths = [cache / _cache_name(r) for r in records]
     missing = [(r, p) for r, p in zip(records, paths) if not p.exists()]
     if offline and missing:
         listing = "; ".join(f"{r.name.normalized} {r.version} {r.build} ({r.file_name})" for r, _ in missing)
@@ -383,6 +367,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
             _fetch(r.url, p, sha, _pkg_label(r), credentials)
         else:
             _check_cached(p, sha, _pkg_label(r))
+        _gate(p, _pkg_label(r))
         with lock:
             done[0] += 1
             report(meter, "download", done[0], len(records), "packages")
@@ -391,6 +376,29 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     if fetched is not None:
         fetched += [p.name for _, p in missing]
     return paths
+
+
+def _cache_name(r: Any) -> str:
+    """The file name a locked package gets in the cache: one plain name, never a path."""
+    from .pathsafe import clean_relative
+
+    name = clean_relative(r.file_name, f"{_pkg_label(r)}: the lock's URL {r.url}")
+    if "/" in name:
+        raise CondastackError(f"{_pkg_label(r)}: the lock's URL {r.url} gives the file name {name!r}, which is a "
+                              "path. The lockfile is not as condastack wrote it; re-create it with `condastack lock`.")
+    return name
+
+
+def _gate(archive: Path, label: str) -> None:
+    """The path-safety gate, before the installer sees the package; a refused one leaves the cache."""
+    from .pathsafe import check_package
+
+    try:
+        check_package(archive, label)
+    except CondastackError:
+        remove_path(archive)
+        remove_path(_stamp_path(archive))
+        raise
 
 
 def _parallel(fn: Callable[[Any], None], items: list) -> None:
@@ -553,6 +561,13 @@ def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Pat
     if not python.exists():
         raise CondastackError(f"{final}: the lock has pip packages ({', '.join(w.name for w in wheels)}) but no "
                               "python in its conda part. Add python and pip to the layer and re-lock.")
+    sdists = [f"{w.name} {w.version} ({w.url.rsplit('/', 1)[-1]})" for w in wheels
+              if not w.url.split("#", 1)[0].endswith(".whl")]
+    if sdists:  # pip would build them, offline, with a build backend the env does not have
+        raise CondastackError(
+            f"{final}: the lock has pip source distributions, not wheels: {'; '.join(sdists)}. condastack installs "
+            "locked wheels only. Drop the requirement that pulls them in, build wheels and serve them from a "
+            "`pip-index`, or make them conda packages with `condastack wrap`, then re-lock.")
     req = tmp.parent / f"{TMP_MARK}{final.name}.{os.getpid()}.requirements.txt"
     req.write_text("".join(f"{w.name} @ {p.as_uri()} --hash=sha256:{w.sha256}\n" for w, p in zip(wheels, paths)))
     # No bytecode from this run: it would record the temporary path as co_filename.

@@ -12,12 +12,11 @@ managed sources).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
-from .fsutil import atomic_write_text
+from .env import Env
 
 
 def compile_noarch_python(tmp: Path, final: Path) -> int:
@@ -25,30 +24,27 @@ def compile_noarch_python(tmp: Path, final: Path) -> int:
     python = tmp / "bin" / "python"
     if not python.exists():
         return 0
+    env = Env(tmp)
     records = []
-    for rec_file in sorted((tmp / "conda-meta").glob("*.json")):
-        try:
-            rec = json.loads(rec_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict) and rec.get("noarch") == "python":
+    for rec in env.readable_records():
+        if rec.get("noarch") == "python" and all(rec.get(k) for k in ("name", "version", "build")):
             sources = [f for f in rec.get("files") or [] if f.endswith(".py") and "/site-packages/" in f]
             if sources:
-                records.append((rec_file, rec, sources))
+                records.append((rec, sources))
     if not records:
         return 0
     tag = _cache_tag(python)
     if tag is None:
         return 0
-    todo = [str(tmp / f) for _, _, srcs in records for f in srcs]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONHASHSEED"] = "0"
+    todo = [str(tmp / f) for _, srcs in records for f in srcs]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    environ["PYTHONHASHSEED"] = "0"
     # -B: the imports of compileall itself must not leave .pyc files of the standard library behind.
     subprocess.run([str(python), "-B", "-m", "compileall", "-q", "-s", str(tmp), "-p", str(final),
                     "--invalidation-mode", "checked-hash", "-i", "-"],
-                   input="\n".join(todo) + "\n", capture_output=True, text=True, env=env)
+                   input="\n".join(todo) + "\n", capture_output=True, text=True, env=environ)
     count = 0
-    for rec_file, rec, sources in records:
+    for rec, sources in records:
         pycs = [p for p in (_pyc_of(f, tag) for f in sources) if (tmp / p).is_file()]
         known = set(rec.get("files") or [])
         new = [p for p in pycs if p not in known]
@@ -57,7 +53,7 @@ def compile_noarch_python(tmp: Path, final: Path) -> int:
         rec["files"] = [*rec.get("files", []), *new]
         paths = rec.setdefault("paths_data", {"paths": [], "paths_version": 1}).setdefault("paths", [])
         paths += [{"_path": p, "path_type": "pyc_file", "size_in_bytes": (tmp / p).stat().st_size} for p in new]
-        atomic_write_text(rec_file, json.dumps(rec, indent=2))
+        env.write_record(rec)
         count += len(new)
     return count
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 import traceback
@@ -24,8 +23,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from . import __version__
-from .errors import CondastackError
-from .stack import load_stack, redact
+from . import interrupt
+from .credentials import redact
+from .errors import CondastackError, from_os_error
+from .options import configure_logging, json_option, limit_options, prefix_option, verbosity_options
+from .stack import find_stack_file, load_stack
 
 EXIT_USER = 1
 EXIT_BUG = 70  # EX_SOFTWARE: an unexpected exception, i.e. a condastack bug
@@ -52,6 +54,48 @@ class Ctx:
 
 def fail(message: str) -> NoReturn:
     raise CondastackError(message)
+
+
+def table(*columns: str, **kw: Any) -> Table:
+    """A rich Table whose cells fold long names and paths onto more lines instead of cutting them."""
+    t = Table(**kw)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+# An archive starts with one of these (tar's "ustar" magic sits at offset 257).
+_ARCHIVE_MAGIC = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b", b"hsqs")  # zstd, gzip, SquashFS
+
+
+def require_archive(path: Path) -> None:
+    """Refuse a file that is neither compressed (zstd, gzip), SquashFS nor a tar, before any work on it.
+
+    A file that is missing, unreadable or not a regular file (a fifo would block the read) is left
+    to the library, which names that problem itself.
+    """
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return
+    if any(head.startswith(m) for m in _ARCHIVE_MAGIC) or head[257:262] == b"ustar":
+        return
+    hint = " It looks like a checksum file; pass the archive it names." if path.name.endswith(".sha256") else ""
+    fail(f"{path}: refused: not an archive (neither tar, tar.zst, tar.gz nor SquashFS).{hint}")
+
+
+def known_layer(obj: Ctx, layer: str) -> str:
+    """`layer` if the stack defines it; else the stack's "unknown layer" error, before any other check.
+
+    Without a stack file there is nothing to check against: the built env's own marker
+    still names its layer, and the library checks that.
+    """
+    if find_stack_file(obj.root).is_file():
+        obj.stack().layer(layer)
+    return layer
 
 
 def emit_json(data: Any) -> None:
@@ -83,19 +127,29 @@ class _Group(click.Group):
             _exit_now(EXIT_USER)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
-        except KeyboardInterrupt:
+        except OSError as e:
+            mapped = from_os_error(e)
+            if mapped is None:
+                return self._bug(ctx, e)
+            err_console.print(f"condastack: error: {redact(str(mapped))}", markup=False)
+            _exit_now(EXIT_USER)
+        except KeyboardInterrupt as e:  # every `finally` has run: children ended, temporaries removed
             err_console.print("condastack: interrupted", markup=False)
-            sys.exit(130)
+            _exit_now(128 + getattr(e, "signum", 2))
         except Exception as e:  # a bug: say so briefly; the traceback only with -v
-            obj = ctx.obj
-            if isinstance(obj, Ctx) and obj.verbose:
-                traceback.print_exc()
-            err_console.print(
-                f"condastack: internal error: {type(e).__name__}: {redact(str(e))} "
-                "(this is a bug in condastack; rerun with -v for details)",
-                markup=False,
-            )
-            _exit_now(EXIT_BUG)
+            self._bug(ctx, e)
+
+    @staticmethod
+    def _bug(ctx: click.Context, e: Exception) -> NoReturn:
+        obj = ctx.obj
+        if isinstance(obj, Ctx) and obj.verbose:
+            traceback.print_exc()
+        err_console.print(
+            f"condastack: internal error: {type(e).__name__}: {redact(str(e))} "
+            "(this is a bug in condastack; rerun with -v for details)",
+            markup=False,
+        )
+        _exit_now(EXIT_BUG)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,12 +163,12 @@ def main(ctx: click.Context, root: Path, verbose: int, quiet: bool) -> None:
     """condastack: layered, locked conda environments for GPU clusters without Docker.
 
     stack.yml -> lock -> build -> pack -> unpack/install, plus containers,
-    Lmod modules and a node doctor.
+    Lmod modules and a node doctor. -q and -v may also follow the command.
     """
+    interrupt.install()
     if not root.is_dir():
         raise click.BadParameter(f"{root} is not a folder", param_hint="-C")
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
     ctx.obj = Ctx(root=root.resolve(), verbose=verbose, quiet=quiet)
 
 
@@ -122,7 +176,8 @@ def main(ctx: click.Context, root: Path, verbose: int, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
+@verbosity_options
 @click.pass_obj
 def layers(obj: Ctx, as_json: bool) -> None:
     """Show the layer tree: each layer's own specs and what it inherits."""
@@ -149,16 +204,16 @@ def layers(obj: Ctx, as_json: bool) -> None:
     obj.console.print(tree)
     vp = stack.virtual_packages
     if vp:
-        table = Table("platform", "virtual packages", title="target nodes")
+        t = table("platform", "virtual packages", title="target nodes")
         for p in stack.platforms:
-            table.add_row(p, ", ".join(f"{k} {v}" for k, v in vp.get(p, {}).items()) or "-")
-        obj.console.print(table)
+            t.add_row(p, ", ".join(f"{k} {v}" for k, v in vp.get(p, {}).items()) or "-")
+        obj.console.print(t)
 
 
 # Commands of later stages register below, each a thin wrapper over its module.
 
 
-# --------------------------------------------------------------------------- lock / diff (issue 3)
+# --------------------------------------------------------------------------- lock / diff
 
 
 @main.command()
@@ -169,7 +224,8 @@ def layers(obj: Ctx, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would be solved per layer and platform, and the channels.")
 @click.option("--solver", type=click.Choice(["rattler", "conda", "mamba", "micromamba"]), default="rattler",
               show_default=True, help="conda/mamba/micromamba run conda-lock's own pipeline (binary must be on PATH).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
+@verbosity_options
 @click.pass_obj
 def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: tuple[str, ...], check: bool,
          dry_run: bool, solver: str, as_json: bool) -> None:
@@ -194,23 +250,15 @@ def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: 
         if as_json:
             emit_json(plan)
             return
-        table = Table("layer", "platform", "action", "channels", "conda specs", "pip specs", title="lock plan")
+        t = table("layer", "platform", "action", "channels", "conda specs", "pip specs", title="lock plan")
         for row in plan:
-            table.add_row(str(row["layer"]), str(row["platform"]), str(row["action"]),
-                          escape("\n".join(row["channels"])), escape(", ".join(row["conda"])),
-                          escape(", ".join(row["pip"]) or "-"))
-        obj.console.print(table)
+            t.add_row(str(row["layer"]), str(row["platform"]), str(row["action"]),
+                      escape("\n".join(row["channels"])), escape(", ".join(row["conda"])),
+                      escape(", ".join(row["pip"]) or "-"))
+        obj.console.print(t)
         return
     if check:
-        stale = lk.stale_layers(stack, names)
-        if as_json:
-            emit_json([{"layer": n, "why": w} for n, w in stale])
-        for n, why in stale:
-            err_console.print(f"stale: layer {n}: {why}", markup=False)
-        if stale:
-            fail(f"{len(stale)} layer(s) need `condastack lock`: {', '.join(n for n, _ in stale)}.")
-        if not as_json:
-            obj.console.print("all locks are up to date")
+        _lock_check(obj, lk.stale_layers(stack, names), as_json)
         return
     with err_console.status("locking…") if obj.show_progress() else _nullctx() as status:
         def progress(msg: str) -> None:
@@ -225,17 +273,28 @@ def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: 
         emit_json([{"layer": r.layer, "lockfile": str(r.path), "solved": r.solved, "unchanged": r.unchanged,
                     "packages": r.counts} for r in results])
         return
-    table = Table("layer", "lockfile", "solved", "unchanged", "packages (conda+pip)")
+    t = table("layer", "lockfile", "solved", "unchanged", "packages (conda+pip)")
     for r in results:
         counts = ", ".join(f"{p}: {c['conda']}+{c['pip']}" for p, c in r.counts.items())
-        table.add_row(r.layer, str(r.path.relative_to(stack.root)), ", ".join(r.solved) or "-",
-                      ", ".join(r.unchanged) or "-", counts)
-    obj.console.print(table)
+        t.add_row(r.layer, str(r.path.relative_to(stack.root)), ", ".join(r.solved) or "-",
+                  ", ".join(r.unchanged) or "-", counts)
+    obj.console.print(t)
+
+
+def _lock_check(obj: Ctx, stale: list[tuple[str, str]], as_json: bool) -> None:
+    """Print every stale (layer, reason) line, then fail naming each stale layer once."""
+    if as_json:
+        emit_json([{"layer": n, "why": w} for n, w in stale])
+    for n, why in stale:
+        err_console.print(f"stale: layer {n}: {why}", markup=False)
+    if stale:
+        layers = list(dict.fromkeys(n for n, _ in stale))
+        fail(f"{len(layers)} layer(s) need `condastack lock`: {', '.join(layers)}.")
+    if not as_json:
+        obj.console.print("all locks are up to date")
 
 
 def _nullctx():  # noqa: ANN202
-    import contextlib
-
     return contextlib.nullcontext(None)
 
 
@@ -243,7 +302,8 @@ def _nullctx():  # noqa: ANN202
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path), required=False)
 @click.option("--git", "rev", metavar="REV", help="Compare OLD (a lockfile) with its version at git REV.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
+@verbosity_options
 @click.pass_obj
 def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) -> None:
     """Packages added, removed and changed between two lockfiles (or a lockfile and git REV)."""
@@ -261,24 +321,25 @@ def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) 
         emit_json({p: [{"name": c.name, "old": c.old, "new": c.new} for c in cs] for p, cs in changes.items()})
         return
     for plat, cs in changes.items():
-        table = Table("package", "old", "new", title=f"{plat}: {len(cs)} change(s)")
+        t = table("package", "old", "new", title=f"{plat}: {len(cs)} change(s)")
         for c in cs:
-            table.add_row(c.name, c.old or "[green]added[/]", c.new or "[red]removed[/]")
-        obj.console.print(table)
+            t.add_row(c.name, c.old or "[green]added[/]", c.new or "[red]removed[/]")
+        obj.console.print(t)
 
 
-# --------------------------------------------------------------------------- doctor (issue 7)
+# --------------------------------------------------------------------------- doctor
 
 
 @main.command()
 @click.argument("layer", required=False)
-@click.option("--prefix", type=click.Path(path_type=Path), help="Check an installed env instead of a layer.")
+@prefix_option("Check an installed env instead of a layer.")
 @click.option("--target", type=click.Path(path_type=Path),
               help="File system to check for free space (default: the prefix, or the project folder).")
 @click.option("--min-free-gb", type=float, help="Free space required on --target (default: 1 GB, or the env's "
               "size on its own file system).")
 @click.option("--min-free-inodes", type=int, help="Free inodes required (default: 10000, or the env's file count).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
+@verbosity_options
 @click.pass_obj
 def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None, min_free_gb: float | None,
            min_free_inodes: int | None, as_json: bool) -> None:
@@ -299,21 +360,21 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
         req = report.requirements
         con = Console(highlight=False, soft_wrap=False, width=max(Console().width, 140))
         title = f"doctor: {req.kind} {req.target}" + (f" (lock {req.lock_hash[:12]})" if req.lock_hash else "")
-        table = Table("check", "result", "required", "found", "fix", title=title, show_lines=True)
+        t = table("check", "result", "required", "found", "fix", title=title, show_lines=True)
         style = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "warn": "[yellow]WARN[/]"}
         for c in report.checks:
-            table.add_row(c.name, style[c.status], escape(c.required), escape(c.found), escape(c.fix or "-"))
+            t.add_row(c.name, style[c.status], escape(c.required), escape(c.found), escape(c.fix or "-"))
         if not obj.quiet:
             con.print(f"node: {machine_summary(report.node)}", markup=False)
             for note in report.notes:
                 con.print(note, markup=False, soft_wrap=True)
-            con.print(table)
+            con.print(t)
             con.print("[green]all checks passed[/]" if report.ok else "[bold red]some checks failed[/]")
     if not report.ok:
         sys.exit(EXIT_USER)
 
 
-# --------------------------------------------------------------------------- module (issue 7)
+# --------------------------------------------------------------------------- module
 
 
 @main.command("module")
@@ -322,6 +383,7 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
 @click.option("--version", "mod_version", required=True, help="Module version, e.g. 0.5.")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("modulefiles"),
               show_default=True, help="Module tree to write into (`module use` this folder).")
+@verbosity_options
 @click.pass_obj
 def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path) -> None:
     """Write an Lmod (Lua) and a Tcl modulefile for the env at PREFIX."""
@@ -332,7 +394,7 @@ def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path
                       f"use it: module use {outdir.resolve()}; module load {name}/{mod_version}", markup=False)
 
 
-# --------------------------------------------------------------------------- wrap (issue 8)
+# --------------------------------------------------------------------------- wrap
 
 
 @main.command("wrap")
@@ -360,7 +422,8 @@ def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path
 @click.option("--wheels", "wheel_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Wrap unsatisfied wheel dependencies too, from the wheels in this folder.")
 @click.option("--force", is_flag=True, help="Replace a different package with the same name-version-build.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
+@verbosity_options
 @click.pass_obj
 def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, depends: tuple[str, ...],
              channel_dir: Path | None, recipe: bool, platform: str, python: str | None, build_number: int,
@@ -399,12 +462,12 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
     obj.console.print(f"site channel: {channel.resolve()} (re-indexed)", markup=False)
 
 
-# --------------------------------------------------------------------------- pack / unpack / relocate (issue 5)
+# --------------------------------------------------------------------------- pack / unpack / relocate
 
 
 @main.command("pack")
 @click.argument("layer", required=False)
-@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Pack this env instead of envs/LAYER.")
+@prefix_option("Pack this env instead of envs/LAYER.", file_okay=False)
 @click.option("--format", "fmt", type=click.Choice(["tar.zst", "tar.gz", "squashfs"]), default="tar.zst",
               show_default=True)
 @click.option("--dest-prefix", help="Rewrite placeholders for this install path now (no unpack step needed).")
@@ -414,13 +477,13 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
 @click.option("-j", "threads", type=int, help="Compression threads (default: all cores).")
 @click.option("--allow-modified", is_flag=True, help="Pack conda files changed since the build as they are.")
 @click.option("--allow-foreign", is_flag=True, help="Pack an env not built by condastack.")
+@verbosity_options
 @click.pass_obj
 def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_prefix: str | None,
              output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
              allow_foreign: bool) -> None:
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
     from .pack import pack_layer, pack_prefix
-
     from .progress import terminal_meter
 
     kw = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads, allow_modified=allow_modified,
@@ -429,12 +492,12 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
         kw["meter"] = meter
         if prefix is not None:
             if output is None:
-                fail("--prefix needs -o FILE (where to write the archive).")
+                raise click.UsageError("--prefix needs -o FILE (where to write the archive).")
             res = pack_prefix(prefix, output, **kw)
         elif layer:
-            res = pack_layer(obj.root, layer, output=output, **kw)
+            res = pack_layer(obj.root, known_layer(obj, layer), output=output, **kw)
         else:
-            fail("name a LAYER to pack, or give --prefix PATH -o FILE.")
+            raise click.UsageError("name a LAYER to pack, or give --prefix PATH -o FILE.")
     for note in res.warnings:
         err_console.print(f"condastack: warning: {note}", markup=False)
     t = res.timings["total"]
@@ -446,15 +509,15 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
 @main.command("unpack")
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--max-members", type=int, help="Refuse archives with more members than this.")
-@click.option("--max-bytes", type=int, help="Refuse archives larger than this once expanded.")
+@limit_options
+@verbosity_options
 @click.pass_obj
 def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None) -> None:
     """Extract ARCHIVE safely into DEST and relocate it there."""
     from .unpack import unpack_archive
-
     from .progress import terminal_meter
 
+    require_archive(archive)
     with terminal_meter(not obj.quiet) as meter:
         res = unpack_archive(archive, dest, max_members=max_members, max_bytes=max_bytes, meter=meter)
     obj.console.print(f"unpacked {res.members} members ({res.bytes / 1e6:.1f} MB) into {res.dest}; "
@@ -463,6 +526,7 @@ def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max
 
 @main.command("relocate")
 @click.argument("prefix", type=click.Path(file_okay=False, path_type=Path))
+@verbosity_options
 @click.pass_obj
 def relocate_cmd(obj: Ctx, prefix: Path) -> None:
     """Point an unpacked env that was moved to PREFIX at its new path (repeatable)."""
@@ -475,7 +539,7 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
                       markup=False)
 
 
-# --------------------------------------------------------------------------- container (issue 6)
+# --------------------------------------------------------------------------- container
 
 
 @main.command()
@@ -496,7 +560,8 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
 @click.option("--ld-library-path/--no-ld-library-path", default=None,
               help="Set LD_LIBRARY_PATH=<prefix>/lib (default: only if a program in envs/LAYER/bin needs a "
               "library of the env and has no RPATH; conda packages normally have one).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
+@verbosity_options
 @click.pass_obj
 def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, oci: Path | None,
               oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
@@ -529,28 +594,25 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
         obj.console.print(f"Dockerfile: layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
 
 
-# --------------------------------------------------------------------------- install (issue 7)
+# --------------------------------------------------------------------------- install
 
 
 @main.command()
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--prefix", required=True, type=click.Path(path_type=Path),
-              help="Where the env lives on the shared file system (replaced atomically if present).")
+@prefix_option("Where the env lives on the shared file system (replaced atomically if present).", required=True)
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
               help="squashfs only: where to put the image (default: PREFIX.squashfs).")
-@click.option("--max-members", type=int, help="Refuse archives with more members than this "
-              "(default: $CONDASTACK_MAX_MEMBERS, else no limit).")
-@click.option("--max-bytes", type=int, help="Refuse archives larger than this once expanded "
-              "(default: $CONDASTACK_MAX_BYTES, else no limit).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@limit_options
+@json_option
+@verbosity_options
 @click.pass_obj
 def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
             max_bytes: int | None, as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
     from .deliver import install_archive
-
     from .progress import terminal_meter
 
+    require_archive(archive)
     with terminal_meter(not obj.quiet) as meter:
         res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes,
                               meter=meter)
@@ -573,18 +635,19 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
               f"module:   condastack module {res.prefix} --name NAME --version VERSION -o MODULEDIR", markup=False)
 
 
-# --------------------------------------------------------------------------- build / verify (issue 4)
+# --------------------------------------------------------------------------- build / verify
 
 
 @main.command()
 @click.argument("layer")
-@click.option("--prefix", type=click.Path(path_type=Path), help="Where to build (default: envs/LAYER).")
+@prefix_option("Where to build (default: envs/LAYER).")
 @click.option("--offline", is_flag=True, help="Use only the package cache ($CONDASTACK_PKGS); list what is missing.")
 @click.option("--installer", type=click.Choice(["auto", "rattler", "micromamba"]), default="auto", show_default=True,
               help="auto: micromamba when it is on PATH, else py-rattler.")
 @click.option("--force", is_flag=True, help="Rebuild even if unchanged; replace a folder condastack did not make.")
 @click.option("--frozen", is_flag=True, help="Build the lock as it is, even if the layer's specs changed since.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
+@verbosity_options
 @click.pass_obj
 def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool, frozen: bool,
           as_json: bool) -> None:
@@ -610,20 +673,49 @@ def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: s
 
 @main.command()
 @click.argument("layer", required=False)
-@click.option("--prefix", type=click.Path(path_type=Path), help="Verify this environment (its lock is named in "
-              "conda-meta/condastack.info unless LAYER is given).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@prefix_option("Verify this environment (its lock is named in conda-meta/condastack.info unless LAYER "
+               "is given).")
+@json_option
+@verbosity_options
 @click.pass_obj
 def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> None:
     """Check an environment against its lock; exit 1 on drift."""
     from .verify import format_report, verify_layer
 
     if layer is None and prefix is None:
-        fail("verify needs a LAYER or --prefix PATH.")
-    rep = verify_layer(obj.root, layer, prefix=prefix)
+        raise click.UsageError("verify needs a LAYER or --prefix PATH.")
+    rep = verify_layer(obj.root, layer if layer is None else known_layer(obj, layer), prefix=prefix)
     if as_json:
         emit_json(rep.to_json())
     else:
         click.echo(format_report(rep))
     if not rep.ok:
         sys.exit(EXIT_USER)
+
+
+# --------------------------------------------------------------------------- Slurm node-local preamble
+
+
+@main.command("slurm-preamble")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prefix", type=click.Path(path_type=Path),
+              help="Where to mount it: must be the --dest-prefix it was packed for (the default).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the preamble here (default: print it).")
+@verbosity_options
+@click.pass_obj
+def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None) -> None:
+    """Print (or write) a job preamble that sbcasts a SquashFS IMAGE to the job's nodes and mounts it.
+
+    Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
+    image and deletes the copies when the script exits, even on failure.
+    """
+    from .slurm import make_preamble, write_preamble
+
+    pre = make_preamble(image, prefix)
+    if output is None:
+        click.echo(pre.text, nl=False)
+        return
+    write_preamble(pre, output)
+    obj.console.print(f"wrote {output}: sbcast {pre.image} to each node, mount at {pre.prefix}\n"
+                      f"use it: `. {output.resolve()}` at the top of an sbatch script", markup=False)

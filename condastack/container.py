@@ -92,6 +92,7 @@ class ContainerSpec:
     user: str = DEFAULT_USER
     ld_library_path: bool = False
     command: tuple[str, ...] = ()
+    env_vars: tuple[tuple[str, str], ...] = ()  # the layer's environment.yml `variables:`
 
     @property
     def labels(self) -> dict[str, str]:
@@ -109,7 +110,7 @@ class ContainerSpec:
         out = {"PATH": f"{self.prefix}/bin:{base_path}", "CONDA_PREFIX": self.prefix}
         if self.ld_library_path:
             out["LD_LIBRARY_PATH"] = f"{self.prefix}/lib"
-        return out
+        return {**dict(self.env_vars), **out}
 
 
 def archive_format(path: Path) -> str:
@@ -353,10 +354,14 @@ def container_spec(root: Path, layer: str | None = None, *, stack: Stack | None 
     if ld_library_path is None:
         ld_library_path = env_needs_ld_library_path(layout.env_prefix(stack.root, name))
     return ContainerSpec(stack_name=stack.name, layer=name, platform=plat, prefix=prefix, base_image=base,
-                         archive=packed, user=user, ld_library_path=ld_library_path, command=tuple(command))
+                         archive=packed, user=user, ld_library_path=ld_library_path, command=tuple(command),
+                         env_vars=tuple(stack.variables_for(name).items()))
 
 
 # --------------------------------------------------------------------------- Dockerfile
+
+
+_PLAIN = re.compile(r"[\w/.:$+@%,-]*")  # an ENV value Docker reads as written, unquoted
 
 
 def _q(value: str) -> str:
@@ -394,7 +399,7 @@ def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | Non
     # and re-pack, and a committed Dockerfile should not (they are in the image's ADDed files,
     # the archive's .sha256 sidecar, the Apptainer definition and the OCI config).
     labels = " \\\n      ".join(f"{k}={_q(v)}" for k, v in spec.labels.items() if k not in _RUN_LABELS)
-    envs = " \\\n    ".join(f"{k}={v}" for k, v in env.items())
+    envs = " \\\n    ".join(f"{k}={v if _PLAIN.fullmatch(v) else _q(v)}" for k, v in env.items())
     return f"""\
 # Thin container for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).
 # Written by `condastack container`; regenerate it instead of editing it.
@@ -424,7 +429,9 @@ def render_apptainer(spec: ContainerSpec, def_dir: Path) -> str:
     _need_gzip(spec)
     src = os.path.relpath(spec.archive.path.resolve(), Path(def_dir).resolve())
     staged = f"/tmp/condastack-{spec.layer}.tar.gz"
-    env = "\n".join(f"    export {k}=\"{v}\"" for k, v in spec.env("$PATH").items())
+    user_vars = dict(spec.env_vars)
+    env = "\n".join(f"    export {k}={shlex.quote(v)}" if k in user_vars and user_vars[k] == v else f"    export {k}=\"{v}\""
+                     for k, v in spec.env("$PATH").items())
     labels = "\n".join(f"    {k} {v}" for k, v in spec.labels.items())
     return f"""\
 # Apptainer definition for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).

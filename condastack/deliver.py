@@ -29,6 +29,7 @@ from pathlib import Path
 from . import __version__
 from .env import INSTALL_RECORD, Env
 from .errors import CondastackError
+from .manifest_types import check_manifest
 from .fsutil import (TMP_MARK, atomic_path, atomic_write_text, clean_stale_temporaries, file_lock, remove_path,
                      require_free_space, sha256_file, swap_dir)
 from .progress import Meter
@@ -68,7 +69,8 @@ def verify_archive(archive: Path) -> Verified:
     """Check ARCHIVE against ARCHIVE.sha256 and ARCHIVE.manifest.json; read-only."""
     archive = Path(archive).absolute()
     if not archive.is_file():
-        raise CondastackError(f"{archive}: no such archive.")
+        raise CondastackError(f"{archive}: " + ("not a regular file (a folder, fifo or device); give the archive "
+                                                "file." if archive.exists() else "no such archive."))
     sha_file, man_file = _sidecar(archive, ".sha256"), _sidecar(archive, ".manifest.json")
     for f in (sha_file, man_file):
         if not f.is_file():
@@ -88,6 +90,7 @@ def verify_archive(archive: Path) -> Verified:
     if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
         raise CondastackError(f"{man_file}: not a condastack manifest (format_version 1). Re-pack the env with "
                               "this condastack version.")
+    check_manifest(manifest, man_file)
     if str(manifest.get("sha256", "")).lower() != expected:
         raise CondastackError(
             f"{archive}: {sha_file.name} ({expected[:16]}…) and {man_file.name} "
@@ -148,6 +151,8 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
         raise CondastackError(f"{verified.archive}: unknown archive format {fmt!r} in its manifest.")
     if image is not None:
         raise CondastackError("--image is only for squashfs archives.")
+    if prefix.is_symlink():
+        raise CondastackError(f"{prefix}: --prefix is a symlink; give the real folder (or a new path).")
     if prefix.exists() and not prefix.is_dir():
         raise CondastackError(f"{prefix}: exists and is not a folder; choose another --prefix.")
     if prefix.is_dir() and any(prefix.iterdir()) and not Env(prefix).is_conda_env():

@@ -12,6 +12,10 @@ Files condastack keeps in `conda-meta` (none ends in .json, so tools that read
                          {"layer", "stack", "platform", "lock_hash", "lockfile", "created_by"}
     condastack.prefixes  relocation state of a packed/unpacked env (see unpack.relocate)
     condastack.install   what `condastack install` installed there
+
+and conda's own `conda-meta/state` ({"env_vars": {...}}, what `conda env config
+vars` writes): condastack writes a layer's `variables:` there, and activation
+scripts, modulefiles and containers set them.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from typing import Any
 
 from . import __version__
 from .errors import CondastackError, EnvDamaged, PrefixTooLong
+from .pathsafe import check_meta_record
 
 META_DIR = "conda-meta"
 MARKER = Path(META_DIR) / "condastack.info"
 PREFIXES_FILE = f"{META_DIR}/condastack.prefixes"
 INSTALL_RECORD = f"{META_DIR}/condastack.install"
 STATE_FILE = Path(META_DIR) / "state"  # conda's per-env state (env_vars)
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CREATED_BY = f"condastack {__version__}"
 
 RawRecords = dict[str, tuple[bytes, dict]]  # conda-meta file path -> (its bytes, parsed)
@@ -81,6 +87,48 @@ def write_marker(prefix: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+# --------------------------------------------------------------------------- conda's state (variables)
+
+
+def read_env_vars(prefix: Path, *, strict: bool = False) -> dict[str, str]:
+    """The env_vars of `conda-meta/state` ({} without one). `strict` refuses a damaged file or a
+    bad name (for what gets exported); otherwise they read as no variables (for a rewrite)."""
+    path = Path(prefix) / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        if strict:
+            raise CondastackError(f"{path}: unreadable JSON ({e}). Reinstall the env.") from None
+        return {}
+    raw = data.get("env_vars") if isinstance(data, dict) else None
+    out: dict[str, str] = {}
+    for k, v in (raw if isinstance(raw, dict) else {}).items():
+        if not ENV_VAR_NAME.match(str(k)):
+            if strict:
+                raise CondastackError(f"{path}: '{k}' is not a valid environment variable name.")
+            continue
+        out[str(k)] = str(v)
+    return out
+
+
+def write_env_vars(prefix: Path, variables: dict[str, str]) -> None:
+    """Set conda's `conda-meta/state` env_vars, keeping its other keys; no file is made for no variables."""
+    from .fsutil import atomic_write_text
+
+    path = Path(prefix) / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    if not variables and "env_vars" not in data:
+        return
+    data["env_vars"] = dict(variables)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 # --------------------------------------------------------------------------- pip distributions
 
 
@@ -90,6 +138,16 @@ def canonical_name(name: str) -> str:
 
 def site_packages_dirs(prefix: Path) -> list[Path]:
     return sorted(p for p in Path(prefix).glob("lib/python*/site-packages") if p.is_dir())
+
+
+def dist_infos(site: Path) -> dict[str, tuple[str, Path]]:
+    """canonical distribution name -> (version, *.dist-info folder) in one site-packages (cheap:
+    from the folder names)."""
+    out: dict[str, tuple[str, Path]] = {}
+    for d in Path(site).glob("*.dist-info"):
+        name, _, version = d.name[: -len(".dist-info")].partition("-")
+        out[canonical_name(name)] = (version, d)
+    return out
 
 
 def dist_name_version(d: Path) -> tuple[str, str]:
@@ -164,11 +222,13 @@ class Env:
             return []
         return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
 
-    def raw_records(self, out: RawRecords) -> Iterator[dict]:
+    def raw_records(self, out: RawRecords, *, strict: bool = False) -> Iterator[dict]:
         """Each package record, parsed, as it is read; `out` collects {path: (bytes, parsed)} so a
         caller can hand them on (pack gives them to conda-pack's model and rewrites their bytes).
         A generator, so a scan can use the first package before the others are parsed.
-        Unreadable ones are left out (conda-pack reports them)."""
+        Unreadable ones are left out, unless `strict`: then a malformed one (bad JSON, wrong types,
+        unsafe paths, no link.source) is refused by the path gate, naming it (pack uses that:
+        conda-pack would stop on it with a traceback)."""
         meta_dir = str(self.meta_dir)
         for name in self.record_names():
             path = os.path.join(meta_dir, name)
@@ -176,8 +236,14 @@ class Env:
                 with open(path, "rb") as f:
                     raw = f.read()
                 info = json.loads(raw)
-            except (OSError, ValueError):
+            except ValueError as e:
+                if strict:
+                    raise EnvDamaged(file=path, reason=str(e)) from None
                 continue
+            except OSError:
+                continue
+            if strict:
+                check_meta_record(info, path, need_link=True)
             if isinstance(info, dict):
                 out[path] = (raw, info)
                 yield info
@@ -206,9 +272,17 @@ class Env:
                 data = json.loads(f.read_text())
             except (OSError, ValueError) as e:
                 raise EnvDamaged(file=f, reason=str(e)) from None
-            if isinstance(data, dict):
-                out[str(data.get("name", f.stem))] = data
+            check_meta_record(data, str(f))
+            out[str(data.get("name", f.stem))] = data
         return out
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Replace a package's conda-meta record (atomically), e.g. to list files made at link time."""
+        from .fsutil import atomic_write_text
+
+        path = self.record_path(str(record["name"]), str(record["version"]), str(record["build"]))
+        atomic_write_text(path, json.dumps(record, indent=2))
+        self.__dict__.pop("records", None)
 
     def readable_records(self) -> list[dict[str, Any]]:
         """The records that can be read, skipping damaged ones (for best-effort questions)."""
@@ -224,12 +298,7 @@ class Env:
 
     def installed_dists(self) -> dict[str, str]:
         """canonical distribution name -> version, from the *.dist-info folder names (cheap)."""
-        out: dict[str, str] = {}
-        for sp in self.site_packages_dirs():
-            for d in sp.glob("*.dist-info"):
-                name, _, version = d.name[: -len(".dist-info")].partition("-")
-                out[canonical_name(name)] = version
-        return out
+        return {name: version for sp in self.site_packages_dirs() for name, (version, _) in dist_infos(sp).items()}
 
     def pip_dists(self) -> dict[str, tuple[str, str]]:
         """canonical name -> (version, dist-info path) of distributions no conda package owns."""

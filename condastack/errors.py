@@ -16,6 +16,60 @@ from pathlib import Path
 class CondastackError(Exception):
     """An error caused by the user's input or environment (exit code 1)."""
 
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n{hint}")
+
+
+# What to do about an OSError on a path the user gave (an output folder, DEST, --prefix, a stack file).
+_OS_HINTS = {
+    "EROFS": "the file system is read-only; choose an output on a writable file system",
+    "ENOSPC": "no space left on the device; free some space or choose another output",
+    "EDQUOT": "the disk quota is exceeded; free some space or choose another output",
+    "ENOTDIR": "a part of this path is a regular file, not a folder; choose another path",
+    "EEXIST": "something already exists there; remove it or choose another path",
+    "EACCES": "permission denied; check the folder's permissions or choose another path",
+    "EPERM": "operation not permitted; check the folder's permissions or choose another path",
+    "EISDIR": "this is a folder where a file is expected; choose another path",
+    "ENOENT": "a folder of this path does not exist; create it or choose another path",
+    "ENAMETOOLONG": "the path is too long; choose a shorter one",
+    "ELOOP": "too many levels of symbolic links; give the real path",
+    "EMLINK": "too many links; choose another path",
+    "ETXTBSY": "the file is in use by a running program; stop it or choose another path",
+}
+
+
+def from_os_error(e: OSError) -> CondastackError | None:
+    """The user error an OSError on a user's path stands for, or None if it is not one (then it is a bug).
+
+    One mapping for every command, so no stage needs its own try/except for these.
+    """
+    import errno as _errno
+
+    name = _errno.errorcode.get(e.errno or 0, "")
+    hint = _OS_HINTS.get(name)
+    if hint is None:
+        return None
+    paths = [p for p in (e.filename, getattr(e, "filename2", None)) if p is not None]
+    where = " -> ".join(str(p) for p in paths) if paths else "an output file"
+    return CondastackError(f"{where}: {e.strerror or name} ({name}): {hint}.")
+
+
+def naming(path: object):  # noqa: ANN201 - a context manager
+    """Within the block, an OSError that names no file (a write() hitting ENOSPC) is said to be about `path`."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _cm():  # noqa: ANN202
+        try:
+            yield
+        except OSError as e:
+            if e.filename is None and from_os_error(e) is not None:
+                e.filename = str(path)
+            raise
+
+    return _cm()
 
 class StackInvalid(CondastackError):
     """A stack or layer file that cannot be used: `file`, the `line` if known, and the `problem`."""

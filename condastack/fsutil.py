@@ -73,6 +73,35 @@ def atomic_path(final: Path, *, suffix: str = "", durable: bool = True) -> Itera
         remove_path(tmp)
 
 
+@contextlib.contextmanager
+def temp_siblings(*finals: Path) -> Iterator[list[Path]]:
+    """A temporary sibling path for each of `finals`, removed on the way out unless renamed
+    (with `replace_together`): for outputs that belong together, such as an archive and its sidecars."""
+    tmps = [Path(f).parent / f"{TMP_MARK}{Path(f).name}.{os.getpid()}" for f in finals]
+    for t in tmps:
+        t.parent.mkdir(parents=True, exist_ok=True)
+        remove_path(t)
+    try:
+        yield tmps
+    finally:
+        for t in tmps:
+            remove_path(t)
+
+
+def replace_together(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each (temporary, final) in order once every temporary is on disk, so a kill between
+    two renames leaves a window of microseconds, not of writes and fsyncs; nothing is unlinked first."""
+    for tmp, _ in pairs:
+        with contextlib.suppress(OSError):
+            fd = os.open(tmp, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+    for tmp, final in pairs:
+        os.replace(tmp, final)
+    for folder in {Path(final).parent for _, final in pairs}:
+        _fsync_dir(folder)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(data)
@@ -171,11 +200,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) held for the block; waits for other holders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _flock(fd: int) -> Iterator[None]:
+    """Hold an exclusive flock on an open descriptor for the block (waits for other holders), then close it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -183,6 +209,18 @@ def file_lock(path: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def file_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive advisory lock (flock) on a lock file, held for the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _flock(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+
+
+def dir_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive flock on a folder itself, held for the block: no lock file is left behind."""
+    return _flock(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
 
 
 def make_tempdir(near: Path, name: str) -> Path:

@@ -6,6 +6,7 @@ A project folder holds
     lock/<layer>.conda-lock.yml             the unified lockfile of a layer
     lock/<layer>[.<platform>].lock          its @EXPLICIT file (no platform for the default one)
     lock/<layer>[.<platform>].pip.txt       its pip requirements
+    lock/<layer>.records.json               full records (depends, constrains) for child solves
     envs/<layer>                            the built environment
     pack/<layer>-<platform>.<ext>           archives (+ .sha256, .manifest.json)
 
@@ -39,6 +40,13 @@ def lock_dir(root: Path) -> Path:
 
 def lockfile_path(root: Path, layer: str) -> Path:
     return lock_dir(root) / f"{layer}{LOCKFILE_SUFFIX}"
+
+
+def records_sidecar_path(lockfile: Path) -> Path:
+    """The full records (depends and constrains) of a lockfile: `<layer>.records.json` beside it."""
+    lockfile = Path(lockfile)
+    stem = lockfile.name.removesuffix(LOCKFILE_SUFFIX).removesuffix(".yml")
+    return lockfile.with_name(f"{stem}.records.json")
 
 
 def lock_mutex(root: Path) -> Path:

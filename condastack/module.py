@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .env import MARKER, STATE_FILE, Env
+from .env import MARKER, Env, read_env_vars
 from .errors import CondastackError
 from .fsutil import atomic_write_text
 
-_MODULE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 
 
 @dataclass
@@ -59,12 +58,7 @@ def read_env_info(prefix: Path, *, final_prefix: Path | None = None) -> EnvInfo:
         info.layer = data.get("layer")
         info.stack = data.get("stack")
         info.platform = data.get("platform")
-    state = env.path(STATE_FILE)
-    if state.is_file():
-        for k, v in (_read_json(state).get("env_vars") or {}).items():
-            if not _ENV_NAME.match(str(k)):
-                raise CondastackError(f"{state}: '{k}' is not a valid environment variable name.")
-            info.env_vars[str(k)] = str(v)
+    info.env_vars.update(read_env_vars(prefix, strict=True))
     for kind, out in (("activate.d", info.activate_scripts), ("deactivate.d", info.deactivate_scripts)):
         folder = prefix / "etc" / "conda" / kind
         if folder.is_dir():

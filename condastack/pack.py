@@ -68,8 +68,9 @@ from typing import Any
 
 from .env import (CREATED_BY, MARKER, PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member,
                   with_file_hashes)
-from .errors import CondastackError
-from .fsutil import atomic_path, atomic_write_text, clean_stale_temporaries, make_tempdir, remove_path, sha256_file
+from .errors import CondastackError, naming
+from .fsutil import (clean_stale_temporaries, dir_lock, make_tempdir, remove_path,
+                     replace_together, sha256_file, temp_siblings)
 from .layout import env_prefix, pack_output
 from .pack_writers import Plan, SquashfsWriter, TarWriter, compressor
 from .progress import Meter
@@ -195,7 +196,7 @@ def _managed_records(prefix: Path, out: RawRecords) -> Iterator[tuple[str, dict]
     """(path in prefix, paths_data record) of every conda-managed file, package by package; the
     records are read lazily (the scan streams the first package's files before the others are
     parsed) and collected in `out` for conda-pack's model and the archive's rewritten copies."""
-    for info in Env(prefix).raw_records(out):
+    for info in Env(prefix).raw_records(out, strict=True):
         for rec in (info.get("paths_data") or {}).get("paths", []):
             yield rec["_path"], rec
 
@@ -648,16 +649,9 @@ def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> dict:
     }
 
 
-def _write_sidecars(output: Path, digest: str, manifest: dict) -> Path:
-    """Sidecars first, archive last: an archive at `output` is always complete. An older
-    archive goes before its sidecars change, so what is at `output` always matches them."""
-    sha_path = output.with_name(output.name + ".sha256")
-    if output.exists() and (not sha_path.is_file() or sha_path.read_text().split()[:1] != [digest]):
-        output.unlink()
-    mpath = output.with_name(output.name + ".manifest.json")
-    atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
-    atomic_write_text(sha_path, f"{digest}  {output.name}\n")
-    return mpath
+def _sidecars(output: Path) -> tuple[Path, Path]:
+    """(the .sha256, the .manifest.json) of an archive."""
+    return output.with_name(output.name + ".sha256"), output.with_name(output.name + ".manifest.json")
 
 
 def _check_request(fmt: str, dest_prefix: str | None) -> str | None:
@@ -692,11 +686,17 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     job.mtime, job.mtime_from = archive_mtime(prefix)
     job.meter = meter
     try:
-        with atomic_path(output) as tmp:
+        # Two packs to one folder take turns, so an archive, its .sha256 and its manifest stay one set
+        # (the lock is on the folder itself: nothing is left beside the outputs).
+        sha_path, mpath = _sidecars(output)
+        with naming(output), dir_lock(output.parent), temp_siblings(output, mpath, sha_path) as (tmp, mtmp, stmp):
             written = (_write_squashfs if fmt == "squashfs" else _write_tar)(job, tmp)
             size = tmp.stat().st_size
             manifest = _manifest(job, meta, written, size)
-            mpath = _write_sidecars(output, written.digest, manifest)
+            mtmp.write_text(json.dumps(manifest, indent=1) + "\n")
+            stmp.write_text(f"{written.digest}  {output.name}\n")
+            # The set is replaced as one: the old archive stays until the new one is complete.
+            replace_together([(tmp, output), (mtmp, mpath), (stmp, sha_path)])
     finally:
         remove_path(job.staging)
     job.mark("total")

@@ -15,6 +15,7 @@ hashes it behind. The SquashFS writer fills a tree of hard links and runs
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -145,6 +146,8 @@ class TarWriter(_Writer):
         if self.meter is not None and rc_t == 0 and rc_c == 0 and self.total:
             self.meter("pack", self.total, self.total, "bytes")
         if rc_c != 0:  # checked first: tar then only died of the broken pipe
+            if b"No space left" in self.errs.get("comp", b""):  # a user error about the output (named by the caller)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             err = self.errs.get("comp", b"").decode(errors="replace").strip()
             raise CondastackError(f"packing failed: {self.comp_args[0]} exited {rc_c}: {err}")
         if rc_t != 0:

@@ -7,7 +7,6 @@ that every later stage can trust it.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,11 @@ from typing import Any
 
 import yaml
 
+from .envfile import PYPI_SIMPLE, EnvFile, PipOptions, apply_constraints, expand_channels, load_env_file, \
+    read_env_shape
 from .errors import CondastackError, StackInvalid
+from . import yamlfile
+from .credentials import redact
 from .layout import stack_file
 
 KNOWN_PLATFORMS = (
@@ -28,39 +31,15 @@ KNOWN_PLATFORMS = (
 )
 _STACK_KEYS = {"name", "platforms", "virtual-packages", "layers", "pip-index", "channels"}
 _LAYER_KEYS = {"file", "extends", "description"}
-_ENV_KEYS = {
-    "name",
-    "channels",
-    "dependencies",
-    "platforms",
-    "pip-repositories",
-    "allow-pypi-requests",
-    "category",
-    "variables",
-    "prefix",
-}
-_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_VPKG_NAME = re.compile(r"^__[a-z0-9_]+$")
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<auth>[^/@\s]+@)")
-_URL_TOKEN = re.compile(r"/t/[^/\s]+/")
-
-
-def strip_credentials(url: str) -> str:
-    """Drop user:password@ and conda /t/<token>/ parts, which must never reach a lockfile."""
-    return _URL_TOKEN.sub("/", _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), url))
-
-
-def redact(text: str) -> str:
-    """Strip user:password@ and /t/<token>/ from any URL in `text`."""
-    text = _URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", text)
-    return _URL_TOKEN.sub("/t/***/", text)
+_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would pass a trailing newline
+_VPKG_NAME = re.compile(r"^__[a-z0-9_]+\Z")
 
 
 @dataclass(frozen=True)
 class Layer:
     """One layer of the stack: an environment.yml plus its place in the tree.
 
-    Its specs are parsed by conda-lock (through solve.py) on first use, so a
+    Its specs are checked by conda-lock (through envfile.py) on first use, so a
     reader that needs only the stack's shape never imports the solver.
     """
 
@@ -71,27 +50,39 @@ class Layer:
     platforms: tuple[str, ...]
     pip_repositories: tuple[str, ...] = ()
     description: str = ""
-    _specs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(
-        default_factory=dict, compare=False, repr=False)
+    variables: dict[str, str] = field(default_factory=dict)  # own `variables:` of the file
+    _env: list[EnvFile] = field(default_factory=list, compare=False, repr=False)  # the parsed file, once
+
+    def env_file(self) -> EnvFile:
+        """The file read for every platform: specs checked by conda-lock (cached by content), pip options."""
+        if not self._env:
+            self._env.append(load_env_file(self.file, self.platforms, layer=self.name))
+        return self._env[0]
 
     def specs(self, platform: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(conda match specs, pip requirement strings) of this layer alone, after selectors."""
-        if platform not in self._specs:
-            from .solve import parse_layer_specs  # the conda-lock seam
-
-            c, p = parse_layer_specs(self.file, platform, layer=self.name)
-            self._specs[platform] = (tuple(c), tuple(p))
-        return self._specs[platform]
+        env = self.env_file()
+        return env.conda[platform], env.pip[platform]
 
     @property
     def conda(self) -> dict[str, tuple[str, ...]]:
         """platform -> conda match specs (own, after selectors)."""
-        return {p: self.specs(p)[0] for p in self.platforms}
+        return dict(self.env_file().conda)
 
     @property
     def pip(self) -> dict[str, tuple[str, ...]]:
         """platform -> pip requirement strings (own)."""
-        return {p: self.specs(p)[1] for p in self.platforms}
+        return dict(self.env_file().pip)
+
+    @property
+    def pip_options(self) -> PipOptions:
+        """Own pip option lines (--index-url, -c, ...), from the file and the -r/-c files it reads."""
+        return self.env_file().pip_options
+
+    @property
+    def includes(self) -> tuple[tuple[str, str], ...]:
+        """-r/-c files read, with their sha256."""
+        return self.env_file().includes
 
 
 @dataclass(frozen=True)
@@ -158,16 +149,46 @@ class Stack:
             own_conda, own_pip = layer.specs(platform) if platform in layer.platforms else ((), ())
             conda += [s for s in own_conda if s not in conda]
             pip += [s for s in own_pip if s not in pip]
-        return conda, pip
+        return conda, apply_constraints(pip, self.pip_options_for(name).constraints)
+
+    def pip_options_for(self, name: str) -> PipOptions:
+        """pip option lines of the layer and its ancestors; a child's --index-url replaces its parent's."""
+        out = PipOptions()
+        for layer in self.chain(name):
+            out = out.merged(layer.pip_options)
+        return out
+
+    def variables_for(self, name: str) -> dict[str, str]:
+        """`variables:` of the layer and its ancestors; a child's value overrides its parent's."""
+        out: dict[str, str] = {}
+        for layer in self.chain(name):
+            out.update(layer.variables)
+        return out
+
+    def includes_for(self, name: str) -> list[tuple[str, str]]:
+        return sorted({i for layer in self.chain(name) for i in layer.includes})
 
     def pip_indexes_for(self, name: str) -> list[str]:
         out = list(self.pip_index)
         for layer in self.chain(name):
             out += [r for r in layer.pip_repositories if r not in out]
+        opts = self.pip_options_for(name)
+        if opts.index_url:
+            out += [opts.index_url] if opts.index_url not in out else []
+        elif opts.extra_index_urls and not out:
+            out.append(PYPI_SIMPLE)  # pip's --extra-index-url adds to PyPI, it does not replace it
+        out += [u for u in opts.extra_index_urls if u not in out]
         return out
 
     def virtual_packages_for(self, platform: str) -> dict[str, str]:
+        """The virtual packages the stack declares for one platform."""
         return dict(self.virtual_packages.get(platform, {}))
+
+    def effective_virtual_packages_for(self, platform: str) -> dict[str, str]:
+        """What a solve sees: a plain node's virtual packages, overridden by the declared ones."""
+        from .virtual import effective_virtual_packages
+
+        return effective_virtual_packages(platform, self.virtual_packages_for(platform))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -175,6 +196,7 @@ class Stack:
             "file": str(self.file),
             "platforms": list(self.platforms),
             "virtual-packages": self.virtual_packages,
+            "effective-virtual-packages": {p: self.effective_virtual_packages_for(p) for p in self.platforms},
             "layers": {
                 n: {
                     "file": str(l.file),
@@ -187,6 +209,11 @@ class Stack:
                     "inherited": {
                         p: _inherited(self, n, p) for p in self.platforms
                     },
+                    "own-variables": dict(l.variables),
+                    "variables": self.variables_for(n),
+                    "pip-options": self.pip_options_for(n).to_json(redact),
+                    "pip-index": [redact(u) for u in self.pip_indexes_for(n)],
+                    "includes": {p: d for p, d in self.includes_for(n)},
                 }
                 for n, l in self.layers.items()
             },
@@ -204,36 +231,11 @@ def _inherited(stack: Stack, name: str, platform: str) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- YAML
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A safe loader that records the line of every mapping key."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=True)
-    lines = {}
-    for key_node, _ in node.value:
-        try:
-            lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
-        except TypeError:
-            pass
-    return _LinedDict(mapping, lines)
-
-
-class _LinedDict(dict):
-    def __init__(self, data: dict[Any, Any], lines: dict[Any, int]) -> None:
-        super().__init__(data)
-        self.lines = lines
-
-    def line(self, key: Any) -> int | None:
-        return self.lines.get(key)
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_yaml(path: Path, what: str) -> Any:
     """Read a YAML file; every problem becomes one CondastackError naming the file."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise StackInvalid(path, f"{what} is not a regular file (a folder, fifo or device); give a YAML file.")
     if not path.is_file():
         raise CondastackError(f"{what} not found: {path}.")
     try:
@@ -243,16 +245,13 @@ def load_yaml(path: Path, what: str) -> Any:
     except OSError as e:
         raise CondastackError(f"{path}: cannot read {what}: {e.strerror}.") from None
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        return yamlfile.parse(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise StackInvalid(path, f"malformed YAML in {what}: {problem}.", mark.line + 1 if mark else None) \
-            from None
+        problem, line = yamlfile.error_place(e)
+        raise StackInvalid(path, f"malformed YAML in {what}: {problem}.", line) from None
 
 
-def _line(data: Any, key: Any) -> int | None:
-    return data.line(key) if isinstance(data, _LinedDict) else None
+_line = yamlfile.line_of
 
 
 def _expect(cond: bool, path: Path, data: Any, key: Any, msg: str) -> None:
@@ -276,6 +275,8 @@ def load_stack(root: Path | str = ".", *, parse_specs: bool = True) -> Stack:
     """
     root = Path(root).resolve()
     path = find_stack_file(root)
+    if path.exists() and not path.is_file():
+        raise StackInvalid(path, "the stack file is not a regular file (a folder, fifo or device).")
     if not path.is_file():
         raise CondastackError(
             f"no stack file at {path}. Create environments/stack.yml (see README) "
@@ -285,7 +286,8 @@ def load_stack(root: Path | str = ".", *, parse_specs: bool = True) -> Stack:
     name, platforms = _check_top(path, data)
     vpkgs = _virtual_packages(path, data, platforms)
     pip_index = _str_list(data.get("pip-index", []), path, data, "pip-index")
-    channels = [resolve_channel(c, path.parent) for c in _str_list(data.get("channels", []), path, data, "channels")]
+    channels = [resolve_channel(c, path.parent)
+                for c in expand_channels(_str_list(data.get("channels", []), path, data, "channels"))]
     layers_raw = data["layers"]
     _check_layer_entries(path, data, layers_raw)
     _check_cycles(path, layers_raw)
@@ -296,8 +298,7 @@ def load_stack(root: Path | str = ".", *, parse_specs: bool = True) -> Stack:
         layers[lname] = _load_layer(lname, lfile, spec.get("extends"), tuple(platforms), path, layers_raw,
                                     str(spec.get("description", "")))
         if parse_specs:
-            for plat in platforms:
-                layers[lname].specs(plat)
+            layers[lname].env_file()
     return Stack(root=root, file=path, name=name, platforms=tuple(platforms), virtual_packages=vpkgs,
                  layers=layers, pip_index=tuple(pip_index), channels=tuple(channels))
 
@@ -348,7 +349,7 @@ def _check_layer_entries(path: Path, data: Any, layers_raw: Any) -> None:
             "'layers' must map layer names to {file: ..., extends: ...}.")
     for lname, spec in layers_raw.items():
         _expect(isinstance(lname, str) and bool(_LAYER_NAME.match(str(lname))), path, layers_raw, lname,
-                f"'{lname}' is not a valid layer name (letters, digits, '-', '_', '.').")
+                f"{yamlfile.short(lname)!r} is not a valid layer name (letters, digits, '-', '_', '.').")
         _expect(isinstance(spec, dict), path, layers_raw, lname,
                 f"layer '{lname}' must be a mapping with 'file' (and optionally 'extends').")
         for key in spec:
@@ -397,29 +398,16 @@ def _check_cycles(path: Path, layers_raw: dict[str, Any]) -> None:
 def _load_layer(name: str, lfile: Path, extends: str | None, platforms: tuple[str, ...], stack_path: Path,
                 layers_raw: Any, description: str) -> Layer:
     if not lfile.is_file():
-        raise StackInvalid(stack_path, f"layer '{name}' names file {lfile}, which does not exist.",
-                           _line(layers_raw, name))
-    data = load_yaml(lfile, f"layer file of '{name}'")
-    if not isinstance(data, dict):
-        raise StackInvalid(lfile, f"layer '{name}' must be a conda environment.yml (a mapping with 'dependencies').")
-    for key in data:
-        _expect(key in _ENV_KEYS, lfile, data, key,
-                f"unknown key '{key}' in layer '{name}' (an environment.yml has: {', '.join(sorted(_ENV_KEYS))}).")
-    channels = _str_list(data.get("channels", []) or [], lfile, data, "channels")
-    deps = data.get("dependencies", [])
-    _expect(isinstance(deps, list), lfile, data, "dependencies", f"'dependencies' of layer '{name}' must be a list.")
-    for d in deps:
-        ok = isinstance(d, str) or (isinstance(d, dict) and set(d) <= {"pip"} and isinstance(d.get("pip") or [], list))
-        _expect(ok, lfile, data, "dependencies",
-                f"layer '{name}': each dependency must be a conda spec string or a 'pip:' list, not {json.dumps(d, default=str)}.")
-    pip_repos = _str_list(data.get("pip-repositories", []) or [], lfile, data, "pip-repositories")
-
+        gone = "is not a regular file" if lfile.exists() else "does not exist"
+        raise StackInvalid(stack_path, f"layer '{name}' names file {lfile}, which {gone}.", _line(layers_raw, name))
+    shape = read_env_shape(lfile, platforms, layer=name)
     return Layer(
         name=name,
         file=lfile,
         extends=extends,
-        channels=tuple(resolve_channel(c, lfile.parent) for c in channels if c != "nodefaults"),
+        channels=tuple(resolve_channel(c, lfile.parent) for c in shape.channels),
         platforms=platforms,
-        pip_repositories=tuple(pip_repos),
+        pip_repositories=shape.pip_repositories,
         description=description,
+        variables=shape.variables,
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -35,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .env import PREFIXES_FILE, Env, check_dest_fits
-from .errors import ArchiveRefused, CondastackError
-from .fsutil import atomic_path, clean_stale_temporaries
+from .errors import ArchiveRefused, CondastackError, naming
+from .fsutil import TMP_MARK, _fsync_dir, atomic_path, clean_stale_temporaries, remove_path
 from .progress import Meter
+
 LIMIT_ENV = {"members": "CONDASTACK_MAX_MEMBERS", "bytes": "CONDASTACK_MAX_BYTES"}
 _CHUNK = 1 << 20
 _OK_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
@@ -84,6 +86,7 @@ class _Guard:
         self.bytes = 0
         self.max_members = max_members
         self.max_bytes = max_bytes
+        self.sparse_extra = 0  # bytes a pax sparse member expands to beyond its stored size
 
     @staticmethod
     def clean(name: str, what: str = "member") -> str:
@@ -124,6 +127,7 @@ class _Guard:
         return out
 
     def check(self, info: tarfile.TarInfo, name: str, linkname: str) -> None:
+        extra, self.sparse_extra = self.sparse_extra, 0
         self.members += 1
         if self.max_members is not None and self.members > self.max_members:
             raise _Refused(f"more than {self.max_members} members (the --max-members / {LIMIT_ENV['members']} "
@@ -133,7 +137,7 @@ class _Guard:
                     tarfile.FIFOTYPE: "a fifo"}.get(info.type, f"of unsupported type {info.type!r}")
             raise _Refused(f"member {name!r} is {kind}", member=name)
         if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
-            self.bytes += info.size
+            self.bytes += info.size + extra
             if self.max_bytes is not None and self.bytes > self.max_bytes:
                 raise _Refused(f"more than {self.max_bytes} bytes once expanded (the --max-bytes / "
                                f"{LIMIT_ENV['bytes']} limit)")
@@ -155,7 +159,11 @@ class _Guard:
             self.links[full] = linkname
             self.files.discard(full)
         elif info.type == tarfile.LNKTYPE:
-            target = "/".join(self.resolve(self.clean(linkname, "hard link target").split("/"), name))
+            tparts = self.clean(linkname, "hard link target").split("/")
+            if "/".join([*self.resolve(tparts[:-1], name), tparts[-1]]) in self.links:
+                # link(2) on a symlink makes another symlink, which would resolve from the new place.
+                raise _Refused(f"hard link {name!r} -> {linkname!r} points to a symlink", member=name)
+            target = "/".join(self.resolve(tparts, name))
             if target not in self.files:
                 raise _Refused(f"hard link {name!r} -> {linkname!r} does not point to a file of the archive", member=name)
             self.links.pop(full, None)
@@ -167,15 +175,33 @@ class _Guard:
 
 
 def _pax(data: bytes) -> dict[str, str]:
+    """Parse pax records ("LEN key=value\\n"); any malformed record is a refusal, never a loop or a crash."""
     out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        sp = data.index(b" ", pos)
-        length = int(data[pos:sp])
-        key, _, val = data[sp + 1: pos + length - 1].partition(b"=")
+    pos, n = 0, len(data)
+    while pos < n:
+        if not data[pos:].strip(b"\0"):
+            break  # NUL padding after the last record
+        sp = data.find(b" ", pos, pos + 20)
+        raw = data[pos:sp] if sp != -1 else data[pos:pos + 20]
+        if sp == -1 or not raw.isdigit():
+            raise _Refused(f"bad pax header (record length {raw[:20]!r} is not a number)")
+        length = int(raw)
+        if length <= sp - pos + 1 or pos + length > n:
+            raise _Refused(f"bad pax header (record length {length} is out of range)")
+        rec = data[sp + 1: pos + length]
+        if not rec.endswith(b"\n") or b"=" not in rec:
+            raise _Refused("bad pax header (a record is not 'key=value' ended by a newline)")
+        key, _, val = rec[:-1].partition(b"=")
         out[key.decode("utf-8", "surrogateescape")] = val.decode("utf-8", "surrogateescape")
         pos += length
     return out
+
+
+def _pax_size(fields: dict[str, str], key: str) -> int:
+    raw = fields[key]
+    if not raw.isascii() or not raw.isdigit():
+        raise _Refused(f"bad pax header ({key}={raw[:40]!r} is not a size)")
+    return int(raw)
 
 
 class _Header:
@@ -200,6 +226,9 @@ def _nts(b: bytes) -> str:
 def _header(hdr: bytes) -> _Header:
     """Parse one 512-byte header exactly as tarfile.TarInfo.frombuf does (which is the fallback)."""
     size_f = hdr[124:136]
+    if size_f[0] not in (0o200, 0o377) and size_f.split(b"\0", 1)[0].strip().strip(b"01234567"):
+        # int() would take '-', '+' or '_', which tar reads differently: refuse rather than disagree with it
+        raise _Refused(f"bad tar header (size field {size_f!r} is not an octal number)")
     try:
         fast = (hdr[257:265] in _MAGICS and size_f[0] not in (0o200, 0o377)
                 and sum(hdr) - sum(hdr[148:156]) + 256 == int(hdr[148:156].split(b"\0", 1)[0] or b"0", 8))
@@ -220,6 +249,8 @@ def _header(hdr: bytes) -> _Header:
         info = tarfile.TarInfo.frombuf(hdr, "utf-8", "surrogateescape")
     except (tarfile.HeaderError, ValueError) as e:
         raise _Refused(f"bad tar header ({e})") from None
+    if info.size < 0:
+        raise _Refused(f"bad tar header (member {info.name!r} has a negative size)")
     return _Header(info.name, info.linkname, info.type, info.size)
 
 
@@ -227,6 +258,21 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _check_member(info: tarfile.TarInfo, fields: dict[str, str], long_name: str | None, long_link: str | None,
+                  guard: _Guard) -> int:
+    """Check one member, with what its pax/GNU headers say of it; returns its padded data size."""
+    name = fields.get("path", long_name if long_name is not None else info.name)
+    name = fields.get("GNU.sparse.name", name)  # tar writes a pax sparse member under this name
+    link = fields.get("linkpath", long_link if long_link is not None else info.linkname)
+    if "size" in fields:
+        info.size = _pax_size(fields, "size")
+    for key in ("GNU.sparse.realsize", "GNU.sparse.size"):  # a sparse file expands to its real size
+        if key in fields:
+            guard.sparse_extra = max(0, _pax_size(fields, key) - info.size)
+    guard.check(info, name, link)
+    return 0 if info.type in (tarfile.SYMTYPE, tarfile.DIRTYPE) else (info.size + 511) // 512 * 512
 
 
 def _filter_stream(src: int, dst: int, guard: _Guard) -> None:  # noqa: C901
@@ -277,15 +323,7 @@ def _filter_stream(src: int, dst: int, guard: _Guard) -> None:  # noqa: C901
                     pax.update(_pax(body))
                 continue
             fields = {**glob_pax, **pax} if (pax or glob_pax) else pax
-            name = fields.get("path", long_name if long_name is not None else info.name)
-            link = fields.get("linkpath", long_link if long_link is not None else info.linkname)
-            if "size" in fields:
-                info.size = int(fields["size"])
-                padded = (info.size + 511) // 512 * 512
-            if info.type in (tarfile.SYMTYPE, tarfile.DIRTYPE):
-                padded = 0
-            guard.check(info, name, link)
-            pos += 512 + padded
+            pos += 512 + _check_member(info, fields, long_name, long_link, guard)
             group = None
             long_name = long_link = None
             pax = {}
@@ -359,13 +397,16 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
     archive, dest = Path(archive), Path(dest).absolute()
     max_members, max_bytes = _limit(max_members, "members"), _limit(max_bytes, "bytes")
     if not archive.is_file():
-        raise CondastackError(f"{archive}: no such archive.")
+        raise CondastackError(f"{archive}: " + ("not a regular file (a folder, fifo or device); give the archive "
+                                                "file." if archive.exists() else "no such archive."))
+    if dest.is_symlink():
+        raise CondastackError(f"{dest}: is a symlink; give the real folder (or a new path) as the destination.")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CondastackError(f"{dest}: already exists and is not empty; choose a new folder or remove it first.")
     manifest = archive.with_name(archive.name + ".manifest.json")
     total = None
     if manifest.is_file():  # fail before extracting gigabytes when DEST cannot fit
-        with contextlib.suppress(ValueError, KeyError, TypeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError, OSError):
             data = json.loads(manifest.read_text())
             total = int(data["bytes_unpacked"]) if isinstance(data.get("bytes_unpacked"), int) else None
             records = [(r["file"], r["placeholder"], r["mode"]) for r in data["placeholders"]]
@@ -376,15 +417,45 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
         raise CondastackError(f"{dest}: cannot create its parent folder: {e.strerror}.") from None
     clean_stale_temporaries(dest.parent, dest.name)  # left by a killed unpack
     guard = _Guard(max_members, max_bytes, meter, total)
-    # An empty DEST is swapped for the full tree in one step, so it is never absent.
-    with atomic_path(dest) as tmp:
-        tmp.mkdir()
-        _extract(archive, tmp, guard)
-        if meter is not None:
-            meter("unpack", guard.bytes, total and max(total, guard.bytes), "bytes")
-        # An archive with no placeholder records (not an env) is only extracted.
-        changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
+    tmp = dest.parent / f"{TMP_MARK}{dest.name}.{os.getpid()}"
+    remove_path(tmp)
+    tmp.mkdir()
+    with naming(dest):  # a write() hitting ENOSPC names no file: it is about DEST
+        try:
+            _extract(archive, tmp, guard)
+            if meter is not None:
+                meter("unpack", guard.bytes, total and max(total, guard.bytes), "bytes")
+            changed = _relocate_extracted(archive, tmp, dest)
+            _rename_into(tmp, dest)
+        finally:
+            remove_path(tmp)
     return UnpackResult(dest=dest, members=guard.members, bytes=guard.bytes, relocated_files=changed)
+
+
+def _relocate_extracted(archive: Path, tmp: Path, dest: Path) -> int:
+    """Relocate an extracted env from `tmp` to `dest`; the number of files rewritten."""
+    if _read_state(tmp) is None:
+        return 0  # an archive with no placeholder records (not an env) is only extracted
+    try:
+        return relocate(tmp, as_prefix=dest).files_changed
+    except CondastackError as e:  # name the archive and the final path, not our temporary
+        raise ArchiveRefused(archive, str(e).replace(str(tmp), str(dest)).rstrip(".")) from None
+
+
+def _rename_into(tmp: Path, dest: Path) -> None:
+    """Move the finished tree to `dest`.
+
+    Not atomic_path: its swap would replace a DEST another process filled meanwhile. rename(2)
+    replaces only an empty DEST, in one step, so DEST is never absent.
+    """
+    try:
+        os.rename(tmp, dest)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        raise CondastackError(f"{dest}: another process filled it while this unpack ran; it was "
+                              "left as that process made it. Choose a new folder.") from None
+    _fsync_dir(dest.parent)
 
 
 def _extract(archive: Path, into: Path, guard: _Guard) -> None:
@@ -433,13 +504,41 @@ def _extract(archive: Path, into: Path, guard: _Guard) -> None:
 def _read_state(prefix: Path) -> dict | None:
     p = prefix / PREFIXES_FILE
     if p.is_file():
-        return json.loads(p.read_text())
+        try:
+            state = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CondastackError(f"{p}: the relocation records are not valid JSON ({e}).") from None
+        return _checked_state(state, prefix, PREFIXES_FILE)
     script = prefix / "bin" / "conda-unpack"
     if script.is_file():  # a plain conda-pack archive: read its records
-        m = re.search(r"^_prefix_records = \[\n(.*?)^\]", script.read_text(), re.S | re.M)
+        text = script.read_text(errors="surrogateescape")
+        m = re.search(r"^_prefix_records = \[\n(.*?)^\]", text, re.S | re.M)
         if m:
-            return {"current": None, "records": [list(r) for r in ast.literal_eval("[" + m.group(1) + "]")]}
+            try:
+                records = ast.literal_eval("[" + m.group(1) + "]")
+            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+                raise CondastackError(f"{script}: its _prefix_records are not a Python list of tuples.") from None
+            return _checked_state({"current": None, "records": records}, prefix, "bin/conda-unpack")
     return None
+
+
+def _checked_state(state: object, prefix: Path, source: str) -> dict:
+    """The relocation state if well-typed and every record's file is a safe path inside `prefix`."""
+    from .pathsafe import check_under
+
+    where = f"{prefix / source}"
+    if not isinstance(state, dict) or not isinstance(state.get("records", []), list) \
+            or not isinstance(state.get("current"), (str, type(None))):
+        raise CondastackError(f"{where}: relocation records must be {{'current': str, 'records': [...]}}.")
+    records = []
+    for r in state.get("records", []):
+        if not (isinstance(r, (list, tuple)) and len(r) == 3 and all(isinstance(x, str) for x in r)
+                and r[1] and r[2] in ("text", "binary")):
+            raise CondastackError(f"{where}: malformed relocation record {str(r)[:200]} "
+                                  "(expected [file, placeholder, 'text' or 'binary']).")
+        check_under(prefix, r[0], where)
+        records.append(list(r))
+    return {**state, "records": records}
 
 
 def _binary_relocate(data: bytes, old: bytes, new: bytes, room: int, path: str) -> bytes:

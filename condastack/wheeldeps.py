@@ -9,8 +9,6 @@ versions have none).
 from __future__ import annotations
 
 import email.parser
-import functools
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +16,6 @@ from pathlib import Path
 
 from .errors import CondastackError
 
-_DATA = Path(__file__).parent / "data"
 _MACHINE = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 
 
@@ -35,34 +32,11 @@ class WheelDep:
         return self.spec.split()[0]
 
 
-@functools.lru_cache(maxsize=1)
 def pypi_to_conda_names() -> dict[str, str]:
-    """Canonical PyPI name -> conda-forge name, for the names that differ.
+    """Canonical PyPI name -> conda-forge name, for the names that differ (the shipped mapping)."""
+    from .pypi_names import pypi_to_conda
 
-    Reads the conda-forge -> PyPI mapping shipped in condastack/data (any
-    `conda-forge-pypi*.json`: {conda name: [pypi names] or null}), then the
-    hand-kept pypi-mapping.yml that locking uses, which wins. One function, so the
-    source can be switched without touching its users.
-    """
-    from packaging.utils import canonicalize_name
-
-    best: dict[str, tuple[int, int, str]] = {}
-    for f in sorted(_DATA.glob("conda-forge-pypi*.json")):
-        for conda, pypis in json.loads(f.read_text()).items():
-            for pypi in pypis or ():
-                key = canonicalize_name(pypi)
-                # Several conda packages may list one PyPI name (pytorch, pytorch-cpu; gym vendoring
-                # typing_extensions): prefer the one named like it, then one that ships only it,
-                # then the shortest name (the base package, not a variant).
-                rank = (0 if canonicalize_name(conda) == key else 1 if len(pypis) == 1 else 2, len(conda), conda)
-                if key not in best or rank < best[key]:
-                    best[key] = rank
-    out = {k: r[2] for k, r in best.items()}
-    import yaml
-
-    for entry in (yaml.safe_load((_DATA / "pypi-mapping.yml").read_text()) or {}).values():
-        out[canonicalize_name(entry["pypi_name"])] = entry["conda_name"]
-    return {k: v for k, v in out.items() if canonicalize_name(v) != k}
+    return pypi_to_conda()
 
 
 def target_environment(python: str, platform: str) -> dict[str, str]:

@@ -46,10 +46,10 @@ SITE_CHANNEL = Path("environments") / "channel"
 WRAP_PLATFORMS = ("linux-64", "linux-aarch64", "noarch")
 # A fixed timestamp makes the package bytes depend only on the inputs.
 _EPOCH = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
-_NAME = re.compile(r"^[a-z0-9_][a-z0-9_.-]*$")
-_VERSION = re.compile(r"^[A-Za-z0-9_.+!]+$")
-_BUILD = re.compile(r"^[A-Za-z0-9_.+]+$")
-_PY = re.compile(r"^3\.\d+$")
+_NAME = re.compile(r"^[a-z0-9_][a-z0-9_.-]*\Z")
+_VERSION = re.compile(r"^[A-Za-z0-9_.+!]+\Z")
+_BUILD = re.compile(r"^[A-Za-z0-9_.+]+\Z")
+_PY = re.compile(r"^3\.\d+\Z")
 _ENTRY_GROUPS = ("console_scripts", "gui_scripts")
 
 

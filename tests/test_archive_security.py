@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_cli, write_project
+from tests.helpers import assert_user_error, run_cli, write_project
 
 TMP = ".condastack-tmp-"
 F, D, SYM, HARD = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE

@@ -5,12 +5,15 @@ A case starts from a prepared tree (`base`: empty, project, locked or packed; se
 folder by content hash, runs `cmd` through the CLI, and then requires:
 
 - the expected exit code (1: a user error) and every `expect` substring in the output;
+- on stderr, the message itself: "condastack: error: ..." (exit 1) or click's usage text
+  (exit 2), naming every one of `names` (the file, layer, package or option at fault);
 - no traceback and no "internal error" (exit 70) anywhere in the output;
 - every file that existed before is still there with the same content, and no
   `.condastack-tmp-` temporary is left behind.
 
 Case fields: id, base, setup (list of steps), cmd (CLI arguments), expect (list of
-substrings), exit (default 1), env (extra environment variables). Steps:
+substrings), names (what the message must name), names_on (stderr, or stdout for a
+report such as verify's), exit (default 1), env (extra environment variables). Steps:
   write: {path: text}          write_bytes: {path: python bytes literal}
   sub: {file, pattern, repl, count?}   (regex on the text; `file` may be a glob)
   delete: [paths]              mkdir: [paths]
@@ -36,7 +39,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli, write_project
+from tests.helpers import run_cli, write_project
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 NONUTF8 = os.fsdecode(b"bad-\xff\xfe-name")
@@ -65,6 +68,8 @@ def test_corpus_size_and_coverage() -> None:
                 "lock-other-platform", "truncated-archive", "corrupted-zstd", "manifest-mismatch",
                 "nonutf8-archive-path"}
     assert required <= {c["id"] for c in CASES}, required - {c["id"] for c in CASES}
+    unnamed = [c["id"] for c in CASES if not c.get("names")]
+    assert not unnamed, f"cases that do not say what their message must name: {unnamed}"
 
 
 # --------------------------------------------------------------------------- prepared trees
@@ -194,6 +199,19 @@ def _apply(step: dict, root: Path, env: dict[str, str]) -> None:
         raise AssertionError(f"unknown step {op!r}")
 
 
+def _check_message(case: dict, stdout: str, stderr: str, ctx: dict[str, str]) -> None:
+    """The message is on stderr (a report may be on stdout), in the expected form, and names what it should."""
+    assert "Traceback" not in stderr, stderr
+    where = case.get("names_on", "stderr")
+    text = {"stderr": stderr, "stdout": stdout}[where]
+    if case.get("exit", 1) == 2:
+        assert f"Usage: condastack {case['cmd'][0]}" in stderr, stderr
+    elif where == "stderr":
+        assert "condastack: error: " in stderr, f"no error message on stderr:\n{stderr}"
+    for name in _fill(case["names"], ctx):
+        assert name in text, f"the message does not name {name!r} (on {where}):\n{text}"
+
+
 def snapshot(root: Path) -> dict[str, str]:
     out = {}
     for dirpath, dirs, files in os.walk(root):
@@ -227,6 +245,7 @@ def test_bad_input(case: dict, bases: dict[str, Path], tmp_path: Path, channel_u
     assert res.returncode == case.get("exit", 1), f"exit {res.returncode}\n{out}"
     for needle in _fill(case["expect"], ctx):
         assert needle in out, f"{needle!r} not in:\n{out}"
+    _check_message(case, res.stdout, res.stderr, ctx)
     after = snapshot(root)
     changed = sorted(k for k, v in before.items() if after.get(k) != v)
     assert not changed, f"pre-existing files changed or removed: {changed}"
@@ -237,7 +256,7 @@ def test_bad_input(case: dict, bases: dict[str, Path], tmp_path: Path, channel_u
 def test_failed_solve_exits_1_every_time(tmp_path: Path) -> None:
     """A failed solve used to crash the interpreter at exit now and then (py-rattler's threads during
     finalization: SIGSEGV/SIGABRT in about 1 run of 7) instead of exiting 1; repeat it to be sure."""
-    from conftest import CLI
+    from tests.helpers import CLI
 
     empty = tmp_path / "empty-channel"
     for sub in ("linux-64", "noarch"):

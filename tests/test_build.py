@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_cli, write_pip_project, write_project
+from tests.helpers import assert_user_error, run_cli, write_pip_project, write_project
 
 MARKER_KEYS = {"layer", "stack", "platform", "lock_hash", "lockfile", "created_by"}
 

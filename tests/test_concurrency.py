@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, run_cli, write_project
+from tests.helpers import CLI, run_cli, write_project
 
 LAYERS = {
     "l1": ["hello"],

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_real_conda_pack_reads_our_env(base_app_project: Path, pkgs_cache: Path, tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_cli, write_project
-from testchannel import default_cache_dir
+from tests.helpers import assert_user_error, run_cli, write_project
+from tests.channel.testchannel import default_cache_dir
 
 from condastack import container as ct
 from condastack.errors import CondastackError

@@ -8,8 +8,14 @@ in [0, T]. After the kill every output path must hold the complete old result or
 the complete new one (or nothing, where nothing was there before); re-running the
 command must then succeed and leave no `.condastack-tmp-` temporaries behind.
 
+Random delays alone may all miss the moments a temporary output exists, so each
+command also gets one trial that is killed as soon as a new `.condastack-tmp-`
+entry appears beside an output; every command must have at least one kill that
+landed mid-write (a temporary was on disk after the kill).
+
 Figures (trials, kills survived, files lost) go to `<pytest basetemp>/crash-figures.json`
-and are printed at the end. Seed and trial count: CONDASTACK_CRASH_SEED / _TRIALS.
+and are printed at the end. Seed and trial count: CONDASTACK_CRASH_SEED / _TRIALS
+(random trials per command; one watched trial is added to them).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CLI, run_cli, write_project
+from tests.helpers import CLI, run_cli, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -80,15 +86,27 @@ def figures(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 # --------------------------------------------------------------------------- helpers
 
 
-def kill_at(args: list, delay: float, env: dict[str, str]) -> bool:
-    """Run the CLI; SIGKILL its process group after `delay` s. True if it was still running."""
+def kill_at(args: list, delay: float | None, env: dict[str, str], watch: tuple[Path, ...] = ()) -> bool:
+    """Run the CLI; SIGKILL its process group after `delay` s. True if it was still running.
+
+    With `delay` None the kill comes as soon as a new temporary shows up directly in
+    one of the `watch` folders (where outputs are written before their rename).
+    """
+    before = set(_top_temporaries(watch))
     p = subprocess.Popen([*CLI, *map(str, args)], env={**os.environ, **env}, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        p.wait(timeout=delay)
-        return False
-    except subprocess.TimeoutExpired:
-        pass
+    if delay is None:
+        assert watch, "a watched trial needs folders to watch"
+        while not set(_top_temporaries(watch)) - before:
+            if p.poll() is not None:
+                return False
+            time.sleep(0.001)
+    else:
+        try:
+            p.wait(timeout=delay)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     deadline = time.monotonic() + 5  # children (tar, zstd) die asynchronously
@@ -99,6 +117,15 @@ def kill_at(args: list, delay: float, env: dict[str, str]) -> bool:
             break
         time.sleep(0.01)
     return True
+
+
+def _top_temporaries(folders: tuple[Path, ...]) -> list[str]:
+    """Temporaries directly in `folders`: a cheap scan, fast enough to poll while a command runs."""
+    out: list[str] = []
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError):
+            out += [os.path.join(folder, n) for n in os.listdir(folder) if TMP in n]
+    return out
 
 
 def timed(args: list, env: dict[str, str]) -> float:
@@ -153,7 +180,8 @@ def read_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
-def trials(name: str, run_once: Callable[[], float], trial: Callable[[int, float, Tally], None]) -> Tally:
+def trials(name: str, run_once: Callable[[], float], trial: Callable[[int, float | None, Tally], None]) -> Tally:
+    """TRIALS kills at seeded random delays, then one watched kill (delay None: at the first temporary)."""
     rng = random.Random(f"{SEED}:{name}")
     tally = Tally()
     t = run_once()
@@ -161,7 +189,10 @@ def trials(name: str, run_once: Callable[[], float], trial: Callable[[int, float
     for i in range(TRIALS):
         tally.trials += 1
         trial(i, rng.uniform(0, t), tally)
+    tally.trials += 1
+    trial(TRIALS, None, tally)
     FIGURES[name] = asdict(tally)
+    assert tally.mid_write >= 1, f"{name}: no kill landed while a temporary output existed: {tally}"
     return tally
 
 
@@ -257,10 +288,10 @@ def test_lock_survives_sigkill(world: World) -> None:
         assert read_files(lock) == w.new_lock  # locking is deterministic, so "new" is known byte for byte
         return t
 
-    def trial(i: int, delay: float, tally: Tally) -> None:
+    def trial(i: int, delay: float | None, tally: Tally) -> None:
         w.set_lock(w.old_lock)
         before = set(temporaries(lock))
-        tally.killed += kill_at(["-C", w.proj, "lock"], delay, w.env)
+        tally.killed += kill_at(["-C", w.proj, "lock"], delay, w.env, watch=(lock,))
         tally.mid_write += bool(set(temporaries(lock)) - before)
         now = read_files(lock)
         kinds = set()
@@ -283,7 +314,7 @@ def test_lock_survives_sigkill(world: World) -> None:
 
     tally = trials("lock", once, trial)
     assert not tally.problems, "\n".join(tally.problems)
-    assert tally.files_lost == 0 and tally.reruns_ok == TRIALS
+    assert tally.files_lost == 0 and tally.reruns_ok == tally.trials == TRIALS + 1
 
 
 # --------------------------------------------------------------------------- build
@@ -310,10 +341,10 @@ def test_build_survives_sigkill(world: World) -> None:
         reset(True)
         return timed(["-C", w.proj, "build", "app"], w.env)
 
-    def trial(i: int, delay: float, tally: Tally) -> None:
+    def trial(i: int, delay: float | None, tally: Tally) -> None:
         reset(cold_cache=i % 2 == 0)
         before = set(temporaries(prefix.parent, w.pkgs))
-        tally.killed += kill_at(["-C", w.proj, "build", "app"], delay, w.env)
+        tally.killed += kill_at(["-C", w.proj, "build", "app"], delay, w.env, watch=(prefix.parent, w.pkgs))
         tally.mid_write += bool(set(temporaries(prefix.parent, w.pkgs)) - before)
         marker = read_marker(prefix) if prefix.is_dir() else None
         got = (marker or {}).get("lock_hash")
@@ -383,10 +414,10 @@ def test_pack_survives_sigkill(world: World, tmp_path: Path) -> None:
         reset()
         return timed(args, w.env)
 
-    def trial(i: int, delay: float, tally: Tally) -> None:
+    def trial(i: int, delay: float | None, tally: Tally) -> None:
         reset()
         before = set(temporaries(out.parent))
-        tally.killed += kill_at(args, delay, w.env)
+        tally.killed += kill_at(args, delay, w.env, watch=(out.parent,))
         tally.mid_write += bool(set(temporaries(out.parent)) - before)
         if not out.exists():
             tally.lost(i, "the old archive is gone and no new one is there")
@@ -424,12 +455,12 @@ def test_unpack_survives_sigkill(world: World, tmp_path: Path) -> None:
         shutil.rmtree(dest)
         return t
 
-    def trial(i: int, delay: float, tally: Tally) -> None:
+    def trial(i: int, delay: float | None, tally: Tally) -> None:
         empty = i % 2 == 1  # DEST absent, or an empty folder made ready for it
         if empty:
             dest.mkdir()
         before = set(temporaries(dest.parent))
-        tally.killed += kill_at(args, delay, w.env)
+        tally.killed += kill_at(args, delay, w.env, watch=(dest.parent,))
         tally.mid_write += bool(set(temporaries(dest.parent)) - before)
         now = digest(dest)
         if now == ref:
@@ -484,10 +515,10 @@ def test_install_survives_sigkill(world: World, tmp_path: Path) -> None:
         assert refs["new"] != refs["old"]
         return t
 
-    def trial(i: int, delay: float, tally: Tally) -> None:
+    def trial(i: int, delay: float | None, tally: Tally) -> None:
         copy_tree(saved_a, prefix)
         before = set(temporaries(prefix.parent))
-        tally.killed += kill_at(args, delay, w.env)
+        tally.killed += kill_at(args, delay, w.env, watch=(prefix.parent,))
         tally.mid_write += bool(set(temporaries(prefix.parent)) - before)
         got = state()
         if got == "old":

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import rattler
 
-from conftest import assert_user_error, run_cli
+from tests.helpers import assert_user_error, run_cli
 from condastack.deliver import install_archive
 from condastack.pack import pack_prefix
 
@@ -362,7 +362,7 @@ JOB = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "job.sh"
 
 
 def _run_job(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    from conftest import CLI
+    from tests.helpers import CLI
 
     base = {"HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(tmp_path),
             "SRUN": "", "CONDASTACK": " ".join(CLI)}
@@ -385,13 +385,4 @@ def test_slurm_job_runs_doctor_first_with_the_module(installed: Path, tmp_path: 
     assert "cannot run" in bad.stderr and "FAIL" in bad.stdout
 
 
-def test_slurm_job_with_the_squashfs_image(archives: dict, tmp_path: Path) -> None:
-    prefix = archives["sq_prefix"]
-    image = install_archive(archives["sq"], prefix).image
-    if shutil.which("squashfuse") is None or not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        pytest.skip("squashfuse or /dev/fuse not available")
-    res = _run_job(tmp_path, ENV_MODE="squashfs", ENV_PREFIX=str(prefix), IMAGE=str(image),
-                   CONDA_OVERRIDE_CUDA="12.6")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert f"prefix={prefix}" in res.stdout and "all checks passed" in res.stdout
-    assert not os.path.ismount(prefix)  # the job unmounted what it mounted
+# The squashfs mode of job.sh (sbcast + node-local mount) needs a Slurm job: tests/test_slurm.py.

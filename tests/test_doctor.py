@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import rattler
 
-from conftest import assert_user_error, run_cli, write_project
+from tests.helpers import assert_user_error, run_cli, write_project
 from condastack.doctor import (Gpu, Node, Requirements, check_gpus, check_space, detect_virtual_packages,
                                run_doctor)
 
@@ -133,7 +133,7 @@ def test_layer_without_conda_lock_installed(project: Path) -> None:
     import subprocess
     import sys
 
-    from conftest import REPO
+    from tests.helpers import REPO
 
     code = ("import sys; sys.modules['conda_lock'] = None; sys.argv = ['condastack', '-C', sys.argv[1], "
             "'doctor', 'app', '--json']; from condastack.cli import main; main()")

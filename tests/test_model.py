@@ -12,11 +12,10 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, write_project
+from tests.helpers import REPO, write_project
 from condastack import layout
 from condastack.env import MARKER, PREFIXES_FILE, Env, check_dest_fits, read_marker, write_marker
 from condastack.errors import (ArchiveRefused, CondastackError, EnvDamaged, LockConflict, PrefixTooLong,
@@ -66,14 +65,14 @@ def test_stack_invalid_for_a_missing_layer_file(tmp_path: Path) -> None:
 
 
 def test_lock_conflict_fields() -> None:
-    child = SimpleNamespace(name="tinylib", version="2.0")
-    parent_pin = SimpleNamespace(name="tinylib", version="1.0")
+    child = {"name": "tinylib", "version": "2.0"}  # lock entries are plain data
+    parent_pin = {"name": "tinylib", "version": "1.0"}
     with pytest.raises(LockConflict) as ei:
         _check_parent_pip("app", "base", child, [parent_pin])
     e = ei.value
     assert (e.layer, e.parent, e.package, e.version, e.pinned) == ("app", "base", "tinylib", "2.0", "1.0")
     assert "layer app" in str(e) and "layer base pins tinylib 1.0" in str(e)
-    _check_parent_pip("app", "base", SimpleNamespace(name="tinylib", version="1.0"), [parent_pin])  # agrees
+    _check_parent_pip("app", "base", {"name": "tinylib", "version": "1.0"}, [parent_pin])  # agrees
 
 
 def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:

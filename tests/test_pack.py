@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, run_cli
+from tests.helpers import assert_user_error, run_cli
 
 ENV_SPECS = ["hello", "python", "pip"]
 META = {"layer": "app", "stack": "demo", "platform": "linux-64", "lock_hash": "0123abcd",
@@ -321,7 +321,7 @@ def test_failed_pack_leaves_no_archive(app_env: Path, tmp_path: Path) -> None:
 
 
 def test_killed_pack_leaves_no_archive(app_env: Path, tmp_path: Path) -> None:
-    from conftest import CLI
+    from tests.helpers import CLI
 
     out = tmp_path / "out" / "app.tar.zst"
     out.parent.mkdir()
@@ -420,13 +420,13 @@ def test_archives_are_reproducible(app_env: Path, tmp_path: Path, records: list,
 
 
 def test_pack_warns_when_the_lock_moved_on(tmp_path: Path, channel_url: str, pkgs_cache: Path) -> None:
-    from conftest import write_project
+    from tests.helpers import write_project
 
-    proj = write_project(tmp_path / "p", f"""
+    proj = write_project(tmp_path / "p", """
         name: w
         platforms: [linux-64]
         layers:
-          base: {{file: base.yml}}
+          base: {file: base.yml}
         """, {"base.yml": f"""
         channels: ["{channel_url}"]
         dependencies: [libfoo]

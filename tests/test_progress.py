@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import CLI, run_cli
+from tests.helpers import CLI, run_cli
 
 
 def run_in_pty(*args: str | os.PathLike) -> tuple[int, str]:

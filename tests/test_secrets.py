@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_project
+from tests.helpers import run_cli, write_project
 
 TOKEN = "tk-5ecr3t-T0KEN-9f8e7d"
 USER, PASSWORD = "alice", "pa55-W0RD-s3cr3t"

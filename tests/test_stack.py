@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_user_error, run_cli, write_project
+from tests.helpers import REPO, assert_user_error, run_cli, write_project
 from condastack.errors import CondastackError
 from condastack.stack import load_stack
 

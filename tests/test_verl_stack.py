@@ -19,7 +19,7 @@ import rattler
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from conftest import REPO
+from tests.helpers import REPO
 from condastack.stack import Stack, load_stack
 from condastack.wrap import default_channel
 
@@ -39,7 +39,8 @@ class Pin:
 SEED_TABLE = [
     Pin("base", "python", "3.10", "Dockerfile.base: nvcr.io/nvidia/pytorch:24.08-py3 (python 3.10)"),
     Pin("base", "cuda-version", "12.6", "README: cuda 12.6"),
-    Pin("base", "cudnn", "9.8.0", "README: cudnn 9.8.0"),
+    # The seed says cudnn 9.8.0; real conda-forge metadata: pytorch 2.7.1 cuda126 py310 needs >=9.10.1.4,<10.
+    Pin("base", "cudnn", ">=9.10.1.4,<10", "conda-forge pytorch 2.7.1 cuda126_mkl_py310_h5ee0071_300"),
     Pin("base", "torch", "2.7.1", "README: torch 2.7.1"),
     Pin("base", "torchvision", "0.22.1", "Dockerfile.base"),
     Pin("base", "torchaudio", "2.7.1", "Dockerfile.base"),

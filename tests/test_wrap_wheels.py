@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_project
+from tests.helpers import REPO, run_cli, write_project
 from condastack.elf import read_elf_dynamic
 from condastack.wheeldeps import wheel_requirements
 from condastack.wrap import WheelOptions, wrap
@@ -130,23 +130,25 @@ def test_requires_dist_markers_and_names() -> None:
     assert "libhello" not in aarch and "pytest" in aarch
 
 
-def test_conda_forge_mapping_is_loaded_and_ranked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A conda-forge -> PyPI mapping file in condastack/data is inverted; the hand-kept file wins."""
-    import condastack.wheeldeps as wd
+def test_conda_forge_mapping_is_inverted_and_ranked() -> None:
+    """The shipped PyPI -> conda map prefers the package named like the PyPI name, then one that
+    ships only it, then the shortest name; wrap and lock read the same map."""
+    import importlib.util
 
-    shutil.copy(wd._DATA / "pypi-mapping.yml", tmp_path / "pypi-mapping.yml")
-    (tmp_path / "conda-forge-pypi-names.json").write_text(json.dumps({
+    from condastack.wheeldeps import pypi_to_conda_names
+
+    spec = importlib.util.spec_from_file_location("make_mapping", REPO / "scripts" / "make_mapping.py")
+    mm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mm)
+    m = mm.pypi_to_conda({
         "fooish": ["foo"], "fooish-cuda": ["foo"],  # variants: the shorter name
         "gym": ["gym", "typing_extensions"], "typing_extensions": ["typing-extensions"],  # vendored: the owner
-        "bar-conda": ["bar_py"], "pytorch-cpu": ["torch"], "nothing": None}))
-    monkeypatch.setattr(wd, "_DATA", tmp_path)
-    wd.pypi_to_conda_names.cache_clear()
-    try:
-        m = wd.pypi_to_conda_names()
-        assert (m["foo"], m["bar-py"], m["torch"]) == ("fooish", "bar-conda", "pytorch")
-        assert "typing-extensions" not in m and "gym" not in m  # same name on both sides
-    finally:
-        wd.pypi_to_conda_names.cache_clear()
+        "bar-conda": ["bar_py"], "pytorch-cpu": ["torch"], "pytorch": ["torch"], "nothing": None})
+    assert (m["foo"], m["bar-py"], m["torch"]) == ("fooish", "bar-conda", "pytorch")
+    assert "typing-extensions" not in m and "gym" not in m  # same name on both sides
+    shipped = pypi_to_conda_names()
+    assert (shipped["torch"], shipped["msgpack"], shipped["tables"]) == ("pytorch", "msgpack-python", "pytables")
+    assert "typing-extensions" not in shipped
 
 
 def test_elf_reader_finds_glibc_symbol_versions(tmp_path: Path) -> None:
@@ -387,7 +389,7 @@ def test_recipe_gets_glibc_floor_from_elf(tmp_path: Path) -> None:
 ])
 def test_wrap_refuses_wheels_it_cannot_keep_faithful(tmp_path: Path, tag: str, requires: list[str],
                                                       needles: list[str]) -> None:
-    from conftest import assert_user_error
+    from tests.helpers import assert_user_error
 
     whl = write_wheel(tmp_path / "w", "oddpkg", "1.0", tag, {"oddpkg/__init__.py": ""}, requires)
     assert_user_error(run_cli("wrap", whl, "--python", PY, "--channel", tmp_path / "site"), whl.name, *needles)

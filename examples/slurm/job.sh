@@ -11,7 +11,7 @@
 # instead of deep inside the application.
 #
 #   sbatch examples/slurm/job.sh                      # env from the Lmod module
-#   ENV_MODE=squashfs sbatch examples/slurm/job.sh    # env from the SquashFS image
+#   ENV_MODE=squashfs sbatch examples/slurm/job.sh    # env from the SquashFS image, node-local
 #
 # Everything site-specific is a variable with a default below.
 set -euo pipefail
@@ -21,6 +21,7 @@ MODULE_DIR=${MODULE_DIR:-/shared/modulefiles}      # written by `condastack modu
 MODULE=${MODULE:-verl/app/0.5}
 ENV_PREFIX=${ENV_PREFIX:-/shared/envs/verl/app}    # the --prefix given to `condastack install`
 IMAGE=${IMAGE:-$ENV_PREFIX.squashfs}               # squashfs mode: the image `install` copied
+PREAMBLE=${PREAMBLE:-$ENV_PREFIX.preamble.sh}      # squashfs mode: written by `condastack slurm-preamble`
 CONDASTACK=${CONDASTACK:-condastack}               # needs only click, rich, pyyaml, py-rattler
 if [ "$#" -eq 0 ]; then set -- python -c 'import sys; print("running in", sys.prefix)'; fi
 
@@ -34,19 +35,11 @@ module)
     module load "$MODULE"
     ;;
 squashfs)
-    # The image was packed for ENV_PREFIX (its mount point); mount it for this job only.
-    MOUNTED_HERE=0
-    if ! mountpoint -q "$ENV_PREFIX"; then
-        mkdir -p "$ENV_PREFIX"
-        squashfuse "$IMAGE" "$ENV_PREFIX"
-        MOUNTED_HERE=1
-        trap '[ "$MOUNTED_HERE" = 1 ] && fusermount -u "$ENV_PREFIX"' EXIT
-    fi
-    # A read-only image has no activate.sh of `install`: set what the module would.
-    export PATH="$ENV_PREFIX/bin:$PATH" CONDA_PREFIX="$ENV_PREFIX"
-    for f in "$ENV_PREFIX"/etc/conda/activate.d/*.sh; do if [ -f "$f" ]; then . "$f"; fi; done
-    # Inside Apptainer instead:
+    # The preamble of `condastack slurm-preamble` sbcasts the image to node-local storage on
+    # every node, mounts it at the prefix it was packed for, activates the env, and unmounts
+    # it when this script exits, even on failure or cancellation. Inside Apptainer instead:
     #   apptainer exec --nv --bind "$IMAGE:$ENV_PREFIX:image-src=/" base.sif "$ENV_PREFIX/bin/python" train.py
+    . "$PREAMBLE"
     ;;
 *)
     echo "ENV_MODE must be module or squashfs, not '$ENV_MODE'" >&2

@@ -1,0 +1,110 @@
+"""Credentials in channel and index URLs: strip them before anything is written, redact them in text.
+
+Shapes handled, in any position of any text:
+- `scheme://user[:password]@host` with a scheme in any case and any characters
+  in user and password, '@' included (the authority's last '@' ends them);
+- conda tokens `/t/<token>` anywhere in a path, the end included;
+- secret-looking query parameters (`?token=...`, `&access_key=...`).
+
+Every function here runs in linear time: hand-written scans with str.find and
+bounded regexes only, because a regex such as `[a-z][a-z0-9+.-]*://` is
+quadratic on a long run of letters and hostile inputs (a 1,000,000-character
+package name) would hang the command.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import urllib.parse
+
+MASK = "***"
+# Characters that end a URL authority or a path segment in running text: ASCII controls and space,
+# quotes, '/?#'. '@' is not one of them (a password may hold it), nor is a backslash in an authority
+# (JSON writes a password's non-ASCII characters as \uXXXX), nor any non-ASCII space.
+# Each pattern starts at a literal ('://' or '/t/') and its run stops at a '/', which every next start
+# holds, so runs never overlap and a whole substitution is linear. The scheme is checked by a one-character
+# look at the character before the match instead of being matched (matching `[a-z][a-z0-9+.-]*://` is
+# quadratic on a long run of letters, and a leading lookbehind makes every position a start).
+_USERINFO = re.compile(r"://[^/?#\x00-\x20\"<>`{}|^]*@")
+_TOKEN = re.compile(r"/t/[^/?#\x00-\x20\"'<>\\`{}|^,;]+")
+# A query parameter: bounded key (so each '?'/'&' costs at most 64 steps), value up to the next separator.
+_QUERY = re.compile(r"([?&;])([A-Za-z0-9_.\-]{1,64})=([^&#;\x00-\x20\"'<>\\`]*)")
+_SECRET_KEYS = ("token", "secret", "password", "passwd", "pwd", "signature", "credential", "apikey",
+                "api_key", "api-key", "access_key", "auth", "session")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+
+
+def _is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return k in ("sig", "key", "x-amz-signature", "x-amz-credential") or any(s in k for s in _SECRET_KEYS)
+
+
+def _userinfo(text: str, repl: str) -> str:
+    if "@" not in text:
+        return text
+
+    def sub(m: re.Match) -> str:
+        return repl if m.start() and m.string[m.start() - 1] in _SCHEME_CHARS else m.group(0)
+
+    return _USERINFO.sub(sub, text)
+
+
+def _queries(text: str, drop: bool) -> str:
+    if "=" not in text:
+        return text
+
+    def sub(m: re.Match) -> str:
+        if not _is_secret_key(m.group(2)):
+            return m.group(0)
+        return "" if drop and m.group(1) != "?" else (
+            m.group(1) if drop else f"{m.group(1)}{m.group(2)}={MASK}")
+
+    out = _QUERY.sub(sub, text)
+    if drop:
+        out = out.replace("?&", "?")
+        if out.endswith("?"):
+            out = out[:-1]
+    return out
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without user:password@, /t/<token> or secret query parameters: what a lockfile may hold."""
+    url = _userinfo(url, "://")
+    if not url[:5].lower() == "file:":  # local paths carry no tokens; a folder may be called 't'
+        url = _TOKEN.sub("", url) if "/t/" in url else url
+    return _queries(url, drop=True)
+
+
+def redact(text: str) -> str:
+    """`text` with every credential in every URL replaced by ***, for output, logs and messages."""
+    text = _userinfo(text, f"://{MASK}@")
+    text = _TOKEN.sub(f"/t/{MASK}", text) if "/t/" in text else text
+    return _queries(text, drop=False)
+
+
+def with_credentials(url: str, credentials: list[str] | tuple) -> tuple[str, dict[str, str]]:
+    """The URL to download and its headers, given the credentialed channel URLs it may fall under.
+
+    A lock holds bare URLs (see strip_credentials); the stack's channel URL that
+    the bare URL starts with gives back its /t/<token>/ part or its basic auth.
+    """
+    for full in credentials:
+        bare = strip_credentials(full).rstrip("/") + "/"
+        if bare == full.rstrip("/") + "/" or not url.startswith(bare):
+            continue
+        joined = full.rstrip("/") + "/" + url[len(bare):]
+        m = next((m for m in _USERINFO.finditer(joined) if m.start() and joined[m.start() - 1] in _SCHEME_CHARS),
+                 None)
+        if m is None:
+            return joined, {}
+        s, e = m.start() + 3, m.end()
+        userinfo = joined[s:e - 1]
+        user, _, password = userinfo.partition(":")
+        auth = base64.b64encode(
+            f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()).decode()
+        return joined[:s] + joined[e:], {"Authorization": f"Basic {auth}"}
+    return url, {}
+
+
+__all__ = ["MASK", "strip_credentials", "redact", "with_credentials"]

@@ -1,0 +1,625 @@
+"""An environment.yml as users write it, read into specs, pip options, variables and channels.
+
+conda-build selectors (`# [linux and x86_64]`) are evaluated per platform,
+quoted versions (`python='3.10'`) are unquoted, `defaults` becomes the
+channels conda means by it, and the `pip:` list may hold pip's own option
+lines (`--index-url`, `-r requirements.txt`, ...). What cannot be locked
+(editable installs, local folders, unpinned VCS URLs) is refused by name
+with the fix. conda-lock stays the authority on what a single conda match
+spec or pip requirement means.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from . import yamlfile
+from .env import ENV_VAR_NAME
+from .errors import StackInvalid
+
+ENV_KEYS = ("name", "channels", "dependencies", "platforms", "pip-repositories", "allow-pypi-requests",
+            "category", "variables", "prefix")
+# What conda means by `defaults` on Linux and macOS (conda's default_channels).
+DEFAULT_CHANNELS = ("https://repo.anaconda.com/pkgs/main", "https://repo.anaconda.com/pkgs/r")
+PYPI_SIMPLE = "https://pypi.org/simple"
+
+# conda-build's selector names, true per platform (conda-build's get_selectors).
+SELECTORS: dict[str, frozenset[str]] = {
+    "linux-64": frozenset({"linux", "linux64", "unix", "x86", "x86_64"}),
+    "linux-aarch64": frozenset({"linux", "aarch64", "unix"}),
+    "linux-ppc64le": frozenset({"linux", "ppc64le", "unix"}),
+    "osx-64": frozenset({"osx", "osx64", "unix", "x86", "x86_64"}),
+    "osx-arm64": frozenset({"osx", "arm64", "unix"}),
+    "win-64": frozenset({"win", "win64", "x86", "x86_64"}),
+}
+SELECTOR_NAMES = frozenset({"linux32", "win32", "s390x", "armv6l", "armv7l"}).union(*SELECTORS.values())
+_SELECTOR = re.compile(r"(.+?)\s*(#.*)\[([^\[\]]+)\](?(2)[^\(\)]*)$")  # conda-build's own pattern
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_VCS = ("git+", "hg+", "svn+", "bzr+")
+
+
+@dataclass(frozen=True)
+class PipOptions:
+    """pip's option lines of a `pip:` list (and of the requirement files it reads)."""
+
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    trusted_hosts: tuple[str, ...] = ()
+    pre: bool = False
+    constraints: tuple[str, ...] = ()  # requirement strings read from -c files
+
+    def merged(self, child: PipOptions) -> PipOptions:
+        """This layer's options with a child's on top: the child's --index-url wins, lists add up."""
+        def add(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+            return a + tuple(x for x in b if x not in a)
+
+        return PipOptions(index_url=child.index_url or self.index_url,
+                          extra_index_urls=add(self.extra_index_urls, child.extra_index_urls),
+                          find_links=add(self.find_links, child.find_links),
+                          trusted_hosts=add(self.trusted_hosts, child.trusted_hosts),
+                          pre=self.pre or child.pre, constraints=add(self.constraints, child.constraints))
+
+    def to_json(self, clean: Any = str) -> dict[str, Any]:
+        d = asdict(self)
+        d["index_url"] = clean(self.index_url) if self.index_url else None
+        for k in ("extra_index_urls", "find_links"):
+            d[k] = [clean(u) for u in d[k]]
+        return d
+
+
+@dataclass(frozen=True)
+class EnvFile:
+    """One environment.yml, read for every platform of the stack."""
+
+    path: Path
+    channels: tuple[str, ...]
+    conda: dict[str, tuple[str, ...]]  # platform -> conda match specs
+    pip: dict[str, tuple[str, ...]]  # platform -> pip requirement strings
+    pip_options: PipOptions = PipOptions()
+    variables: dict[str, str] = field(default_factory=dict)
+    pip_repositories: tuple[str, ...] = ()
+    includes: tuple[tuple[str, str], ...] = ()  # (requirements/constraints file, sha256)
+
+
+@dataclass(frozen=True)
+class Where:
+    """A place in a layer file (or a -r/-c file it reads), for error messages."""
+
+    file: Path
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}, line {self.line}" if self.line else str(self.file)
+
+
+def _bad(where: Where | str, problem: str) -> StackInvalid:
+    if isinstance(where, Where):
+        return StackInvalid(where.file, problem, where.line)
+    return StackInvalid(where, problem)
+
+
+@dataclass(frozen=True)
+class EnvShape:
+    """The parts of an environment.yml that need no spec parsing."""
+
+    channels: tuple[str, ...]
+    pip_repositories: tuple[str, ...] = ()
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+def _where(path: Path, line: int | None) -> Where:
+    return Where(Path(path), line)
+
+
+# --------------------------------------------------------------------------- selectors
+
+
+def eval_selector(cond: str, platform: str, *, where: Where | str) -> bool:
+    """A conda-build selector (`not win`, `linux and x86_64`, `(osx or linux) and not aarch64`)."""
+    try:
+        tree = ast.parse(cond.strip(), mode="eval")
+    except SyntaxError:
+        raise _bad(where, f"selector [{cond}] is not an expression like [linux and not aarch64].") \
+            from None
+    true = SELECTORS[platform]
+
+    def ev(node: ast.AST) -> bool:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.BoolOp):
+            vals = [ev(v) for v in node.values]
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not ev(node.operand)
+        if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in SELECTOR_NAMES:
+            return node.id in true
+        what = node.id if isinstance(node, ast.Name) else ast.unparse(node)
+        raise _bad(
+            where, f"selector [{cond}] uses '{what}', which condastack cannot evaluate before solving "
+            f"(known: {', '.join(sorted(SELECTOR_NAMES))}, with not/and/or). Use a pip marker or a separate layer.")
+
+    return ev(tree)
+
+
+def apply_selectors(text: str, platform: str, path: Path) -> str:
+    """The file's text for one platform: lines whose selector is false are blanked (line numbers stay)."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        m = _SELECTOR.match(line)
+        if m and not line.lstrip().startswith("#"):
+            line = line if eval_selector(m.group(3), platform, where=_where(path, n)) else ""
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- YAML with item lines
+
+
+def _load(text: str, path: Path) -> Any:
+    try:
+        return yamlfile.parse(text)
+    except yaml.YAMLError as e:
+        problem, line = yamlfile.error_place(e)
+        raise _bad(_where(path, line), f"malformed YAML: {problem}.") from None
+
+
+_line = yamlfile.line_of
+
+
+# --------------------------------------------------------------------------- channels, variables
+
+
+def expand_channels(channels: list[str]) -> list[str]:
+    """`defaults` as conda means it; `nodefaults` only says "do not add defaults", which condastack never does."""
+    out: list[str] = []
+    for ch in channels:
+        for c in DEFAULT_CHANNELS if ch == "defaults" else () if ch == "nodefaults" else (ch,):
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def _variables(data: Any, path: Path) -> dict[str, str]:
+    raw = data.get("variables")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _bad(_where(path, _line(data, 'variables')), "'variables' must map names to values, "
+                              "e.g. variables: {OMP_NUM_THREADS: \"8\"}.")
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        where = _where(path, _line(raw, k))
+        if not isinstance(k, str) or not ENV_VAR_NAME.match(k):
+            raise _bad(where, f"'{k}' is not an environment variable name (letters, digits, '_').")
+        if v is None or isinstance(v, (dict, list)):
+            raise _bad(where, f"variable {k} needs a plain value (a string or number).")
+        out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+    return out
+
+
+# --------------------------------------------------------------------------- pip lines
+
+_OPTS_WITH_VALUE = {"-i": "index_url", "--index-url": "index_url", "--extra-index-url": "extra_index_urls",
+                    "-f": "find_links", "--find-links": "find_links", "--trusted-host": "trusted_hosts",
+                    "-r": "requirement", "--requirement": "requirement", "-c": "constraint",
+                    "--constraint": "constraint", "-e": "editable", "--editable": "editable"}
+_REQ_URL = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*(?:\[[^\]]*\])?)\s*@\s*(?P<url>\S+)(?P<rest>.*)$")
+_EDITABLE_FIX = ("cannot be locked or packed: build a wheel (`pip wheel PATH`) and publish it to an index "
+                 "(--extra-index-url) or list it as `name @ https://…/name.whl`, or wrap it with `condastack wrap`")
+
+
+@dataclass
+class _PipState:
+    """What the `pip:` list of one file says for one platform (filled line by line)."""
+
+    platform: str
+    reqs: list[str] = field(default_factory=list)
+    opts: dict[str, Any] = field(default_factory=lambda: {"index_url": None, "extra_index_urls": [],
+                                                            "find_links": [], "trusted_hosts": [],
+                                                            "pre": False, "constraints": []})
+    includes: dict[str, str] = field(default_factory=dict)
+    reading: tuple[Path, ...] = ()
+
+
+def _pip_option(line: str, base: Path, where: Where, st: _PipState) -> None:
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError as e:
+        raise _bad(where, f"cannot read pip option line '{line}': {e}.") from None
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        opt, eq, value = tok.partition("=") if tok.startswith("--") else (tok, "", "")
+        if opt in ("-e", "--editable") or opt.startswith("-e"):
+            raise _bad(where, f"editable pip dependency '{line}' {_EDITABLE_FIX}.")
+        if opt == "--pre":
+            st.opts["pre"] = True
+            i += 1
+            continue
+        if opt not in _OPTS_WITH_VALUE:
+            raise _bad(
+                where, f"pip option '{opt}' is not supported in a layer's pip: list (supported: --index-url, "
+                "--extra-index-url, --find-links/-f, --trusted-host, --pre, -r/--requirement, -c/--constraint). "
+                "Remove it, or give it to pip yourself outside the lock.")
+        if not eq and len(tok) > 2 and not tok.startswith("--"):
+            value = tok[2:]  # -rrequirements.txt, as pip allows
+        elif not eq:
+            i += 1
+            if i >= len(tokens):
+                raise _bad(where, f"pip option '{opt}' needs a value.")
+            value = tokens[i]
+        _pip_option_value(_OPTS_WITH_VALUE[opt], value, base, where, st)
+        i += 1
+
+
+def _pip_option_value(kind: str, value: str, base: Path, where: Where, st: _PipState) -> None:
+    if kind == "index_url":
+        st.opts["index_url"] = value
+    elif kind in ("extra_index_urls", "trusted_hosts"):
+        if value not in st.opts[kind]:
+            st.opts[kind].append(value)
+    elif kind == "find_links":
+        link = value if "://" in value else (base / value).resolve().as_uri()
+        if link not in st.opts["find_links"]:
+            st.opts["find_links"].append(link)
+    elif kind in ("requirement", "constraint"):
+        _read_requirements_file(base / value, where, st, constraints=kind == "constraint")
+
+
+def _read_requirements_file(path: Path, where: Where, st: _PipState, *, constraints: bool) -> None:
+    """A -r/-c file, relative to the file naming it; its content enters the lock's content hash."""
+    path = path.resolve()
+    what = "constraints" if constraints else "requirements"
+    if path in st.reading:
+        raise _bad(where, f"{what} file {path} includes itself.")
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "not UTF-8 text"
+        raise _bad(where, f"cannot read {what} file {path}: {why}.") from None
+    st.includes[str(path)] = hashlib.sha256(data).hexdigest()
+    outer, st.reading = st.reading, (*st.reading, path)
+    try:
+        joined = re.sub(r"[ \t]*\\\n[ \t]*", " ", text)  # pip's line continuation
+        for n, raw in enumerate(joined.splitlines(), 1):
+            line = raw.split(" #", 1)[0].strip()
+            if not line or line.startswith("#"):
+                continue
+            if constraints and not line.startswith("-"):
+                st.opts["constraints"].append(_requirement(line, path.parent, _where(path, n), st.platform))
+            else:
+                _pip_line(line, path.parent, _where(path, n), st)
+    finally:
+        st.reading = outer
+
+
+def _pip_line(line: str, base: Path, where: Where, st: _PipState) -> None:
+    if line.startswith("-"):
+        _pip_option(line, base, where, st)
+        return
+    req = _requirement(line, base, where, st.platform)
+    if req and req not in st.reqs:
+        st.reqs.append(req)
+
+
+def _requirement(line: str, base: Path, where: Where, platform: str) -> str:
+    """A pip requirement that can be locked (as written), '' when its marker is false on `platform`."""
+    if " --" in line:
+        raise _bad(where, f"per-requirement pip options in '{line}' are not supported; the lock "
+                              "records each file's sha256 itself. Remove the options.")
+    if line.startswith(_VCS):
+        egg = re.search(r"#egg=([A-Za-z0-9._-]+)", line)
+        if not egg:
+            raise _bad(where, f"VCS requirement '{line}' names no package; write it as "
+                                  "`name @ git+https://…@<commit>`.")
+        line = f"{egg.group(1)} @ {line.split('#', 1)[0]}"
+    m = _REQ_URL.match(line)
+    if m:
+        _check_url(m.group("url"), line, base, where)
+    elif line.startswith((".", "/", "~")) or ("/" in line.split(";")[0] and "://" not in line) \
+            or line.startswith("file:"):
+        raise _bad(where, f"pip requirement '{line}' is a local path, which {_EDITABLE_FIX}.")
+    from conda_lock.src_parser.markers import evaluate_marker
+    from conda_lock.src_parser.pyproject_toml import parse_python_requirement
+
+    from .solve import mapping_url
+
+    try:
+        dep = parse_python_requirement(line, manager="pip", category="main", mapping_url=mapping_url())
+    except Exception as e:  # conda-lock raises plain ValueErrors and packaging errors
+        raise _bad(where, f"bad pip requirement '{line}': {e}") from None
+    return line if evaluate_marker(dep.markers, platform) else ""
+
+
+def _check_url(url: str, line: str, base: Path, where: Where) -> None:
+    """VCS URLs must pin a commit; file: URLs must name an archive, not a folder."""
+    if url.startswith(_VCS):
+        rest = url.split("://", 1)[-1].split("#", 1)[0]
+        path = rest.split("/", 1)[1] if "/" in rest else ""
+        ref = path.rsplit("@", 1)[1] if "@" in path else ""
+        if not _COMMIT.match(ref):
+            got = f"'{ref}', not a commit" if ref else "no commit"
+            raise _bad(
+                where, f"VCS requirement '{line}' pins {got}. A branch or tag moves while the lock stays, so "
+                f"pin the full 40-character commit: `…@<commit>` (`git ls-remote URL {ref or 'HEAD'}` prints it).")
+    elif url.startswith("file:"):
+        target = Path(url.split("://", 1)[-1] if "://" in url else url[5:])
+        if target.is_dir() or not target.name.endswith((".whl", ".tar.gz", ".zip", ".tar.bz2")):
+            raise _bad(where, f"pip requirement '{line}' is a local folder, which {_EDITABLE_FIX}.")
+    elif not re.match(r"^https?://", url):
+        raise _bad(where, f"pip requirement '{line}' has URL '{url}', which is not http(s), "
+                              "file: or a VCS URL.")
+
+
+# --------------------------------------------------------------------------- the file
+
+
+_VER = r"\d[A-Za-z0-9_.+]*"
+_FAST_SPEC = re.compile(rf"^([a-z0-9_][a-z0-9_.-]*)(?: +((?:(?:>=|<=|<|>|!=){_VER}\*?|{_VER}\.\*)"
+                        rf"(?:,(?:>=|<=|<|>|!=){_VER}\*?)*))?$")
+
+
+def fast_conda_spec(spec: str) -> str | None:
+    """A plain spec as conda-lock would write it, without importing conda-lock (~0.6 s), or None.
+
+    Only `name` and `name <ops-version>` / `name X.Y.*` qualify, the forms conda-lock
+    reads back unchanged (tests/test_lock.py checks each against conda-lock).
+    """
+    m = _FAST_SPEC.match(spec.strip())
+    if m is None:
+        return None
+    return f"{m.group(1)} {m.group(2)}" if m.group(2) else m.group(1)
+
+
+def conda_spec(spec: str, where: Where) -> str:
+    """One conda dependency as a MatchSpec string; `python='3.10'` is read as conda reads it."""
+    clean = spec.replace("'", "").replace('"', "").strip()
+    fast = fast_conda_spec(clean)
+    return fast if fast is not None else _conda_lock_spec(spec, where)
+
+
+def _conda_lock_spec(spec: str, where: Where) -> str:
+    from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
+
+    from .solve import to_match_spec
+
+    clean = spec.replace("'", "").replace('"', "").strip()
+    try:
+        return to_match_spec(conda_spec_to_versioned_dep(clean, "main"))
+    except Exception as e:  # conda-lock raises plain ValueErrors for bad specs
+        raise _bad(where, f"'{spec}' is not a conda match spec: {e}") from None
+
+
+def _is_conda_entry(d: Any) -> bool:
+    return isinstance(d, (str, int, float)) and not isinstance(d, bool)
+
+
+def _dependencies(data: Any, path: Path, layer: str) -> list[Any]:
+    """The `dependencies:` list, each entry checked to be a conda spec or a `pip:` list (specs unchecked)."""
+    deps = data.get("dependencies")
+    if deps is None:
+        return []  # conda treats a file without dependencies as an empty environment
+    if not isinstance(deps, list):
+        raise _bad(_where(path, _line(data, "dependencies")), f"'dependencies' of layer '{layer}' must be a list.")
+    for i, d in enumerate(deps):
+        pip_list = isinstance(d, dict) and set(d) <= {"pip"} and isinstance(d.get("pip") or [], list)
+        if d is not None and not _is_conda_entry(d) and not pip_list:
+            raise _bad(_where(path, _line(deps, i)), f"layer '{layer}': each dependency must be a conda spec "
+                       f"string or a 'pip:' list, not {json.dumps(d, default=str)}.")
+    return deps
+
+
+def _platform_deps(data: Any, path: Path, layer: str, platform: str) -> tuple[list[str], _PipState]:
+    deps = _dependencies(data, path, layer)
+    conda: list[str] = []
+    st = _PipState(platform=platform)
+    has_pip = False
+    for i, d in enumerate(deps):
+        if d is None:
+            continue
+        if _is_conda_entry(d):
+            ms = conda_spec(str(d), _where(path, _line(deps, i)))
+            if ms not in conda:
+                conda.append(ms)
+            continue
+        pip_list = d.get("pip") or []
+        has_pip = has_pip or d.get("pip") is not None
+        for j, req in enumerate(pip_list):
+            if req is not None:
+                _pip_line(str(req).strip(), path.parent, _where(path, _line(pip_list, j)), st)
+    if has_pip and not any(c.split()[0].split("::")[-1] == "pip" for c in conda):
+        conda.append("pip")  # conda-lock adds pip wherever a pip: list is
+    return conda, st
+
+
+def _top(data: Any, path: Path, layer: str) -> tuple[list[str], list[str]]:
+    for key in data:
+        if key not in ENV_KEYS:
+            raise _bad(_where(path, _line(data, key)), f"unknown key '{key}' in layer '{layer}' "
+                                  f"(an environment.yml has: {', '.join(sorted(ENV_KEYS))}).")
+    out = []
+    for key in ("channels", "pip-repositories"):
+        v = data.get(key) or []
+        v = [v] if isinstance(v, str) else v
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise _bad(_where(path, _line(data, key)), f"'{key}' must be a list of strings.")
+        out.append(list(v))
+    return out[0], out[1]
+
+
+def _read_text(path: Path, layer: str) -> tuple[bytes, str]:
+    try:
+        data = path.read_bytes()
+        return data, data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StackInvalid(path, f"layer file of '{layer}' is not UTF-8 text ({e.reason} at byte {e.start}).") \
+            from None
+    except OSError as e:
+        raise StackInvalid(path, f"cannot read the layer file of '{layer}': {e.strerror}.") from None
+
+
+def _platform_data(path: Path, text: str, platform: str, layer: str) -> Any:
+    """The file as YAML for one platform, after selectors; an empty file is an empty mapping."""
+    data = _load(apply_selectors(text, platform, path), path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StackInvalid(path, f"layer '{layer}' must be a conda environment.yml (a mapping with 'dependencies').")
+    return data
+
+
+@contextlib.contextmanager
+def _naming_layer(layer: str) -> Iterator[None]:
+    """Every problem found in a layer file names the layer as well as the file."""
+    try:
+        yield
+    except StackInvalid as e:
+        if f"'{layer}'" in e.problem:  # it already does
+            raise
+        raise StackInvalid(e.file, f"layer '{layer}': {e.problem}", e.line) from None
+
+
+def read_env_shape(path: Path, platforms: list[str] | tuple[str, ...], *, layer: str) -> EnvShape:
+    """What loading a stack needs of a layer file, checked for every platform without conda-lock:
+    its keys, channels, pip-repositories, variables and the form of its dependencies (not each spec)."""
+    with _naming_layer(layer):
+        return _read_env_shape(Path(path), platforms, layer)
+
+
+def _read_env_shape(path: Path, platforms: list[str] | tuple[str, ...], layer: str) -> EnvShape:
+    _, text = _read_text(path, layer)
+    datas = [_platform_data(path, text, plat, layer) for plat in platforms]
+    channels, repos = _top(datas[0], path, layer)
+    variables = _variables(datas[0], path)
+    for data in datas:
+        _dependencies(data, path, layer)
+    return EnvShape(channels=tuple(expand_channels(channels)), pip_repositories=tuple(repos), variables=variables)
+
+
+def load_env_file(path: Path, platforms: list[str] | tuple[str, ...], *, layer: str) -> EnvFile:
+    """Read one layer's environment.yml for each platform (selectors, pip options, variables).
+
+    Checking specs needs conda-lock, whose import costs ~0.6 s, so results are cached by the
+    file's content and path and the content of every -r/-c file it read: a no-op `lock` never
+    imports it.
+    """
+    path = Path(path)
+    data, text = _read_text(path, layer)
+    cached = _cache_file(path, data, list(platforms))
+    hit = _from_cache(cached, path)
+    if hit is not None:
+        return hit
+    with _naming_layer(layer):
+        env = _read_env_file(path, text, list(platforms), layer)
+    _to_cache(cached, env)
+    return env
+
+
+def _cache_file(path: Path, data: bytes, platforms: list[str]) -> Path:
+    from importlib.metadata import version
+
+    from . import __version__
+    from .layout import cache_root
+    from .solve import MAPPING_FILE  # a data path only: solve.py imports no solver at module level
+
+    key = hashlib.sha256(b"|".join([b"envfile-1", str(path.resolve()).encode(), data, ",".join(platforms).encode(),
+                                    version("conda-lock").encode(), __version__.encode(),
+                                    Path(__file__).read_bytes(), MAPPING_FILE.read_bytes()])).hexdigest()
+    return cache_root() / "envfiles" / f"{key}.json"
+
+
+def _from_cache(cached: Path, path: Path) -> EnvFile | None:
+    try:
+        d = json.loads(cached.read_text())
+        for inc, sha in d["includes"]:
+            if hashlib.sha256(Path(inc).read_bytes()).hexdigest() != sha:
+                return None
+        o = d["pip_options"]
+        opts = PipOptions(index_url=o["index_url"], pre=bool(o["pre"]),
+                          **{k: tuple(o[k]) for k in ("extra_index_urls", "find_links", "trusted_hosts",
+                                                      "constraints")})
+        return EnvFile(path=path, channels=tuple(d["channels"]),
+                       conda={k: tuple(v) for k, v in d["conda"].items()},
+                       pip={k: tuple(v) for k, v in d["pip"].items()}, pip_options=opts,
+                       variables=dict(d["variables"]), pip_repositories=tuple(d["pip_repositories"]),
+                       includes=tuple((a, b) for a, b in d["includes"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _to_cache(cached: Path, env: EnvFile) -> None:
+    from .fsutil import atomic_write_text
+
+    d = asdict(env)
+    d.pop("path")
+    try:
+        atomic_write_text(cached, json.dumps(d))
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+def _read_env_file(path: Path, text: str, platforms: list[str], layer: str) -> EnvFile:
+    conda: dict[str, tuple[str, ...]] = {}
+    pip: dict[str, tuple[str, ...]] = {}
+    opts = PipOptions()
+    includes: dict[str, str] = {}
+    channels: list[str] = []
+    repos: list[str] = []
+    variables: dict[str, str] = {}
+    for n, plat in enumerate(platforms):
+        data = _platform_data(path, text, plat, layer)
+        if n == 0:
+            channels, repos = _top(data, path, layer)
+            variables = _variables(data, path)
+        c, st = _platform_deps(data, path, layer, plat)
+        conda[plat], pip[plat] = tuple(c), tuple(st.reqs)
+        opts = opts.merged(PipOptions(index_url=st.opts["index_url"], pre=st.opts["pre"],
+                                      **{k: tuple(st.opts[k]) for k in ("extra_index_urls", "find_links",
+                                                                        "trusted_hosts", "constraints")}))
+        includes.update(st.includes)
+    return EnvFile(path=path, channels=tuple(expand_channels(channels)), conda=conda, pip=pip, pip_options=opts,
+                   variables=variables, pip_repositories=tuple(repos), includes=tuple(sorted(includes.items())))
+
+
+def apply_constraints(reqs: list[str], constraints: tuple[str, ...] | list[str]) -> list[str]:
+    """pip's -c: a constraint narrows a requirement of the same name (it never adds a package)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    narrow: dict[str, list[str]] = {}
+    for c in constraints:
+        try:
+            r = Requirement(c)
+        except InvalidRequirement:
+            continue
+        if str(r.specifier):
+            narrow.setdefault(canonicalize_name(r.name), []).append(str(r.specifier))
+    out = []
+    for line in reqs:
+        try:
+            r = Requirement(line)
+        except InvalidRequirement:
+            out.append(line)
+            continue
+        extra = narrow.get(canonicalize_name(r.name))
+        if not extra or r.url:
+            out.append(line)
+            continue
+        spec = ",".join([s for s in [str(r.specifier), *extra] if s])
+        name = r.name + (f"[{','.join(sorted(r.extras))}]" if r.extras else "")
+        out.append(f"{name}{spec}" + (f"; {r.marker}" if r.marker else ""))
+    return out

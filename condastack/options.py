@@ -1,0 +1,71 @@
+"""Click options shared by several commands, defined once (as pip-tools' scripts/options.py).
+
+Each is a decorator: `@json_option` on a command gives it `--json` bound to `as_json`.
+Options whose help depends on the command (`--prefix`) are made by a function.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def prefix_option(help: str, *, required: bool = False, file_okay: bool = True) -> Callable[[F], F]:  # noqa: A002
+    """`--prefix PATH`: an environment folder on this machine; what it means is the command's `help`."""
+    return click.option("--prefix", required=required, help=help,
+                        type=click.Path(file_okay=file_okay, path_type=Path))
+
+
+def limit_options(f: F) -> F:
+    """`--max-members` / `--max-bytes`: the extraction limits of the shared archive gate."""
+    f = click.option("--max-bytes", type=click.IntRange(0), metavar="N",
+                     help="Refuse archives larger than N bytes once expanded "
+                     "(default: $CONDASTACK_MAX_BYTES, else no limit).")(f)
+    return click.option("--max-members", type=click.IntRange(0), metavar="N",
+                        help="Refuse archives with more than N members "
+                        "(default: $CONDASTACK_MAX_MEMBERS, else no limit).")(f)
+
+
+# --------------------------------------------------------------------------- verbosity
+
+
+def configure_logging(verbose: int) -> None:
+    """Debug logs from -vv on; the level follows the last -v seen (before or after the subcommand)."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+def _more_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    obj = ctx.find_root().obj
+    if value and obj is not None:
+        obj.verbose += value
+        configure_logging(obj.verbose)
+
+
+def _quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    obj = ctx.find_root().obj
+    if value and obj is not None:
+        obj.quiet = True
+
+
+def verbosity_options(f: F) -> F:
+    """`-v` (repeatable) and `-q`, accepted after the subcommand as well as before it.
+
+    They only update the group's context object (fields `verbose`, `quiet`), so
+    `condastack -q build app` and `condastack build app -q` mean the same.
+    """
+    f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_quiet,
+                     help="Only errors.")(f)
+    return click.option("-v", "--verbose", count=True, expose_value=False, callback=_more_verbose,
+                        help="More output (repeat for debug logs).")(f)
+
+
+__all__ = ["json_option", "prefix_option", "limit_options", "verbosity_options", "configure_logging"]

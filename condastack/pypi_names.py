@@ -1,0 +1,69 @@
+"""conda-forge <-> PyPI names, from the compact mapping shipped in data/ (no network).
+
+`data/conda-pypi-names.json` lists only the conda-forge names whose PyPI names
+differ (built by scripts/make_mapping.py); any other name provides itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+
+NAMES_FILE = Path(__file__).parent / "data" / "conda-pypi-names.json"
+
+
+def canonical(name: str) -> str:
+    """A PyPI name in its PEP 503 normal form (also used to compare conda names)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@functools.cache
+def _table() -> dict[str, list[str]]:
+    return {canonical(k): v for k, v in json.loads(NAMES_FILE.read_text())["conda_to_pypi"].items()}
+
+
+@functools.cache
+def _inverse() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for conda, pypi in json.loads(NAMES_FILE.read_text())["conda_to_pypi"].items():
+        for p in pypi:
+            out.setdefault(p, []).append(conda)
+    return out
+
+
+@functools.cache
+def pypi_to_conda() -> dict[str, str]:
+    """Canonical PyPI name -> the one conda-forge name it maps to, for the names that differ."""
+    return dict(json.loads(NAMES_FILE.read_text())["pypi_to_conda"])
+
+
+def pypi_names_for_conda(name: str) -> list[str]:
+    """The PyPI distributions a conda-forge package provides."""
+    return list(_table().get(canonical(name), [canonical(name)]))
+
+
+def conda_names_for_pypi(name: str) -> list[str]:
+    """The conda-forge names that provide a PyPI distribution (itself included when unlisted)."""
+    cname = canonical(name)
+    out = list(_inverse().get(cname, []))
+    if cname not in _table() and cname not in out:
+        out.append(cname)
+    return out
+
+
+def conda_lock_mapping(cache: Path) -> Path:
+    """The mapping in conda-lock's own format ({pypi: {conda_name, ...}}), written once to `cache`."""
+    data = NAMES_FILE.read_bytes()
+    import hashlib
+
+    path = Path(cache) / f"pypi-mapping-{hashlib.sha256(data).hexdigest()[:16]}.json"
+    if path.is_file():
+        return path
+    out = {p: {"pypi_name": p, "conda_name": c, "conda_forge": c}
+           for p, c in json.loads(data)["pypi_to_conda"].items()}
+    from .fsutil import atomic_write_text
+
+    atomic_write_text(path, json.dumps(out, sort_keys=True))
+    return path

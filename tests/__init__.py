@@ -1,0 +1,1 @@
+"""condastack's test suite (a package, so that tests import tests.helpers)."""

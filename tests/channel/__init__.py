@@ -1,0 +1,1 @@
+"""The offline test channel builder (tests.channel.testchannel)."""

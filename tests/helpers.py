@@ -1,0 +1,117 @@
+"""What tests share besides fixtures: run the CLI as a user would, check a user error, write projects.
+
+Imported as `from tests.helpers import ...` (tests/ is a package; pytest puts the
+repository root on sys.path for it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, str(REPO / "cli.py")]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600) -> Result:
+    """Run `python cli.py ARGS` in a subprocess, as a user would."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    p = subprocess.run([*CLI, *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True,
+                       timeout=timeout)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def assert_user_error(res: Result, *needles: str) -> None:
+    """Exit 1, no traceback, and the message contains every needle."""
+    assert res.returncode == 1, f"exit {res.returncode}\n{res.output}"
+    assert "Traceback" not in res.output, res.output
+    for n in needles:
+        assert n in res.output, f"{n!r} not in:\n{res.output}"
+
+
+def write_project(root: Path, stack: str, layers: dict[str, str]) -> Path:
+    """Write environments/stack.yml and its layer files under root."""
+    env = root / "environments"
+    env.mkdir(parents=True, exist_ok=True)
+    (env / "stack.yml").write_text(textwrap.dedent(stack).lstrip())
+    for name, text in layers.items():
+        (env / name).write_text(textwrap.dedent(text).lstrip())
+    return root
+
+
+def write_pip_project(root: Path, channel_url: str, index_url: str, platforms: list[str]) -> Path:
+    """base: python + pip + pip tinylib==1.0; app extends base with pip tinyapp (needs tinylib)."""
+    return write_project(root, f"""
+        name: piptest
+        platforms: [{", ".join(platforms)}]
+        pip-index: ["{index_url}"]
+        layers:
+          base: {{file: base.yml}}
+          app: {{file: app.yml, extends: base}}
+        """, {
+        "base.yml": f"""
+            channels: ["{channel_url}"]
+            dependencies:
+              - python 3.11.*
+              - pip
+              - pip:
+                - tinylib==1.0
+            """,
+        "app.yml": """
+            dependencies:
+              - pip:
+                - tinyapp
+            """,
+    })
+
+
+
+# --------------------------------------------------------------------------- a local PyPI index
+
+
+def make_wheel(folder: Path, name: str, version: str, *, requires: list[str] | None = None,
+               scripts: dict[str, str] | None = None) -> Path:
+    """Write a small pure-python wheel by hand (PEP 427), with an optional console script."""
+    import base64
+    import hashlib
+    import zipfile
+
+    mod = name.replace("-", "_")
+    dist = f"{mod}-{version}.dist-info"
+    files: dict[str, str] = {
+        f"{mod}/__init__.py": f'__version__ = "{version}"\n\ndef main():\n    print("{name} {version} running")\n',
+        f"{dist}/METADATA": "Metadata-Version: 2.1\n" f"Name: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires or []),
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: condastack-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    if scripts:
+        files[f"{dist}/entry_points.txt"] = "[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in scripts.items())
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
+    out = folder / f"{mod}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(out, "w") as z:
+        for path, text in files.items():
+            info = zipfile.ZipInfo(path, date_time=(2024, 1, 1, 0, 0, 0))
+            z.writestr(info, text)
+    return out

@@ -1,0 +1,68 @@
+"""Malformed conda-meta records in a built env: `verify` and `pack` name the record and exit 1.
+
+Bad JSON, a record that is not an object, fields of the wrong type, paths that leave the
+prefix, and a record without `link.source` (which conda-pack needs) used to be exit 70. The
+canary folder beside the env is unchanged and no archive or temporary is left.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import assert_user_error, run_cli, write_project
+
+TMP = ".condastack-tmp-"
+RECORDS = {
+    "not-json": "{not json",
+    "a-list": "[]",
+    "name-not-string": json.dumps({"name": 3, "files": []}),
+    "files-not-list": json.dumps({"name": "libhello", "files": 7}),
+    "paths-data-not-list": json.dumps({"name": "libhello", "paths_data": {"paths": "bin/x"}}),
+    "files-dotdot": json.dumps({"name": "libhello", "files": ["../../canary/keep.txt"]}),
+    "paths-data-absolute": json.dumps({"name": "libhello", "paths_data": {"paths": [{"_path": "/etc/hostname"}]}}),
+}
+WHY = {"not-json": "unreadable package record", "a-list": "not an object", "name-not-string": "'name'",
+       "files-not-list": "'files'", "paths-data-not-list": "paths_data", "files-dotdot": "not normalized",
+       "paths-data-absolute": "is absolute", "no-link": "link.source"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("meta")
+    proj = write_project(root / "proj", "name: m\nplatforms: [linux-64]\nvirtual-packages:\n"
+                         "  linux-64: {__glibc: '2.28'}\nlayers:\n  app: {file: app.yml}\n",
+                         {"app.yml": f'channels: ["{channel_url}"]\ndependencies:\n  - libhello\n'})
+    env = {"CONDASTACK_PKGS": str(root / "pkgs")}
+    for args in (["lock"], ["build", "app"]):
+        res = run_cli("-C", proj, *args, env=env)
+        assert res.returncode == 0, res.output
+    (proj / "canary").mkdir()
+    (proj / "canary" / "keep.txt").write_text("keep\n")
+    record = next((proj / "envs" / "app" / "conda-meta").glob("libhello-*.json"))
+    return {"proj": proj, "env": env, "record": record}
+
+
+CASES = [(c, "verify") for c in [*RECORDS, "no-link"]] + [
+    (c, "pack") for c in ("not-json", "a-list", "files-not-list", "files-dotdot", "no-link")]
+
+
+@pytest.mark.parametrize(("case", "cmd"), CASES)
+def test_malformed_conda_meta_record(case: str, cmd: str, env: dict[str, Path], tmp_path: Path) -> None:
+    good = env["record"].read_text()
+    bad = RECORDS.get(case) or json.dumps({k: v for k, v in json.loads(good).items() if k != "link"})
+    env["record"].write_text(bad)
+    try:
+        args = ["pack", "app", "-o", tmp_path / "out" / "a.tar.zst"] if cmd == "pack" else ["verify", "app"]
+        res = run_cli("-C", env["proj"], *args, env=env["env"])
+    finally:
+        env["record"].write_text(good)
+    if case == "no-link" and cmd == "verify":  # verify does not need link.source: the env is intact
+        assert res.returncode == 0, res.output
+        return
+    assert_user_error(res, env["record"].name, WHY[case])
+    assert (env["proj"] / "canary" / "keep.txt").read_text() == "keep\n"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert not [p for p in env["proj"].rglob("*") if TMP in p.name]
