@@ -434,9 +434,9 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
 
 def _relocate_extracted(archive: Path, tmp: Path, dest: Path) -> int:
     """Relocate an extracted env from `tmp` to `dest`; the number of files rewritten."""
-    if _read_state(tmp) is None:
-        return 0  # an archive with no placeholder records (not an env) is only extracted
     try:
+        if _read_state(tmp) is None:
+            return 0  # an archive with no placeholder records (not an env) is only extracted
         return relocate(tmp, as_prefix=dest).files_changed
     except CondastackError as e:  # name the archive and the final path, not our temporary
         raise ArchiveRefused(archive, str(e).replace(str(tmp), str(dest)).rstrip(".")) from None
