@@ -597,7 +597,11 @@ def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Pat
 
 def _compile_as_final(python: Path, tmp: Path, final: Path, wheels: tuple | list,
                       env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Byte-compile what pip installed, recording the final paths in the .pyc files."""
+    """Byte-compile what pip installed, recording the final paths in the .pyc files.
+
+    Checked-hash .pyc files: they stay valid whatever mtimes the files get later (a pack
+    clamps the ones written at build time), so python never recompiles them at start-up.
+    """
     names = {canonical_name(w.name) for w in wheels}
     sources: list[str] = []
     for sp in site_packages_dirs(tmp):
@@ -608,7 +612,8 @@ def _compile_as_final(python: Path, tmp: Path, final: Path, wheels: tuple | list
                 rel = line.split(",", 1)[0]
                 if rel.endswith(".py"):
                     sources.append(os.path.normpath(sp / rel))
-    return subprocess.run([str(python), "-m", "compileall", "-q", "-s", str(tmp), "-p", str(final), "-i", "-"],
+    return subprocess.run([str(python), "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
+                           "-s", str(tmp), "-p", str(final), "-i", "-"],
                           input="\n".join(sources) + "\n", capture_output=True, text=True, env=env)
 
 

@@ -34,15 +34,18 @@ Beside ARCHIVE go `ARCHIVE.sha256` (sha256sum format) and
     placeholders    [{file, placeholder, mode}] files that still hold a placeholder
                     (mode "text" or "binary"); empty when dest_prefix is set
     level, threads  compression settings used
-    built_from      what the archive was made from: {lock_hash, lockfile, mtime (of every
-                    member), mtime_from ("SOURCE_DATE_EPOCH" or "packages": the newest build
+    built_from      what the archive was made from: {lock_hash, lockfile, mtime (the newest
+                    member mtime: later ones are clamped to it), mtime_from ("SOURCE_DATE_EPOCH" or "packages": the newest build
                     time of the locked packages), dest_prefix, format, level, tools (versions)}
     created_by, created
 
 Archives are reproducible: the same env (or two envs of one lock packed for the same
 --dest-prefix) gives byte-identical archives. Members come in an order fixed by the env's
-content, all with one mtime and owner 0:0, and the compressors' output does not depend on
-the thread count. Package records name the content the archive holds for each placeholder
+content, all owned by 0:0, and the compressors' output does not depend on the thread count.
+Mtimes are clamped, not forced: what the build or the pack wrote (records, links, staged
+files) gets `built_from.mtime`; files from packages keep the mtimes their package archives
+gave them, the same for every env of one lock, so the timestamp .pyc files they come with
+stay valid after an unpack (one mtime for all would make python recompile at every start). Package records name the content the archive holds for each placeholder
 file (`sha256_in_prefix`), not the build prefix's.
 
 The env inside also carries `conda-meta/condastack.prefixes` (JSON: "current",
@@ -518,7 +521,7 @@ class _Job:
     allow_modified: bool
     staging: Path
     t0: float
-    mtime: int = 0  # every member's mtime (see archive_mtime)
+    mtime: int = 0  # the newest member mtime: later ones are clamped to it (see archive_mtime)
     meter: Meter | None = None
     mtime_from: str = ""
     records: RawRecords = field(default_factory=dict)  # conda-meta records, read by the scan
@@ -750,8 +753,8 @@ _TIMESTAMP = re.compile(rb'"timestamp"\s*:\s*(\d+)')
 
 
 def archive_mtime(prefix: Path) -> tuple[int, str]:
-    """The one mtime of every member, and where it came from: `$SOURCE_DATE_EPOCH`, else the
-    newest build time of the locked packages (the same for every env built from one lock).
+    """The time members' mtimes are clamped to, and where it came from: `$SOURCE_DATE_EPOCH`, else
+    the newest build time of the locked packages (the same for every env built from one lock).
 
     Only the head of each record is read (rattler writes `timestamp` before `paths_data`);
     a record without one there is read whole.

@@ -89,8 +89,9 @@ class TarWriter(_Writer):
         self.comp_args = comp_args
         self.meter = meter
         self.total: int | None = None  # expected tar bytes, once the plan is known (for `meter`)
-        cmd = [*_TAR, f"--mtime=@{mtime}"] + ([f"--checkpoint={_CP_RECORDS}", f"--checkpoint-action=echo={_CP}%u"]
-                                            if meter is not None else [])
+        cmd = [*_TAR, f"--mtime=@{mtime}", "--clamp-mtime"]
+        if meter is not None:
+            cmd += [f"--checkpoint={_CP_RECORDS}", f"--checkpoint-action=echo={_CP}%u"]
         with open(out, "wb") as sink:
             self.tar = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
@@ -161,6 +162,9 @@ class SquashfsWriter(_Writer):
 
     def __init__(self, out: Path, tree: Path, level: int, threads: int, mtime: int = 0) -> None:
         self.out, self.tree, self.level, self.threads, self.mtime = out, tree, level, threads, mtime
+        # Clamped like tar's --clamp-mtime: mksquashfs (4.5+) gives any file newer than
+        # $SOURCE_DATE_EPOCH that time, and the image's creation time. No -all-time: a .py must
+        # keep the mtime its timestamp .pyc records, and the hard links into the env are not touched.
 
     def add(self, base: str | Path, name: str) -> None:
         src = Path(base) / name
@@ -180,10 +184,10 @@ class SquashfsWriter(_Writer):
 
     def finish(self) -> str:
         cmd = ["mksquashfs", str(self.tree), str(self.out), "-noappend", "-no-progress", "-quiet", "-comp", "zstd",
-               "-Xcompression-level", str(self.level), "-processors", str(self.threads), "-all-root", "-no-xattrs",
-               "-mkfs-time", str(self.mtime), "-all-time", str(self.mtime)]
+               "-Xcompression-level", str(self.level), "-processors", str(self.threads), "-all-root", "-no-xattrs"]
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            p = subprocess.run(cmd, capture_output=True, text=True,
+                               env={**os.environ, "SOURCE_DATE_EPOCH": str(self.mtime)})
         except FileNotFoundError:
             raise CondastackError("mksquashfs is not installed (apt-get install squashfs-tools).") from None
         if p.returncode != 0:
@@ -192,7 +196,8 @@ class SquashfsWriter(_Writer):
 
 
 # --no-verbatim-files-from: `--directory=` entries in the list switch folders (--null alone implies verbatim).
-# Reproducible: one format, owner 0:0 and (with --mtime) one time for every member.
+# Reproducible: one format, owner 0:0, and mtimes clamped to --mtime: what the env made at build or pack
+# time gets that time, package files keep theirs (so timestamp .pyc files stay valid).
 _CP, _CP_RECORDS = "@condastack-checkpoint ", 100  # a progress line every 100 records (~1 MB)
 _TAR = ["tar", "-cf", "-", "--format=gnu", "--no-recursion", "--numeric-owner", "--owner=0", "--group=0",
         "--null", "--no-verbatim-files-from", "-T", "-"]

@@ -275,6 +275,9 @@ def test_pip_layer_installs_locked_wheels(tmp_path: Path, channel_url: str, pypi
     out = subprocess.run([str(py), "-c", "import tinylib, tinyapp, sys; print(tinylib.__version__, sys.prefix)"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1.0", str(prefix)]
+    # pip's files are compiled to checked-hash .pyc: valid whatever mtimes a pack or unpack gives them
+    pycs = list(prefix.glob("lib/python3.*/site-packages/tiny*/__pycache__/*.pyc"))
+    assert pycs and all(p.read_bytes()[4] == 3 for p in pycs), pycs
     # the console script pip wrote names the final interpreter, not the temporary build folder
     script = prefix / "bin" / "tinyapp"
     assert script.read_text().splitlines()[0] == f"#!{py}"

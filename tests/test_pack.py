@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tarfile
 import time
@@ -394,6 +395,53 @@ def _sha(path: Path) -> str:
     return Path(f"{path}.sha256").read_text().split()[0]
 
 
+def _timestamp_pycs(prefix: Path) -> dict[str, bool]:
+    """Each timestamp-based .pyc under `prefix` that has its source beside it: whether the source
+    mtime and size it records still match the .py (what python checks before using it)."""
+    out = {}
+    for pyc in prefix.glob("lib/python3.*/**/__pycache__/*.pyc"):
+        flags, mtime, size = struct.unpack("<III", pyc.read_bytes()[4:16])
+        src = pyc.parent.parent / (pyc.name.split(".")[0] + ".py")
+        if flags == 0 and src.is_file():
+            st = src.stat()
+            out[str(pyc.relative_to(prefix))] = (mtime, size) == (int(st.st_mtime) & 0xFFFFFFFF, st.st_size)
+    return out
+
+
+def test_timestamp_pycs_stay_valid_after_unpack(app_env: Path, tmp_path: Path) -> None:
+    """Mtimes are clamped, not forced to one value: a package's .py keeps the mtime its timestamp
+    .pyc records, so python does not recompile it at every start from the unpacked env."""
+    py = app_env / "bin" / "python3"
+    json_dir = next(app_env.glob("lib/python3.*/json"))
+    # timestamp .pyc files, as conda and micromamba compile noarch packages when linking them
+    # (compileall writes new files: the package cache keeps its own; packed with --allow-modified
+    # as these replace the package's checked-hash ones)
+    subprocess.run([str(py), "-m", "compileall", "-q", "-f", "--invalidation-mode", "timestamp", str(json_dir)],
+                   check=True)
+    valid = {k for k, ok in _timestamp_pycs(app_env).items() if ok}
+    assert any("/json/" in k for k in valid), valid
+    tar, sq = tmp_path / "env.tar.zst", tmp_path / "env.squashfs"
+    for out, more in ((tar, []), (sq, ["--format", "squashfs", "--dest-prefix", "/opt/app"])):
+        res = run_cli("pack", "--prefix", app_env, "-o", out, "--allow-modified", *more)
+        assert res.returncode == 0, res.output
+    clamp = json.loads(Path(f"{tar}.manifest.json").read_text())["built_from"]["mtime"]
+    assert (json_dir / "__init__.py").stat().st_mtime < clamp  # one mtime for all would break these .pyc
+
+    dest = tmp_path / "unpacked"
+    assert run_cli("unpack", tar, dest).returncode == 0
+    after = _timestamp_pycs(dest)
+    assert sorted(k for k in valid if not after.get(k)) == []
+    v = subprocess.run([str(dest / "bin" / "python3"), "-v", "-c", "import json"], capture_output=True, text=True)
+    assert v.returncode == 0 and "bytecode is stale for 'json'" not in v.stderr
+    init_pyc = next((json_dir / "__pycache__").glob("__init__.*.pyc")).relative_to(app_env)
+    assert f"{dest / init_pyc} matches" in v.stderr
+
+    tree = tmp_path / "squashfs-tree"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(sq)], check=True, capture_output=True)
+    after = _timestamp_pycs(tree)
+    assert sorted(k for k in valid if not after.get(k)) == []
+
+
 def test_archives_are_reproducible(app_env: Path, tmp_path: Path, records: list, shared_pkgs: Path) -> None:
     a, b = tmp_path / "a.tar.zst", tmp_path / "b.tar.zst"
     assert run_cli("pack", "--prefix", app_env, "-o", a, "-j", "1").returncode == 0
@@ -405,8 +453,12 @@ def test_archives_are_reproducible(app_env: Path, tmp_path: Path, records: list,
     assert built["lock_hash"] == META["lock_hash"] and built["mtime_from"] == "packages" and built["mtime"] > 0
     with subprocess.Popen(["zstd", "-dc", str(a)], stdout=subprocess.PIPE) as p:
         with tarfile.open(fileobj=p.stdout, mode="r|") as tf:
-            members = [(m.mtime, m.uid, m.gid) for m in tf]
-    assert set(members) == {(built["mtime"], 0, 0)}
+            members = {m.name: (m.mtime, m.uid, m.gid) for m in tf}
+    assert {(u, g) for _, u, g in members.values()} == {(0, 0)}
+    # clamped: what the install wrote (this record) gets the time; package files keep older mtimes
+    assert max(t for t, _, _ in members.values()) == built["mtime"]
+    assert members["conda-meta/condastack.info"][0] == built["mtime"]
+    assert members["bin/hello"][0] < built["mtime"]
 
     # two envs of one lock in different folders, packed for the same --dest-prefix
     other = make_env(tmp_path / "elsewhere" / "deeper" / "app", records, shared_pkgs)
