@@ -45,8 +45,9 @@ content, all owned by 0:0, and the compressors' output does not depend on the th
 Mtimes are clamped, not forced: what the build or the pack wrote (records, links, staged
 files) gets `built_from.mtime`; files from packages keep the mtimes their package archives
 gave them, the same for every env of one lock, so the timestamp .pyc files they come with
-stay valid after an unpack (one mtime for all would make python recompile at every start). Package records name the content the archive holds for each placeholder
-file (`sha256_in_prefix`), not the build prefix's.
+stay valid after an unpack (one mtime for all would make python recompile at every start).
+Package records name the content the archive holds for each placeholder file
+(`sha256_in_prefix`), not the build prefix's.
 
 The env inside also carries `conda-meta/condastack.prefixes` (JSON: "current",
 the prefix now baked into the files, or null for placeholders, and "records",
