@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -44,6 +45,8 @@ from .fsutil import (HASH_THREADS, TMP_MARK, atomic_path, clean_stale_temporarie
                      remove_path, sha256_file, swap_dir)
 from .layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
 from .pathsafe import STAMP_DIR
+from .pkgcache import Checker, discard, stamp
+from .progress import Meter, report
 
 INSTALLERS = ("auto", "rattler", "micromamba")
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
@@ -81,8 +84,13 @@ class BuildResult:
 
 
 def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: bool = False,
-                installer: str = "auto", force: bool = False, progress: Progress | None = None) -> BuildResult:
-    """Build `envs/<layer>` (or `prefix`) from `lock/<layer>.conda-lock.yml`."""
+                installer: str = "auto", force: bool = False, frozen: bool = False,
+                progress: Progress | None = None, meter: Meter | None = None) -> BuildResult:
+    """Build `envs/<layer>` (or `prefix`) from `lock/<layer>.conda-lock.yml`.
+
+    A lock whose layer inputs changed since it was written is refused (LockStale)
+    unless `frozen`, which builds the lock as it is (pixi's --frozen).
+    """
     root = Path(root).absolute()
     lockfile = lockfile_path(root, layer)
 
@@ -95,6 +103,11 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
     if not lockfile.is_file():
         stack().layer(layer)  # an unknown layer is reported as such
         raise CondastackError(f"{lockfile}: layer '{layer}' has no lock. Run `condastack lock {layer}` first.")
+    if not frozen:
+        from .lock import check_fresh
+        from .stack import load_stack
+
+        check_fresh(load_stack(root, parse_specs=False), layer, host_platform())
 
     def stack_name() -> str:
         return stack().name
@@ -104,13 +117,13 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
 
     return build_prefix(lockfile, prefix or env_prefix(root, layer), layer=layer, stack=stack_name,
                         offline=offline, installer=installer, force=force, progress=progress,
-                        credentials=channel_urls)
+                        credentials=channel_urls, meter=meter)
 
 
 def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stack: str | Callable[[], str] = "",
                  offline: bool = False, installer: str = "auto", force: bool = False,
                  progress: Progress | None = None,
-                 credentials: list[str] | Callable[[], list[str]] = ()) -> BuildResult:
+                 credentials: list[str] | Callable[[], list[str]] = (), meter: Meter | None = None) -> BuildResult:
     """Build the environment of a conda-lock file at `prefix` for this machine's platform.
 
     A no-op when `prefix` already holds this lock intact. `stack` may be a
@@ -161,9 +174,10 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                 _install_micromamba(lockfile, tmp, prefix)
             else:
                 say(f"checking {len(env.conda)} conda packages against the lock")
-                archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds)
+                archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds,
+                                          meter=meter)
                 say(f"linking {len(env.conda)} conda packages")
-                _install_rattler(env.conda, archives, tmp, prefix)
+                _install_rattler(env.conda, archives, tmp, prefix, meter)
                 compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
@@ -328,7 +342,7 @@ def _pkg_label(r: Any) -> str:
 
 
 def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: list[str] | None = None,
-                   credentials: list[str] | tuple = ()) -> list[Path]:
+                   credentials: list[str] | tuple = (), meter: Meter | None = None) -> list[Path]:
     """Every conda archive of `records` in the cache, sha256-checked against the lock."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -343,6 +357,8 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
             "Build once with network access (or fill $CONDASTACK_PKGS) first."
         )
     want = {id(r) for r, _ in missing}
+    done = [0]
+    lock = threading.Lock()
 
     def one(item: tuple[Any, Path]) -> None:
         r, p = item
@@ -352,6 +368,9 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
         else:
             _check_cached(p, sha, _pkg_label(r))
         _gate(p, _pkg_label(r))
+        with lock:
+            done[0] += 1
+            report(meter, "download", done[0], len(records), "packages")
 
     _parallel(one, list(zip(records, paths)))
     if fetched is not None:
@@ -393,6 +412,10 @@ def _parallel(fn: Callable[[Any], None], items: list) -> None:
             f.result()
 
 
+def _extracted_dir(record: Any) -> Path:
+    return pkgs_dir() / f"{record.name.normalized}-{record.version}-{record.build}"
+
+
 def _extracted_matches(record: Any) -> bool:
     """Whether rattler's cache already holds this exact package (so it will not fetch it).
 
@@ -407,14 +430,65 @@ def _extracted_matches(record: Any) -> bool:
     return len(head) == 40 and head[8:] == bytes(record.sha256) and (pkgs_dir() / key / "info" / "index.json").is_file()
 
 
-def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, final: Path) -> None:
+class _LinkWatch(threading.Thread):
+    """Reports linked packages while rattler installs: it writes a package's conda-meta record
+    once the package is linked (rattler's own progress bar cannot be read from Python)."""
+
+    def __init__(self, prefix: Path, total: int, meter: Meter) -> None:
+        super().__init__(daemon=True)
+        self.meta, self.total, self.meter = prefix / "conda-meta", total, meter
+        self.stop = threading.Event()
+
+    def count(self) -> int:
+        try:
+            return sum(1 for n in os.listdir(self.meta) if n.endswith(".json"))
+        except OSError:
+            return 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.1):
+            self.meter("link", self.count(), self.total, "packages")
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join()
+        self.meter("link", self.count(), self.total, "packages")
+
+
+def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, final: Path,
+                     meter: Meter | None = None) -> None:
+    """Link the packages into `tmp`. Extracted cache folders are checked while rattler links from
+    them; if one was edited, it is removed and the env is linked again (it is then re-extracted)."""
+    reused = {id(r) for r in records if _extracted_matches(r)}
+    checker = Checker([_extracted_dir(r) for r in records if id(r) in reused])
+    checker.start()
+    try:
+        _link(records, archives, tmp, final, meter, reused)
+    except BaseException:
+        if not checker.edited():
+            raise
+    edited = checker.edited()
+    if edited:
+        for folder in edited:
+            discard(folder)
+        remove_path(tmp)
+        tmp.mkdir()
+        _umask_mode(tmp)
+        _link(records, archives, tmp, final, meter, {id(r) for r in records if _extracted_matches(r)})
+
+
+def _link(records: tuple | list, archives: list[Path], tmp: Path, final: Path, meter: Meter | None,
+          reused: set[int]) -> None:
     import rattler
 
     from .solve import with_url
 
     # rattler gets our verified archive as the URL of every package it would have to
     # fetch; packages already extracted in its cache keep their locked URL.
-    local = [r if _extracted_matches(r) else with_url(r, a.as_uri()) for r, a in zip(records, archives)]
+    local = [r if id(r) in reused else with_url(r, a.as_uri()) for r, a in zip(records, archives)]
+    watch = _LinkWatch(tmp, len(records), meter) if meter is not None else None
+    if watch is not None:
+        watch.start()
     try:
         asyncio.run(rattler.install(local, str(tmp), cache_dir=str(pkgs_dir()), installed_packages=[],
                                     alternative_target_prefix=str(final), show_progress=False))
@@ -424,8 +498,12 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
             raise OSError(errno.ENOSPC, text) from None
         raise CondastackError(f"{final}: linking the conda packages failed: {text}. Nothing was changed at "
                               f"{final}.") from None
+    finally:
+        if watch is not None:
+            watch.finish()
     for orig, used in zip(records, local):
         if used is not orig:
+            stamp(_extracted_dir(orig))  # just extracted from the verified archive
             _restore_origin(Env(tmp).record_path(orig.name.normalized, str(orig.version), orig.build), used, orig)
 
 
@@ -519,7 +597,11 @@ def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Pat
 
 def _compile_as_final(python: Path, tmp: Path, final: Path, wheels: tuple | list,
                       env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Byte-compile what pip installed, recording the final paths in the .pyc files."""
+    """Byte-compile what pip installed, recording the final paths in the .pyc files.
+
+    Checked-hash .pyc files: they stay valid whatever mtimes the files get later (a pack
+    clamps the ones written at build time), so python never recompiles them at start-up.
+    """
     names = {canonical_name(w.name) for w in wheels}
     sources: list[str] = []
     for sp in site_packages_dirs(tmp):
@@ -530,7 +612,8 @@ def _compile_as_final(python: Path, tmp: Path, final: Path, wheels: tuple | list
                 rel = line.split(",", 1)[0]
                 if rel.endswith(".py"):
                     sources.append(os.path.normpath(sp / rel))
-    return subprocess.run([str(python), "-m", "compileall", "-q", "-s", str(tmp), "-p", str(final), "-i", "-"],
+    return subprocess.run([str(python), "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
+                           "-s", str(tmp), "-p", str(final), "-i", "-"],
                           input="\n".join(sources) + "\n", capture_output=True, text=True, env=env)
 
 

@@ -484,17 +484,22 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
              allow_foreign: bool) -> None:
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
     from .pack import pack_layer, pack_prefix
+    from .progress import terminal_meter
 
     kw = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads, allow_modified=allow_modified,
               allow_foreign=allow_foreign)
-    if prefix is not None:
-        if output is None:
-            raise click.UsageError("--prefix needs -o FILE (where to write the archive).")
-        res = pack_prefix(prefix, output, **kw)
-    elif layer:
-        res = pack_layer(obj.root, known_layer(obj, layer), output=output, **kw)
-    else:
-        raise click.UsageError("name a LAYER to pack, or give --prefix PATH -o FILE.")
+    with terminal_meter(not obj.quiet) as meter:
+        kw["meter"] = meter
+        if prefix is not None:
+            if output is None:
+                raise click.UsageError("--prefix needs -o FILE (where to write the archive).")
+            res = pack_prefix(prefix, output, **kw)
+        elif layer:
+            res = pack_layer(obj.root, known_layer(obj, layer), output=output, **kw)
+        else:
+            raise click.UsageError("name a LAYER to pack, or give --prefix PATH -o FILE.")
+    for note in res.warnings:
+        err_console.print(f"condastack: warning: {note}", markup=False)
     t = res.timings["total"]
     obj.console.print(f"packed {res.file_count} files, {res.bytes_unpacked / 1e6:.1f} MB -> {res.output} "
                       f"({res.bytes_archive / 1e6:.1f} MB, {t:.1f} s)\nsha256 {res.sha256}\nmanifest {res.manifest}",
@@ -510,9 +515,11 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
 def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None) -> None:
     """Extract ARCHIVE safely into DEST and relocate it there."""
     from .unpack import unpack_archive
+    from .progress import terminal_meter
 
     require_archive(archive)
-    res = unpack_archive(archive, dest, max_members=max_members, max_bytes=max_bytes)
+    with terminal_meter(not obj.quiet) as meter:
+        res = unpack_archive(archive, dest, max_members=max_members, max_bytes=max_bytes, meter=meter)
     obj.console.print(f"unpacked {res.members} members ({res.bytes / 1e6:.1f} MB) into {res.dest}; "
                       f"relocated {res.relocated_files} files", markup=False)
 
@@ -540,7 +547,8 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
 @click.option("--base-image", metavar="IMAGE", help="FROM image (default: fits the stack's __cuda and __glibc).")
 @click.option("--prefix", default="/opt/env", show_default=True, help="Where the env lives in the image.")
 @click.option("--oci", type=click.Path(dir_okay=False, path_type=Path), help="Also write an OCI image archive here.")
-@click.option("--oci-base", metavar="DIR[:TAG]", help="Base image for --oci: a local OCI layout (default: scratch).")
+@click.option("--oci-base", metavar="DIR[:TAG]", help="Base image for --oci: a local OCI layout, or `scratch` "
+              "(default: a minimal Debian made by debootstrap, cached).")
 @click.option("--apptainer", type=click.Path(dir_okay=False, path_type=Path),
               help="Apptainer definition to write (default: pack/<layer>.def).")
 @click.option("-o", "--dockerfile", type=click.Path(dir_okay=False, path_type=Path),
@@ -571,7 +579,8 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
            "apptainer": str(res.apptainer) if res.apptainer else None,
            "oci": None if res.oci is None else {"path": str(res.oci.path), "tag": res.oci.tag,
                                                 "manifest": res.oci.manifest_digest,
-                                                "layer": res.oci.layer_digest, "layer_size": res.oci.layer_size}}
+                                                "layer": res.oci.layer_digest, "layer_size": res.oci.layer_size,
+                                                "contents": res.oci_contents}}
     if as_json:
         emit_json(out)
         return
@@ -579,9 +588,10 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
         if out[what]:
             obj.console.print(f"wrote {out[what]}", markup=False)
     if res.oci is not None:
-        obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer)",
-                          markup=False)
-    obj.console.print(f"layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
+        obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer): "
+                          f"{res.oci_contents}", markup=False)
+    if res.dockerfile is not None:
+        obj.console.print(f"Dockerfile: layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
 
 
 # --------------------------------------------------------------------------- install
@@ -600,9 +610,12 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
             max_bytes: int | None, as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
     from .deliver import install_archive
+    from .progress import terminal_meter
 
     require_archive(archive)
-    res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes)
+    with terminal_meter(not obj.quiet) as meter:
+        res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes,
+                              meter=meter)
     if as_json:
         emit_json({"prefix": str(res.prefix), "format": res.format, "sha256": res.sha256,
                    "lock_hash": res.lock_hash, "replaced": res.replaced, "file_count": res.file_count,
@@ -632,17 +645,21 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
 @click.option("--installer", type=click.Choice(["auto", "rattler", "micromamba"]), default="auto", show_default=True,
               help="auto: micromamba when it is on PATH, else py-rattler.")
 @click.option("--force", is_flag=True, help="Rebuild even if unchanged; replace a folder condastack did not make.")
+@click.option("--frozen", is_flag=True, help="Build the lock as it is, even if the layer's specs changed since.")
 @json_option
 @verbosity_options
 @click.pass_obj
-def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool,
+def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool, frozen: bool,
           as_json: bool) -> None:
     """Create the environment of LAYER from lock/LAYER.conda-lock.yml for this machine's platform."""
     from .build import build_layer
 
     say = (lambda m: err_console.print(m, markup=False)) if obj.verbose and not obj.quiet else None
-    res = build_layer(obj.root, layer, prefix=prefix, offline=offline, installer=installer, force=force,
-                      progress=say)
+    from .progress import terminal_meter
+
+    with terminal_meter(not obj.quiet) as meter:
+        res = build_layer(obj.root, layer, prefix=prefix, offline=offline, installer=installer, force=force,
+                          frozen=frozen, progress=say, meter=meter)
     if as_json:
         emit_json(res.to_json())
         return

@@ -13,6 +13,7 @@ make it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -193,6 +194,34 @@ def read_archive(path: Path) -> PackedArchive:
     )
 
 
+def gzip_copy(src: PackedArchive) -> PackedArchive:
+    """A gzip copy of a .tar.zst archive beside it (`zstd -dc | pigz`, streamed), with its sidecars;
+    reused while it was made from the same archive. Docker's ADD and a base image's tar read gzip."""
+    out = src.path.with_name(src.path.name[: -len(".tar.zst")] + ".tar.gz")
+    mpath, spath = (out.with_name(out.name + s) for s in (".manifest.json", ".sha256"))
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        made = json.loads(mpath.read_text())
+        if made["converted_from"]["sha256"] == src.sha256 and out.is_file():
+            return read_archive(out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as sink:
+        dec = subprocess.Popen(["zstd", "-dcq", str(src.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        gz = subprocess.run(["pigz", "-n", "-6", "-c"], stdin=dec.stdout, stdout=sink, stderr=subprocess.PIPE)
+        dec.stdout.close()
+        err = dec.stderr.read().decode(errors="replace").strip()
+        if dec.wait() != 0 or gz.returncode != 0:
+            raise CondastackError(f"{src.path}: converting it to gzip failed: {err or gz.stderr.decode().strip()}")
+        sink.flush()
+        digest = sha256_file(tmp)
+        manifest: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            manifest = json.loads(src.path.with_name(src.path.name + ".manifest.json").read_text())
+        manifest.update(format="tar.gz", archive=out.name, sha256=digest, size=tmp.stat().st_size,
+                        converted_from={"archive": src.path.name, "sha256": src.sha256})
+        atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
+        atomic_write_text(spath, f"{digest}  {out.name}\n")
+    return read_archive(out)
+
+
 def pack_command(layer: str, prefix: str) -> str:
     return f"condastack pack {layer} --format tar.gz --dest-prefix {prefix}"
 
@@ -348,6 +377,9 @@ def _need_gzip(spec: ContainerSpec) -> None:
         )
 
 
+_RUN_LABELS = (f"{LABEL_NS}.lock-hash", f"{LABEL_NS}.archive-sha256")
+
+
 def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | None = None) -> str:
     """Dockerfile.thin: FROM base, ADD (extract) the archive at the prefix, env, labels, non-root USER.
 
@@ -363,7 +395,10 @@ def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | Non
     env = spec.env("$PATH")
     cmd = list(spec.command) or ["/bin/sh"]
     df = os.path.relpath(Path(dockerfile).resolve(), Path(context).resolve()) if dockerfile else DOCKERFILE
-    labels = " \\\n      ".join(f"{k}={_q(v)}" for k, v in spec.labels.items())
+    # Only what the stack decides: the lock hash and the archive's sha256 change with every channel
+    # and re-pack, and a committed Dockerfile should not (they are in the image's ADDed files,
+    # the archive's .sha256 sidecar, the Apptainer definition and the OCI config).
+    labels = " \\\n      ".join(f"{k}={_q(v)}" for k, v in spec.labels.items() if k not in _RUN_LABELS)
     envs = " \\\n    ".join(f"{k}={v if _PLAIN.fullmatch(v) else _q(v)}" for k, v in env.items())
     return f"""\
 # Thin container for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).
@@ -694,6 +729,7 @@ class ContainerResult:
     dockerfile: Path | None
     apptainer: Path | None
     oci: OciResult | None
+    oci_contents: str | None = None  # what the OCI image holds, in words
 
 
 def make_container(root: Path | str, layer: str | None = None, *, base_image: str | None = None,
@@ -721,14 +757,33 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
     # the OCI writer reads any of our formats. So a .tar.zst archive is fine for --oci alone
     # (then no Dockerfile or definition is written unless asked for, which is an error).
     texts: dict[Path, str] = {}
+    if spec.archive.fmt == "tar.zst" and (oci is None or explicit_files):
+        spec = dataclasses.replace(spec, archive=gzip_copy(spec.archive))
     if spec.archive.fmt == "tar.gz" or oci is None or explicit_files:
         texts[Path(dockerfile)] = render_dockerfile(spec, root, Path(dockerfile))
         texts[Path(apptainer)] = render_apptainer(spec, Path(apptainer).parent)
-    oci_result = write_oci_archive(spec, Path(oci), base=oci_base) if oci is not None else None
+    oci_result, contents = None, None
+    if oci is not None:
+        oci_base, contents = _oci_base(stack, spec, oci_base)
+        oci_result = write_oci_archive(spec, Path(oci), base=oci_base)
     for path, text in texts.items():
         atomic_write_text(path, text)
     return ContainerResult(spec=spec, dockerfile=Path(dockerfile) if texts else None,
-                           apptainer=Path(apptainer) if texts else None, oci=oci_result)
+                           apptainer=Path(apptainer) if texts else None, oci=oci_result, oci_contents=contents)
+
+
+def _oci_base(stack: Stack, spec: ContainerSpec, oci_base: str | None) -> tuple[str | None, str]:
+    """The base layout for --oci and a sentence on what the image holds. No --oci-base: a minimal
+    Debian fitting the stack's __glibc (an env alone has no C library to run on); "scratch": none."""
+    env = f"layer {spec.layer} at {spec.prefix}"
+    if oci_base == "scratch":
+        return None, f"{env} only (scratch: no C library, the image cannot run programs on its own)"
+    if oci_base is not None:
+        return oci_base, f"{env} on the local OCI image {oci_base}"
+    from .baseimage import debian_base
+
+    base = debian_base(stack.virtual_packages_for(spec.platform).get("__glibc"), spec.platform)
+    return base.ref, f"{env} on {base.description}"
 
 
 def shlex_command(text: str | None) -> tuple[str, ...]:

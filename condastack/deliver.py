@@ -32,6 +32,7 @@ from .errors import CondastackError
 from .manifest_types import check_manifest
 from .fsutil import (TMP_MARK, atomic_path, atomic_write_text, clean_stale_temporaries, file_lock, remove_path,
                      require_free_space, sha256_file, swap_dir)
+from .progress import Meter
 
 
 
@@ -139,7 +140,7 @@ def check_against_manifest(prefix: Path, manifest: dict) -> int:
 
 
 def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, max_members: int | None = None,
-                    max_bytes: int | None = None) -> InstallResult:
+                    max_bytes: int | None = None, meter: Meter | None = None) -> InstallResult:
     """Install ARCHIVE at PREFIX (see the module docstring); a squashfs image is copied, not unpacked."""
     verified = verify_archive(archive)  # before anything is written
     prefix = Path(os.path.abspath(prefix))
@@ -170,7 +171,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
         stage = parent / f"{TMP_MARK}{prefix.name}.new.{os.getpid()}"
         remove_path(stage)
         try:
-            unpack_archive(verified.archive, stage, max_members=max_members, max_bytes=max_bytes)
+            unpack_archive(verified.archive, stage, max_members=max_members, max_bytes=max_bytes, meter=meter)
             relocate(stage, as_prefix=prefix)  # the files must name the final path, not the stage
             count = check_against_manifest(stage, verified.manifest)
             _write_install_record(stage, verified)

@@ -56,6 +56,22 @@ def record_file_name(name: str, version: str, build: str) -> str:
     return f"{name}-{version}-{build}.json"
 
 
+def with_file_hashes(info: dict, hashes: dict[str, tuple[str | None, int]]) -> dict | None:
+    """A copy of package record `info` whose files in `hashes` ({path: (sha256 or None, size)})
+    say what they now hold (`sha256_in_prefix`, `size_in_bytes`; None: the package's own
+    `sha256`), or None when none of its files is in `hashes`."""
+    paths = (info.get("paths_data") or {}).get("paths") or []
+    if not any(p.get("_path") in hashes for p in paths):
+        return None
+    new_paths = []
+    for p in paths:
+        if p.get("_path") in hashes:
+            sha, size = hashes[p["_path"]]
+            p = dict(p, sha256_in_prefix=sha or p.get("sha256"), size_in_bytes=size)
+        new_paths.append(p)
+    return dict(info, paths_data=dict(info["paths_data"], paths=new_paths))
+
+
 def read_marker(prefix: Path) -> dict[str, Any] | None:
     """The `conda-meta/condastack.info` of an environment, or None."""
     try:
@@ -231,6 +247,20 @@ class Env:
             if isinstance(info, dict):
                 out[path] = (raw, info)
                 yield info
+
+    def update_file_hashes(self, hashes: dict[str, tuple[str | None, int]]) -> None:
+        """Record what rewritten files now hold (relocation), so that `verify` compares against it."""
+        from .fsutil import atomic_write_text
+
+        for name in self.record_names():
+            path = self.meta_dir / name
+            try:
+                info = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            new = with_file_hashes(info, hashes) if isinstance(info, dict) else None
+            if new is not None:
+                atomic_write_text(path, json.dumps(new, sort_keys=True))
 
     @cached_property
     def records(self) -> dict[str, dict[str, Any]]:

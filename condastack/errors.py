@@ -116,3 +116,12 @@ class EnvDamaged(CondastackError):
         self.file, self.reason = Path(file), reason
         super().__init__(f"{file}: unreadable package record ({reason}); the environment is damaged. Rebuild it "
                          "with `condastack build --force`, or reinstall it.")
+
+
+class LockStale(CondastackError):
+    """`layer`'s inputs (`why`) changed since its `lockfile` was written."""
+
+    def __init__(self, layer: str, lockfile: Path | str, why: str) -> None:
+        self.layer, self.lockfile, self.why = layer, Path(lockfile), why
+        super().__init__(f"layer {layer}: {why}, so {self.lockfile.name} no longer matches the stack. Run "
+                         f"`condastack lock {layer}` to refresh it, or build the lock as it is with --frozen.")

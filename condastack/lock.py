@@ -24,7 +24,7 @@ from . import __version__, layout
 from .consistency import check_records, describe
 from .credentials import redact, strip_credentials
 from .envfile import PYPI_SIMPLE, PipOptions
-from .errors import CondastackError, LockConflict
+from .errors import CondastackError, LockConflict, LockStale
 from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock
 from .solve import (
     explain_solver_error,
@@ -162,6 +162,26 @@ def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[st
                    if hashes.get(plat) != input_hash(stack, name, plat)]
         out += changed or [(name, why) for why in _inconsistencies(stack, name)]
     return out
+
+
+def check_fresh(stack: Stack, layer: str, platform: str) -> None:
+    """Refuse to use `layer`'s lock for `platform` when the layer's inputs changed since it was written.
+
+    Cheap enough for every build: spec parsing is cached by file content, the lock's
+    hashes come from its summary (the records file) and its metadata line, so a
+    no-op build neither parses the lockfile nor imports conda-lock.
+    """
+    path = lockfile_path(stack.root, layer)
+    plats = [platform] if platform in stack.platforms else list(stack.platforms)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        ours = any(line.lstrip().startswith("condastack.layer:") for line in f)
+    if not ours:
+        return  # written by conda-lock's own pipeline (--solver conda…): its hashes are not ours
+    hashes = lock_summary(path)["content_hash"]
+    for plat in plats:
+        if hashes.get(plat) != input_hash(stack, layer, plat):
+            raise LockStale(layer, path, f"the {plat} inputs (specs, channels, virtual packages or parent "
+                                         "lock) changed")
 
 
 # --------------------------------------------------------------------------- variables, for build

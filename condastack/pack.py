@@ -34,7 +34,20 @@ Beside ARCHIVE go `ARCHIVE.sha256` (sha256sum format) and
     placeholders    [{file, placeholder, mode}] files that still hold a placeholder
                     (mode "text" or "binary"); empty when dest_prefix is set
     level, threads  compression settings used
+    built_from      what the archive was made from: {lock_hash, lockfile, mtime (the newest
+                    member mtime: later ones are clamped to it), mtime_from ("SOURCE_DATE_EPOCH" or "packages": the newest build
+                    time of the locked packages), dest_prefix, format, level, tools (versions)}
     created_by, created
+
+Archives are reproducible: the same env (or two envs of one lock packed for the same
+--dest-prefix) gives byte-identical archives. Members come in an order fixed by the env's
+content, all owned by 0:0, and the compressors' output does not depend on the thread count.
+Mtimes are clamped, not forced: what the build or the pack wrote (records, links, staged
+files) gets `built_from.mtime`; files from packages keep the mtimes their package archives
+gave them, the same for every env of one lock, so the timestamp .pyc files they come with
+stay valid after an unpack (one mtime for all would make python recompile at every start).
+Package records name the content the archive holds for each placeholder file
+(`sha256_in_prefix`), not the build prefix's.
 
 The env inside also carries `conda-meta/condastack.prefixes` (JSON: "current",
 the prefix now baked into the files, or null for placeholders, and "records",
@@ -44,6 +57,7 @@ the prefix now baked into the files, or null for placeholders, and "records",
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -56,12 +70,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .env import CREATED_BY, MARKER, PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member
+from .env import (CREATED_BY, MARKER, PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member,
+                  with_file_hashes)
 from .errors import CondastackError, naming
 from .fsutil import (clean_stale_temporaries, dir_lock, make_tempdir, remove_path,
                      replace_together, sha256_file, temp_siblings)
 from .layout import env_prefix, pack_output
 from .pack_writers import Plan, SquashfsWriter, TarWriter, compressor
+from .progress import Meter
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
@@ -78,6 +94,7 @@ class PackResult:
     bytes_unpacked: int
     bytes_archive: int
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # shown by the CLI; the pack went ahead
 
 
 # --------------------------------------------------------------------------- the environment
@@ -313,12 +330,14 @@ def _rewrite_conda_meta(source: str, parsed: tuple[bytes, dict] | None = None) -
 
 def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str],  # noqa: ANN001, C901
           skip: dict[str, bool] | None = None, records: RawRecords | None = None) -> Plan:
-    from conda_pack.core import BIN_DIR, rewrite_shebang
-    from conda_pack.prefixes import replace_prefix
+    from conda_pack.core import BIN_DIR
 
     plan = Plan()
     prefix_s = str(prefix)
     prefix_b = prefix_s.encode()
+
+    held: dict[str, tuple[str | None, int]] = {}  # see _restage_records
+    staged_records: dict[str, dict] = {}
 
     def stage(target: str, data: bytes, like: str) -> None:
         out = staging / target
@@ -338,7 +357,9 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, out)
             plan.staged.append(target)
-        plan.bytes_unpacked += src.stat().st_size
+        size = src.stat().st_size
+        plan.bytes_unpacked += size
+        held[target] = (None, size)
 
     skip = skip or {}
     for f in env.files:
@@ -355,6 +376,7 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             if is_record_member(target):
                 data, info = _rewrite_conda_meta(f.source, (records or {}).get(f.source))
                 plan.packages.append(info)
+                staged_records[target] = info
                 stage(target, data, f.source)
             else:
                 plan.from_prefix.append(target)
@@ -362,14 +384,10 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             continue
         mode, placeholder = f.file_mode, f.prefix_placeholder
         if mode == "unknown":
-            if not _contains(f.source, prefix_b):
+            data = _unmanaged_text(f.source, prefix_b)
+            if data is None:
                 plan.from_prefix.append(target)
                 plan.bytes_unpacked += os.lstat(in_prefix).st_size
-                continue
-            data = Path(f.source).read_bytes()
-            if not _is_text(data):  # like conda-pack: unmanaged binaries are left alone on Unix
-                plan.from_prefix.append(target)
-                plan.bytes_unpacked += len(data)
                 continue
             mode, placeholder = "text", prefix_s
         elif dest is None and not (mode == "text" and target.startswith(BIN_DIR + "/")):
@@ -378,17 +396,52 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             continue
         else:
             data = Path(f.source).read_bytes()
-        if dest is not None:
-            check_dest_fits([(target, placeholder, mode)], dest)
-            stage(target, replace_prefix(data, mode, placeholder, dest), f.source)
-            continue
-        fixed = False
-        if mode == "text" and target.startswith(BIN_DIR + "/"):
-            data, fixed = rewrite_shebang(data, target, placeholder)
-        if not fixed:
+        data, keeps_placeholder = _rewritten(data, target, mode, placeholder, dest)
+        if keeps_placeholder:
             plan.records.append((target, placeholder, mode))
+        held[target] = (hashlib.sha256(data).hexdigest(), len(data))
         stage(target, data, f.source)
+    _restage_records(staging, staged_records, held)
     return plan
+
+
+def _unmanaged_text(source: str, prefix_b: bytes) -> bytes | None:
+    """An unmanaged file's bytes if it is text holding the prefix; like conda-pack, unmanaged
+    binaries are left alone on Unix."""
+    if not _contains(source, prefix_b):
+        return None
+    data = Path(source).read_bytes()
+    return data if _is_text(data) else None
+
+
+def _rewritten(data: bytes, target: str, mode: str, placeholder: str, dest: str | None) -> tuple[bytes, bool]:
+    """What a placeholder file holds in the archive, and whether that still has the placeholder."""
+    from conda_pack.core import BIN_DIR, rewrite_shebang
+    from conda_pack.prefixes import replace_prefix
+
+    if dest is not None:
+        check_dest_fits([(target, placeholder, mode)], dest)
+        return replace_prefix(data, mode, placeholder, dest), False
+    if mode == "text" and target.startswith(BIN_DIR + "/"):
+        data, fixed = rewrite_shebang(data, target, placeholder)
+        return data, not fixed
+    return data, True
+
+
+def _restage_records(staging: Path, staged: dict[str, dict], held: dict[str, tuple[str | None, int]]) -> None:
+    """Rewrite the staged records of packages with placeholder files to name what the archive holds
+    (`held`: {target: (sha256, or None for the package's own, size)}). The records then describe
+    the archive whatever the build prefix was, and `verify` after unpack compares against them."""
+    for target, info in staged.items():
+        new = with_file_hashes(info, held)
+        if new is None:
+            continue
+        for key in ("extracted_package_dir", "package_tarball_full_path"):
+            if key in new:
+                new[key] = ""
+        if isinstance(new.get("link"), dict) and "source" in new["link"]:
+            new["link"] = dict(new["link"], source="")
+        (staging / target).write_bytes(json.dumps(new, sort_keys=True).encode())
 
 
 def _confirm_early(env, early: dict[str, bool]) -> bool:  # noqa: ANN001
@@ -469,6 +522,9 @@ class _Job:
     allow_modified: bool
     staging: Path
     t0: float
+    mtime: int = 0  # the newest member mtime: later ones are clamped to it (see archive_mtime)
+    meter: Meter | None = None
+    mtime_from: str = ""
     records: RawRecords = field(default_factory=dict)  # conda-meta records, read by the scan
     timings: dict[str, float] = field(default_factory=dict)
     _env: Any = None
@@ -496,6 +552,8 @@ class _Job:
         plan = _plan(self.prefix, self.conda_pack_env(), self.staging, self.dest, set(modified), skip=skip,
                      records=self.records)
         _add_scripts(plan, self.staging, self.dest)
+        plan.from_prefix.sort()  # a member order that depends only on the env's content
+        plan.staged.sort()
         self.mark("plan")
         return plan
 
@@ -520,7 +578,7 @@ def _write_squashfs(job: _Job, tmp: Path) -> _Written:
     modified = _scan_managed(job.prefix, None, job.records)[0]
     job.refuse_modified(modified)
     plan = job.plan(modified)
-    writer = SquashfsWriter(tmp, job.staging, job.level, job.threads)
+    writer = SquashfsWriter(tmp, job.staging, job.level, job.threads, job.mtime)
     writer.add_plan(job.prefix, plan, job.staging)
     return _Written(plan, writer.finish())
 
@@ -537,13 +595,20 @@ def _stream_early(job: _Job, writer: TarWriter) -> _Written:
     if not _confirm_early(job.conda_pack_env(), early):
         raise _Restart(modified)
     plan = job.plan(modified, skip=early)
+    writer.total = _tar_bytes(plan.bytes_unpacked + early_bytes, plan.count + len(early))
     writer.add_plan(prefix, plan, job.staging)
     return _Written(plan, "", early, early_bytes)
 
 
+def _tar_bytes(content: int, members: int) -> int:
+    """About how long the tar stream of `members` files holding `content` bytes is (for progress):
+    a 512-byte header and on average 256 bytes of padding per member."""
+    return content + 768 * members
+
+
 def _write_tar(job: _Job, tmp: Path) -> _Written:
     comp = compressor(job.fmt, job.level, job.threads)
-    writer = TarWriter(tmp, comp)
+    writer = TarWriter(tmp, comp, job.mtime, job.meter)
     try:
         written = _stream_early(job, writer)
     except _Restart as e:  # never seen with rattler-installed envs; kept correct, not fast
@@ -552,7 +617,8 @@ def _write_tar(job: _Job, tmp: Path) -> _Written:
         remove_path(job.staging)
         job.staging.mkdir()
         plan = job.plan(e.modified)
-        writer = TarWriter(tmp, comp)
+        writer = TarWriter(tmp, comp, job.mtime, job.meter)
+        writer.total = _tar_bytes(plan.bytes_unpacked, plan.count)
         try:
             writer.add_plan(job.prefix, plan, job.staging)
         except BaseException:
@@ -579,6 +645,10 @@ def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> dict:
         "placeholders": [{"file": f, "placeholder": ph, "mode": m} for f, ph, m in w.plan.records]
         if job.dest is None else [],
         "level": job.level, "threads": job.threads,
+        # what the archive was built from: equal inputs give a byte-identical archive
+        "built_from": {"lock_hash": meta.get("lock_hash"), "lockfile": meta.get("lockfile"),
+                       "mtime": job.mtime, "mtime_from": job.mtime_from, "dest_prefix": job.dest,
+                       "format": job.fmt, "level": job.level, "tools": _tool_versions(job.fmt)},
         "created_by": CREATED_BY, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -604,7 +674,7 @@ def _check_request(fmt: str, dest_prefix: str | None) -> str | None:
 
 def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix: str | None = None,
                 level: int | None = None, threads: int | None = None, allow_modified: bool = False,
-                allow_foreign: bool = False) -> PackResult:
+                allow_foreign: bool = False, meter: Meter | None = None) -> PackResult:
     """Pack the env at `prefix` into `output` (+ .sha256 and .manifest.json beside it)."""
     t0 = time.perf_counter()
     dest_prefix = _check_request(fmt, dest_prefix)
@@ -617,6 +687,8 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     clean_stale_temporaries(near, "pack.")
     job = _Job(prefix, output, fmt, dest_prefix, DEFAULT_LEVEL[fmt] if level is None else level,
                _threads(threads), allow_modified, make_tempdir(near, "pack"), t0)
+    job.mtime, job.mtime_from = archive_mtime(prefix)
+    job.meter = meter
     try:
         # Two packs to one folder take turns, so an archive, its .sha256 and its manifest stay one set
         # (the lock is on the folder itself: nothing is left beside the outputs).
@@ -652,7 +724,72 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
     if fmt not in FORMATS:
         raise CondastackError(f"unknown archive format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     out = output or default_output(root, layer, meta.get("platform") or "unknown", fmt)
-    return pack_prefix(prefix, out, **kw)
+    res = pack_prefix(prefix, out, **kw)
+    note = _lock_moved_on(root, layer, meta)
+    if note:
+        res.warnings.append(note)
+    return res
+
+
+def _lock_moved_on(root: Path, layer: str, meta: dict) -> str | None:
+    """A warning when the env was built from another lock than the current `lock/<layer>` one."""
+    from .layout import lockfile_path
+    from .solve import read_locked_env
+
+    lockfile = lockfile_path(root, layer)
+    if not meta.get("lock_hash") or not meta.get("platform") or not lockfile.is_file():
+        return None
+    try:
+        current = read_locked_env(lockfile, meta["platform"]).lock_hash()
+    except CondastackError as e:
+        return f"layer {layer}: the current lock cannot be compared with the env ({e})"
+    if current == meta["lock_hash"]:
+        return None
+    return (f"layer {layer}: the env was built from lock {meta['lock_hash'][:12]}, but {lockfile.name} is now "
+            f"{current[:12]}; the archive holds the older packages. Run `condastack build {layer}` and pack again "
+            "to ship the current lock.")
+
+
+_TIMESTAMP = re.compile(rb'"timestamp"\s*:\s*(\d+)')
+
+
+def archive_mtime(prefix: Path) -> tuple[int, str]:
+    """The time members' mtimes are clamped to, and where it came from: `$SOURCE_DATE_EPOCH`, else
+    the newest build time of the locked packages (the same for every env built from one lock).
+
+    Only the head of each record is read (rattler writes `timestamp` before `paths_data`);
+    a record without one there is read whole.
+    """
+    sde = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if sde.isdigit():
+        return int(sde), "SOURCE_DATE_EPOCH"
+    newest = 0
+    env = Env(prefix)
+    for name in env.record_names():
+        try:
+            with open(env.meta_dir / name, "rb") as f:
+                m = _TIMESTAMP.search(f.read(1 << 16)) or _TIMESTAMP.search(f.read())
+        except OSError:
+            continue
+        if m:
+            t = int(m.group(1))
+            newest = max(newest, t // 1000 if t > 10**11 else t)  # conda stores ms since 2019
+    return newest, "packages"
+
+
+def _tool_versions(fmt: str) -> dict[str, str]:
+    import subprocess
+
+    tools = {"tar.zst": ["tar", "zstd"], "tar.gz": ["tar", "pigz"], "squashfs": ["mksquashfs"]}[fmt]
+    out = {}
+    for tool in tools:
+        try:
+            p = subprocess.run([tool, "-version" if tool == "mksquashfs" else "--version"], capture_output=True,
+                               text=True, timeout=10)
+            out[tool] = ((p.stdout or p.stderr).strip().splitlines() or [""])[0]
+        except (OSError, subprocess.SubprocessError):
+            out[tool] = "unknown"
+    return out
 
 
 def _threads(threads: int | None) -> int:

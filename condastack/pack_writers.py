@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .errors import CondastackError
 from .fsutil import sha256_file
+from .progress import Meter
 
 
 @dataclass
@@ -69,19 +70,30 @@ class _Writer:
 
 
 def compressor(fmt: str, level: int, threads: int) -> list[str]:
-    """The command that compresses a tar stream for `fmt` ("tar.zst" or "tar.gz")."""
+    """The command that compresses a tar stream for `fmt` ("tar.zst" or "tar.gz").
+
+    Reproducible archives: zstd's output is the same for every -T<n> (n >= 1: its
+    multithreaded format does not depend on the worker count; only --single-thread
+    differs, measured with zstd 1.5.4), and pigz's does not depend on -p; -n keeps
+    names and times out of the gzip header.
+    """
     if fmt == "tar.zst":
-        return ["zstd", f"-T{threads}", *(["--ultra"] if level > 19 else []), f"-{level}", "-q", "-c"]
-    return ["pigz", "-p", str(threads), f"-{level}", "-c"]
+        return ["zstd", f"-T{max(threads, 1)}", *(["--ultra"] if level > 19 else []), f"-{level}", "-q", "-c"]
+    return ["pigz", "-n", "-p", str(threads), f"-{level}", "-c"]
 
 
 class TarWriter(_Writer):
     """`tar -T - | compressor > out`: members are listed while earlier ones are already compressed."""
 
-    def __init__(self, out: Path, comp_args: list[str]) -> None:
+    def __init__(self, out: Path, comp_args: list[str], mtime: int = 0, meter: Meter | None = None) -> None:
         self.comp_args = comp_args
+        self.meter = meter
+        self.total: int | None = None  # expected tar bytes, once the plan is known (for `meter`)
+        cmd = [*_TAR, f"--mtime=@{mtime}", "--clamp-mtime"]
+        if meter is not None:
+            cmd += [f"--checkpoint={_CP_RECORDS}", f"--checkpoint-action=echo={_CP}%u"]
         with open(out, "wb") as sink:
-            self.tar = subprocess.Popen(_TAR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.tar = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 self.comp = subprocess.Popen(comp_args, stdin=self.tar.stdout, stdout=sink, stderr=subprocess.PIPE)
             except FileNotFoundError:
@@ -92,14 +104,28 @@ class TarWriter(_Writer):
         self.tar.stdout.close()
         self.errs: dict[str, bytes] = {}
         self.hasher = _Follower(out)
-        self.threads = [threading.Thread(target=lambda p=p, k=k: self.errs.__setitem__(k, p.stderr.read()),
-                                         daemon=True) for k, p in (("tar", self.tar), ("comp", self.comp))]
+        self.threads = [threading.Thread(target=self._read_tar_errors, daemon=True),
+                        threading.Thread(target=lambda: self.errs.__setitem__("comp", self.comp.stderr.read()),
+                                         daemon=True)]
         for t in [*self.threads, self.hasher]:
             t.start()
         with contextlib.suppress(OSError):  # room for ~16k names: tar never waits for the writer thread
             fcntl.fcntl(self.tar.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
         self.feed = _TarFeed(self.tar.stdin)
         self.add = self.feed.add  # the hot path: one call per member, no wrapper
+
+    def _read_tar_errors(self) -> None:
+        """tar's stderr: its checkpoints (progress, with a meter) and its errors."""
+        errs = []
+        for line in self.tar.stderr:
+            at = line.find(_CP.encode())
+            if at >= 0 and self.meter is not None:
+                with contextlib.suppress(ValueError):
+                    n = int(line[at + len(_CP):].strip()) * _CP_RECORDS * 10240  # 20 blocks of 512 a record
+                    self.meter("pack", min(n, self.total or n), self.total, "bytes")
+                continue
+            errs.append(line)
+        self.errs["tar"] = b"".join(errs)
 
     def _close(self) -> tuple[int, int]:
         self.feed.close()
@@ -118,6 +144,8 @@ class TarWriter(_Writer):
 
     def finish(self) -> str:
         rc_t, rc_c = self._close()
+        if self.meter is not None and rc_t == 0 and rc_c == 0 and self.total:
+            self.meter("pack", self.total, self.total, "bytes")
         if rc_c != 0:  # checked first: tar then only died of the broken pipe
             if b"No space left" in self.errs.get("comp", b""):  # a user error about the output (named by the caller)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -132,8 +160,11 @@ class TarWriter(_Writer):
 class SquashfsWriter(_Writer):
     """Links every member into `tree` (which already holds the staged files), then one `mksquashfs`."""
 
-    def __init__(self, out: Path, tree: Path, level: int, threads: int) -> None:
-        self.out, self.tree, self.level, self.threads = out, tree, level, threads
+    def __init__(self, out: Path, tree: Path, level: int, threads: int, mtime: int = 0) -> None:
+        self.out, self.tree, self.level, self.threads, self.mtime = out, tree, level, threads, mtime
+        # Clamped like tar's --clamp-mtime: mksquashfs (4.5+) gives any file newer than
+        # $SOURCE_DATE_EPOCH that time, and the image's creation time. No -all-time: a .py must
+        # keep the mtime its timestamp .pyc records, and the hard links into the env are not touched.
 
     def add(self, base: str | Path, name: str) -> None:
         src = Path(base) / name
@@ -155,7 +186,8 @@ class SquashfsWriter(_Writer):
         cmd = ["mksquashfs", str(self.tree), str(self.out), "-noappend", "-no-progress", "-quiet", "-comp", "zstd",
                "-Xcompression-level", str(self.level), "-processors", str(self.threads), "-all-root", "-no-xattrs"]
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            p = subprocess.run(cmd, capture_output=True, text=True,
+                               env={**os.environ, "SOURCE_DATE_EPOCH": str(self.mtime)})
         except FileNotFoundError:
             raise CondastackError("mksquashfs is not installed (apt-get install squashfs-tools).") from None
         if p.returncode != 0:
@@ -164,7 +196,11 @@ class SquashfsWriter(_Writer):
 
 
 # --no-verbatim-files-from: `--directory=` entries in the list switch folders (--null alone implies verbatim).
-_TAR = ["tar", "-cf", "-", "--no-recursion", "--numeric-owner", "--null", "--no-verbatim-files-from", "-T", "-"]
+# Reproducible: one format, owner 0:0, and mtimes clamped to --mtime: what the env made at build or pack
+# time gets that time, package files keep theirs (so timestamp .pyc files stay valid).
+_CP, _CP_RECORDS = "@condastack-checkpoint ", 100  # a progress line every 100 records (~1 MB)
+_TAR = ["tar", "-cf", "-", "--format=gnu", "--no-recursion", "--numeric-owner", "--owner=0", "--group=0",
+        "--null", "--no-verbatim-files-from", "-T", "-"]
 
 
 class _TarFeed:

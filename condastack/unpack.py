@@ -38,6 +38,7 @@ from pathlib import Path
 from .env import PREFIXES_FILE, Env, check_dest_fits
 from .errors import ArchiveRefused, CondastackError, naming
 from .fsutil import TMP_MARK, _fsync_dir, atomic_path, clean_stale_temporaries, remove_path
+from .progress import Meter
 
 LIMIT_ENV = {"members": "CONDASTACK_MAX_MEMBERS", "bytes": "CONDASTACK_MAX_BYTES"}
 _CHUNK = 1 << 20
@@ -76,7 +77,9 @@ class _Refused(Exception):
 class _Guard:
     """Follows the tree an archive builds (names and symlinks) without touching disk."""
 
-    def __init__(self, max_members: int | None, max_bytes: int | None) -> None:
+    def __init__(self, max_members: int | None, max_bytes: int | None, meter: Meter | None = None,
+                 total: int | None = None) -> None:
+        self.meter, self.total, self.shown = meter, total, 0
         self.links: dict[str, str] = {}
         self.files: set[str] = set()
         self.members = 0
@@ -138,6 +141,9 @@ class _Guard:
             if self.max_bytes is not None and self.bytes > self.max_bytes:
                 raise _Refused(f"more than {self.max_bytes} bytes once expanded (the --max-bytes / "
                                f"{LIMIT_ENV['bytes']} limit)")
+            if self.meter is not None and self.bytes - self.shown >= 1 << 20:  # checked bytes reach tar next
+                self.shown = self.bytes
+                self.meter("unpack", self.bytes, self.total, "bytes")
         rel = self.clean(name)
         if not rel:
             if info.type == tarfile.DIRTYPE:
@@ -382,7 +388,7 @@ def _limit(given: int | None, kind: str) -> int | None:
 
 
 def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
-                   max_bytes: int | None = None) -> UnpackResult:
+                   max_bytes: int | None = None, meter: Meter | None = None) -> UnpackResult:
     """Extract `archive` safely into `dest` (which must not exist or be empty) and relocate it there.
 
     Member count and expanded size are limited by `max_members` / `max_bytes`, which
@@ -398,40 +404,58 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CondastackError(f"{dest}: already exists and is not empty; choose a new folder or remove it first.")
     manifest = archive.with_name(archive.name + ".manifest.json")
+    total = None
     if manifest.is_file():  # fail before extracting gigabytes when DEST cannot fit
         with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError, OSError):
-            records = [(r["file"], r["placeholder"], r["mode"]) for r in json.loads(manifest.read_text())["placeholders"]]
+            data = json.loads(manifest.read_text())
+            total = int(data["bytes_unpacked"]) if isinstance(data.get("bytes_unpacked"), int) else None
+            records = [(r["file"], r["placeholder"], r["mode"]) for r in data["placeholders"]]
             check_dest_fits(records, str(dest))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CondastackError(f"{dest}: cannot create its parent folder: {e.strerror}.") from None
     clean_stale_temporaries(dest.parent, dest.name)  # left by a killed unpack
-    guard = _Guard(max_members, max_bytes)
+    guard = _Guard(max_members, max_bytes, meter, total)
     tmp = dest.parent / f"{TMP_MARK}{dest.name}.{os.getpid()}"
     remove_path(tmp)
     tmp.mkdir()
     with naming(dest):  # a write() hitting ENOSPC names no file: it is about DEST
         try:
             _extract(archive, tmp, guard)
-            # An archive with no placeholder records (not an env) is only extracted.
-            try:
-                changed = relocate(tmp, as_prefix=dest).files_changed if _read_state(tmp) is not None else 0
-            except CondastackError as e:  # name the archive and the final path, not our temporary
-                raise ArchiveRefused(archive, str(e).replace(str(tmp), str(dest)).rstrip(".")) from None
-            try:
-                # Not atomic_path: its swap would replace a DEST another process filled meanwhile. rename(2)
-                # replaces only an empty DEST, in one step, so DEST is never absent.
-                os.rename(tmp, dest)
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                    raise
-                raise CondastackError(f"{dest}: another process filled it while this unpack ran; it was "
-                                      "left as that process made it. Choose a new folder.") from None
-            _fsync_dir(dest.parent)
+            if meter is not None:
+                meter("unpack", guard.bytes, total and max(total, guard.bytes), "bytes")
+            changed = _relocate_extracted(archive, tmp, dest)
+            _rename_into(tmp, dest)
         finally:
             remove_path(tmp)
     return UnpackResult(dest=dest, members=guard.members, bytes=guard.bytes, relocated_files=changed)
+
+
+def _relocate_extracted(archive: Path, tmp: Path, dest: Path) -> int:
+    """Relocate an extracted env from `tmp` to `dest`; the number of files rewritten."""
+    try:
+        if _read_state(tmp) is None:
+            return 0  # an archive with no placeholder records (not an env) is only extracted
+        return relocate(tmp, as_prefix=dest).files_changed
+    except CondastackError as e:  # name the archive and the final path, not our temporary
+        raise ArchiveRefused(archive, str(e).replace(str(tmp), str(dest)).rstrip(".")) from None
+
+
+def _rename_into(tmp: Path, dest: Path) -> None:
+    """Move the finished tree to `dest`.
+
+    Not atomic_path: its swap would replace a DEST another process filled meanwhile. rename(2)
+    replaces only an empty DEST, in one step, so DEST is never absent.
+    """
+    try:
+        os.rename(tmp, dest)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        raise CondastackError(f"{dest}: another process filled it while this unpack ran; it was "
+                              "left as that process made it. Choose a new folder.") from None
+    _fsync_dir(dest.parent)
 
 
 def _extract(archive: Path, into: Path, guard: _Guard) -> None:
@@ -551,7 +575,7 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     records = [tuple(r) for r in state.get("records", [])]
     check_dest_fits(records, new)  # every binary first, so nothing is half-done
     changed = 0
-    rewritten: dict[str, str] = {}
+    held: dict[str, tuple[str | None, int]] = {}
     if current != new:
         for f, ph, mode in records:
             old = current or ph
@@ -570,32 +594,12 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
                     break
             if out != data:
                 _replace_file(path, out)
-                rewritten[f] = hashlib.sha256(out).hexdigest()
-        _record_new_hashes(prefix, rewritten)
-        changed = len(rewritten)
+                held[f] = (hashlib.sha256(out).hexdigest(), len(out))
+                changed += 1
+        Env(prefix).update_file_hashes(held)  # what `verify` compares the rewritten files against
         state["current"] = new
         _replace_file(prefix / PREFIXES_FILE, (json.dumps(state, indent=1) + "\n").encode())
     return RelocateResult(prefix=prefix, old_prefix=current, files_changed=changed)
-
-
-def _record_new_hashes(prefix: Path, rewritten: dict[str, str]) -> None:
-    """Set `sha256_in_prefix` of rewritten files in conda-meta, as conda does when it links into a prefix,
-    so that `verify` checks a relocated env against what relocation wrote."""
-    if not rewritten:
-        return
-    for rec_file in sorted((prefix / "conda-meta").glob("*.json")):
-        try:
-            rec = json.loads(rec_file.read_text())
-        except (OSError, ValueError):
-            continue  # verify reports an unreadable record itself
-        hit = False
-        for entry in (rec.get("paths_data") or {}).get("paths") or []:
-            new_hash = rewritten.get(entry.get("_path", ""))
-            if new_hash and entry.get("sha256_in_prefix") != new_hash:
-                entry["sha256_in_prefix"] = new_hash
-                hit = True
-        if hit:
-            _replace_file(rec_file, (json.dumps(rec, indent=2) + "\n").encode())
 
 
 def _replace_file(path: Path, data: bytes) -> None:

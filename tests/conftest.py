@@ -14,6 +14,24 @@ from tests.channel.testchannel import build_test_channel, default_cache_dir
 from tests.helpers import make_wheel, write_project
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_shared_temporaries(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN202
+    """At the end of the run, remove the folders made by tmp_path_factory (package caches, built
+    envs: hundreds of MB each). Tests' own tmp_path folders (named test_*) are left to pytest's
+    retention policy (pyproject: kept only for failed tests)."""
+    yield
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    for entry in base.iterdir():
+        if entry.name.startswith("test_") or entry.is_symlink():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+    for entry in base.iterdir():
+        if entry.is_symlink() and not entry.exists():  # pytest's `<name>current` links to them
+            entry.unlink()
+
+
 @pytest.fixture(scope="session")
 def channel() -> Path:
     """The offline test channel folder (built once, cached by recipe hash)."""

@@ -275,6 +275,9 @@ def test_pip_layer_installs_locked_wheels(tmp_path: Path, channel_url: str, pypi
     out = subprocess.run([str(py), "-c", "import tinylib, tinyapp, sys; print(tinylib.__version__, sys.prefix)"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1.0", str(prefix)]
+    # pip's files are compiled to checked-hash .pyc: valid whatever mtimes a pack or unpack gives them
+    pycs = list(prefix.glob("lib/python3.*/site-packages/tiny*/__pycache__/*.pyc"))
+    assert pycs and all(p.read_bytes()[4] == 3 for p in pycs), pycs
     # the console script pip wrote names the final interpreter, not the temporary build folder
     script = prefix / "bin" / "tinyapp"
     assert script.read_text().splitlines()[0] == f"#!{py}"
@@ -336,3 +339,42 @@ def test_pkgs_dir_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONDASTACK_PKGS", "/x/pkgs")
     assert pkgs_dir() == Path("/x/pkgs")
     assert sys.modules["condastack.build"].MARKER == Path("conda-meta/condastack.info")
+
+
+def test_stale_lock_refused_and_frozen_builds(base_app_project: Path, pkgs_cache: Path) -> None:
+    proj = base_app_project
+    _lock(proj, "base")
+    layer = proj / "environments" / "base.yml"
+    layer.write_text(layer.read_text().replace("- libfoo\n", "- libfoo <2\n"))
+    res = run_cli("-C", proj, "build", "base")
+    assert_user_error(res, "layer base", "condastack lock base", "--frozen")
+    assert not (proj / "envs" / "base").exists()
+    # --frozen builds what the lock says (libfoo 2.0), not the new spec
+    assert _build(proj, "base", "--frozen")["action"] == "created"
+    assert [p.name for p in (proj / "envs" / "base" / "conda-meta").glob("libfoo-*.json")] == \
+        ["libfoo-2.0-hb0f4dca_0.json"]
+    _lock(proj, "base")
+    assert _build(proj, "base")["action"] == "rebuilt"
+
+
+def test_edited_cache_file_is_extracted_again(base_app_project: Path, pkgs_cache: Path) -> None:
+    proj = base_app_project
+    _lock(proj)
+    _build(proj, "base")
+    variant = Path("share/gpu-kernels/variant")
+    cached = next(pkgs_cache.glob("gpu-kernels-*/")) / variant
+    original = cached.read_bytes()
+    edited = proj / "envs" / "base" / variant
+    assert os.stat(edited).st_ino == os.stat(cached).st_ino  # a hard link: an in-place edit reaches the cache
+    with open(edited, "ab") as f:
+        f.write(b"edited in place\n")
+    assert cached.read_bytes() != original
+    _build(proj, "app")
+    app_file = proj / "envs" / "app" / variant
+    assert app_file.read_bytes() == original  # linked from a fresh extraction, not the edited file
+    assert cached.read_bytes() == original and os.stat(app_file).st_ino == os.stat(cached).st_ino
+    assert run_cli("-C", proj, "verify", "app").returncode == 0
+    # an untouched cache is linked from again (no new extraction: same inode as before)
+    ino = os.stat(cached).st_ino
+    _build(proj, "app", "--force")
+    assert os.stat(app_file).st_ino == ino

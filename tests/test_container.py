@@ -205,8 +205,8 @@ def test_container_writes_dockerfile_and_definition(project: Path) -> None:
     assert ("ADD", f"pack/app-linux-64.tar.gz {PREFIX}/") in instr  # context-relative, extracted at the prefix
     label_text = " ".join(a for k, a in instr if k == "LABEL")
     assert f'org.condastack.layer="app"' in label_text
-    assert f'org.condastack.lock-hash="{LOCK_HASH}"' in label_text
-    assert f'org.condastack.archive-sha256="{sha}"' in label_text
+    # run-dependent values stay out of the (committed) Dockerfile: a re-pack does not change it
+    assert "lock-hash" not in label_text and sha not in label_text
     env = " ".join(a for k, a in instr if k == "ENV")
     assert f"PATH={PREFIX}/bin:$PATH" in env and f"CONDA_PREFIX={PREFIX}" in env
     assert "LD_LIBRARY_PATH" not in env  # conda packages use RPATH; not needed
@@ -340,7 +340,7 @@ def test_dockerfile_steps_run_in_debian_without_docker(project: Path, debian_roo
     image.apply(text)
 
     assert image.user == "1000:1000"
-    assert image.labels["org.condastack.archive-sha256"] == hashlib.sha256(_archive(project).read_bytes()).hexdigest()
+    assert image.labels["org.condastack.layer"] == "app" and image.labels["org.condastack.prefix"] == PREFIX
     who = image.run("id", "-u")
     assert who.stdout.strip() == "1000", who.stderr
     out = image.run("hello")  # found through the image's PATH
@@ -385,8 +385,9 @@ def _skopeo_inspect(oci: Path, *extra: str) -> dict:
 def test_oci_scratch_archive_inspect_copy_unpack(project: Path, tmp_path: Path) -> None:
     _have("skopeo", "umoci")
     oci = tmp_path / "app.oci.tar"
-    res = run_cli("-C", project, "container", "app", "--oci", oci)
+    res = run_cli("-C", project, "container", "app", "--oci", oci, "--oci-base", "scratch")
     assert res.returncode == 0, res.output
+    assert "scratch" in res.stdout
     sha = hashlib.sha256(_archive(project).read_bytes()).hexdigest()
 
     top = _skopeo_inspect(oci)
@@ -464,13 +465,7 @@ def test_oci_reads_zstd_archive_and_is_reproducible(project: Path, tmp_path: Pat
     z = ct.write_oci_archive(spec_z, tmp_path / "z.tar")
     assert a.manifest_digest == b.manifest_digest
     assert a.diff_id == z.diff_id  # same uncompressed layer from either archive format
-    # but the Dockerfile and definition need gzip, and say how to get it
-    with pytest.raises(CondastackError, match="--format tar.gz --dest-prefix /opt/env"):
-        ct.make_container(project, "app", archive=zst)
-    with pytest.raises(CondastackError, match="--format tar.gz --dest-prefix /opt/env"):
-        ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar", dockerfile=tmp_path / "D")
-    assert not (tmp_path / "o.tar").exists() and not (tmp_path / "D").exists()
-    only = ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar")  # --oci alone is fine
+    only = ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar", oci_base="scratch")  # reads zstd
     assert only.dockerfile is None and only.oci is not None and only.oci.diff_id == a.diff_id
 
 
@@ -542,3 +537,99 @@ def test_ld_library_path_only_where_needed(project: Path, tmp_path: Path) -> Non
     assert f'export LD_LIBRARY_PATH="{PREFIX}/lib"' in (copy / "pack" / "app.def").read_text()
     assert run_cli("-C", copy, "container", "app", "--no-ld-library-path").returncode == 0
     assert "LD_LIBRARY_PATH" not in (copy / "Dockerfile.thin").read_text()
+
+
+def test_container_after_a_default_zstd_pack_converts_to_gzip(project: Path, tmp_path: Path) -> None:
+    """The Dockerfile and definition need gzip: a .tar.zst archive is converted beside it, streamed."""
+    proj = tmp_path / "proj"
+    shutil.copytree(project, proj, symlinks=True, ignore=shutil.ignore_patterns("*.tar.gz*", "Dockerfile.thin"))
+    gz = _archive(project)
+    zst = proj / "pack" / "app-linux-64.tar.zst"
+    subprocess.run(f"gzip -dc {gz} | zstd -q -o {zst}", shell=True, check=True)
+    manifest = json.loads(Path(f"{gz}.manifest.json").read_text())
+    manifest.update(format="tar.zst", archive=zst.name)
+    Path(f"{zst}.manifest.json").write_text(json.dumps(manifest))
+    res = run_cli("-C", proj, "container", "app")
+    assert res.returncode == 0, res.output
+    made = proj / "pack" / "app-linux-64.tar.gz"
+    assert made.read_bytes()[:2] == b"\x1f\x8b"
+    digest = hashlib.sha256(made.read_bytes()).hexdigest()
+    assert Path(f"{made}.sha256").read_text().split()[0] == digest
+    assert json.loads(Path(f"{made}.manifest.json").read_text())["converted_from"]["archive"] == zst.name
+    text = (proj / "Dockerfile.thin").read_text()
+    assert "ADD pack/app-linux-64.tar.gz /opt/env/" in text
+    assert digest in (proj / "pack" / "app.def").read_text()
+    with tarfile.open(made) as a, subprocess.Popen(["zstd", "-dc", str(zst)], stdout=subprocess.PIPE) as p, \
+            tarfile.open(fileobj=p.stdout, mode="r|") as b:
+        assert a.getnames() == [m.name for m in b]
+    mtime = made.stat().st_mtime_ns
+    assert run_cli("-C", proj, "container", "app").returncode == 0
+    assert made.stat().st_mtime_ns == mtime  # made once per source archive
+
+
+def _seed_debian_rootfs(cache: Path, debian_rootfs_tar: Path) -> None:
+    """The rootfs condastack would debootstrap, from the test cache (same recipe: bookworm minbase)."""
+    dest = cache / "rootfs" / "debian-bookworm-amd64-minbase.tar.zst"
+    dest.parent.mkdir(parents=True)
+    os.link(debian_rootfs_tar, dest)
+
+
+@needs_root
+def test_default_oci_image_runs_the_program_on_its_own(project: Path, debian_rootfs_tar: Path,
+                                                       tmp_path: Path) -> None:
+    """Without --oci-base the image is the env on a minimal Debian, and runs the env's program
+    with nothing from the host: under podman when it is here, else umoci unpack + chroot."""
+    cache = tmp_path / "cache"
+    _seed_debian_rootfs(cache, debian_rootfs_tar)
+    oci = tmp_path / "app.oci.tar"
+    res = run_cli("-C", project, "container", "app", "--oci", oci, env={"CONDASTACK_CACHE": str(cache)})
+    assert res.returncode == 0, res.output
+    assert "Debian bookworm minbase" in res.stdout and "layer app at /opt/env" in res.stdout
+    assert "nvidia" not in res.stdout
+    top = _skopeo_inspect(oci)
+    assert len(top["Layers"]) == 2
+    if shutil.which("podman") and shutil.which("runc"):
+        conf = tmp_path / "containers.conf"
+        conf.write_text("[containers]\ndefault_ulimits = []\n")
+        env = dict(os.environ, CONTAINERS_CONF=str(conf))
+        tag = f"localhost/condastack-test-app:{os.getpid()}"
+        # into podman's storage under a name of this run (`podman load` would call it app:latest)
+        subprocess.run(["skopeo", "copy", "-q", f"oci-archive:{oci}", f"containers-storage:{tag}"], env=env,
+                       check=True, capture_output=True)
+        try:
+            out = subprocess.run(["podman", "run", "--rm", "--network=none", "--runtime", "runc", tag, "hello"],
+                                 env=env, capture_output=True, text=True)
+        finally:
+            subprocess.run(["podman", "rmi", "-f", tag], env=env, capture_output=True)
+    else:
+        layout = tmp_path / "layout"
+        subprocess.run(["skopeo", "copy", "-q", f"oci-archive:{oci}", f"oci:{layout}:app"], check=True)
+        bundle = tmp_path / "bundle"
+        subprocess.run(["umoci", "unpack", "--image", f"{layout}:app", str(bundle)], check=True, capture_output=True)
+        out = _chroot(bundle / "rootfs", "1000:1000", "/usr/bin/env", "-i", f"PATH={PREFIX}/bin:/usr/bin:/bin",
+                      "hello", capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert f"prefix={PREFIX}\n" in out.stdout and f"lib={PREFIX}\n" in out.stdout
+
+
+def test_no_debootstrap_refuses_and_says_what_to_pass(project: Path, tmp_path: Path) -> None:
+    oci = tmp_path / "app.oci.tar"
+    res = run_cli("-C", project, "container", "app", "--oci", oci,
+                  env={"CONDASTACK_CACHE": str(tmp_path / "c"), "PATH": "/nonexistent:" + os.path.dirname(sys.executable)
+                       + ":/usr/bin:/bin", "CONDASTACK_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"})
+    assert_user_error(res, "--oci-base DIR[:TAG]")
+    assert not oci.exists()
+
+
+def test_committed_dockerfile_is_what_the_demo_writes() -> None:
+    """The root Dockerfile.thin is the demo's (examples/demo.py writes it there); it holds nothing
+    that changes from run to run, so the renderer's output for the demo stack must equal it."""
+    repo = Path(__file__).resolve().parent.parent
+    demo = repo / "examples" / "demo"
+    stack = ct.load_stack(demo, parse_specs=False)
+    archive = ct.PackedArchive(path=demo / "pack" / "app-linux-64-opt-env.tar.gz", sha256="0" * 64, fmt="tar.gz",
+                               dest_prefix=PREFIX, lock_hash="1" * 64, platform="linux-64", max_prefix_len=None)
+    spec = ct.ContainerSpec(stack_name=stack.name, layer="app", platform="linux-64", prefix=PREFIX,
+                            base_image=ct.default_base_image(stack.virtual_packages_for("linux-64")), archive=archive)
+    assert ct.render_dockerfile(spec, demo, repo / "Dockerfile.thin") == (repo / "Dockerfile.thin").read_text()
+    assert "Dockerfile.thin" in (repo / "examples" / "demo.py").read_text()

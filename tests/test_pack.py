@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tarfile
 import time
@@ -385,3 +386,145 @@ def test_restart_path_writes_the_same_archive_content(app_env: Path, tmp_path: P
     # every member holds the same bytes (or link target) either way
     assert differ == [], differ[:10]
     assert json.loads(again.manifest.read_text())["bytes_unpacked"] == normal.bytes_unpacked
+
+
+# --------------------------------------------------------------------------- reproducible archives
+
+
+def _sha(path: Path) -> str:
+    return Path(f"{path}.sha256").read_text().split()[0]
+
+
+def _timestamp_pycs(prefix: Path) -> dict[str, bool]:
+    """Each timestamp-based .pyc under `prefix` that has its source beside it: whether the source
+    mtime and size it records still match the .py (what python checks before using it)."""
+    out = {}
+    for pyc in prefix.glob("lib/python3.*/**/__pycache__/*.pyc"):
+        flags, mtime, size = struct.unpack("<III", pyc.read_bytes()[4:16])
+        src = pyc.parent.parent / (pyc.name.split(".")[0] + ".py")
+        if flags == 0 and src.is_file():
+            st = src.stat()
+            out[str(pyc.relative_to(prefix))] = (mtime, size) == (int(st.st_mtime) & 0xFFFFFFFF, st.st_size)
+    return out
+
+
+def test_timestamp_pycs_stay_valid_after_unpack(app_env: Path, tmp_path: Path) -> None:
+    """Mtimes are clamped, not forced to one value: a package's .py keeps the mtime its timestamp
+    .pyc records, so python does not recompile it at every start from the unpacked env."""
+    py = app_env / "bin" / "python3"
+    json_dir = next(app_env.glob("lib/python3.*/json"))
+    # timestamp .pyc files, as conda and micromamba compile noarch packages when linking them
+    # (compileall writes new files: the package cache keeps its own; packed with --allow-modified
+    # as these replace the package's checked-hash ones)
+    subprocess.run([str(py), "-m", "compileall", "-q", "-f", "--invalidation-mode", "timestamp", str(json_dir)],
+                   check=True)
+    valid = {k for k, ok in _timestamp_pycs(app_env).items() if ok}
+    assert any("/json/" in k for k in valid), valid
+    tar, sq = tmp_path / "env.tar.zst", tmp_path / "env.squashfs"
+    for out, more in ((tar, []), (sq, ["--format", "squashfs", "--dest-prefix", "/opt/app"])):
+        res = run_cli("pack", "--prefix", app_env, "-o", out, "--allow-modified", *more)
+        assert res.returncode == 0, res.output
+    clamp = json.loads(Path(f"{tar}.manifest.json").read_text())["built_from"]["mtime"]
+    assert (json_dir / "__init__.py").stat().st_mtime < clamp  # one mtime for all would break these .pyc
+
+    dest = tmp_path / "unpacked"
+    assert run_cli("unpack", tar, dest).returncode == 0
+    after = _timestamp_pycs(dest)
+    assert sorted(k for k in valid if not after.get(k)) == []
+    v = subprocess.run([str(dest / "bin" / "python3"), "-v", "-c", "import json"], capture_output=True, text=True)
+    assert v.returncode == 0 and "bytecode is stale for 'json'" not in v.stderr
+    init_pyc = next((json_dir / "__pycache__").glob("__init__.*.pyc")).relative_to(app_env)
+    assert f"{dest / init_pyc} matches" in v.stderr
+
+    tree = tmp_path / "squashfs-tree"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(sq)], check=True, capture_output=True)
+    after = _timestamp_pycs(tree)
+    assert sorted(k for k in valid if not after.get(k)) == []
+
+
+def test_archives_are_reproducible(app_env: Path, tmp_path: Path, records: list, shared_pkgs: Path) -> None:
+    a, b = tmp_path / "a.tar.zst", tmp_path / "b.tar.zst"
+    assert run_cli("pack", "--prefix", app_env, "-o", a, "-j", "1").returncode == 0
+    time.sleep(1.1)  # a second later: any pack-time mtime would show
+    assert run_cli("pack", "--prefix", app_env, "-o", b, "-j", "2").returncode == 0
+    assert _sha(a) == _sha(b) and a.read_bytes() == b.read_bytes()
+    manifest = json.loads(Path(f"{a}.manifest.json").read_text())
+    built = manifest["built_from"]
+    assert built["lock_hash"] == META["lock_hash"] and built["mtime_from"] == "packages" and built["mtime"] > 0
+    with subprocess.Popen(["zstd", "-dc", str(a)], stdout=subprocess.PIPE) as p:
+        with tarfile.open(fileobj=p.stdout, mode="r|") as tf:
+            members = {m.name: (m.mtime, m.uid, m.gid) for m in tf}
+    assert {(u, g) for _, u, g in members.values()} == {(0, 0)}
+    # clamped: what the install wrote (this record) gets the time; package files keep older mtimes
+    assert max(t for t, _, _ in members.values()) == built["mtime"]
+    assert members["conda-meta/condastack.info"][0] == built["mtime"]
+    assert members["bin/hello"][0] < built["mtime"]
+
+    # two envs of one lock in different folders, packed for the same --dest-prefix
+    other = make_env(tmp_path / "elsewhere" / "deeper" / "app", records, shared_pkgs)
+    dest = "/shared/envs/app"
+    for env, out in ((app_env, a), (other, b)):
+        res = run_cli("pack", "--prefix", env, "--dest-prefix", dest, "-o", out, "--format", "tar.gz",
+                      env={"SOURCE_DATE_EPOCH": "1700000000"})
+        assert res.returncode == 0, res.output
+    assert _sha(a) == _sha(b)
+    assert json.loads(Path(f"{b}.manifest.json").read_text())["built_from"]["mtime"] == 1700000000
+
+
+def test_pack_warns_when_the_lock_moved_on(tmp_path: Path, channel_url: str, pkgs_cache: Path) -> None:
+    from tests.helpers import write_project
+
+    proj = write_project(tmp_path / "p", """
+        name: w
+        platforms: [linux-64]
+        layers:
+          base: {file: base.yml}
+        """, {"base.yml": f"""
+        channels: ["{channel_url}"]
+        dependencies: [libfoo]
+        """})
+    assert run_cli("-C", proj, "lock").returncode == 0
+    assert run_cli("-C", proj, "build", "base").returncode == 0
+    res = run_cli("-C", proj, "pack", "base")
+    assert res.returncode == 0 and "warning" not in res.output
+    layer = proj / "environments" / "base.yml"
+    layer.write_text(layer.read_text().replace("[libfoo]", "[libfoo <2]"))
+    assert run_cli("-C", proj, "lock").returncode == 0
+    res = run_cli("-C", proj, "pack", "base")
+    assert res.returncode == 0 and "warning: layer base: the env was built from lock" in res.stderr
+
+
+# --------------------------------------------------------------------------- verify after a move
+
+
+def test_verify_passes_after_unpack_install_relocate(base_app_project: Path, pkgs_cache: Path,
+                                                     tmp_path: Path) -> None:
+    proj = base_app_project
+    assert run_cli("-C", proj, "lock", "app").returncode == 0
+    assert run_cli("-C", proj, "build", "app").returncode == 0
+    res = run_cli("-C", proj, "pack", "app")
+    assert res.returncode == 0, res.output
+    archive = proj / "pack" / "app-linux-64.tar.zst"
+
+    def verify(prefix: Path) -> dict:
+        res = run_cli("verify", "--prefix", prefix, "--json")
+        return json.loads(res.stdout)
+
+    unpacked = tmp_path / "u" / "app"
+    assert run_cli("unpack", archive, unpacked).returncode == 0
+    installed = tmp_path / "shared" / "envs" / "app"
+    res = run_cli("install", archive, "--prefix", installed)
+    assert res.returncode == 0, res.output
+    moved = tmp_path / "moved" / "somewhere" / "app"
+    moved.parent.mkdir(parents=True)
+    shutil.copytree(unpacked, moved, symlinks=True)
+    assert run_cli("relocate", moved).returncode == 0
+    for prefix in (unpacked, installed, moved):
+        rep = verify(prefix)
+        assert rep["ok"] is True, (prefix, rep["problems"])
+    # and it still catches an edit of a relocated file
+    conf = moved / "etc" / "hello.conf"
+    conf.write_text(conf.read_text() + "# edited\n")
+    rep = verify(moved)
+    assert rep["ok"] is False
+    assert [p["path"] for p in rep["problems"] if p["kind"] == "modified-file"] == ["etc/hello.conf"]

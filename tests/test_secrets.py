@@ -139,7 +139,7 @@ def test_credentials_never_leak(form: str, secret_server: str, tmp_path: Path) -
     cli("verify", "app")
     cli("pack", "app")
     cli("pack", "app", "--format", "tar.gz", "--dest-prefix", "/opt/env")
-    cli("container", "app", "--oci", root / "pack" / "app.oci.tar")
+    cli("container", "app", "--oci", root / "pack" / "app.oci.tar", "--oci-base", "scratch")
     # error messages: an unknown package on the secret channel, and a wrong token / password
     (root / "environments" / "app.yml").write_text(
         f'name: app\nchannels: ["{url}"]\ndependencies:\n  - hello\n  - no-such-package\n')
