@@ -28,8 +28,8 @@ done
 
 # flashinfer-python 0.2.6.post1 is on PyPI as an sdist only; a build installs locked wheels only.
 # So its wheel is built once, by the base env's python (setup.py imports torch; 0.2.6 compiles its
-# kernels at run time, so no nvcc and no GPU here), into the site wheel folder that app.yml names
-# with `-f wheels`; the lock then takes it from there. BASE_PYTHON: another base env's python.
+# kernels at run time: no GPU needed, and the nvcc version found, if any, is only recorded), into
+# the site wheel folder that app.yml names with `-f wheels`; the lock then takes it from there. BASE_PYTHON: another base env's python.
 FI=flashinfer-python==0.2.6.post1
 UPDATE=()
 if [ "$LAYER" = app ] && ! ls "$HERE/environments/wheels/"flashinfer_python-0.2.6.post1-*.whl >/dev/null 2>&1; then
