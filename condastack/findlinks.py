@@ -79,6 +79,13 @@ def _write_index(root: Path, links: list[tuple[str, str]], serve: str) -> None:
     (root / "simple").mkdir(exist_ok=True)
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """The solver hangs up mid-download when it has what it needs: not an error, and no traceback."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def find_links_index(targets: list[str] | tuple[str, ...]) -> Iterator[tuple[str | None, dict[str, str]]]:
     """A loopback PEP 503 index of `targets` (None when there are none) and {served URL: original file URL}."""
@@ -92,7 +99,7 @@ def find_links_index(targets: list[str] | tuple[str, ...]) -> Iterator[tuple[str
             def log_message(self, *args: object) -> None:
                 pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=tmp))
+        server = _QuietServer(("127.0.0.1", 0), functools.partial(Quiet, directory=tmp))
         serve = f"http://127.0.0.1:{server.server_address[1]}/"
         links = [link for t in targets for link in _links(t)]
         _write_index(root, links, serve)

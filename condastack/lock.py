@@ -463,8 +463,11 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
     indexes, options = stack.pip_indexes_for(name), stack.pip_options_for(name)
     try:
         with find_links_index(options.find_links) as (links_index, served):
-            if links_index:  # pip's --find-links adds to the indexes (to PyPI when none is named)
-                indexes = (indexes or [PYPI_SIMPLE]) + [links_index]
+            if links_index:  # pip's --find-links adds to the indexes (to PyPI when none is named),
+                # asked first: poetry takes a version from the first source that has it, and pip, on
+                # a tie, the find-links file; so a site's wheel of a version the index has only as
+                # an sdist (or rebuilt) is the one locked
+                indexes = [links_index] + (indexes or [PYPI_SIMPLE])
             pip_locked = solve_pip(specs, conda_locked, plat, stack.effective_virtual_packages_for(plat),
                                    indexes=indexes, previous=prev_pip + parent_pip, update=list(update),
                                    pre=options.pre)

@@ -139,6 +139,22 @@ def test_find_links_folder_and_page_are_locked(tmp_path: Path, channel_url: str,
     assert list((proj / "envs" / "base" / "lib").glob("python3*/site-packages/tinylocal/__init__.py"))
 
 
+def test_find_links_wheel_wins_over_the_index_for_the_same_version(tmp_path: Path, channel_url: str,  # noqa: ANN001
+                                                                   pypi_index) -> None:
+    """A site's own wheel of a version the index also serves (rebuilt, or there an sdist only) is locked."""
+    wheels = tmp_path / "p" / "environments" / "wheels"
+    wheels.mkdir(parents=True)
+    rebuilt = make_wheel(wheels, "tinylib", "2.0", scripts={"tinylib": "tinylib:main"})
+    assert rebuilt.read_bytes() != pypi_index.wheels[rebuilt.name].read_bytes()
+    proj = _project(tmp_path / "p", channel_url, [f"--index-url {pypi_index.url}", "-f wheels", "tinyapp"])
+    res = run_cli("-C", proj, "lock")
+    assert res.returncode == 0, res.output
+    pip = _pip(proj)
+    assert pip["tinylib"]["url"] == rebuilt.resolve().as_uri(), pip["tinylib"]
+    assert pip["tinylib"]["hash"]["sha256"] == hashlib.sha256(rebuilt.read_bytes()).hexdigest()
+    assert pip["tinyapp"]["url"].startswith(pypi_index.url.rsplit("/simple", 1)[0])  # the rest from the index
+
+
 def test_pre_takes_pre_releases_for_every_requirement(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001
     """pip's --pre: a pre-release counts like a release, for direct and indirect requirements alike."""
     def project(root: Path, pre: bool) -> Path:

@@ -2,7 +2,7 @@
 # The seed's PyTorch 2.7.1 (CUDA 12.6) env for real: lock against PyPI, build, verify,
 # pack, unpack elsewhere, import torch/tensordict/sglang/flashinfer, doctor; then
 # install, Lmod module and SquashFS as for the demo. Needs network (PyPI) and
-# ~30 GB free. Usage: [LAYER=app|base] [SKIP_LOCK=1] examples/torch/run.sh [PYTHON_ROOT]
+# ~30 GB free. Usage: [LAYER=app|base] [SKIP_LOCK=1] [BASE_PYTHON=...] examples/torch/run.sh [PYTHON_ROOT]
 # (default: layer app, pyenv's 3.10; SKIP_LOCK=1 builds from the committed lock).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -26,9 +26,31 @@ for r in python pip; do  # once: the package is rebuilt only when the channel la
     t "${CS[@]}" wrap --recipe "$WORK/recipes/$r" -c "file://$WORK/empty-channel"
 done
 
+# flashinfer-python 0.2.6.post1 is on PyPI as an sdist only; a build installs locked wheels only.
+# So its wheel is built once, by the base env's python (setup.py imports torch; 0.2.6 compiles its
+# kernels at run time: no GPU needed, and the nvcc version found, if any, is only recorded), into
+# the site wheel folder that app.yml names with `-f wheels`; the lock then takes it from there. BASE_PYTHON: another base env's python.
+FI=flashinfer-python==0.2.6.post1
+UPDATE=()
+if [ "$LAYER" = app ] && ! ls "$HERE/environments/wheels/"flashinfer_python-0.2.6.post1-*.whl >/dev/null 2>&1; then
+  BASEPY="${BASE_PYTHON:-$HERE/envs/base/bin/python}"
+  if [ ! -x "$BASEPY" ]; then
+    step "build base (its python builds the $FI wheel)"
+    [ -n "${SKIP_LOCK:-}" ] || t "${CS[@]}" lock base
+    t "${CS[@]}" build base
+  fi
+  step "build the $FI wheel with $BASEPY into environments/wheels/"
+  # setuptools >= 77 reads its PEP 639 license field; wheel for bdist_wheel: both beside the env
+  "$BASEPY" -m pip install -q --disable-pip-version-check --target "$WORK/build-tools" "setuptools>=77" wheel
+  (cd /tmp && t env PYTHONPATH="$WORK/build-tools" "$BASEPY" -m pip wheel -q --disable-pip-version-check \
+    --no-deps --no-build-isolation "$FI" -w "$HERE/environments/wheels")
+  ls -l "$HERE/environments/wheels/"
+  UPDATE=(--update flashinfer-python)  # a new wheel has a new sha256: re-solve that package
+fi
+
 if [ -z "${SKIP_LOCK:-}" ]; then
   step "lock base + app against the real PyPI"
-  t "${CS[@]}" lock
+  t "${CS[@]}" lock "${UPDATE[@]}"
 fi
 step "build $LAYER, verify"
 t "${CS[@]}" build "$LAYER"
