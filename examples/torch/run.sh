@@ -3,7 +3,7 @@
 # pack, unpack elsewhere, import torch/tensordict/sglang/flashinfer, doctor; then
 # install, Lmod module and SquashFS as for the demo. Needs network (PyPI) and
 # ~30 GB free. Usage: [LAYER=app|base] [SKIP_LOCK=1] [BASE_PYTHON=...] examples/torch/run.sh [PYTHON_ROOT]
-# (default: layer app, pyenv's 3.10; SKIP_LOCK=1 builds from the committed lock).
+# (default: layer app, pyenv's 3.10; SKIP_LOCK=1 builds from the lock a previous run wrote: locks name this machine's site channel and wheel folder, so none is committed).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
