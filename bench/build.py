@@ -48,15 +48,16 @@ cache_dir, realistic_base_specs, realistic_channel = _r.cache_dir, _r.realistic_
 realistic_specs, tree_size = _r.realistic_specs, _r.tree_size
 
 from condastack.build import build_prefix  # noqa: E402
-from condastack.solve import read_locked_env, record_entry, solve_conda, write_lockfile  # noqa: E402
+from condastack.solve import read_locked_env, record_entry, render_lockfile, solve_conda  # noqa: E402
 
 PLATFORM = "linux-64"
 
 
 def write_lock(path: Path, channel: str, specs: list[str], pinned: list | None = None) -> list:
     recs = solve_conda([channel], specs, PLATFORM, {}, pinned=pinned)
-    write_lockfile(path, [record_entry(r, PLATFORM) for r in recs], channels=[channel], platforms=[PLATFORM],
-                   sources=["bench"], content_hash={PLATFORM: "bench"}, custom={})
+    text, _ = render_lockfile(path, [record_entry(r, PLATFORM) for r in recs], channels=[channel],
+                              platforms=[PLATFORM], sources=["bench"], content_hash={PLATFORM: "bench"}, custom={})
+    path.write_text(text)
     return recs
 
 

@@ -45,7 +45,8 @@ from .solve import (
     solve_pip,
     spec_name,
     split_depend,
-    write_lockfile,
+    remember_lockfile,
+    render_lockfile,
 )
 from .layout import lock_dir, lockfile_path, records_sidecar_path
 from .stack import Stack
@@ -310,7 +311,7 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
         for plat in stack.platforms:
             result.counts[plat] = dict(counts.get(plat) or {"conda": 0, "pip": 0})
         if not all(explicit_path(stack, name, p).is_file() for p in stack.platforms):
-            _write_derived(stack, name, path)
+            _write_derived(stack, name, read_raw(path))
         return result
     previous = read_lock_entries(path) if path.is_file() else None
     new_hash: dict[str, str] = {}
@@ -338,7 +339,7 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
     if result.solved:
         _write_lock(stack, name, path, packages, new_hash, full)
     else:
-        _write_derived(stack, name, path)
+        _write_derived(stack, name, read_raw(path))
     return result
 
 
@@ -366,22 +367,25 @@ def _write_lock(stack: Stack, name: str, path: Path, packages: list, new_hash: d
     for plat in stack.platforms:
         custom[f"condastack.virtual-packages.{plat}"] = json.dumps(stack.effective_virtual_packages_for(plat),
                                                                    sort_keys=True)
-    text = write_lockfile(path, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
-                          platforms=list(stack.platforms), sources=sources, content_hash=new_hash, custom=custom)
-    # The records (and the summary) name the lock they describe by its sha256; if a run dies between
-    # the two writes, they no longer match and are ignored (records then come from the channels).
-    summary = _summarize(read_raw(path), hashlib.sha256(text.encode()).hexdigest())
+    text, doc = render_lockfile(path, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
+                                platforms=list(stack.platforms), sources=sources, content_hash=new_hash,
+                                custom=custom)
+    # The lockfile is written last: while it is the old one, the next run finds its inputs changed and
+    # rewrites the whole set. The records (and the summary) name the lock they describe by its sha256,
+    # so records that got ahead of their lockfile are ignored (records then come from the channels).
+    summary = _summarize(doc, hashlib.sha256(text.encode()).hexdigest())
     atomic_write_text(records_path(stack.root, name),
                       json.dumps({"lock": summary, "platforms": full}, sort_keys=True) + "\n")
-    _write_derived(stack, name, path)
+    _write_derived(stack, name, doc)
+    atomic_write_text(path, text)
+    remember_lockfile(path, doc)
 
 
-def _write_derived(stack: Stack, name: str, lockfile: Path) -> None:
-    """Write the @EXPLICIT and pip requirement files that follow from a lockfile.
+def _write_derived(stack: Stack, name: str, raw: dict) -> None:
+    """Write the @EXPLICIT and pip requirement files that follow from a lockfile's document.
 
     They are rewritten only when their content differs, so a no-op lock touches nothing.
     """
-    raw = read_raw(lockfile)
     entries = raw["package"]
     hashes = raw["metadata"].get("content_hash") or {}
     for plat in stack.platforms:
@@ -766,7 +770,7 @@ def lock_with_conda_lock(stack: Stack, layers: list[str] | None, solver: str, bi
                 if parent:
                     _check_superset(name, parent, lockfile_path(stack.root, parent), target)
                 atomic_write_text(final, target.read_text())
-                _write_derived(stack, name, final)
+                _write_derived(stack, name, read_raw(final))
             out.append(final)
     return out
 

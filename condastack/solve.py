@@ -479,18 +479,13 @@ def _conda_first_pool(pool, provided: dict[str, str], *, pre: bool = False):  # 
 # --------------------------------------------------------------------------- lockfile format (conda-lock)
 
 
-def write_lockfile(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
-                   sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> str:
-    """Write conda-lock's unified lockfile (v1 on disk) and return its text: the plain writer where it
-    covers the lock, else conda-lock's own writer."""
-    from .fsutil import atomic_write_text
-
+def render_lockfile(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
+                    sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> tuple[str, dict]:
+    """conda-lock's unified lockfile (v1 on disk) for `path`, not yet written: (its text, the document
+    reading it back gives). The plain writer where it covers the lock, else conda-lock's own writer."""
     if can_write_fast(packages, channels):
-        text, doc = lockfile_document(Path(path).name, packages, channels=channels, platforms=platforms,
-                                      sources=sources, content_hash=content_hash, custom=custom)
-        atomic_write_text(Path(path), text)
-        _remember_lock_document(Path(path), doc)  # what reading it back would give: no re-parse
-        return text
+        return lockfile_document(Path(path).name, packages, channels=channels, platforms=platforms,
+                                 sources=sources, content_hash=content_hash, custom=custom)
     # conda-lock writes the file's own name into its header: a temporary folder keeps that name.
     from .fsutil import TMP_MARK, remove_path
 
@@ -499,11 +494,14 @@ def write_lockfile(path: Path, packages: list[dict], *, channels: list[str], pla
     try:
         conda_lock_write(tmpdir / Path(path).name, packages, channels=channels, platforms=platforms,
                          sources=sources, content_hash=content_hash, custom=custom)
-        text = (tmpdir / Path(path).name).read_text()
-        atomic_write_text(Path(path), text)
+        return (tmpdir / Path(path).name).read_text(), _load_lock_document(tmpdir / Path(path).name, False)
     finally:
         remove_path(tmpdir)
-    return text
+
+
+def remember_lockfile(path: Path, doc: dict) -> None:
+    """`doc` is what reading the lockfile just written at `path` gives: no re-parse in this run."""
+    _remember_lock_document(Path(path), doc)
 
 
 def conda_lock_write(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
