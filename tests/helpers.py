@@ -115,3 +115,16 @@ def make_wheel(folder: Path, name: str, version: str, *, requires: list[str] | N
             info = zipfile.ZipInfo(path, date_time=(2024, 1, 1, 0, 0, 0))
             z.writestr(info, text)
     return out
+
+
+def libhello_project(root: Path, channel_url: str, name: str, steps: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
+    """A one-layer project (`app`: libhello from the test channel) with its own package cache,
+    taken through `steps` (a subset of lock, build, pack) with the CLI; (project, env for run_cli)."""
+    proj = write_project(root / "proj", f"name: {name}\nplatforms: [linux-64]\nvirtual-packages:\n"
+                         "  linux-64: {__glibc: '2.28'}\nlayers:\n  app: {file: app.yml}\n",
+                         {"app.yml": f'channels: ["{channel_url}"]\ndependencies:\n  - libhello\n'})
+    env = {"CONDASTACK_PKGS": str(root / "pkgs")}
+    for step in steps:
+        res = run_cli("-C", proj, step, *(["app"] if step != "lock" else []), env=env)
+        assert res.returncode == 0, res.output
+    return proj, env

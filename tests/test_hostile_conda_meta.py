@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_user_error, run_cli, write_project
+from tests.helpers import assert_user_error, libhello_project, run_cli
 
 TMP = ".condastack-tmp-"
 RECORDS = {
@@ -32,13 +32,7 @@ WHY = {"not-json": "unreadable package record", "a-list": "not an object", "name
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("meta")
-    proj = write_project(root / "proj", "name: m\nplatforms: [linux-64]\nvirtual-packages:\n"
-                         "  linux-64: {__glibc: '2.28'}\nlayers:\n  app: {file: app.yml}\n",
-                         {"app.yml": f'channels: ["{channel_url}"]\ndependencies:\n  - libhello\n'})
-    env = {"CONDASTACK_PKGS": str(root / "pkgs")}
-    for args in (["lock"], ["build", "app"]):
-        res = run_cli("-C", proj, *args, env=env)
-        assert res.returncode == 0, res.output
+    proj, env = libhello_project(root, channel_url, "m", ("lock", "build"))
     (proj / "canary").mkdir()
     (proj / "canary" / "keep.txt").write_text("keep\n")
     record = next((proj / "envs" / "app" / "conda-meta").glob("libhello-*.json"))

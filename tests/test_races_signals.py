@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CLI, run_cli, write_project
+from tests.helpers import CLI, libhello_project, run_cli
 
 TMP = ".condastack-tmp-"
 
@@ -27,13 +27,7 @@ TMP = ".condastack-tmp-"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("races")
-    proj = write_project(root / "proj", "name: r\nplatforms: [linux-64]\nvirtual-packages:\n"
-                         "  linux-64: {__glibc: '2.28'}\nlayers:\n  app: {file: app.yml}\n",
-                         {"app.yml": f'channels: ["{channel_url}"]\ndependencies:\n  - libhello\n'})
-    env = {"CONDASTACK_PKGS": str(root / "pkgs")}
-    for args in (["lock"], ["build", "app"], ["pack", "app"]):
-        res = run_cli("-C", proj, *args, env=env)
-        assert res.returncode == 0, res.output
+    proj, env = libhello_project(root, channel_url, "r", ("lock", "build", "pack"))
     return {"proj": proj, "env": env, "archive": proj / "pack" / "app-linux-64.tar.zst"}
 
 

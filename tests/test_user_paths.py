@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CLI, Result, assert_user_error, run_cli, write_project
+from tests.helpers import CLI, Result, assert_user_error, libhello_project, run_cli
 
 TMP = ".condastack-tmp-"
 
@@ -46,13 +46,7 @@ def run_on_mount(folder: Path, opts: str, *args: object, env: dict[str, str] | N
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("userpaths")
-    proj = write_project(root / "proj", "name: up\nplatforms: [linux-64]\nvirtual-packages:\n"
-                         "  linux-64: {__glibc: '2.28'}\nlayers:\n  app: {file: app.yml}\n",
-                         {"app.yml": f'channels: ["{channel_url}"]\ndependencies:\n  - libhello\n'})
-    env = {"CONDASTACK_PKGS": str(root / "pkgs")}
-    for args in (["lock"], ["build", "app"], ["pack", "app"]):
-        res = run_cli("-C", proj, *args, env=env)
-        assert res.returncode == 0, res.output
+    proj, env = libhello_project(root, channel_url, "up", ("lock", "build", "pack"))
     return {"root": root, "proj": proj, "env": env,
             "archive": next((proj / "pack").glob("app-linux-64.tar.zst"))}
 
