@@ -97,10 +97,10 @@ def kill_at(args: list, delay: float | None, env: dict[str, str], watch: tuple[P
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if delay is None:
         assert watch, "a watched trial needs folders to watch"
+        # Spin (no sleep): a small output's temporary lives only as long as its write and fsync.
         while not set(_top_temporaries(watch)) - before:
             if p.poll() is not None:
                 return False
-            time.sleep(0.001)
     else:
         try:
             p.wait(timeout=delay)
