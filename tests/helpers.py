@@ -6,10 +6,12 @@ repository root on sys.path for it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,3 +130,43 @@ def libhello_project(root: Path, channel_url: str, name: str, steps: tuple[str, 
         res = run_cli("-C", proj, step, *(["app"] if step != "lock" else []), env=env)
         assert res.returncode == 0, res.output
     return proj, env
+
+
+@contextlib.contextmanager
+def secret_channel(folder: Path, user: str, password: str, token: str) -> Iterator[str]:
+    """Serve a channel folder on 127.0.0.1 to /t/<token>/... or with basic auth (401 otherwise);
+    yields "127.0.0.1:PORT"."""
+    import base64
+    import functools
+    import http.server
+    import threading
+
+    want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _allowed(self) -> bool:
+            if self.path.startswith(f"/t/{token}/"):
+                self.path = self.path[len(f"/t/{token}"):]
+                return True
+            return self.headers.get("Authorization") == want
+
+        def _refuse(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="channel"')
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            super().do_GET() if self._allowed() else self._refuse()
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            super().do_HEAD() if self._allowed() else self._refuse()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()

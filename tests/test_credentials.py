@@ -11,12 +11,9 @@ and path alphabets do not have). An end-to-end test locks from a channel served 
 from __future__ import annotations
 
 import base64
-import functools
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -24,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from condastack.credentials import redact, strip_credentials, with_credentials
-from tests.helpers import run_cli, write_project
+from tests.helpers import run_cli, secret_channel, write_project
 
 MARK = "ZQ"  # never in hosts or paths below, so a secret found in an output is a leak
 _SAFE = "abcdefghijklmnopqrstuvwxyz0123456789-."
@@ -154,29 +151,11 @@ def test_long_inputs_finish() -> None:
 USER, PASSWORD, TOKEN = "alice", "ZQp@ss:w0rd@x", "ZQtok3n-e2e"
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """The test channel, to /t/<TOKEN>/... or with basic auth (a password holding '@' and ':')."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path.startswith(f"/t/{TOKEN}/"):
-            self.path = self.path[len(f"/t/{TOKEN}"):]
-        elif self.headers.get("Authorization") != "Basic " + base64.b64encode(
-                f"{USER}:{PASSWORD}".encode()).decode():
-            self.send_response(401)
-            self.end_headers()
-            return
-        super().do_GET()
-
-
 @pytest.fixture(scope="module")
 def server(channel: Path):  # noqa: ANN201
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(channel)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    """The test channel, to /t/<TOKEN>/... or with basic auth (a password holding '@' and ':')."""
+    with secret_channel(channel, USER, PASSWORD, TOKEN) as address:
+        yield address
 
 
 @pytest.mark.parametrize("form", ["upper-scheme-at-in-password", "token-at-end"])

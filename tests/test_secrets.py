@@ -11,60 +11,25 @@ image's config and layer) and all of stdout/stderr are searched for the secrets.
 from __future__ import annotations
 
 import base64
-import functools
 import gzip
-import http.server
 import io
-import os
 import subprocess
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli, write_project
+from tests.helpers import run_cli, secret_channel, write_project
 
 TOKEN = "tk-5ecr3t-T0KEN-9f8e7d"
 USER, PASSWORD = "alice", "pa55-W0RD-s3cr3t"
 SECRETS = (TOKEN, PASSWORD, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the channel folder to /t/<TOKEN>/... or with basic auth; 401 otherwise."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _allowed(self) -> bool:
-        if self.path.startswith(f"/t/{TOKEN}/"):
-            self.path = self.path[len(f"/t/{TOKEN}"):]
-            return True
-        want = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        return self.headers.get("Authorization") == want
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if not self._allowed():
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="channel"')
-            self.end_headers()
-            return
-        super().do_GET()
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        if not self._allowed():
-            self.send_response(401)
-            self.end_headers()
-            return
-        super().do_HEAD()
-
-
 @pytest.fixture(scope="module")
 def secret_server(channel: Path):  # noqa: ANN201
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(channel)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with secret_channel(channel, USER, PASSWORD, TOKEN) as address:
+        yield address
 
 
 def _leaks(text: str | bytes) -> list[str]:
