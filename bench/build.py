@@ -47,8 +47,8 @@ _r = _load_realistic()
 cache_dir, realistic_base_specs, realistic_channel = _r.cache_dir, _r.realistic_base_specs, _r.realistic_channel
 realistic_specs, tree_size = _r.realistic_specs, _r.tree_size
 
-from condastack.build import build_prefix  # noqa: E402
-from condastack.solve import read_locked_env, record_entry, render_lockfile, solve_conda  # noqa: E402
+from condastack.env.build import build_prefix  # noqa: E402
+from condastack.lock.solve import read_locked_env, record_entry, render_lockfile, solve_conda  # noqa: E402
 
 PLATFORM = "linux-64"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from condastack.channel import build_recipe, cached_build, channel_url, index_channel  # noqa: E402
+from condastack.channel.index import build_recipe, cached_build, channel_url, index_channel  # noqa: E402
 
 N_PROGRAMS = 24       # distinct gcc-compiled binaries with the prefix inside
 N_BIN_COPIES = 16     # copies of each (binary placeholder files)

@@ -3,4 +3,6 @@
 Data flows one way: stack -> lock -> env -> archive -> delivered env.
 """
 
-__version__ = "0.1.0"
+from condastack.core.version import __version__
+
+__all__ = ["__version__"]

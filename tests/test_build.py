@@ -88,7 +88,7 @@ def test_rattler_reads_the_lock_like_conda_lock(base_app_project: Path) -> None:
     """The build reads lockfiles with py-rattler; it must see what conda-lock's parser sees."""
     from conda_lock.lockfile import parse_conda_lock_file
 
-    from condastack.solve import read_locked_env
+    from condastack.lock.solve import read_locked_env
 
     _lock(base_app_project)
     path = base_app_project / "lock" / "app.conda-lock.yml"
@@ -331,14 +331,14 @@ def test_verify_reports_package_drift(base_app_project: Path, pkgs_cache: Path) 
 
 
 def test_pkgs_dir_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    from condastack.build import pkgs_dir
+    from condastack.env.build import pkgs_dir
 
     monkeypatch.delenv("CONDASTACK_PKGS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
     assert pkgs_dir() == Path("/somewhere/condastack/pkgs")
     monkeypatch.setenv("CONDASTACK_PKGS", "/x/pkgs")
     assert pkgs_dir() == Path("/x/pkgs")
-    assert sys.modules["condastack.build"].MARKER == Path("conda-meta/condastack.info")
+    assert sys.modules["condastack.env.build"].MARKER == Path("conda-meta/condastack.info")
 
 
 def test_stale_lock_refused_and_frozen_builds(base_app_project: Path, pkgs_cache: Path) -> None:

@@ -24,9 +24,9 @@ import pytest
 from tests.helpers import assert_user_error, run_cli, write_project
 from tests.channel.testchannel import default_cache_dir
 
-from condastack import container as ct
-from condastack.errors import CondastackError
-from condastack.fsutil import file_lock
+from condastack.container import render as ct
+from condastack.core.errors import CondastackError
+from condastack.core.fs import file_lock
 
 PREFIX = "/opt/env"
 LOCK_HASH = "0123456789abcdef" * 4
@@ -87,7 +87,7 @@ def _install_env(root: Path, channel_url: str, layer: str, specs: list[str], pkg
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, channel: Path) -> Path:
     """A CPU stack (base, app) whose app env is built and packed for /opt/env as tar.gz."""
-    from condastack.pack import pack_prefix
+    from condastack.archive.pack import pack_prefix
 
     root = _write_stack(tmp_path_factory.mktemp("ctr") / "proj", channel.as_uri(), '{__glibc: "2.28"}')
     pkgs = tmp_path_factory.mktemp("pkgs")

@@ -321,8 +321,8 @@ def test_lock_survives_sigkill(world: World) -> None:
 
 
 def test_build_survives_sigkill(world: World) -> None:
-    from condastack.build import read_marker
-    from condastack.verify import verify_prefix
+    from condastack.env.build import read_marker
+    from condastack.env.verify import verify_prefix
 
     w = world
     prefix = w.proj / "envs" / "app"
@@ -370,15 +370,15 @@ def test_build_survives_sigkill(world: World) -> None:
 
 
 def _sha256(p: Path) -> str:
-    from condastack.fsutil import sha256_file
+    from condastack.core.fs import sha256_file
 
     return sha256_file(p)
 
 
 def _valid_archive(out: Path, scratch: Path) -> str | None:
     """None if `out` matches its .sha256 and unpacks; else what is wrong."""
-    from condastack.errors import CondastackError
-    from condastack.unpack import unpack_archive
+    from condastack.core.errors import CondastackError
+    from condastack.archive.unpack import unpack_archive
 
     side = out.with_name(out.name + ".sha256")
     if not side.is_file():
@@ -553,7 +553,7 @@ def test_build_killed_mid_download_leaves_no_temporary(tmp_path: Path, channel: 
     import http.server
     import threading
 
-    from condastack.verify import verify_layer
+    from condastack.env.verify import verify_layer
 
     slow = threading.Event()
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from condastack.credentials import redact, strip_credentials, with_credentials
+from condastack.core.credentials import redact, strip_credentials, with_credentials
 from tests.helpers import run_cli, secret_channel, write_project
 
 MARK = "ZQ"  # never in hosts or paths below, so a secret found in an output is a leak
@@ -141,7 +141,7 @@ LONG = ["'a' * 1_000_000", "'a://' * 250_000", "'a://b@' * 170_000", "'@' * 1_00
 
 def test_long_inputs_finish() -> None:
     """Hostile 1,000,000-character strings: a quadratic scan would not finish in the minute given."""
-    code = "from condastack.credentials import redact, strip_credentials\n" + "".join(
+    code = "from condastack.core.credentials import redact, strip_credentials\n" + "".join(
         f"s = {e}\nassert len(redact(s)) > 0 and strip_credentials(s) is not None\n" for e in LONG)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).parent.parent)
 

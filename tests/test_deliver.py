@@ -18,8 +18,8 @@ import pytest
 import rattler
 
 from tests.helpers import assert_user_error, run_cli
-from condastack.deliver import install_archive
-from condastack.pack import pack_prefix
+from condastack.deliver.install import install_archive
+from condastack.archive.pack import pack_prefix
 
 LOCK1, LOCK2 = "11" * 32, "22" * 32
 

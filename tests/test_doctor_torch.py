@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from condastack.doctor import Node, run_doctor
-from condastack.doctor_torch import read_torch, so_cxx11_abi, torch_checks
+from condastack.deliver.doctor import Node, run_doctor
+from condastack.deliver.doctor_torch import read_torch, so_cxx11_abi, torch_checks
 
 SITE = "lib/python3.10/site-packages"
 CPP = '#include <string>\nstd::string describe(const std::string& s) { return s + "!"; }\n'

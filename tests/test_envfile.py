@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from tests.helpers import write_project
 
-from condastack.envfile import DEFAULT_CHANNELS, eval_selector, load_env_file
-from condastack.errors import CondastackError
-from condastack.lock import input_hash
-from condastack.stack import load_stack
+from condastack.spec.envfile import DEFAULT_CHANNELS, eval_selector, load_env_file
+from condastack.core.errors import CondastackError
+from condastack.lock.layered import input_hash
+from condastack.spec.stack import load_stack
 
 PLATS = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
 

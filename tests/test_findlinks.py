@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from condastack.findlinks import find_links_index
+from condastack.lock.findlinks import find_links_index
 
 
 def test_a_client_hanging_up_mid_download_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:

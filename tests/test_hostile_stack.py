@@ -117,8 +117,8 @@ _yaml_text = st.lists(st.sampled_from([
 @given(text=_yaml_text, layer=_yaml_text)
 def test_fuzz_stack_loader(tmp_path: Path, text: str, layer: str) -> None:
     """Whatever the files hold, load_stack returns a Stack or raises CondastackError (never another error)."""
-    from condastack.errors import CondastackError
-    from condastack.stack import load_stack
+    from condastack.core.errors import CondastackError
+    from condastack.spec.stack import load_stack
 
     env = tmp_path / "fuzz" / "environments"
     env.mkdir(parents=True, exist_ok=True)

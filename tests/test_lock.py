@@ -332,7 +332,7 @@ def test_lockfile_with_star_pip_dependencies_is_read_everywhere(tmp_path: Path, 
                                   "libfoo >=1.0,<2", "cudnn >=9.10.1.4,<10", "pip", "scikit-learn",
                                   "jupyterlab >=4", "a-b_c.d 1.*", "x !=1.0", "x >=1.0a1,<2"])
 def test_fast_spec_reader_agrees_with_conda_lock(spec: str) -> None:
-    from condastack.envfile import _conda_lock_spec, fast_conda_spec
+    from condastack.spec.envfile import _conda_lock_spec, fast_conda_spec
 
     assert fast_conda_spec(spec) == _conda_lock_spec(spec, "e.yml")
 
@@ -340,14 +340,14 @@ def test_fast_spec_reader_agrees_with_conda_lock(spec: str) -> None:
 @pytest.mark.parametrize("spec", ["python 3.11", "python =3.11", "python>=3.10", "Numpy",
                                   "pytorch ==2.7.1 cuda126*", "x 1.0|2.0", "conda-forge::x", "x[build=1]"])
 def test_fast_spec_reader_leaves_other_forms_to_conda_lock(spec: str) -> None:
-    from condastack.envfile import fast_conda_spec
+    from condastack.spec.envfile import fast_conda_spec
 
     assert fast_conda_spec(spec) is None
 
 
 def test_one_name_in_both_sections_is_a_lock_error() -> None:
-    from condastack.errors import CondastackError
-    from condastack.lock import _check_no_overlap
+    from condastack.core.errors import CondastackError
+    from condastack.lock.layered import _check_no_overlap
 
     conda = [{"name": "pytorch", "version": "2.7.1"}, {"name": "numpy", "version": "1.26.4"}]
     _check_no_overlap("app", "linux-64", conda, [{"name": "tinyapp", "version": "1.0"}])

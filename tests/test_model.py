@@ -16,13 +16,19 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, write_project
-from condastack import layout
-from condastack.env import MARKER, PREFIXES_FILE, Env, check_dest_fits, read_marker, write_marker
-from condastack.errors import (ArchiveRefused, CondastackError, EnvDamaged, LockConflict, PrefixTooLong,
-                               StackInvalid)
-from condastack.lock import _check_parent_pip, requirement_name
-from condastack.stack import load_stack
-from condastack.unpack import unpack_archive
+from condastack.core import layout
+from condastack.env.prefix import MARKER, PREFIXES_FILE, Env, check_dest_fits, read_marker, write_marker
+from condastack.core.errors import (
+    ArchiveRefused,
+    CondastackError,
+    EnvDamaged,
+    LockConflict,
+    PrefixTooLong,
+    StackInvalid,
+)
+from condastack.lock.layered import _check_parent_pip, requirement_name
+from condastack.spec.stack import load_stack
+from condastack.archive.unpack import unpack_archive
 
 STACK = """
 name: demo
@@ -179,9 +185,9 @@ def test_cache_roots(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_stack_loads_without_the_solver(tmp_path: Path) -> None:
     """doctor reads the stack on compute nodes: loading it without specs must not import solve.py."""
     root = write_project(tmp_path, STACK, {"base.yml": BASE})
-    code = ("import sys; from condastack.stack import load_stack; "
+    code = ("import sys; from condastack.spec.stack import load_stack; "
             f"s = load_stack({str(root)!r}, parse_specs=False); "
-            "print(s.virtual_packages_for('linux-64'), 'condastack.solve' in sys.modules, "
+            "print(s.virtual_packages_for('linux-64'), 'condastack.lock.solve' in sys.modules, "
             "'conda_lock' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                        env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -247,7 +247,7 @@ def test_internal_links_are_fine_and_limits(tmp_path: Path) -> None:
     arc = _tar_zst(tmp_path / "ok.tar.zst", [
         _m("lib/real.txt"), _m("lib/link", tarfile.SYMTYPE, "real.txt"), _m("lib64", tarfile.SYMTYPE, "lib"),
         _m("lib64/via.txt"), _m("hard", tarfile.LNKTYPE, "lib/real.txt")])
-    from condastack.unpack import unpack_archive
+    from condastack.archive.unpack import unpack_archive
 
     res = unpack_archive(arc, tmp_path / "d1")
     assert (tmp_path / "d1/lib/via.txt").is_file() and (tmp_path / "d1/hard").read_text() == "x\n"
@@ -373,7 +373,7 @@ def test_restart_path_writes_the_same_archive_content(app_env: Path, tmp_path: P
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """When conda-pack's model disagrees with the early stream, the archive is planned once more and
     written again from the start: same members, same content as the streamed one."""
-    from condastack import pack
+    from condastack.archive import pack
 
     normal = pack.pack_prefix(app_env, tmp_path / "normal.tar.zst")
     assert "restarted" not in normal.timings

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, assert_user_error, run_cli, write_project
-from condastack.errors import CondastackError
-from condastack.stack import load_stack
+from condastack.core.errors import CondastackError
+from condastack.spec.stack import load_stack
 
 GOOD_STACK = """
 name: demo

@@ -190,9 +190,9 @@ def test_torch_shaped_pip_layer_survives_pack_and_relocation(tmp_path: Path, cha
 
 def test_a_locked_sdist_is_refused_with_the_fix(tmp_path: Path) -> None:
     """PyPI has some packages only as sdists (antlr4-python3-runtime 4.9.3, via hydra-core)."""
-    from condastack.build import install_wheels
-    from condastack.errors import CondastackError
-    from condastack.solve import LockedWheel
+    from condastack.env.build import install_wheels
+    from condastack.core.errors import CondastackError
+    from condastack.lock.solve import LockedWheel
 
     (tmp_path / "tmp" / "bin").mkdir(parents=True)
     (tmp_path / "tmp" / "bin" / "python").write_text("")

@@ -20,8 +20,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.helpers import REPO
-from condastack.stack import Stack, load_stack
-from condastack.wrap import default_channel
+from condastack.spec.stack import Stack, load_stack
+from condastack.channel.wrap import default_channel
 
 PLATFORM = "linux-64"
 

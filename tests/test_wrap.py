@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import assert_user_error, run_cli, write_project
-from condastack.errors import CondastackError
-from condastack.wrap import default_channel, wrap
+from condastack.core.errors import CondastackError
+from condastack.channel.wrap import default_channel, wrap
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"  # the test channel's python
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, run_cli, write_project
-from condastack.elf import read_elf_dynamic
-from condastack.wheeldeps import wheel_requirements
-from condastack.wrap import WheelOptions, wrap
+from condastack.core.elf import read_elf_dynamic
+from condastack.channel.wheeldeps import wheel_requirements
+from condastack.channel.wrap import WheelOptions, wrap
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 CP = f"cp{sys.version_info.major}{sys.version_info.minor}"
@@ -135,7 +135,7 @@ def test_conda_forge_mapping_is_inverted_and_ranked() -> None:
     ships only it, then the shortest name; wrap and lock read the same map."""
     import importlib.util
 
-    from condastack.wheeldeps import pypi_to_conda_names
+    from condastack.channel.wheeldeps import pypi_to_conda_names
 
     spec = importlib.util.spec_from_file_location("make_mapping", REPO / "scripts" / "make_mapping.py")
     mm = importlib.util.module_from_spec(spec)
@@ -297,7 +297,7 @@ def add_noarch_python(site: Path, src: Path) -> None:
     """A `noarch: python` package (sources only, as conda-forge ships them) in the site channel."""
     from rattler_build import assemble_package
 
-    from condastack.channel import index_channel
+    from condastack.channel.index import index_channel
 
     (src / "site-packages" / "purepkg").mkdir(parents=True)
     (src / "site-packages" / "purepkg" / "__init__.py").write_text("ANSWER = 42\n")

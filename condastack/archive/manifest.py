@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import CondastackError
-from .pathsafe import UnsafePath, clean_relative
+from condastack.core.errors import CondastackError
+from condastack.core.pathsafe import UnsafePath, clean_relative
 
 _COUNTS = ("size", "file_count", "bytes_unpacked", "level", "threads")
 _TEXTS = ("format", "archive", "sha256", "dest_prefix", "layer", "stack", "platform", "lock_hash", "lockfile",

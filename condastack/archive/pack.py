@@ -70,14 +70,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .env import (CREATED_BY, MARKER, PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member,
-                  with_file_hashes)
-from .errors import CondastackError, naming
-from .fsutil import (clean_stale_temporaries, dir_lock, make_tempdir, remove_path,
-                     replace_together, sha256_file, temp_siblings)
-from .layout import env_prefix, pack_output
-from .pack_writers import Plan, SquashfsWriter, TarWriter, compressor
-from .progress import Meter
+from condastack.archive.writers import Plan, SquashfsWriter, TarWriter, compressor
+from condastack.core.errors import CondastackError, naming
+from condastack.core.fs import (
+    clean_stale_temporaries,
+    dir_lock,
+    make_tempdir,
+    remove_path,
+    replace_together,
+    sha256_file,
+    temp_siblings,
+)
+from condastack.core.layout import env_prefix, pack_output
+from condastack.core.progress import Meter
+from condastack.env.prefix import (
+    CREATED_BY,
+    MARKER,
+    PREFIXES_FILE,
+    Env,
+    RawRecords,
+    check_dest_fits,
+    is_record_member,
+    with_file_hashes,
+)
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
@@ -733,8 +748,8 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
 
 def _lock_moved_on(root: Path, layer: str, meta: dict) -> str | None:
     """A warning when the env was built from another lock than the current `lock/<layer>` one."""
-    from .layout import lockfile_path
-    from .solve import read_locked_env
+    from condastack.core.layout import lockfile_path
+    from condastack.lock.solve import read_locked_env
 
     lockfile = lockfile_path(root, layer)
     if not meta.get("lock_hash") or not meta.get("platform") or not lockfile.is_file():

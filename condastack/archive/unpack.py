@@ -35,10 +35,16 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .env import PREFIXES_FILE, Env, check_dest_fits
-from .errors import ArchiveRefused, CondastackError, naming
-from .fsutil import TMP_MARK, _fsync_dir, atomic_path, clean_stale_temporaries, remove_path
-from .progress import Meter
+from condastack.core.errors import ArchiveRefused, CondastackError, naming
+from condastack.core.fs import (
+    TMP_MARK,
+    _fsync_dir,
+    atomic_path,
+    clean_stale_temporaries,
+    remove_path,
+)
+from condastack.core.progress import Meter
+from condastack.env.prefix import PREFIXES_FILE, Env, check_dest_fits
 
 LIMIT_ENV = {"members": "CONDASTACK_MAX_MEMBERS", "bytes": "CONDASTACK_MAX_BYTES"}
 _CHUNK = 1 << 20
@@ -524,7 +530,7 @@ def _read_state(prefix: Path) -> dict | None:
 
 def _checked_state(state: object, prefix: Path, source: str) -> dict:
     """The relocation state if well-typed and every record's file is a safe path inside `prefix`."""
-    from .pathsafe import check_under
+    from condastack.core.pathsafe import check_under
 
     where = f"{prefix / source}"
     if not isinstance(state, dict) or not isinstance(state.get("records", []), list) \

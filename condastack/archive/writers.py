@@ -25,9 +25,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CondastackError
-from .fsutil import sha256_file
-from .progress import Meter
+from condastack.core.errors import CondastackError
+from condastack.core.fs import sha256_file
+from condastack.core.progress import Meter
 
 
 @dataclass

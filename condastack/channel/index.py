@@ -14,8 +14,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import CondastackError
-from .fsutil import file_lock
+from condastack.core.errors import CondastackError
+from condastack.core.fs import file_lock
 
 SUBDIRS = ("noarch", "linux-64")
 
@@ -76,7 +76,7 @@ def cached_build(cache_root: Path, key: str, build) -> Path:  # noqa: ANN001 - b
     Concurrent callers wait on a file lock; a half-built folder is never used
     because it is renamed into place only when complete.
     """
-    from .fsutil import atomic_path
+    from condastack.core.fs import atomic_path
 
     cache_root = Path(cache_root)
     final = cache_root / key

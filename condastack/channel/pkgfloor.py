@@ -17,9 +17,9 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from .elf import tree_glibc_floor
-from .errors import CondastackError
-from .fsutil import make_tempdir, remove_path
+from condastack.core.elf import tree_glibc_floor
+from condastack.core.errors import CondastackError
+from condastack.core.fs import make_tempdir, remove_path
 
 
 def add_glibc_floor(pkg: Path) -> str | None:

@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CondastackError
+from condastack.core.errors import CondastackError
 
 _SKIP = ("site-packages", "test", "idlelib", "tkinter", "lib2to3/tests", "ensurepip/_bundled", "config-*/*.a")
 _FACTS = ("import sys, sysconfig, json; print(json.dumps({'v': '%d.%d' % sys.version_info[:2], "

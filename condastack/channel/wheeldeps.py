@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CondastackError
+from condastack.core.errors import CondastackError
 
 _MACHINE = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 
@@ -34,7 +34,7 @@ class WheelDep:
 
 def pypi_to_conda_names() -> dict[str, str]:
     """Canonical PyPI name -> conda-forge name, for the names that differ (the shipped mapping)."""
-    from .pypi_names import pypi_to_conda
+    from condastack.core.names import pypi_to_conda
 
     return pypi_to_conda()
 

@@ -35,12 +35,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .channel import build_recipe, channel_url, index_channel
-from .elf import max_glibc, tree_glibc_floor
-from .errors import CondastackError
-from .wheeldeps import WheelDep, unsatisfied, wheel_requirements
-from .fsutil import file_lock, make_tempdir, remove_path, sha256_file
-from .pkgfloor import add_glibc_floor
+from condastack.channel.index import build_recipe, channel_url, index_channel
+from condastack.channel.pkgfloor import add_glibc_floor
+from condastack.channel.wheeldeps import WheelDep, unsatisfied, wheel_requirements
+from condastack.core.elf import max_glibc, tree_glibc_floor
+from condastack.core.errors import CondastackError
+from condastack.core.fs import file_lock, make_tempdir, remove_path, sha256_file
 
 SITE_CHANNEL = Path("environments") / "channel"
 WRAP_PLATFORMS = ("linux-64", "linux-aarch64", "noarch")
@@ -166,7 +166,7 @@ def wrap(
 
 def stack_channels(root: Path) -> tuple[str, ...]:
     """Every channel of the stack at root (all layers), () when there is no stack."""
-    from .stack import find_stack_file, load_stack
+    from condastack.spec.stack import find_stack_file, load_stack
 
     if not find_stack_file(Path(root)).is_file():
         return ()

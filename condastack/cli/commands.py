@@ -22,12 +22,18 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from . import __version__
-from . import interrupt
-from .credentials import redact
-from .errors import CondastackError, from_os_error
-from .options import configure_logging, json_option, limit_options, prefix_option, verbosity_options
-from .stack import find_stack_file, load_stack
+from condastack.cli.options import (
+    configure_logging,
+    json_option,
+    limit_options,
+    prefix_option,
+    verbosity_options,
+)
+from condastack.core import interrupt
+from condastack.core.credentials import redact
+from condastack.core.errors import CondastackError, from_os_error
+from condastack.core.version import __version__
+from condastack.spec.stack import find_stack_file, load_stack
 
 EXIT_USER = 1
 EXIT_BUG = 70  # EX_SOFTWARE: an unexpected exception, i.e. a condastack bug
@@ -230,7 +236,7 @@ def layers(obj: Ctx, as_json: bool) -> None:
 def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: tuple[str, ...], check: bool,
          dry_run: bool, solver: str, as_json: bool) -> None:
     """Lock LAYERS and their parents (all layers by default) into lock/."""
-    from . import lock as lk
+    from condastack.lock import layered as lk
 
     stack = obj.stack()
     names = list(layers) or None
@@ -307,7 +313,7 @@ def _nullctx():  # noqa: ANN202
 @click.pass_obj
 def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) -> None:
     """Packages added, removed and changed between two lockfiles (or a lockfile and git REV)."""
-    from . import lock as lk
+    from condastack.lock import layered as lk
 
     if rev:
         if new is not None:
@@ -349,7 +355,7 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
     """
     from rich.markup import escape
 
-    from .doctor import machine_summary, run_doctor
+    from condastack.deliver.doctor import machine_summary, run_doctor
 
     report = run_doctor(root=obj.root, layer=layer, prefix=prefix, target=target,
                         min_free_bytes=None if min_free_gb is None else int(min_free_gb * 1e9),
@@ -387,7 +393,7 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
 @click.pass_obj
 def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path) -> None:
     """Write an Lmod (Lua) and a Tcl modulefile for the env at PREFIX."""
-    from .module import write_modulefiles
+    from condastack.deliver.module import write_modulefiles
 
     files = write_modulefiles(prefix, name, mod_version, outdir)
     obj.console.print(f"wrote {files.lua}\nwrote {files.tcl}\n"
@@ -431,7 +437,13 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
              keep_local_version: bool, check_channels: tuple[str, ...], no_check: bool, wheel_dir: Path | None,
              force: bool, as_json: bool) -> None:
     """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
-    from .wrap import WheelOptions, default_channel, stack_channels, still_unsatisfied, wrap
+    from condastack.channel.wrap import (
+        WheelOptions,
+        default_channel,
+        stack_channels,
+        still_unsatisfied,
+        wrap,
+    )
 
     channel = channel_dir if channel_dir is not None else default_channel(obj.root)
     checked = None if no_check else tuple(check_channels or stack_channels(obj.root))
@@ -483,8 +495,8 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
              output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
              allow_foreign: bool) -> None:
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
-    from .pack import pack_layer, pack_prefix
-    from .progress import terminal_meter
+    from condastack.archive.pack import pack_layer, pack_prefix
+    from condastack.core.progress import terminal_meter
 
     kw = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads, allow_modified=allow_modified,
               allow_foreign=allow_foreign)
@@ -514,8 +526,8 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
 @click.pass_obj
 def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None) -> None:
     """Extract ARCHIVE safely into DEST and relocate it there."""
-    from .unpack import unpack_archive
-    from .progress import terminal_meter
+    from condastack.archive.unpack import unpack_archive
+    from condastack.core.progress import terminal_meter
 
     require_archive(archive)
     with terminal_meter(not obj.quiet) as meter:
@@ -530,7 +542,7 @@ def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max
 @click.pass_obj
 def relocate_cmd(obj: Ctx, prefix: Path) -> None:
     """Point an unpacked env that was moved to PREFIX at its new path (repeatable)."""
-    from .unpack import relocate
+    from condastack.archive.unpack import relocate
 
     if not prefix.is_dir():
         fail(f"{prefix}: no such folder.")
@@ -567,7 +579,7 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
               oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
               platform: str | None, command: str | None, ld_library_path: bool | None, as_json: bool) -> None:
     """Thin container files for LAYER: Dockerfile.thin, an Apptainer definition, and with --oci an OCI archive."""
-    from .container import make_container, shlex_command
+    from condastack.container.render import make_container, shlex_command
 
     res = make_container(obj.root, layer, base_image=base_image, prefix=prefix, oci=oci, oci_base=oci_base,
                          apptainer=apptainer, dockerfile=dockerfile, archive=archive, platform=platform,
@@ -609,8 +621,8 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
 def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
             max_bytes: int | None, as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
-    from .deliver import install_archive
-    from .progress import terminal_meter
+    from condastack.core.progress import terminal_meter
+    from condastack.deliver.install import install_archive
 
     require_archive(archive)
     with terminal_meter(not obj.quiet) as meter:
@@ -652,10 +664,10 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
 def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool, frozen: bool,
           as_json: bool) -> None:
     """Create the environment of LAYER from lock/LAYER.conda-lock.yml for this machine's platform."""
-    from .build import build_layer
+    from condastack.env.build import build_layer
 
     say = (lambda m: err_console.print(m, markup=False)) if obj.verbose and not obj.quiet else None
-    from .progress import terminal_meter
+    from condastack.core.progress import terminal_meter
 
     with terminal_meter(not obj.quiet) as meter:
         res = build_layer(obj.root, layer, prefix=prefix, offline=offline, installer=installer, force=force,
@@ -680,7 +692,7 @@ def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: s
 @click.pass_obj
 def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> None:
     """Check an environment against its lock; exit 1 on drift."""
-    from .verify import format_report, verify_layer
+    from condastack.env.verify import format_report, verify_layer
 
     if layer is None and prefix is None:
         raise click.UsageError("verify needs a LAYER or --prefix PATH.")
@@ -710,7 +722,7 @@ def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path 
     Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
     image and deletes the copies when the script exits, even on failure.
     """
-    from .slurm import make_preamble, write_preamble
+    from condastack.deliver.slurm import make_preamble, write_preamble
 
     pre = make_preamble(image, prefix)
     if output is None:

@@ -22,9 +22,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CondastackError
-from .fsutil import atomic_path, file_lock, make_tempdir, remove_path, swap_dir
-from .layout import cache_root
+from condastack.core.errors import CondastackError
+from condastack.core.fs import (
+    atomic_path,
+    file_lock,
+    make_tempdir,
+    remove_path,
+    swap_dir,
+)
+from condastack.core.layout import cache_root
 
 # Debian suites and their glibc, oldest first: the smallest fit is chosen.
 DEBIAN_SUITES = (("bookworm", "2.36"), ("trixie", "2.41"))

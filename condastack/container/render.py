@@ -29,11 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import layout
-from .env import Env
-from .errors import CondastackError
-from .fsutil import atomic_path, atomic_write_text, make_tempdir, remove_path, sha256_file
-from .stack import Stack, load_stack
+from condastack.core import layout
+from condastack.core.errors import CondastackError
+from condastack.core.fs import (
+    atomic_path,
+    atomic_write_text,
+    make_tempdir,
+    remove_path,
+    sha256_file,
+)
+from condastack.env.prefix import Env
+from condastack.spec.stack import Stack, load_stack
 
 DEFAULT_PREFIX = "/opt/env"
 DEFAULT_USER = "1000:1000"
@@ -143,7 +149,7 @@ def env_max_prefix_len(env: Path) -> int | None:
 
 def _elf_dynamic(path: Path) -> tuple[list[str], bool] | None:
     """(DT_NEEDED names, has RPATH or RUNPATH) of a 64-bit little-endian ELF file, None if not one."""
-    from .elf import read_elf_dynamic
+    from condastack.core.elf import read_elf_dynamic
 
     d = read_elf_dynamic(path)
     return None if d is None else (list(d.needed), d.has_rpath)
@@ -780,7 +786,7 @@ def _oci_base(stack: Stack, spec: ContainerSpec, oci_base: str | None) -> tuple[
         return None, f"{env} only (scratch: no C library, the image cannot run programs on its own)"
     if oci_base is not None:
         return oci_base, f"{env} on the local OCI image {oci_base}"
-    from .baseimage import debian_base
+    from condastack.container.baseimage import debian_base
 
     base = debian_base(stack.virtual_packages_for(spec.platform).get("__glibc"), spec.platform)
     return base.ref, f"{env} on {base.description}"

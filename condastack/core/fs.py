@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import CondastackError
+from condastack.core.errors import CondastackError
 
 TMP_MARK = ".condastack-tmp-"
 HASH_THREADS = 4  # threads hashing files at once (hashlib releases the GIL)

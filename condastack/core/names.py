@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import functools
 import json
-import re
+import tempfile
+from importlib.resources import files
 from pathlib import Path
 
-NAMES_FILE = Path(__file__).parent / "data" / "conda-pypi-names.json"
+from packaging.utils import canonicalize_name
+
+from condastack.core.layout import cache_root
+
+NAMES_FILE = Path(str(files("condastack.core").joinpath("data", "conda-pypi-names.json")))
 
 
 def canonical(name: str) -> str:
     """A PyPI name in its PEP 503 normal form (also used to compare conda names)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return str(canonicalize_name(name))
+
+
+def mapping_url() -> str:
+    """conda-lock's conda<->PyPI name mapping, made from the one we ship (no network)."""
+    try:
+        return str(conda_lock_mapping(cache_root() / "mapping"))
+    except OSError:  # a read-only cache: write it beside a temporary folder instead
+        return str(conda_lock_mapping(Path(tempfile.gettempdir()) / "condastack-mapping"))
 
 
 @functools.cache
@@ -63,7 +76,7 @@ def conda_lock_mapping(cache: Path) -> Path:
         return path
     out = {p: {"pypi_name": p, "conda_name": c, "conda_forge": c}
            for p, c in json.loads(data)["pypi_to_conda"].items()}
-    from .fsutil import atomic_write_text
+    from condastack.core.fs import atomic_write_text
 
     atomic_write_text(path, json.dumps(out, sort_keys=True))
     return path

@@ -24,8 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CondastackError
-from .fsutil import TMP_MARK
+from condastack.core.errors import CondastackError
+from condastack.core.fs import TMP_MARK
 
 STAMP_DIR = ".condastack-pathsafe"
 _MAX_META = 256 << 20  # an info/ file larger than this is not a real one

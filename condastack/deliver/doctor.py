@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .env import Env
-from .errors import CondastackError
+from condastack.core.errors import CondastackError
+from condastack.env.prefix import Env
 
 Status = Literal["pass", "fail", "warn"]
 
@@ -206,7 +206,7 @@ def requirements_for_layer(root: Path, layer: str, platform: str) -> Requirement
 
 
 def _stack_virtual_packages(root: Path, layer: str, platform: str) -> dict[str, str]:
-    from .stack import load_stack
+    from condastack.spec.stack import load_stack
 
     # The virtual packages live in stack.yml itself: the layer files' specs are not
     # parsed, so a compute node without conda-lock can answer.
@@ -468,7 +468,9 @@ def run_doctor(*, root: Path | None = None, layer: str | None = None, prefix: Pa
                                f"This env was built for {req.platform}; install the {node.platform} build instead."))
     if req.kind == "prefix":
         checks.append(check_imports(req))
-        from .doctor_torch import torch_checks  # torch env: built CUDA, cuDNN/NCCL wheels, flash-attn ABI
+        from condastack.deliver.doctor_torch import (
+            torch_checks,  # torch env: built CUDA, cuDNN/NCCL wheels, flash-attn ABI
+        )
 
         checks.extend(torch_checks(req.prefix or Path(prefix or "."), node))
     return Report(node=node, requirements=req, filesystem=fs, checks=checks)

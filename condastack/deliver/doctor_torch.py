@@ -23,8 +23,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .doctor import Check, Node
-from .env import canonical_name, dist_infos, site_packages_dirs
+from condastack.core.names import canonical
+from condastack.deliver.doctor import Check, Node
+from condastack.env.prefix import dist_infos, site_packages_dirs
 
 _ABI_CMAKE = re.compile(r"_GLIBCXX_USE_CXX11_ABI=([01])")
 _FA_TAG = re.compile(r"cu(\d+)torch(\d+\.\d+)cxx11abi(TRUE|FALSE)", re.IGNORECASE)
@@ -96,7 +97,7 @@ def read_torch(prefix: Path) -> TorchEnv | None:
         if dist and (dist[1] / "METADATA").is_file():
             for name, pin in _REQ.findall((dist[1] / "METADATA").read_text(errors="replace")):
                 if pin:
-                    pins[canonical_name(name)] = pin
+                    pins[canonical(name)] = pin
         cuda = values.get("cuda")
         return TorchEnv(site, str(values.get("__version__", "unknown")), str(cuda) if cuda else None, abi, source,
                         pins)

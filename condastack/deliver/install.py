@@ -26,14 +26,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .env import INSTALL_RECORD, Env
-from .errors import CondastackError
-from .manifest_types import check_manifest
-from .fsutil import (TMP_MARK, atomic_path, atomic_write_text, clean_stale_temporaries, file_lock, remove_path,
-                     require_free_space, sha256_file, swap_dir)
-from .progress import Meter
-
+from condastack.archive.manifest import check_manifest
+from condastack.core.errors import CondastackError
+from condastack.core.fs import (
+    TMP_MARK,
+    atomic_path,
+    atomic_write_text,
+    clean_stale_temporaries,
+    file_lock,
+    remove_path,
+    require_free_space,
+    sha256_file,
+    swap_dir,
+)
+from condastack.core.progress import Meter
+from condastack.core.version import __version__
+from condastack.env.prefix import INSTALL_RECORD, Env
 
 
 @dataclass
@@ -160,7 +168,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
             f"{prefix}: exists, is not empty and is not a conda env; refusing to replace it. Choose an empty or "
             "new --prefix, or remove it first."
         )
-    from .unpack import relocate, unpack_archive
+    from condastack.archive.unpack import relocate, unpack_archive
 
     parent = prefix.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +183,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
             relocate(stage, as_prefix=prefix)  # the files must name the final path, not the stage
             count = check_against_manifest(stage, verified.manifest)
             _write_install_record(stage, verified)
-            from .module import write_activation_scripts
+            from condastack.deliver.module import write_activation_scripts
 
             act, _ = write_activation_scripts(stage, final_prefix=prefix)
             replaced = Env(prefix).is_conda_env()

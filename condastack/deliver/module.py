@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .env import MARKER, Env, read_env_vars
-from .errors import CondastackError
-from .fsutil import atomic_write_text
+from condastack.core.errors import CondastackError
+from condastack.core.fs import atomic_write_text
+from condastack.core.version import __version__
+from condastack.env.prefix import MARKER, Env, read_env_vars
 
 _MODULE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 

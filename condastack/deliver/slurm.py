@@ -29,11 +29,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .deliver import verify_archive
-from .errors import CondastackError
-from .fsutil import atomic_write_text
-from .module import EnvInfo, read_env_info, render_activate_sh
+from condastack.core.errors import CondastackError
+from condastack.core.fs import atomic_write_text
+from condastack.core.version import __version__
+from condastack.deliver.install import verify_archive
+from condastack.deliver.module import EnvInfo, read_env_info, render_activate_sh
 
 # How long the preamble waits for every node's mount (tenths of a second).
 MOUNT_WAIT_TICKS = 300

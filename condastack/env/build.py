@@ -36,17 +36,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bytecode import compile_noarch_python
-from .credentials import with_credentials
-from .env import (CREATED_BY, MARKER, Env, canonical_name, read_env_vars, read_marker, record_file_name,
-                  site_packages_dirs, write_env_vars, write_marker)
-from .errors import CondastackError
-from .fsutil import (HASH_THREADS, TMP_MARK, atomic_path, clean_stale_temporaries, file_lock, make_tempdir,
-                     remove_path, sha256_file, swap_dir)
-from .layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
-from .pathsafe import STAMP_DIR
-from .pkgcache import Checker, discard, stamp
-from .progress import Meter, report
+from condastack.core.credentials import with_credentials
+from condastack.core.errors import CondastackError
+from condastack.core.fs import (
+    HASH_THREADS,
+    TMP_MARK,
+    atomic_path,
+    clean_stale_temporaries,
+    file_lock,
+    make_tempdir,
+    remove_path,
+    sha256_file,
+    swap_dir,
+)
+from condastack.core.layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
+from condastack.core.names import canonical
+from condastack.core.pathsafe import STAMP_DIR
+from condastack.core.progress import Meter, report
+from condastack.env.bytecode import compile_noarch_python
+from condastack.env.pkgcache import Checker, discard, stamp
+from condastack.env.prefix import (
+    CREATED_BY,
+    MARKER,
+    Env,
+    read_env_vars,
+    read_marker,
+    record_file_name,
+    site_packages_dirs,
+    write_env_vars,
+    write_marker,
+)
 
 INSTALLERS = ("auto", "rattler", "micromamba")
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
@@ -96,7 +115,7 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
 
     @functools.cache
     def stack() -> Any:  # loaded once, and only when needed (the no-op path never reads it)
-        from .stack import load_stack
+        from condastack.spec.stack import load_stack
 
         return load_stack(root)
 
@@ -104,8 +123,8 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
         stack().layer(layer)  # an unknown layer is reported as such
         raise CondastackError(f"{lockfile}: layer '{layer}' has no lock. Run `condastack lock {layer}` first.")
     if not frozen:
-        from .lock import check_fresh
-        from .stack import load_stack
+        from condastack.lock.layered import check_fresh
+        from condastack.spec.stack import load_stack
 
         check_fresh(load_stack(root, parse_specs=False), layer, host_platform())
 
@@ -131,8 +150,8 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     channel/index URLs with credentials (user:password@ or /t/<token>/), which the
     lock leaves out; a download whose URL falls under one of them uses them.
     """
-    from .lock import lock_variables
-    from .solve import read_locked_env
+    from condastack.lock.layered import lock_variables
+    from condastack.lock.solve import read_locked_env
 
     t0 = time.monotonic()
     say = progress or (lambda _msg: None)
@@ -245,7 +264,7 @@ def is_intact(prefix: Path, env: Any) -> bool:
         return False
     if env.pip:
         dists = on_disk.installed_dists()
-        if any(dists.get(canonical_name(w.name)) != w.version for w in env.pip):
+        if any(dists.get(canonical(w.name)) != w.version for w in env.pip):
             return False
     return True
 
@@ -380,7 +399,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
 
 def _cache_name(r: Any) -> str:
     """The file name a locked package gets in the cache: one plain name, never a path."""
-    from .pathsafe import clean_relative
+    from condastack.core.pathsafe import clean_relative
 
     name = clean_relative(r.file_name, f"{_pkg_label(r)}: the lock's URL {r.url}")
     if "/" in name:
@@ -391,7 +410,7 @@ def _cache_name(r: Any) -> str:
 
 def _gate(archive: Path, label: str) -> None:
     """The path-safety gate, before the installer sees the package; a refused one leaves the cache."""
-    from .pathsafe import check_package
+    from condastack.core.pathsafe import check_package
 
     try:
         check_package(archive, label)
@@ -481,7 +500,7 @@ def _link(records: tuple | list, archives: list[Path], tmp: Path, final: Path, m
           reused: set[int]) -> None:
     import rattler
 
-    from .solve import with_url
+    from condastack.lock.solve import with_url
 
     # rattler gets our verified archive as the URL of every package it would have to
     # fetch; packages already extracted in its cache keep their locked URL.
@@ -602,11 +621,11 @@ def _compile_as_final(python: Path, tmp: Path, final: Path, wheels: tuple | list
     Checked-hash .pyc files: they stay valid whatever mtimes the files get later (a pack
     clamps the ones written at build time), so python never recompiles them at start-up.
     """
-    names = {canonical_name(w.name) for w in wheels}
+    names = {canonical(w.name) for w in wheels}
     sources: list[str] = []
     for sp in site_packages_dirs(tmp):
         for d in sp.glob("*.dist-info"):
-            if canonical_name(d.name[: -len(".dist-info")].partition("-")[0]) not in names:
+            if canonical(d.name[: -len(".dist-info")].partition("-")[0]) not in names:
                 continue
             for line in (d / "RECORD").read_text().splitlines():
                 rel = line.split(",", 1)[0]

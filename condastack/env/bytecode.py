@@ -16,7 +16,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .env import Env
+from condastack.env.prefix import Env
 
 
 def compile_noarch_python(tmp: Path, final: Path) -> int:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from .fsutil import atomic_path, remove_path, sha256_file
+from condastack.core.fs import atomic_path, remove_path, sha256_file
 
 _STAMPS = ".verified"  # shared with build.py's archive stamps, under the cache folder
 

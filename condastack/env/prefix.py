@@ -28,9 +28,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import CondastackError, EnvDamaged, PrefixTooLong
-from .pathsafe import check_meta_record
+from condastack.core.errors import CondastackError, EnvDamaged, PrefixTooLong
+from condastack.core.names import canonical
+from condastack.core.pathsafe import check_meta_record
+from condastack.core.version import __version__
 
 META_DIR = "conda-meta"
 MARKER = Path(META_DIR) / "condastack.info"
@@ -115,7 +116,7 @@ def read_env_vars(prefix: Path, *, strict: bool = False) -> dict[str, str]:
 
 def write_env_vars(prefix: Path, variables: dict[str, str]) -> None:
     """Set conda's `conda-meta/state` env_vars, keeping its other keys; no file is made for no variables."""
-    from .fsutil import atomic_write_text
+    from condastack.core.fs import atomic_write_text
 
     path = Path(prefix) / STATE_FILE
     try:
@@ -132,8 +133,6 @@ def write_env_vars(prefix: Path, variables: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- pip distributions
 
 
-def canonical_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def site_packages_dirs(prefix: Path) -> list[Path]:
@@ -146,7 +145,7 @@ def dist_infos(site: Path) -> dict[str, tuple[str, Path]]:
     out: dict[str, tuple[str, Path]] = {}
     for d in Path(site).glob("*.dist-info"):
         name, _, version = d.name[: -len(".dist-info")].partition("-")
-        out[canonical_name(name)] = (version, d)
+        out[canonical(name)] = (version, d)
     return out
 
 
@@ -250,7 +249,7 @@ class Env:
 
     def update_file_hashes(self, hashes: dict[str, tuple[str | None, int]]) -> None:
         """Record what rewritten files now hold (relocation), so that `verify` compares against it."""
-        from .fsutil import atomic_write_text
+        from condastack.core.fs import atomic_write_text
 
         for name in self.record_names():
             path = self.meta_dir / name
@@ -278,7 +277,7 @@ class Env:
 
     def write_record(self, record: dict[str, Any]) -> None:
         """Replace a package's conda-meta record (atomically), e.g. to list files made at link time."""
-        from .fsutil import atomic_write_text
+        from condastack.core.fs import atomic_write_text
 
         path = self.record_path(str(record["name"]), str(record["version"]), str(record["build"]))
         atomic_write_text(path, json.dumps(record, indent=2))
@@ -310,7 +309,7 @@ class Env:
                 if f"{rel}/METADATA" in conda_files or f"{rel}/RECORD" in conda_files:
                     continue
                 name, version = dist_name_version(d)
-                out[canonical_name(name)] = (version, rel)
+                out[canonical(name)] = (version, rel)
         return out
 
     def min_binary_placeholder(self) -> int | None:

@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .build import host_platform
-from .env import MARKER, Env, canonical_name, dist_name_version
-from .errors import CondastackError
-from .fsutil import HASH_THREADS, sha256_file
-from .layout import env_prefix, lockfile_path
+from condastack.core.errors import CondastackError
+from condastack.core.fs import HASH_THREADS, sha256_file
+from condastack.core.layout import env_prefix, lockfile_path
+from condastack.core.names import canonical
+from condastack.env.build import host_platform
+from condastack.env.prefix import MARKER, Env, dist_name_version
 
 
 @dataclass
@@ -81,7 +82,7 @@ def verify_layer(root: Path | None = None, layer: str | None = None, *, prefix: 
 
 
 def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
-    from .solve import read_locked_env
+    from condastack.lock.solve import read_locked_env
 
     env = read_locked_env(lockfile, host_platform())
     rep = VerifyReport(prefix=prefix, lockfile=lockfile, platform=env.platform)
@@ -107,7 +108,7 @@ def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
     _check_files(prefix, records, _pip_owners(prefix, dists), rep)
 
     rep.pip_packages = len(dists)
-    lock_pip = {canonical_name(w.name): w for w in env.pip}
+    lock_pip = {canonical(w.name): w for w in env.pip}
     for name, w in sorted(lock_pip.items()):
         have = dists.get(name)
         if have is None:

@@ -36,7 +36,7 @@ def check_records(records: list, vpkgs: dict[str, str], pip: list[tuple[str, str
     for name, value in vpkgs.items():
         ver, _, build = str(value).partition("=")
         held.setdefault(name, []).append(_stand_in(name, ver, build or "0"))
-    from .pypi_names import conda_names_for_pypi
+    from condastack.core.names import conda_names_for_pypi
 
     for pname, version in pip or []:
         for cname in conda_names_for_pypi(pname):

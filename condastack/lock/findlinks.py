@@ -22,7 +22,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import CondastackError
+from condastack.core.errors import CondastackError
+from condastack.core.names import canonical
 
 _DIST = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._]*?)-\d[^/]*\.(whl|tar\.gz|zip|tar\.bz2)$")
 _HREF = re.compile(r"""href\s*=\s*["']([^"']+)["']""", re.I)
@@ -30,7 +31,7 @@ _HREF = re.compile(r"""href\s*=\s*["']([^"']+)["']""", re.I)
 
 def _project(filename: str) -> str | None:
     m = _DIST.match(filename)
-    return re.sub(r"[-_.]+", "-", m.group("name")).lower() if m else None
+    return canonical(m.group("name")) if m else None
 
 
 def _links(target: str) -> list[tuple[str, str]]:

@@ -20,36 +20,42 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, layout
-from .consistency import check_records, describe
-from .credentials import redact, strip_credentials
-from .envfile import PYPI_SIMPLE, PipOptions
-from .errors import CondastackError, LockConflict, LockStale
-from .fsutil import TMP_MARK, atomic_write_text, clean_stale_temporaries, file_lock
-from .solve import (
+from condastack.core import layout
+from condastack.core.credentials import redact, strip_credentials
+from condastack.core.errors import CondastackError, LockConflict, LockStale
+from condastack.core.fs import (
+    TMP_MARK,
+    atomic_write_text,
+    clean_stale_temporaries,
+    file_lock,
+)
+from condastack.core.layout import lock_dir, lockfile_path, records_sidecar_path
+from condastack.core.names import mapping_url
+from condastack.core.version import __version__
+from condastack.lock.consistency import check_records, describe
+from condastack.lock.solve import (
     explain_solver_error,
+    explicit_text,
     fetch_records,
     gateway_session,
     lock_entries_as_json,
-    mapping_url,
     parse_lockfile,
     query_records,
     read_lock_document,
     read_lock_entries,
     read_records_sidecar,
+    record_entry,
     records_from_json,
     records_to_json,
-    explicit_text,
-    record_entry,
+    remember_lockfile,
+    render_lockfile,
     solve_conda,
     solve_pip,
     spec_name,
     split_depend,
-    remember_lockfile,
-    render_lockfile,
 )
-from .layout import lock_dir, lockfile_path, records_sidecar_path
-from .stack import Stack
+from condastack.spec.envfile import PYPI_SIMPLE, PipOptions
+from condastack.spec.stack import Stack
 
 LOCK_FORMAT = "condastack-lock-1"
 VARIABLES_KEY = "condastack.variables"  # custom metadata: the layer's `variables:`, as JSON
@@ -197,7 +203,7 @@ def lock_variables(lockfile: Path) -> dict[str, str]:
 
     import yaml
 
-    from .env import ENV_VAR_NAME
+    from condastack.env.prefix import ENV_VAR_NAME
 
     with open(lockfile, encoding="utf-8", errors="replace") as f:
         line = next((l for l in f if l.lstrip().startswith(f"{VARIABLES_KEY}:")), None)
@@ -462,7 +468,9 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
     have = {requirement_name(s) for s in pip_specs}
     specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
     prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"] if previous else []
-    from .findlinks import find_links_index  # a loopback server: only when there is a pip part
+    from condastack.lock.findlinks import (
+        find_links_index,  # a loopback server: only when there is a pip part
+    )
 
     indexes, options = stack.pip_indexes_for(name), stack.pip_options_for(name)
     try:
@@ -493,7 +501,7 @@ def _check_consistent(name: str, plat: str, records: list, vpkgs: dict[str, str]
 
 def _check_no_overlap(name: str, plat: str, conda_locked: list, pip_locked: list) -> None:
     """One package in both the conda and the pip section of one platform is a lock error."""
-    from .pypi_names import canonical, pypi_names_for_conda
+    from condastack.core.names import canonical, pypi_names_for_conda
 
     provided = {p: c["name"] for c in conda_locked for p in pypi_names_for_conda(c["name"])}
     both = [f"{p['name']} (pip {p['version']}, conda {provided[canonical(p['name'])]})" for p in pip_locked

@@ -18,23 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import CondastackError
-from .layout import cache_root, records_sidecar_path
-
-MAPPING_FILE = Path(__file__).parent / "data" / "conda-pypi-names.json"
-
-
-def mapping_url() -> str:
-    """conda-lock's conda<->PyPI name mapping, made from the one we ship (no network)."""
-    from .pypi_names import conda_lock_mapping
-
-    try:
-        return str(conda_lock_mapping(cache_root() / "mapping"))
-    except OSError:  # a read-only cache: write it beside a temporary folder instead
-        import tempfile
-
-        return str(conda_lock_mapping(Path(tempfile.gettempdir()) / "condastack-mapping"))
-
+from condastack.core.errors import CondastackError
+from condastack.core.layout import records_sidecar_path
+from condastack.core.names import mapping_url
 
 # --------------------------------------------------------------------------- conda-lock's dependency model
 
@@ -428,7 +414,7 @@ def _with_provided_names(by_name: dict) -> dict:
     """conda-lock maps each conda name to one PyPI name; add stand-ins for the others a package provides."""
     from conda_lock.lookup import conda_name_to_pypi_name
 
-    from .pypi_names import canonical, pypi_names_for_conda
+    from condastack.core.names import canonical, pypi_names_for_conda
 
     out = dict(by_name)
     for d in by_name.values():
@@ -447,7 +433,7 @@ def _conda_first_pool(pool, provided: dict[str, str], *, pre: bool = False):  # 
 
     from conda_lock._vendor.poetry.core.packages.package import Package
 
-    from .pypi_names import canonical
+    from condastack.core.names import canonical
 
     stand_ins = {}
     for name, version in provided.items():
@@ -487,7 +473,7 @@ def render_lockfile(path: Path, packages: list[dict], *, channels: list[str], pl
         return lockfile_document(Path(path).name, packages, channels=channels, platforms=platforms,
                                  sources=sources, content_hash=content_hash, custom=custom)
     # conda-lock writes the file's own name into its header: a temporary folder keeps that name.
-    from .fsutil import TMP_MARK, remove_path
+    from condastack.core.fs import TMP_MARK, remove_path
 
     tmpdir = Path(path).parent / f"{TMP_MARK}{Path(path).name}.{os.getpid()}.new"
     tmpdir.mkdir(exist_ok=True)

@@ -23,9 +23,9 @@ from typing import Any, Iterator
 
 import yaml
 
-from . import yamlfile
-from .env import ENV_VAR_NAME
-from .errors import StackInvalid
+from condastack.core.errors import StackInvalid
+from condastack.env.prefix import ENV_VAR_NAME
+from condastack.spec import yamlfile
 
 ENV_KEYS = ("name", "channels", "dependencies", "platforms", "pip-repositories", "allow-pypi-requests",
             "category", "variables", "prefix")
@@ -336,7 +336,7 @@ def _requirement(line: str, base: Path, where: Where, platform: str) -> str:
     from conda_lock.src_parser.markers import evaluate_marker
     from conda_lock.src_parser.pyproject_toml import parse_python_requirement
 
-    from .solve import mapping_url
+    from condastack.core.names import mapping_url
 
     try:
         dep = parse_python_requirement(line, manager="pip", category="main", mapping_url=mapping_url())
@@ -395,7 +395,7 @@ def conda_spec(spec: str, where: Where) -> str:
 def _conda_lock_spec(spec: str, where: Where) -> str:
     from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
 
-    from .solve import to_match_spec
+    from condastack.lock.solve import to_match_spec
 
     clean = spec.replace("'", "").replace('"', "").strip()
     try:
@@ -532,9 +532,9 @@ def load_env_file(path: Path, platforms: list[str] | tuple[str, ...], *, layer: 
 def _cache_file(path: Path, data: bytes, platforms: list[str]) -> Path:
     from importlib.metadata import version
 
-    from . import __version__
-    from .layout import cache_root
-    from .solve import MAPPING_FILE  # a data path only: solve.py imports no solver at module level
+    from condastack.core.layout import cache_root
+    from condastack.core.names import NAMES_FILE as MAPPING_FILE
+    from condastack.core.version import __version__
 
     key = hashlib.sha256(b"|".join([b"envfile-1", str(path.resolve()).encode(), data, ",".join(platforms).encode(),
                                     version("conda-lock").encode(), __version__.encode(),
@@ -562,7 +562,7 @@ def _from_cache(cached: Path, path: Path) -> EnvFile | None:
 
 
 def _to_cache(cached: Path, env: EnvFile) -> None:
-    from .fsutil import atomic_write_text
+    from condastack.core.fs import atomic_write_text
 
     d = asdict(env)
     d.pop("path")

@@ -14,12 +14,19 @@ from typing import Any
 
 import yaml
 
-from .envfile import PYPI_SIMPLE, EnvFile, PipOptions, apply_constraints, expand_channels, load_env_file, \
-    read_env_shape
-from .errors import CondastackError, StackInvalid
-from . import yamlfile
-from .credentials import redact
-from .layout import stack_file
+from condastack.core.credentials import redact
+from condastack.core.errors import CondastackError, StackInvalid
+from condastack.core.layout import stack_file
+from condastack.spec import yamlfile
+from condastack.spec.envfile import (
+    PYPI_SIMPLE,
+    EnvFile,
+    PipOptions,
+    apply_constraints,
+    expand_channels,
+    load_env_file,
+    read_env_shape,
+)
 
 KNOWN_PLATFORMS = (
     "linux-64",
@@ -186,7 +193,7 @@ class Stack:
 
     def effective_virtual_packages_for(self, platform: str) -> dict[str, str]:
         """What a solve sees: a plain node's virtual packages, overridden by the declared ones."""
-        from .virtual import effective_virtual_packages
+        from condastack.spec.virtual import effective_virtual_packages
 
         return effective_virtual_packages(platform, self.virtual_packages_for(platform))
 

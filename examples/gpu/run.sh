@@ -58,7 +58,7 @@ all_phase() {
   ENV="$W/proj/envs/torch"
   step "build the locked env (condastack.build.build_prefix: the CLI's stack reading needs conda-lock)"
   measure build python3 -c "
-from pathlib import Path; from condastack.build import build_prefix
+from pathlib import Path; from condastack import build_prefix
 r = build_prefix(Path('$W/proj/lock/torch.conda-lock.yml'), Path('$ENV'), layer='torch', stack='gpu-node')
 print(r.action, r.conda_packages, 'conda packages', r.installer)" || return 1
   du -sh "$ENV"; "${CS[@]}" verify --prefix "$ENV" || return 1

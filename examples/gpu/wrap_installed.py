@@ -24,7 +24,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from condastack.wrap import wrap
+from condastack.channel.wrap import wrap
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from condastack.pyrecipe import Interpreter, pip_recipe, python_recipe
+from condastack.channel.pyrecipe import Interpreter, pip_recipe, python_recipe
 
 if __name__ == "__main__":
     root, out = Path(sys.argv[1]), Path(sys.argv[2])

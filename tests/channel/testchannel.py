@@ -19,9 +19,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from condastack import pyrecipe as pyrecipe_module  # noqa: E402
-from condastack.channel import build_recipe, cached_build, channel_url, index_channel, tree_hash  # noqa: E402
-from condastack.pyrecipe import Interpreter, pip_recipe, python_recipe  # noqa: E402
+from condastack.channel import pyrecipe as pyrecipe_module  # noqa: E402
+from condastack.channel.index import build_recipe, cached_build, channel_url, index_channel, tree_hash  # noqa: E402
+from condastack.channel.pyrecipe import Interpreter, pip_recipe, python_recipe  # noqa: E402
 
 RECIPES = HERE / "recipes"
 # Order matters: hello's host environment needs libhello in the channel.
