@@ -48,7 +48,9 @@ cache_dir, realistic_base_specs, realistic_channel = _r.cache_dir, _r.realistic_
 realistic_specs, tree_size = _r.realistic_specs, _r.tree_size
 
 from condastack.env.build import build_prefix  # noqa: E402
-from condastack.lock.solve import read_locked_env, record_entry, render_lockfile, solve_conda  # noqa: E402
+from condastack.env.locked import read_locked_env
+from condastack.lock.lockfile import render_lockfile
+from condastack.lock.conda_solve import record_entry, solve_conda  # noqa: E402
 
 PLATFORM = "linux-64"
 

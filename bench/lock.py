@@ -143,7 +143,7 @@ def _main() -> None:
 
         import rattler
 
-        from condastack.lock.solve import virtual_packages
+        from condastack.lock.conda_solve import virtual_packages
 
         t = time.perf_counter()
         for plat in ("linux-64", "linux-aarch64"):

@@ -88,7 +88,7 @@ def test_rattler_reads_the_lock_like_conda_lock(base_app_project: Path) -> None:
     """The build reads lockfiles with py-rattler; it must see what conda-lock's parser sees."""
     from conda_lock.lockfile import parse_conda_lock_file
 
-    from condastack.lock.solve import read_locked_env
+    from condastack.env.locked import read_locked_env
 
     _lock(base_app_project)
     path = base_app_project / "lock" / "app.conda-lock.yml"

@@ -187,7 +187,7 @@ def test_stack_loads_without_the_solver(tmp_path: Path) -> None:
     root = write_project(tmp_path, STACK, {"base.yml": BASE})
     code = ("import sys; from condastack.spec.stack import load_stack; "
             f"s = load_stack({str(root)!r}, parse_specs=False); "
-            "print(s.virtual_packages_for('linux-64'), 'condastack.lock.solve' in sys.modules, "
+            "print(s.virtual_packages_for('linux-64'), 'condastack.lock.conda_solve' in sys.modules, "
             "'conda_lock' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                        env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -42,7 +42,7 @@ def _assert_conda_lock_writes_the_same(lock: Path, explicit: Path) -> None:
     """The plain writer and explicit renderer agree byte for byte with conda-lock's own."""
     from conda_lock.lockfile import parse_conda_lock_file
 
-    from condastack.lock.solve import conda_lock_write, render_explicit
+    from condastack.core.condalock import conda_lock_write, render_explicit
 
     data = yaml.safe_load(lock.read_text())
     meta = data["metadata"]
@@ -53,7 +53,7 @@ def _assert_conda_lock_writes_the_same(lock: Path, explicit: Path) -> None:
                      custom=meta["custom_metadata"])
     assert again.read_text() == lock.read_text()
     # what a lock run keeps in memory after writing is what reading the file gives
-    from condastack.lock.solve import lockfile_document
+    from condastack.lock.lockfile import lockfile_document
 
     text, doc = lockfile_document(lock.name, data["package"], channels=[c["url"] for c in meta["channels"]],
                                   platforms=meta["platforms"], sources=meta["sources"],

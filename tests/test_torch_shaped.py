@@ -192,7 +192,7 @@ def test_a_locked_sdist_is_refused_with_the_fix(tmp_path: Path) -> None:
     """PyPI has some packages only as sdists (antlr4-python3-runtime 4.9.3, via hydra-core)."""
     from condastack.env.build import install_wheels
     from condastack.core.errors import CondastackError
-    from condastack.lock.solve import LockedWheel
+    from condastack.env.locked import LockedWheel
 
     (tmp_path / "tmp" / "bin").mkdir(parents=True)
     (tmp_path / "tmp" / "bin" / "python").write_text("")

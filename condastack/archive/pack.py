@@ -749,7 +749,7 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
 def _lock_moved_on(root: Path, layer: str, meta: dict) -> str | None:
     """A warning when the env was built from another lock than the current `lock/<layer>` one."""
     from condastack.core.layout import lockfile_path
-    from condastack.lock.solve import read_locked_env
+    from condastack.env.locked import read_locked_env
 
     lockfile = lockfile_path(root, layer)
     if not meta.get("lock_hash") or not meta.get("platform") or not lockfile.is_file():

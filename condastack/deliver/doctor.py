@@ -468,9 +468,7 @@ def run_doctor(*, root: Path | None = None, layer: str | None = None, prefix: Pa
                                f"This env was built for {req.platform}; install the {node.platform} build instead."))
     if req.kind == "prefix":
         checks.append(check_imports(req))
-        from condastack.deliver.doctor_torch import (
-            torch_checks,  # torch env: built CUDA, cuDNN/NCCL wheels, flash-attn ABI
-        )
+        from condastack.deliver.doctor_torch import torch_checks
 
         checks.extend(torch_checks(req.prefix or Path(prefix or "."), node))
     return Report(node=node, requirements=req, filesystem=fs, checks=checks)

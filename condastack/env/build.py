@@ -150,8 +150,8 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     channel/index URLs with credentials (user:password@ or /t/<token>/), which the
     lock leaves out; a download whose URL falls under one of them uses them.
     """
+    from condastack.env.locked import read_locked_env
     from condastack.lock.layered import lock_variables
-    from condastack.lock.solve import read_locked_env
 
     t0 = time.monotonic()
     say = progress or (lambda _msg: None)
@@ -500,7 +500,7 @@ def _link(records: tuple | list, archives: list[Path], tmp: Path, final: Path, m
           reused: set[int]) -> None:
     import rattler
 
-    from condastack.lock.solve import with_url
+    from condastack.lock.conda_solve import with_url
 
     # rattler gets our verified archive as the URL of every package it would have to
     # fetch; packages already extracted in its cache keep their locked URL.

@@ -82,7 +82,7 @@ def verify_layer(root: Path | None = None, layer: str | None = None, *, prefix: 
 
 
 def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
-    from condastack.lock.solve import read_locked_env
+    from condastack.env.locked import read_locked_env
 
     env = read_locked_env(lockfile, host_platform())
     rep = VerifyReport(prefix=prefix, lockfile=lockfile, platform=env.platform)

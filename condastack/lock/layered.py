@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from condastack.core import layout
+from condastack.core.condalock import parse_lockfile
 from condastack.core.credentials import redact, strip_credentials
 from condastack.core.errors import CondastackError, LockConflict, LockStale
 from condastack.core.fs import (
@@ -32,28 +33,29 @@ from condastack.core.fs import (
 from condastack.core.layout import lock_dir, lockfile_path, records_sidecar_path
 from condastack.core.names import mapping_url
 from condastack.core.version import __version__
-from condastack.lock.consistency import check_records, describe
-from condastack.lock.solve import (
+from condastack.lock.conda_solve import (
     explain_solver_error,
-    explicit_text,
     fetch_records,
     gateway_session,
-    lock_entries_as_json,
-    parse_lockfile,
     query_records,
-    read_lock_document,
-    read_lock_entries,
-    read_records_sidecar,
     record_entry,
     records_from_json,
     records_to_json,
-    remember_lockfile,
-    render_lockfile,
     solve_conda,
-    solve_pip,
     spec_name,
     split_depend,
 )
+from condastack.lock.consistency import check_records, describe
+from condastack.lock.lockfile import (
+    explicit_text,
+    lock_entries_as_json,
+    read_lock_document,
+    read_lock_entries,
+    read_records_sidecar,
+    remember_lockfile,
+    render_lockfile,
+)
+from condastack.lock.pypi_solve import solve_pip
 from condastack.spec.envfile import PYPI_SIMPLE, PipOptions
 from condastack.spec.stack import Stack
 
@@ -468,9 +470,7 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
     have = {requirement_name(s) for s in pip_specs}
     specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
     prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"] if previous else []
-    from condastack.lock.findlinks import (
-        find_links_index,  # a loopback server: only when there is a pip part
-    )
+    from condastack.lock.findlinks import find_links_index
 
     indexes, options = stack.pip_indexes_for(name), stack.pip_options_for(name)
     try:

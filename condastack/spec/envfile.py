@@ -23,6 +23,11 @@ from typing import Any, Iterator
 
 import yaml
 
+from condastack.core.condalock import (
+    conda_match_spec,
+    marker_holds,
+    parse_pip_requirement,
+)
 from condastack.core.errors import StackInvalid
 from condastack.env.prefix import ENV_VAR_NAME
 from condastack.spec import yamlfile
@@ -333,16 +338,11 @@ def _requirement(line: str, base: Path, where: Where, platform: str) -> str:
     elif line.startswith((".", "/", "~")) or ("/" in line.split(";")[0] and "://" not in line) \
             or line.startswith("file:"):
         raise _bad(where, f"pip requirement '{line}' is a local path, which {_EDITABLE_FIX}.")
-    from conda_lock.src_parser.markers import evaluate_marker
-    from conda_lock.src_parser.pyproject_toml import parse_python_requirement
-
-    from condastack.core.names import mapping_url
-
     try:
-        dep = parse_python_requirement(line, manager="pip", category="main", mapping_url=mapping_url())
+        dep = parse_pip_requirement(line)
     except Exception as e:  # conda-lock raises plain ValueErrors and packaging errors
         raise _bad(where, f"bad pip requirement '{line}': {e}") from None
-    return line if evaluate_marker(dep.markers, platform) else ""
+    return line if marker_holds(dep.markers, platform) else ""
 
 
 def _check_url(url: str, line: str, base: Path, where: Where) -> None:
@@ -393,13 +393,9 @@ def conda_spec(spec: str, where: Where) -> str:
 
 
 def _conda_lock_spec(spec: str, where: Where) -> str:
-    from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
-
-    from condastack.lock.solve import to_match_spec
-
     clean = spec.replace("'", "").replace('"', "").strip()
     try:
-        return to_match_spec(conda_spec_to_versioned_dep(clean, "main"))
+        return conda_match_spec(clean)
     except Exception as e:  # conda-lock raises plain ValueErrors for bad specs
         raise _bad(where, f"'{spec}' is not a conda match spec: {e}") from None
 

@@ -1,0 +1,270 @@
+"""The one seam between conda-lock (formats) and py-rattler (solving, installing).
+
+conda-lock is the authority on what one conda match spec or pip requirement
+means (envfile.py reads the environment.yml around them through here) and on
+the lockfile models; py-rattler does the solving. Everything that converts
+between the two lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from condastack.core.condalock import conda_lock_write
+from condastack.core.errors import CondastackError
+from condastack.lock.conda_solve import _PLAIN_CHANNEL
+
+# --------------------------------------------------------------------------- conda-lock's dependency model
+
+
+# --------------------------------------------------------------------------- conda part (py-rattler)
+
+
+def read_lock_document(path: Path, *, strings: bool = False) -> dict:
+    """A conda-lock file as plain YAML (`package` list and `metadata` checked).
+
+    py-rattler's LockFile reader rejects the pip dependency values conda-lock
+    itself writes ('*' or a bare version), so it is never on a read path.
+    With `strings`, every scalar stays the text it is (a hash of all digits
+    is not a number): what installing from the file needs. One lock run reads
+    a parent's lock several times, so a parse is reused while the file is unchanged.
+    """
+    path = Path(path)
+    try:
+        key = _lock_doc_key(path, strings)
+    except FileNotFoundError:
+        raise CondastackError(f"lockfile not found: {path}.") from None
+    except OSError as e:
+        raise CondastackError(f"{path}: cannot read the lockfile: {e.strerror}.") from None
+    if key not in _LOCK_DOCS:
+        if len(_LOCK_DOCS) >= 16:  # a run touches a few files; old versions are dropped
+            _LOCK_DOCS.pop(next(iter(_LOCK_DOCS)))
+        _LOCK_DOCS[key] = _load_lock_document(path, strings)
+    return _LOCK_DOCS[key]
+
+
+_LOCK_DOCS: dict[tuple, dict] = {}
+
+
+def _lock_doc_key(path: Path, strings: bool) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino, strings)
+
+
+def _remember_lock_document(path: Path, doc: dict) -> None:
+    import copy
+
+    _LOCK_DOCS[_lock_doc_key(path, False)] = copy.deepcopy(doc)
+
+
+def _load_lock_document(path: Path, strings: bool) -> dict:
+    loader = getattr(yaml, "CBaseLoader" if strings else "CSafeLoader", yaml.BaseLoader if strings else yaml.SafeLoader)
+    try:
+        data = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - a safe (or base) loader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CondastackError(f"{path}: not a readable conda-lock file ({type(e).__name__}). "
+                              "Re-create it with `condastack lock`.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("package"), list) or \
+            not isinstance(data.get("metadata"), dict) or not all(isinstance(p, dict) for p in data["package"]):
+        raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list or 'metadata').")
+    _check_lock_fields(path, data)
+    return data
+
+
+_LOCK_SCALARS = ("name", "version", "manager", "platform", "url")
+_LOCK_VERSION = re.compile(r"^[A-Za-z0-9_!*]+(?:[.+-][A-Za-z0-9_!*]+)*\Z")
+_CONDA_ARCHIVE = (".conda", ".tar.bz2")
+
+
+def _check_lock_fields(path: Path, data: dict) -> None:
+    """The fields installing reads have the types and shapes conda-lock writes; a lockfile is hostile
+    until checked, and a wrong one must be a message naming it, not a crash deeper in the installer."""
+    def bad(why: str) -> CondastackError:
+        return CondastackError(f"{path}: not a readable conda-lock file ({why}). Re-create it with "
+                               "`condastack lock`.")
+
+    if "version" in data and not str(data["version"]).isdigit():
+        raise bad(f"its format 'version' {str(data['version'])[:40]!r} is not an integer")
+    for i, p in enumerate(data["package"]):
+        for key in _LOCK_SCALARS:
+            if not isinstance(p.get(key), (str, int, float)) or isinstance(p.get(key), bool):
+                raise bad(f"package #{i + 1}: '{key}' is {type(p.get(key)).__name__}, not a string")
+        label = f"package {str(p['name'])[:80]}"
+        if not _LOCK_VERSION.match(str(p["version"])):
+            raise bad(f"{label}: malformed version {str(p['version'])[:80]!r}")
+        if "://" not in str(p["url"]):
+            raise bad(f"{label}: 'url' {str(p['url'])[:80]!r} is not a URL")
+        if p["manager"] == "conda" and not str(p["url"]).endswith(_CONDA_ARCHIVE):
+            raise bad(f"{label}: the URL {str(p['url'])[:200]} does not name a conda package (.conda or .tar.bz2)")
+        if not isinstance(p.get("hash", {}), dict):
+            raise bad(f"{label}: 'hash' is {type(p['hash']).__name__}, not a mapping")
+
+
+def read_lock_entries(path: Path, *, strings: bool = False) -> list[dict]:
+    """The `package` entries of a conda-lock file (see read_lock_document)."""
+    return list(read_lock_document(path, strings=strings)["package"])
+
+
+def lock_entries_as_json(entries: list[dict]) -> list[dict]:
+    """Conda entries of a lockfile as repodata JSON (no constrains: the file does not carry them)."""
+    out = []
+    for p in entries:
+        h = p.get("hash") or {}
+        deps = p.get("dependencies") or {}
+        out.append({"name": p["name"], "version": str(p["version"]), "build": str(p.get("build") or ""),
+                    "depends": [f"{k} {v}".strip() if v and v != "*" else k for k, v in deps.items()],
+                    "md5": h.get("md5"), "sha256": h.get("sha256"), "url": p.get("url")})
+    return out
+
+
+# --------------------------------------------------------------------------- pip part (conda-lock)
+
+
+# --------------------------------------------------------------------------- lockfile format (conda-lock)
+
+
+def render_lockfile(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
+                    sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> tuple[str, dict]:
+    """conda-lock's unified lockfile (v1 on disk) for `path`, not yet written: (its text, the document
+    reading it back gives). The plain writer where it covers the lock, else conda-lock's own writer."""
+    if can_write_fast(packages, channels):
+        return lockfile_document(Path(path).name, packages, channels=channels, platforms=platforms,
+                                 sources=sources, content_hash=content_hash, custom=custom)
+    # conda-lock writes the file's own name into its header: a temporary folder keeps that name.
+    from condastack.core.fs import TMP_MARK, remove_path
+
+    tmpdir = Path(path).parent / f"{TMP_MARK}{Path(path).name}.{os.getpid()}.new"
+    tmpdir.mkdir(exist_ok=True)
+    try:
+        conda_lock_write(tmpdir / Path(path).name, packages, channels=channels, platforms=platforms,
+                         sources=sources, content_hash=content_hash, custom=custom)
+        return (tmpdir / Path(path).name).read_text(), _load_lock_document(tmpdir / Path(path).name, False)
+    finally:
+        remove_path(tmpdir)
+
+
+def remember_lockfile(path: Path, doc: dict) -> None:
+    """`doc` is what reading the lockfile just written at `path` gives: no re-parse in this run."""
+    _remember_lock_document(Path(path), doc)
+
+
+# --------------------------------------------------------------------------- build seam: build and verify
+# Reading a lockfile for installing: the entries are read as plain YAML (py-rattler's
+# reader rejects the pip dependency values conda-lock writes), full records come
+# from the records file beside the lock.
+
+
+def read_records_sidecar(path: Path, platform: str) -> list[dict]:
+    """One platform's repodata JSON entries from a records file ([] when absent or unreadable)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+        items = data["platforms"][platform]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+# --------------------------------------------------------------------------- lockfile format, without the import
+# Importing conda-lock and building its pydantic models costs more than the solve itself on a
+# real stack. The common path (conda packages, main category) therefore writes the same bytes
+# conda-lock's writer and explicit renderer write; tests/test_lock.py compares the two on
+# every change, so conda-lock stays the authority on the format.
+
+
+def _v1_entry(p: dict) -> dict:
+    """An entry in conda-lock's written key order, unset fields left out, dependencies sorted."""
+    out = {k: p[k] for k in ("name", "version", "manager", "platform") if k in p}
+    out["version"] = str(out.get("version"))
+    out["dependencies"] = dict(sorted((p.get("dependencies") or {}).items()))
+    out["url"] = p["url"]
+    out["hash"] = {k: v for k, v in (p.get("hash") or {}).items() if v is not None}
+    for k in ("source", "build"):
+        if p.get(k) is not None:
+            out[k] = p[k]
+    out["category"] = p.get("category", "main")
+    out["optional"] = bool(p.get("optional", False))
+    return out
+
+
+def can_write_fast(packages: list[dict], channels: list[str]) -> bool:
+    """Whether the plain writer covers this lock (else conda-lock's own writer runs)."""
+    return all(_PLAIN_CHANNEL.match(c) for c in channels) and all(
+        p.get("category", "main") == "main" and not p.get("optional") and not p.get("source") for p in packages)
+
+
+def lockfile_text(name: str, packages: list[dict], *, channels: list[str], platforms: list[str], sources: list[str],
+                  content_hash: dict[str, str], custom: dict[str, str]) -> str:
+    """The text conda-lock's write_conda_lock_file writes for a main-category lock named `name`."""
+    return lockfile_document(name, packages, channels=channels, platforms=platforms, sources=sources,
+                             content_hash=content_hash, custom=custom)[0]
+
+
+def lockfile_document(name: str, packages: list[dict], *, channels: list[str], platforms: list[str],
+                      sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> tuple[str, dict]:
+    """The lockfile's text and the document it holds."""
+    header = [
+        'This lock file was generated by conda-lock (https://github.com/conda/conda-lock). DO NOT EDIT!', '',
+        'A "lock file" contains a concrete list of package versions (with checksums) to be installed. Unlike',
+        'e.g. `conda env create`, the resulting environment will not change as new package versions become',
+        'available, unless you explicitly update the lock file.', '',
+        'Install this environment as "YOURENV" with:', f'    conda-lock install -n YOURENV {name}',
+        'To update a single package to the latest version compatible with the version constraints in the source:',
+        f'    conda-lock lock  --lockfile {name} --update PACKAGE',
+        'To re-solve the entire environment, e.g. after changing a version constraint in the source file:',
+        f'    conda-lock {" ".join("-f " + s for s in sources)} --lockfile {name}',
+    ]
+    pkgs = sorted((p for p in packages if not (p["manager"] == "conda" and p["name"].startswith("__"))),
+                  key=lambda p: (p["manager"], p["name"], p["platform"]))
+    meta: dict = {"content_hash": content_hash,
+                  "channels": [{"url": c, "used_env_vars": []} for c in channels],
+                  "platforms": platforms, "sources": sources}
+    if custom:
+        meta["custom_metadata"] = custom
+    out = {"version": 1, "metadata": meta, "package": [_v1_entry(p) for p in pkgs]}
+    dumper = getattr(yaml, "CDumper", yaml.Dumper)
+    text = "".join(("# " + line).rstrip() + "\n" for line in header) + yaml.dump(out, Dumper=dumper, sort_keys=False)
+    return text, out
+
+
+def _toposort(deps: dict[str, set[str]]) -> list[str]:
+    """conda's toposort (as conda-lock orders @EXPLICIT files): sorted layers; cycles broken by fewest deps."""
+    data = {k: set(v) - {k} for k, v in deps.items()}
+    if "python" in data:
+        data["python"].discard("pip")
+    for extra in set().union(*data.values()) - set(data) if data else ():
+        data[extra] = set()
+    out: list[str] = []
+    while data:
+        ready = sorted(k for k, v in data.items() if not v)
+        if not ready:
+            key = sorted(data.items(), key=lambda item: (len(item[1]), item[0]))[0][0]
+            ready = [key]
+        for k in ready:
+            out.append(k)
+            data.pop(k, None)
+        for v in data.values():
+            v -= set(ready)
+    return out
+
+
+def explicit_text(packages: list[dict], platform: str, input_hash: str | None) -> str:
+    """conda-lock's @EXPLICIT rendering of one platform (pip packages as '# pip' lines)."""
+    lines = ["# Generated by conda-lock.", f"# platform: {platform}", f"# input_hash: {input_hash}", "@EXPLICIT"]
+    for manager in ("conda", "pip"):
+        mine = {p["name"]: p for p in packages if p["platform"] == platform and p["manager"] == manager
+                and not (manager == "conda" and p["name"].startswith("__"))}
+        order = [n for n in _toposort({n: set(p.get("dependencies") or {}) for n, p in mine.items()}) if n in mine]
+        for n in order:
+            p = mine[n]
+            if manager == "conda":
+                lines.append(os.path.expandvars(f"{p['url']}#{(p.get('hash') or {}).get('md5')}"))
+            else:
+                sha = (p.get("hash") or {}).get("sha256")
+                lines.append(f"# pip {n} @ {p['url']}" + (f"#sha256={sha}" if sha else ""))
+    return "\n".join(lines) + "\n"
