@@ -579,7 +579,8 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
               oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
               platform: str | None, command: str | None, ld_library_path: bool | None, as_json: bool) -> None:
     """Thin container files for LAYER: Dockerfile.thin, an Apptainer definition, and with --oci an OCI archive."""
-    from condastack.container.render import make_container, shlex_command
+    from condastack.container.make import make_container
+    from condastack.container.spec import shlex_command
 
     res = make_container(obj.root, layer, base_image=base_image, prefix=prefix, oci=oci, oci_base=oci_base,
                          apptainer=apptainer, dockerfile=dockerfile, archive=archive, platform=platform,

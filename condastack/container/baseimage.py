@@ -31,13 +31,12 @@ from condastack.core.fs import (
     swap_dir,
 )
 from condastack.core.layout import cache_root
+from condastack.core.platforms import DEB_ARCH, OCI_ARCH
 
 # Debian suites and their glibc, oldest first: the smallest fit is chosen.
 DEBIAN_SUITES = (("bookworm", "2.36"), ("trixie", "2.41"))
 MIRROR_ENV = "CONDASTACK_DEBIAN_MIRROR"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-_DEB_ARCH = {"linux-64": "amd64", "linux-aarch64": "arm64", "linux-ppc64le": "ppc64el"}
-_OCI_ARCH = {"linux-64": "amd64", "linux-aarch64": "arm64", "linux-ppc64le": "ppc64le"}
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ADVICE = ("Pass --oci-base DIR[:TAG], a local OCI layout of a base image with a C library (e.g. "
           "`skopeo copy docker://debian:bookworm-slim oci:base:bookworm`, then --oci-base base:bookworm).")
@@ -64,7 +63,7 @@ def debian_suite(glibc: str | None) -> str:
 
 def rootfs_tarball(suite: str, platform: str) -> Path:
     """The cached minimal rootfs of `suite` (tar.zst), made with debootstrap on first use."""
-    arch = _DEB_ARCH.get(platform)
+    arch = DEB_ARCH.get(platform)
     if arch is None:
         raise CondastackError(f"no Debian architecture for platform {platform}. {ADVICE}")
     folder = cache_root() / "rootfs"
@@ -129,7 +128,7 @@ def _write_layout(tarball: Path, out: Path, suite: str, platform: str) -> None:
     tmp = out / "layer.tmp"
     digest, diff_id, size = _gzip_layer(tarball, tmp)
     os.replace(tmp, blobs / digest.split(":", 1)[1])
-    config = {"architecture": _OCI_ARCH[platform], "os": "linux",
+    config = {"architecture": OCI_ARCH[platform], "os": "linux",
               "config": {"Env": [f"PATH={PATH}"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
               "rootfs": {"type": "layers", "diff_ids": [diff_id]},
               "history": [{"created": "1970-01-01T00:00:00Z",

@@ -52,6 +52,7 @@ from condastack.core.fs import (
 from condastack.core.layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
 from condastack.core.names import canonical
 from condastack.core.pathsafe import STAMP_DIR
+from condastack.core.platforms import host_platform
 from condastack.core.progress import Meter, report
 from condastack.env.bytecode import compile_noarch_python
 from condastack.env.pkgcache import Checker, discard, stamp
@@ -73,12 +74,6 @@ _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir(
 __all__ = ["BuildResult", "build_layer", "build_prefix", "pkgs_dir", "read_marker", "host_platform"]
 
 Progress = Callable[[str], None]
-
-
-def host_platform() -> str:
-    import rattler
-
-    return str(rattler.Platform.current())
 
 
 @dataclass

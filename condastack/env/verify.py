@@ -23,7 +23,7 @@ from condastack.core.errors import CondastackError
 from condastack.core.fs import HASH_THREADS, sha256_file
 from condastack.core.layout import env_prefix, lockfile_path
 from condastack.core.names import canonical
-from condastack.env.build import host_platform
+from condastack.core.platforms import host_platform
 from condastack.env.prefix import MARKER, Env, dist_name_version
 
 

@@ -14,38 +14,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from condastack.core import layout
-from condastack.core.condalock import parse_lockfile
 from condastack.core.credentials import redact, strip_credentials
 from condastack.core.errors import CondastackError, LockConflict, LockStale
-from condastack.core.fs import (
-    TMP_MARK,
-    atomic_write_text,
-    clean_stale_temporaries,
-    file_lock,
-)
+from condastack.core.fs import atomic_write_text, clean_stale_temporaries, file_lock
 from condastack.core.layout import lock_dir, lockfile_path, records_sidecar_path
-from condastack.core.names import mapping_url
 from condastack.core.version import __version__
 from condastack.lock.conda_solve import (
-    explain_solver_error,
     fetch_records,
     gateway_session,
-    query_records,
     record_entry,
     records_from_json,
     records_to_json,
     solve_conda,
     spec_name,
-    split_depend,
 )
 from condastack.lock.consistency import check_records, describe
+from condastack.lock.explain import _solve_failure
 from condastack.lock.lockfile import (
     explicit_text,
     lock_entries_as_json,
@@ -529,266 +518,9 @@ def _check_parent_pip(name: str, parent: str | None, p, parent_pip: list) -> Non
                                pinned=str(q["version"]))
 
 
-def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels: list[str], specs: list[str],
-                   vpkgs: dict[str, str], pinned: list) -> CondastackError:
-    """Turn a solver failure into one paragraph; a culprit is named only when a re-solve confirms it."""
-    text = str(err)
-    if "FetchRepoData" in type(err).__name__ or "fetch" in text.lower() and "repodata" in text.lower():
-        return CondastackError(
-            f"layer {name} ({plat}): cannot read the channel(s) {', '.join(redact(c) for c in channels)}: "
-            f"{redact(text.strip().splitlines()[0] if text.strip() else type(err).__name__)}"
-        )
-    tail = " The existing lockfiles were left unchanged."
-    missing = _missing_specs(channels, plat, specs)
-    if missing:
-        return CondastackError(f"layer {name} ({plat}): {'; '.join(missing)} in "
-                               f"{', '.join(redact(c) for c in channels)}.{tail}")
-    if pinned:
-        conflict = _explain_pin_conflict(stack, name, plat, channels, vpkgs, pinned)
-        if conflict:
-            return CondastackError(conflict + tail)
-    detail = explain_solver_error(err)
-    return CondastackError(f"layer {name} ({plat}): the specs cannot be satisfied.\n{redact(detail)}\n{tail.strip()}")
-
-
-def _missing_specs(channels: list[str], plat: str, specs: list[str]) -> list[str]:
-    """Every spec that no record of the channels can meet, each described once."""
-    import rattler
-
-    names = sorted({spec_name(s) for s in specs if not spec_name(s).startswith("__")})
-    try:
-        found = query_records(channels, plat, names)
-    except Exception:
-        return []
-    by_name: dict[str, list] = {}
-    for r in found:
-        by_name.setdefault(r.name.normalized, []).append(r)
-    out = []
-    for s in specs:
-        n = spec_name(s)
-        if n.startswith("__"):
-            continue
-        if not by_name.get(n):
-            out.append(f"package {n} not found")
-            continue
-        try:
-            ms = rattler.MatchSpec(s)
-        except Exception:
-            continue
-        if not any(ms.matches(r) for r in by_name[n]):
-            out.append(f"no version of {n} matching '{s.strip()}' found")
-    return out
-
-
-def _solves(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, str],
-            pinned: list | None = None) -> bool:
-    try:
-        solve_conda(channels, specs, plat, vpkgs, pinned=pinned)
-    except Exception:
-        return False
-    return True
-
-
-def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str],
-                          vpkgs: dict[str, str], pinned: list) -> str | None:
-    """Which parent spec or record a child's own spec breaks, confirmed by re-solving."""
-    import rattler
-
-    parent = stack.layer(name).extends or "?"
-    own = list(stack.layer(name).conda.get(plat, ()))
-    parent_specs, _ = stack.specs_for(parent, plat)
-    pins = {r.name.normalized: r for r in pinned}
-    for s in own:
-        r = pins.get(spec_name(s))
-        if r is not None and not rattler.MatchSpec(s).matches(r):
-            return (f"layer {name}: it asks for {s}, but layer {_pin_owner(stack, name, plat, r)} pins "
-                    f"{r.name.normalized} {r.version} {r.build}.")
-    for s in own:
-        if _solves(channels, [s, *parent_specs], plat, vpkgs) or not _solves(channels, [s], plat, vpkgs):
-            continue
-        for p in parent_specs:
-            rest = [q for q in parent_specs if q != p]
-            if _solves(channels, [s, *rest], plat, vpkgs):
-                return (f"layer {name} asks for '{s}', which cannot be installed together with layer "
-                        f"{_spec_owner(stack, name, plat, p)}'s spec '{p}' (each alone can be solved; "
-                        f"together they cannot){_clashes(channels, [s, *rest], plat, vpkgs, pinned, p)}.")
-        return (f"layer {name} asks for '{s}', which conflicts with the specs of layer {parent} "
-                f"({', '.join(parent_specs)}).")
-    for s in own:
-        if _solves(channels, [s], plat, vpkgs, pinned=pinned) or not _solves(channels, [s], plat, vpkgs):
-            continue
-        for r in pinned:
-            rest = [q for q in pinned if q.name.normalized != r.name.normalized]
-            if _solves(channels, [s], plat, vpkgs, pinned=rest):
-                return _pin_culprit(stack, name, plat, channels, vpkgs, s, r, rest)
-        return f"layer {name} asks for '{s}', which cannot be installed over the locked packages of layer {parent}."
-    return None
-
-
-def _clashes(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, str], pinned: list,
-             culprit: str) -> str:
-    """Facts behind a confirmed clash: the culprit's locked record against the solution without it."""
-    import rattler
-
-    try:
-        free = {r.name.normalized: r for r in solve_conda(channels, specs, plat, vpkgs)}
-    except Exception:
-        return ""
-    facts = []
-    for r in (r for r in pinned if r.name.normalized == spec_name(culprit)):
-        for kind, deps in (("needs", r.depends), ("constrains", r.constrains)):
-            for dep in deps:
-                got = free.get(split_depend(dep)[0])
-                if got is not None and not rattler.MatchSpec(dep).matches(got):
-                    facts.append(f"{r.name.normalized} {r.version} {kind} '{dep}', and without it "
-                                 f"{got.name.normalized} {got.version} is chosen")
-    return f": {'; '.join(facts[:3])}" if facts else ""
-
-
-def _pin_culprit(stack: Stack, name: str, plat: str, channels: list[str], vpkgs: dict[str, str], spec: str,
-                 pin, rest: list) -> str:  # noqa: ANN001
-    """The message for a parent record that a re-solve without it confirmed as the blocker."""
-    import rattler
-
-    owner = _pin_owner(stack, name, plat, pin)
-    pname = pin.name.normalized
-    for rec in solve_conda(channels, [spec], plat, vpkgs, pinned=rest):
-        for kind, deps in (("needs", rec.depends), ("constrains", rec.constrains)):
-            for dep in deps:
-                dname, dspec = split_depend(dep)
-                if dname == pname and not rattler.MatchSpec(dep).matches(pin):
-                    return (f"layer {name}: {rec.name.normalized} {rec.version} {kind} {dname} {dspec}, but layer "
-                            f"{owner} pins {pname} {pin.version} ({pin.build}).")
-    return (f"layer {name} asks for '{spec}', which cannot be installed with {pname} {pin.version} {pin.build} "
-            f"as locked in layer {owner}.")
-
-
-def _spec_owner(stack: Stack, name: str, plat: str, spec: str) -> str:
-    for layer in stack.chain(name)[:-1]:
-        if spec in layer.conda.get(plat, ()):
-            return layer.name
-    return stack.layer(name).extends or "?"
-
-
-def _pin_owner(stack: Stack, name: str, plat: str, rec) -> str:  # noqa: ANN001
-    """The highest ancestor whose lock holds this exact record."""
-    for layer in stack.chain(name)[:-1]:
-        for p in read_lock_entries(lockfile_path(stack.root, layer.name)):
-            if p.get("platform") == plat and p.get("name") == rec.name.normalized \
-                    and str(p.get("version")) == str(rec.version):
-                return layer.name
-    return stack.layer(name).extends or "?"
-
-
 # --------------------------------------------------------------------------- diff
-
-
-@dataclass
-class Change:
-    name: str
-    old: str | None  # "version build" or None when added
-    new: str | None  # None when removed
-
-
-def diff_locks(old: Path, new: Path) -> dict[str, list[Change]]:
-    """Per platform: packages added, removed and changed (version, build) between two lockfiles."""
-    return _diff(parse_lockfile(old), parse_lockfile(new))
-
-
-def diff_against_git(path: Path, rev: str) -> dict[str, list[Change]]:
-    path = Path(path).resolve()
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        rel = path.relative_to(top)
-        text = subprocess.run(["git", "show", f"{rev}:{rel.as_posix()}"], cwd=top, capture_output=True,
-                              text=True, check=True).stdout
-    except (subprocess.CalledProcessError, ValueError) as e:
-        detail = getattr(e, "stderr", "") or str(e)
-        raise CondastackError(f"{path}: cannot read it at git revision {rev}: {detail.strip()}") from None
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=layout.LOCKFILE_SUFFIX, delete=False) as f:
-        f.write(text)
-    try:
-        return _diff(parse_lockfile(Path(f.name)), parse_lockfile(path))
-    finally:
-        Path(f.name).unlink()
-
-
-def _diff(a, b) -> dict[str, list[Change]]:  # noqa: ANN001
-    def index(lf) -> dict[str, dict[str, str]]:  # noqa: ANN001
-        out: dict[str, dict[str, str]] = {}
-        for p in lf.package:
-            label = f"{p.version} {p.build}" if p.manager == "conda" else f"{p.version} (pip)"
-            out.setdefault(p.platform, {})[f"{p.name}" if p.manager == "conda" else f"pip:{p.name}"] = label
-        return out
-
-    ia, ib = index(a), index(b)
-    result: dict[str, list[Change]] = {}
-    for plat in sorted(set(ia) | set(ib)):
-        pa, pb = ia.get(plat, {}), ib.get(plat, {})
-        changes = [Change(n, pa.get(n), pb.get(n)) for n in sorted(set(pa) | set(pb)) if pa.get(n) != pb.get(n)]
-        result[plat] = changes
-    return result
 
 
 # --------------------------------------------------------------------------- conda-lock's own pipeline
 
 
-def lock_with_conda_lock(stack: Stack, layers: list[str] | None, solver: str, binary: str) -> list[Path]:
-    """Run conda-lock's own pipeline (conda/mamba/micromamba as solver) for each layer.
-
-    conda-lock cannot pin a parent's exact builds, so a child is solved from
-    the union of its chain's files and then checked: any parent package whose
-    version or build moved is an error, and the child's lockfile is not written.
-    """
-    import shutil
-    import sys
-    import tempfile
-
-    import yaml
-
-    exe = shutil.which("conda-lock") or str(Path(sys.executable).parent / "conda-lock")
-    out: list[Path] = []
-    ldir = lock_dir(stack.root)
-    ldir.mkdir(parents=True, exist_ok=True)
-    with file_lock(layout.lock_mutex(stack.root)):
-        for name in stack.order(layers):
-            final = lockfile_path(stack.root, name)
-            with tempfile.TemporaryDirectory(dir=ldir, prefix=f"{TMP_MARK}conda-lock.{os.getpid()}.") as tmp:
-                vp = Path(tmp) / "virtual-packages.yml"
-                # conda-lock's spec writes a build as "1 x86_64" where condastack writes 1=x86_64
-                vp.write_text(yaml.safe_dump({"subdirs": {p: {"packages": {
-                    k: v.replace("=", " ") for k, v in stack.effective_virtual_packages_for(p).items()}}
-                    for p in stack.platforms}}))
-                target = Path(tmp) / final.name
-                cmd = [exe, "lock", f"--{'micromamba' if solver == 'micromamba' else 'no-micromamba'}",
-                       "--conda", binary, "--virtual-package-spec", str(vp), "--lockfile", str(target),
-                       "--pypi_to_conda_lookup_file", mapping_url()]
-                for layer in stack.chain(name):
-                    cmd += ["-f", str(layer.file)]
-                for p in stack.platforms:
-                    cmd += ["-p", p]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    tail = " ".join(redact(proc.stderr).strip().splitlines()[-6:])
-                    raise CondastackError(f"layer {name}: conda-lock ({solver}) failed: {tail}")
-                parent = stack.layer(name).extends
-                if parent:
-                    _check_superset(name, parent, lockfile_path(stack.root, parent), target)
-                atomic_write_text(final, target.read_text())
-                _write_derived(stack, name, read_raw(final))
-            out.append(final)
-    return out
-
-
-def _check_superset(name: str, parent: str, parent_lock: Path, child_lock: Path) -> None:
-    have = {(p["platform"], p["name"]): (p["version"], p.get("build")) for p in read_raw(child_lock)["package"]}
-    for p in read_raw(parent_lock)["package"]:
-        got = have.get((p["platform"], p["name"]))
-        if got != (p["version"], p.get("build")):
-            now = f"{got[0]} {got[1]}" if got else "nothing"
-            raise CondastackError(f"layer {name}: conda-lock resolved {p['name']} to {now}, but layer {parent} "
-                                  f"pins {p['name']} {p['version']} {p.get('build')} ({p['platform']}). "
-                                  "Use the default solver, which keeps parent pins exactly.")

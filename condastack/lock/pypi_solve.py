@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from condastack.core.condalock import (
-    solve_pypi,
-)
+from condastack.core.condalock import solve_pypi
 from condastack.core.errors import CondastackError
 
 

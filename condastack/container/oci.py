@@ -1,0 +1,293 @@
+"""The OCI image archive, written in plain Python (tar + sha256 + JSON): the env as a gzip layer over an optional base image given as a local OCI layout. No daemon, skopeo or umoci is needed to make it."""
+
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from condastack.container.spec import (
+    DEFAULT_PATH,
+    LABEL_NS,
+    ContainerSpec,
+    PackedArchive,
+)
+from condastack.core.errors import CondastackError
+from condastack.core.fs import atomic_path, make_tempdir, remove_path
+from condastack.core.platforms import OCI_ARCH
+
+_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+
+
+_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+_REF_NAME = "org.opencontainers.image.ref.name"
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through it."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink = sink
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+@contextlib.contextmanager
+def _open_tar_stream(path: Path, fmt: str) -> Iterator[tarfile.TarFile]:
+    """Read a tar archive sequentially (zstd through the `zstd` program, so nothing is held in memory)."""
+    if fmt != "tar.zst":
+        with tarfile.open(path, "r|gz" if fmt == "tar.gz" else "r|") as tf:
+            yield tf
+        return
+    if shutil.which("zstd") is None:
+        raise CondastackError(f"{path}: reading a .tar.zst needs the `zstd` program (apt-get install zstd).")
+    proc = subprocess.Popen(["zstd", "-dcq", str(path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+            yield tf
+    finally:
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.wait() not in (0, None) and proc.returncode != -13:
+            raise CondastackError(f"{path}: zstd could not decompress the archive (exit {proc.returncode}).")
+
+
+def _safe_member_name(name: str, archive: Path) -> str:
+    norm = posixpath.normpath(name.lstrip("/")) if name not in ("", ".", "./") else "."
+    if norm.startswith("../") or norm == "..":
+        raise CondastackError(f"{archive}: member {name!r} points outside the environment; the archive is unsafe.")
+    return norm
+
+
+def _write_env_layer(src: PackedArchive, prefix: str, blob: Path, level: int) -> tuple[str, str, int]:
+    """Re-root the archive's members under `prefix` into a gzip layer; returns (digest, diff_id, size)."""
+    root = prefix.strip("/")
+    with open(blob, "wb") as raw:
+        outer = _HashingWriter(raw)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=outer, compresslevel=level, mtime=0) as gz:  # type: ignore[arg-type]
+            inner = _HashingWriter(gz)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as out:  # type: ignore[arg-type]
+                parts = root.split("/")
+                for i in range(1, len(parts) + 1):  # parents of the prefix, world-readable
+                    d = tarfile.TarInfo("/".join(parts[:i]))
+                    d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, 0
+                    out.addfile(d)
+                with _open_tar_stream(src.path, src.fmt) as tf:
+                    for m in tf:
+                        name = _safe_member_name(m.name, src.path)
+                        if name == ".":
+                            continue  # the prefix folder itself is written above
+                        m.name = f"{root}/{name}"
+                        if m.islnk():  # hard links name another member: re-root them too
+                            m.linkname = f"{root}/{_safe_member_name(m.linkname, src.path)}"
+                        m.uid = m.gid = 0
+                        m.uname = m.gname = "root"
+                        out.addfile(m, tf.extractfile(m) if m.isreg() else None)
+            inner_digest = inner.digest
+    return outer.digest, inner_digest, outer.size
+
+
+def _write_json_blob(layout: Path, obj: dict) -> tuple[str, int]:
+    """Write `obj` as a canonical JSON blob; returns its digest and size."""
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _blob_path(layout, digest).write_bytes(data)
+    return digest, len(data)
+
+
+def _blob_path(layout: Path, digest: str) -> Path:
+    algo, _, hexd = digest.partition(":")
+    return layout / "blobs" / algo / hexd
+
+
+def _read_base_layout(ref: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(layout dir, manifest, config) of a local OCI layout given as DIR or DIR:TAG."""
+    layout, tag = Path(ref), None
+    if not layout.is_dir() and ":" in ref:
+        d, _, tag = ref.rpartition(":")
+        layout = Path(d)
+    index_file = layout / "index.json"
+    if not index_file.is_file():
+        raise CondastackError(f"--oci-base {ref}: not an OCI image layout folder (no index.json). "
+                              "Make one with `skopeo copy docker://IMAGE oci:DIR:TAG`.")
+    try:
+        index = json.loads(index_file.read_text())
+        manifests = list(index.get("manifests", []))
+        if tag is not None:
+            manifests = [m for m in manifests if m.get("annotations", {}).get(_REF_NAME) == tag]
+        if len(manifests) != 1:
+            tags = [m.get("annotations", {}).get(_REF_NAME) for m in index.get("manifests", [])]
+            raise CondastackError(f"--oci-base {ref}: expected one image, found {len(manifests)} "
+                                  f"(tags: {', '.join(str(t) for t in tags) or 'none'}). Use DIR:TAG.")
+        desc = manifests[0]
+        manifest = json.loads(_blob_path(layout, desc["digest"]).read_text())
+        if manifest.get("mediaType") == _OCI_INDEX or "manifests" in manifest:
+            raise CondastackError(f"--oci-base {ref}: a multi-platform index; copy one platform "
+                                  "(skopeo copy --override-arch ...) into the layout first.")
+        config = json.loads(_blob_path(layout, manifest["config"]["digest"]).read_text())
+        for lay in manifest.get("layers", []):
+            if not _blob_path(layout, lay["digest"]).is_file():
+                raise CondastackError(f"--oci-base {ref}: layer blob {lay['digest']} is missing.")
+    except (OSError, ValueError, KeyError) as e:
+        raise CondastackError(f"--oci-base {ref}: unreadable OCI layout ({e}).") from None
+    return layout, manifest, config
+
+
+@dataclass(frozen=True)
+class OciResult:
+    path: Path
+    manifest_digest: str
+    layer_digest: str
+    diff_id: str
+    layer_size: int
+    tag: str
+    base_layers: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _created() -> str:
+    import datetime as _dt
+
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _default_command(spec: ContainerSpec, has_base: bool) -> list[str]:
+    if spec.command:
+        return list(spec.command)
+    if has_base:
+        return ["/bin/sh"]
+    # A scratch image has no shell: run the env's python if there is one, else nothing useful.
+    return [f"{spec.prefix}/bin/python"]
+
+
+def _image_config(spec: ContainerSpec, config: dict[str, Any], base: str | None, diff_id: str) -> dict[str, Any]:
+    """The image config: the base image's (if any) with the env's variables, labels, user and layer added."""
+    arch = OCI_ARCH[spec.platform]
+    if config and config.get("architecture") not in (None, arch):
+        raise CondastackError(f"--oci-base {base}: image is {config.get('architecture')}, "
+                              f"but layer '{spec.layer}' is {spec.platform} ({arch}).")
+    cfg = dict(config.get("config") or {})
+    base_env = dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e)
+    new_env = spec.env(base_env.get("PATH", DEFAULT_PATH))
+    base_env.update(new_env)
+    cfg["Env"] = [f"{k}={v}" for k, v in base_env.items()]
+    cfg["Labels"] = {**(cfg.get("Labels") or {}), **spec.labels}
+    cfg["User"] = spec.user
+    cfg["Cmd"] = _default_command(spec, base is not None)
+    cfg.setdefault("WorkingDir", "/")
+    created = _created()
+    return {
+        "created": created,
+        "architecture": arch,
+        "os": "linux",
+        "config": cfg,
+        "rootfs": {"type": "layers",
+                   "diff_ids": [*((config.get("rootfs") or {}).get("diff_ids") or []), diff_id]},
+        "history": [*(config.get("history") or []),
+                    {"created": created, "created_by": f"condastack container {spec.layer} --prefix {spec.prefix}",
+                     "comment": f"environment {spec.archive.path.name} ({spec.archive.sha256})"}],
+    }
+
+
+def _tar_layout(work: Path, output: Path, base_layers: list[dict[str, Any]], base_dir: Path | None) -> None:
+    """The OCI layout at `work` (plus the base layout's blobs) as one tar at `output`."""
+    blob_files = sorted(p for p in (work / "blobs" / "sha256").iterdir() if p.is_file())
+    with atomic_path(output) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("oci-layout", "index.json"):
+            tar.add(work / name, arcname=name)
+        for d in ("blobs", "blobs/sha256"):
+            tar.add(work / d, arcname=d, recursive=False)
+        for lay in base_layers:  # base blobs are streamed from the base layout, not copied twice
+            assert base_dir is not None
+            tar.add(_blob_path(base_dir, lay["digest"]), arcname=f"blobs/{lay['digest'].replace(':', '/')}")
+        for p in blob_files:
+            tar.add(p, arcname=f"blobs/sha256/{p.name}")
+
+
+def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = None, tag: str | None = None,
+                      compresslevel: int = 6) -> OciResult:
+    """Write an OCI image archive (`oci-archive:` for skopeo/apptainer) with the env as one layer.
+
+    With `base` (a local OCI layout, DIR or DIR:TAG) its layers and config come first;
+    otherwise the image is scratch and holds only the environment.
+    """
+    output = Path(output)
+    tag = tag or spec.layer
+    work = make_tempdir(output.parent, output.name)
+    try:
+        blobs = work / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        tmp_blob = work / "layer.tmp"
+        digest, diff_id, size = _write_env_layer(spec.archive, spec.prefix, tmp_blob, compresslevel)
+        os.replace(tmp_blob, _blob_path(work, digest))
+
+        base_layers: list[dict[str, Any]] = []
+        config: dict[str, Any] = {}
+        base_dir: Path | None = None
+        if base is not None:
+            base_dir, bman, config = _read_base_layout(base)
+            base_layers = list(bman.get("layers", []))
+        arch = OCI_ARCH[spec.platform]
+        image_config = _image_config(spec, config, base, diff_id)
+        if len(image_config["rootfs"]["diff_ids"]) != len(base_layers) + 1:
+            raise CondastackError(f"--oci-base {base}: its config lists {len(image_config['rootfs']['diff_ids']) - 1} "
+                                  f"layers but its manifest {len(base_layers)}; the layout is inconsistent.")
+        cfg_digest, cfg_size = _write_json_blob(work, image_config)
+
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": _OCI_MANIFEST,
+            "config": {"mediaType": _OCI_CONFIG, "digest": cfg_digest, "size": cfg_size},
+            "layers": [*base_layers, {"mediaType": _OCI_LAYER_GZIP, "digest": digest, "size": size}],
+            "annotations": {f"{LABEL_NS}.layer": spec.layer},
+        }
+        man_digest, man_size = _write_json_blob(work, manifest)
+        index = {
+            "schemaVersion": 2,
+            "mediaType": _OCI_INDEX,
+            "manifests": [{"mediaType": _OCI_MANIFEST, "digest": man_digest, "size": man_size,
+                           "annotations": {_REF_NAME: tag},
+                           "platform": {"architecture": arch, "os": "linux"}}],
+        }
+        (work / "index.json").write_text(json.dumps(index, indent=2))
+        (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+
+        _tar_layout(work, output, base_layers, base_dir)
+    finally:
+        remove_path(work)
+    return OciResult(path=output, manifest_digest=man_digest, layer_digest=digest, diff_id=diff_id,
+                     layer_size=size, tag=tag, base_layers=len(base_layers), config=image_config)
