@@ -17,7 +17,7 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from condastack.archive.unpack import _filter_stream, _Guard, _pax, _Refused
+from condastack.archive.targuard import _filter_stream, _Guard, _pax, _Refused
 
 names = st.sampled_from(["a", "dir/b", "x" * 120, "d/" * 60 + "f", "../up", "/abs", "ok/./c", "é/ü"])
 kinds = st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE])

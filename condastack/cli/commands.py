@@ -542,7 +542,7 @@ def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max
 @click.pass_obj
 def relocate_cmd(obj: Ctx, prefix: Path) -> None:
     """Point an unpacked env that was moved to PREFIX at its new path (repeatable)."""
-    from condastack.archive.unpack import relocate
+    from condastack.archive.relocate import relocate
 
     if not prefix.is_dir():
         fail(f"{prefix}: no such folder.")

@@ -168,7 +168,8 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
             f"{prefix}: exists, is not empty and is not a conda env; refusing to replace it. Choose an empty or "
             "new --prefix, or remove it first."
         )
-    from condastack.archive.unpack import relocate, unpack_archive
+    from condastack.archive.relocate import relocate
+    from condastack.archive.unpack import unpack_archive
 
     parent = prefix.parent
     parent.mkdir(parents=True, exist_ok=True)
