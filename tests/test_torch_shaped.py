@@ -190,7 +190,7 @@ def test_torch_shaped_pip_layer_survives_pack_and_relocation(tmp_path: Path, cha
 
 def test_a_locked_sdist_is_refused_with_the_fix(tmp_path: Path) -> None:
     """PyPI has some packages only as sdists (antlr4-python3-runtime 4.9.3, via hydra-core)."""
-    from condastack.env.build import install_wheels
+    from condastack.env.pip import install_wheels
     from condastack.core.errors import CondastackError
     from condastack.env.locked import LockedWheel
 

@@ -27,7 +27,8 @@ import pytest
 from tests.helpers import REPO, run_cli, write_project
 from condastack.core.elf import read_elf_dynamic
 from condastack.channel.wheeldeps import wheel_requirements
-from condastack.channel.wrap import WheelOptions, wrap
+from condastack.channel.assemble import WheelOptions
+from condastack.channel.wrap import wrap
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 CP = f"cp{sys.version_info.major}{sys.version_info.minor}"

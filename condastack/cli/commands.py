@@ -8,175 +8,28 @@ parsing and printing: the work is done by the named modules.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import sys
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.tree import Tree
 
+from condastack.cli.app import (
+    EXIT_USER,
+    Ctx,
+    emit_json,
+    err_console,
+    fail,
+    known_layer,
+    main,
+    table,
+)
 from condastack.cli.options import (
-    configure_logging,
     json_option,
-    limit_options,
     prefix_option,
     verbosity_options,
 )
-from condastack.core import interrupt
-from condastack.core.credentials import redact
-from condastack.core.errors import CondastackError, from_os_error
-from condastack.core.version import __version__
-from condastack.spec.stack import find_stack_file, load_stack
-
-EXIT_USER = 1
-EXIT_BUG = 70  # EX_SOFTWARE: an unexpected exception, i.e. a condastack bug
-
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-@dataclass
-class Ctx:
-    root: Path
-    verbose: int
-    quiet: bool
-
-    @property
-    def console(self) -> Console:
-        return Console(quiet=self.quiet, highlight=False, soft_wrap=True)
-
-    def stack(self):  # noqa: ANN201 - Stack, imported lazily by callers
-        return load_stack(self.root)
-
-    def show_progress(self) -> bool:
-        return not self.quiet and sys.stderr.isatty()
-
-
-def fail(message: str) -> NoReturn:
-    raise CondastackError(message)
-
-
-def table(*columns: str, **kw: Any) -> Table:
-    """A rich Table whose cells fold long names and paths onto more lines instead of cutting them."""
-    t = Table(**kw)
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    return t
-
-
-# An archive starts with one of these (tar's "ustar" magic sits at offset 257).
-_ARCHIVE_MAGIC = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b", b"hsqs")  # zstd, gzip, SquashFS
-
-
-def require_archive(path: Path) -> None:
-    """Refuse a file that is neither compressed (zstd, gzip), SquashFS nor a tar, before any work on it.
-
-    A file that is missing, unreadable or not a regular file (a fifo would block the read) is left
-    to the library, which names that problem itself.
-    """
-    if not path.is_file():
-        return
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError:
-        return
-    if any(head.startswith(m) for m in _ARCHIVE_MAGIC) or head[257:262] == b"ustar":
-        return
-    hint = " It looks like a checksum file; pass the archive it names." if path.name.endswith(".sha256") else ""
-    fail(f"{path}: refused: not an archive (neither tar, tar.zst, tar.gz nor SquashFS).{hint}")
-
-
-def known_layer(obj: Ctx, layer: str) -> str:
-    """`layer` if the stack defines it; else the stack's "unknown layer" error, before any other check.
-
-    Without a stack file there is nothing to check against: the built env's own marker
-    still names its layer, and the library checks that.
-    """
-    if find_stack_file(obj.root).is_file():
-        obj.stack().layer(layer)
-    return layer
-
-
-def emit_json(data: Any) -> None:
-    click.echo(redact(json.dumps(data, indent=2, sort_keys=False, default=str)))
-
-
-def _exit_now(code: int) -> NoReturn:
-    """Exit at once, skipping interpreter finalization.
-
-    After a failed py-rattler solve, its native threads can crash a finalizing
-    interpreter (SIGSEGV or SIGABRT, about 1 run in 8), which would turn a clean
-    "exit 1 with a message" into a crash. The message is out and every `finally`
-    has run by now, so there is nothing left for finalization to do.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
-
-
-class _Group(click.Group):
-    """Maps errors to exit codes: user errors 1 (no traceback), bugs 70."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CondastackError as e:
-            err_console.print(f"condastack: error: {redact(str(e))}", markup=False)
-            _exit_now(EXIT_USER)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
-            raise
-        except OSError as e:
-            mapped = from_os_error(e)
-            if mapped is None:
-                return self._bug(ctx, e)
-            err_console.print(f"condastack: error: {redact(str(mapped))}", markup=False)
-            _exit_now(EXIT_USER)
-        except KeyboardInterrupt as e:  # every `finally` has run: children ended, temporaries removed
-            err_console.print("condastack: interrupted", markup=False)
-            _exit_now(128 + getattr(e, "signum", 2))
-        except Exception as e:  # a bug: say so briefly; the traceback only with -v
-            self._bug(ctx, e)
-
-    @staticmethod
-    def _bug(ctx: click.Context, e: Exception) -> NoReturn:
-        obj = ctx.obj
-        if isinstance(obj, Ctx) and obj.verbose:
-            traceback.print_exc()
-        err_console.print(
-            f"condastack: internal error: {type(e).__name__}: {redact(str(e))} "
-            "(this is a bug in condastack; rerun with -v for details)",
-            markup=False,
-        )
-        _exit_now(EXIT_BUG)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="condastack")
-@click.option("-C", "root", type=click.Path(file_okay=False, path_type=Path), default=".",
-              help="Run as if started in this folder (the project holding environments/).")
-@click.option("-v", "--verbose", count=True, help="More output (repeat for debug logs).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-@click.pass_context
-def main(ctx: click.Context, root: Path, verbose: int, quiet: bool) -> None:
-    """condastack: layered, locked conda environments for GPU clusters without Docker.
-
-    stack.yml -> lock -> build -> pack -> unpack/install, plus containers,
-    Lmod modules and a node doctor. -q and -v may also follow the command.
-    """
-    interrupt.install()
-    if not root.is_dir():
-        raise click.BadParameter(f"{root} is not a folder", param_hint="-C")
-    configure_logging(verbose)
-    ctx.obj = Ctx(root=root.resolve(), verbose=verbose, quiet=quiet)
-
 
 # --------------------------------------------------------------------------- layers
 
@@ -336,316 +189,19 @@ def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) 
 # --------------------------------------------------------------------------- doctor
 
 
-@main.command()
-@click.argument("layer", required=False)
-@prefix_option("Check an installed env instead of a layer.")
-@click.option("--target", type=click.Path(path_type=Path),
-              help="File system to check for free space (default: the prefix, or the project folder).")
-@click.option("--min-free-gb", type=float, help="Free space required on --target (default: 1 GB, or the env's "
-              "size on its own file system).")
-@click.option("--min-free-inodes", type=int, help="Free inodes required (default: 10000, or the env's file count).")
-@json_option
-@verbosity_options
-@click.pass_obj
-def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None, min_free_gb: float | None,
-           min_free_inodes: int | None, as_json: bool) -> None:
-    """Check this node against what LAYER (or the env at --prefix) needs; exit 1 if a check fails.
-
-    Honours CONDA_OVERRIDE_CUDA / CONDA_OVERRIDE_GLIBC as conda does.
-    """
-    from rich.markup import escape
-
-    from condastack.deliver.doctor import machine_summary, run_doctor
-
-    report = run_doctor(root=obj.root, layer=layer, prefix=prefix, target=target,
-                        min_free_bytes=None if min_free_gb is None else int(min_free_gb * 1e9),
-                        min_free_inodes=min_free_inodes)
-    if as_json:
-        emit_json(report.to_json())
-    else:
-        req = report.requirements
-        con = Console(highlight=False, soft_wrap=False, width=max(Console().width, 140))
-        title = f"doctor: {req.kind} {req.target}" + (f" (lock {req.lock_hash[:12]})" if req.lock_hash else "")
-        t = table("check", "result", "required", "found", "fix", title=title, show_lines=True)
-        style = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "warn": "[yellow]WARN[/]"}
-        for c in report.checks:
-            t.add_row(c.name, style[c.status], escape(c.required), escape(c.found), escape(c.fix or "-"))
-        if not obj.quiet:
-            con.print(f"node: {machine_summary(report.node)}", markup=False)
-            for note in report.notes:
-                con.print(note, markup=False, soft_wrap=True)
-            con.print(t)
-            con.print("[green]all checks passed[/]" if report.ok else "[bold red]some checks failed[/]")
-    if not report.ok:
-        sys.exit(EXIT_USER)
-
-
 # --------------------------------------------------------------------------- module
-
-
-@main.command("module")
-@click.argument("prefix", type=click.Path(path_type=Path))
-@click.option("--name", required=True, help="Module name, e.g. verl/app.")
-@click.option("--version", "mod_version", required=True, help="Module version, e.g. 0.5.")
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("modulefiles"),
-              show_default=True, help="Module tree to write into (`module use` this folder).")
-@verbosity_options
-@click.pass_obj
-def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path) -> None:
-    """Write an Lmod (Lua) and a Tcl modulefile for the env at PREFIX."""
-    from condastack.deliver.module import write_modulefiles
-
-    files = write_modulefiles(prefix, name, mod_version, outdir)
-    obj.console.print(f"wrote {files.lua}\nwrote {files.tcl}\n"
-                      f"use it: module use {outdir.resolve()}; module load {name}/{mod_version}", markup=False)
 
 
 # --------------------------------------------------------------------------- wrap
 
 
-@main.command("wrap")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("--name", help="Conda package name (default for a wheel: its project name).")
-@click.option("--version", "pkg_version", help="Package version (default for a wheel: its version, local label moved "
-              "to the build string).")
-@click.option("--depends", multiple=True, metavar="SPEC", help="Run dependency, a conda match spec (repeatable); for "
-              "a wheel, adds to its Requires-Dist and replaces one of the same name.")
-@click.option("--channel", "channel_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Site channel folder (default: environments/channel beside the stack).")
-@click.option("--recipe", is_flag=True, help="SOURCE is a rattler-build recipe: build it (needs its toolchain).")
-@click.option("--platform", default="linux-64", show_default=True,
-              type=click.Choice(["linux-64", "linux-aarch64", "noarch"]), help="Subdir of the package.")
-@click.option("--python", "python", metavar="X.Y", help="Python of a pure wheel (cpXY wheels say it themselves).")
-@click.option("--build-number", default=0, show_default=True, type=click.IntRange(0), help="Conda build number.")
-@click.option("--build-string", help="Use this build string instead of the input hash.")
-@click.option("-c", "--build-channel", "build_channels", multiple=True, metavar="URL",
-              help="Channels for a recipe's build/host deps (repeatable; default conda-forge).")
-@click.option("--extra", "extras", multiple=True, metavar="NAME", help="Wheel extra whose requirements to add.")
-@click.option("--keep-local-version", is_flag=True, help="Keep a wheel's local version ('2.13.0+cpu') as the version.")
-@click.option("--check-channel", "check_channels", multiple=True, metavar="URL", help="Channel to check the "
-              "wheel's dependencies against (repeatable; default: every channel of the stack, and the site channel).")
-@click.option("--no-check", is_flag=True, help="Do not check that channels can satisfy the wheel's dependencies.")
-@click.option("--wheels", "wheel_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Wrap unsatisfied wheel dependencies too, from the wheels in this folder.")
-@click.option("--force", is_flag=True, help="Replace a different package with the same name-version-build.")
-@json_option
-@verbosity_options
-@click.pass_obj
-def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, depends: tuple[str, ...],
-             channel_dir: Path | None, recipe: bool, platform: str, python: str | None, build_number: int,
-             build_string: str | None, build_channels: tuple[str, ...], extras: tuple[str, ...],
-             keep_local_version: bool, check_channels: tuple[str, ...], no_check: bool, wheel_dir: Path | None,
-             force: bool, as_json: bool) -> None:
-    """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
-    from condastack.channel.wrap import (
-        WheelOptions,
-        default_channel,
-        stack_channels,
-        still_unsatisfied,
-        wrap,
-    )
-
-    channel = channel_dir if channel_dir is not None else default_channel(obj.root)
-    checked = None if no_check else tuple(check_channels or stack_channels(obj.root))
-    opts = WheelOptions(extras=extras, keep_local_version=keep_local_version, check_channels=checked,
-                        wheel_dir=wheel_dir)
-    pkgs = wrap(source, channel=channel, name=name, version=pkg_version, depends=depends, recipe=recipe,
-                platform=platform, python=python, build_number=build_number, build_string=build_string,
-                build_channels=build_channels or ("conda-forge",), force=force, wheel=opts)
-    if as_json:
-        emit_json([{"path": str(p.path), "name": p.name, "version": p.version, "build": p.build,
-                    "subdir": p.subdir, "status": p.status, "entry_points": list(p.entry_points),
-                    "depends": list(p.depends), "unsatisfied": list(p.unsatisfied), "notes": list(p.notes)}
-                   for p in pkgs])
-        return
-    for p in pkgs:
-        eps = f" (entry points: {', '.join(p.entry_points)})" if p.entry_points else ""
-        obj.console.print(f"{p.status}: {p.subdir}/{p.path.name}{eps}", markup=False)
-        if p.depends:
-            obj.console.print(f"  depends: {', '.join(p.depends)}", markup=False)
-        for n in p.notes:
-            obj.console.print(f"  note: {n}", markup=False)
-        left = still_unsatisfied(p, pkgs)
-        if left:
-            err_console.print(
-                f"warning: {p.name}: no channel of the stack has {'; '.join(left)}. Locking will fail until one "
-                "does: wrap its wheel too (condastack wrap WHEEL, or --wheels DIR), or replace the dependency "
-                "with --depends.", markup=False)
-    obj.console.print(f"site channel: {channel.resolve()} (re-indexed)", markup=False)
-
-
 # --------------------------------------------------------------------------- pack / unpack / relocate
-
-
-@main.command("pack")
-@click.argument("layer", required=False)
-@prefix_option("Pack this env instead of envs/LAYER.", file_okay=False)
-@click.option("--format", "fmt", type=click.Choice(["tar.zst", "tar.gz", "squashfs"]), default="tar.zst",
-              show_default=True)
-@click.option("--dest-prefix", help="Rewrite placeholders for this install path now (no unpack step needed).")
-@click.option("-o", "output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Archive path (default: pack/LAYER-PLATFORM.EXT).")
-@click.option("--level", type=int, help="Compression level (zstd default 3, gzip 4).")
-@click.option("-j", "threads", type=int, help="Compression threads (default: all cores).")
-@click.option("--allow-modified", is_flag=True, help="Pack conda files changed since the build as they are.")
-@click.option("--allow-foreign", is_flag=True, help="Pack an env not built by condastack.")
-@verbosity_options
-@click.pass_obj
-def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_prefix: str | None,
-             output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
-             allow_foreign: bool) -> None:
-    """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
-    from condastack.archive.pack import pack_layer, pack_prefix
-    from condastack.core.progress import terminal_meter
-
-    kw = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads, allow_modified=allow_modified,
-              allow_foreign=allow_foreign)
-    with terminal_meter(not obj.quiet) as meter:
-        kw["meter"] = meter
-        if prefix is not None:
-            if output is None:
-                raise click.UsageError("--prefix needs -o FILE (where to write the archive).")
-            res = pack_prefix(prefix, output, **kw)
-        elif layer:
-            res = pack_layer(obj.root, known_layer(obj, layer), output=output, **kw)
-        else:
-            raise click.UsageError("name a LAYER to pack, or give --prefix PATH -o FILE.")
-    for note in res.warnings:
-        err_console.print(f"condastack: warning: {note}", markup=False)
-    t = res.timings["total"]
-    obj.console.print(f"packed {res.file_count} files, {res.bytes_unpacked / 1e6:.1f} MB -> {res.output} "
-                      f"({res.bytes_archive / 1e6:.1f} MB, {t:.1f} s)\nsha256 {res.sha256}\nmanifest {res.manifest}",
-                      markup=False)
-
-
-@main.command("unpack")
-@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
-@limit_options
-@verbosity_options
-@click.pass_obj
-def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None) -> None:
-    """Extract ARCHIVE safely into DEST and relocate it there."""
-    from condastack.archive.unpack import unpack_archive
-    from condastack.core.progress import terminal_meter
-
-    require_archive(archive)
-    with terminal_meter(not obj.quiet) as meter:
-        res = unpack_archive(archive, dest, max_members=max_members, max_bytes=max_bytes, meter=meter)
-    obj.console.print(f"unpacked {res.members} members ({res.bytes / 1e6:.1f} MB) into {res.dest}; "
-                      f"relocated {res.relocated_files} files", markup=False)
-
-
-@main.command("relocate")
-@click.argument("prefix", type=click.Path(file_okay=False, path_type=Path))
-@verbosity_options
-@click.pass_obj
-def relocate_cmd(obj: Ctx, prefix: Path) -> None:
-    """Point an unpacked env that was moved to PREFIX at its new path (repeatable)."""
-    from condastack.archive.relocate import relocate
-
-    if not prefix.is_dir():
-        fail(f"{prefix}: no such folder.")
-    res = relocate(prefix)
-    obj.console.print(f"{res.prefix}: relocated {res.files_changed} files (was {res.old_prefix or 'placeholders'})",
-                      markup=False)
 
 
 # --------------------------------------------------------------------------- container
 
 
-@main.command()
-@click.argument("layer", required=False)
-@click.option("--base-image", metavar="IMAGE", help="FROM image (default: fits the stack's __cuda and __glibc).")
-@click.option("--prefix", default="/opt/env", show_default=True, help="Where the env lives in the image.")
-@click.option("--oci", type=click.Path(dir_okay=False, path_type=Path), help="Also write an OCI image archive here.")
-@click.option("--oci-base", metavar="DIR[:TAG]", help="Base image for --oci: a local OCI layout, or `scratch` "
-              "(default: a minimal Debian made by debootstrap, cached).")
-@click.option("--apptainer", type=click.Path(dir_okay=False, path_type=Path),
-              help="Apptainer definition to write (default: pack/<layer>.def).")
-@click.option("-o", "--dockerfile", type=click.Path(dir_okay=False, path_type=Path),
-              help="Dockerfile to write (default: Dockerfile.thin for the default layer, else pack/<layer>.Dockerfile).")
-@click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
-              help="The --dest-prefix archive to use (default: found in pack/).")
-@click.option("--platform", help="Target platform (default: the stack's first).")
-@click.option("--command", "command", metavar="CMD", help="The image's CMD (default: /bin/sh).")
-@click.option("--ld-library-path/--no-ld-library-path", default=None,
-              help="Set LD_LIBRARY_PATH=<prefix>/lib (default: only if a program in envs/LAYER/bin needs a "
-              "library of the env and has no RPATH; conda packages normally have one).")
-@json_option
-@verbosity_options
-@click.pass_obj
-def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, oci: Path | None,
-              oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
-              platform: str | None, command: str | None, ld_library_path: bool | None, as_json: bool) -> None:
-    """Thin container files for LAYER: Dockerfile.thin, an Apptainer definition, and with --oci an OCI archive."""
-    from condastack.container.make import make_container
-    from condastack.container.spec import shlex_command
-
-    res = make_container(obj.root, layer, base_image=base_image, prefix=prefix, oci=oci, oci_base=oci_base,
-                         apptainer=apptainer, dockerfile=dockerfile, archive=archive, platform=platform,
-                         ld_library_path=ld_library_path, command=shlex_command(command))
-    spec = res.spec
-    out = {"layer": spec.layer, "platform": spec.platform, "prefix": spec.prefix, "base_image": spec.base_image,
-           "archive": str(spec.archive.path), "archive_sha256": spec.archive.sha256,
-           "lock_hash": spec.archive.lock_hash, "dockerfile": str(res.dockerfile) if res.dockerfile else None,
-           "apptainer": str(res.apptainer) if res.apptainer else None,
-           "oci": None if res.oci is None else {"path": str(res.oci.path), "tag": res.oci.tag,
-                                                "manifest": res.oci.manifest_digest,
-                                                "layer": res.oci.layer_digest, "layer_size": res.oci.layer_size,
-                                                "contents": res.oci_contents}}
-    if as_json:
-        emit_json(out)
-        return
-    for what in ("dockerfile", "apptainer"):
-        if out[what]:
-            obj.console.print(f"wrote {out[what]}", markup=False)
-    if res.oci is not None:
-        obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer): "
-                          f"{res.oci_contents}", markup=False)
-    if res.dockerfile is not None:
-        obj.console.print(f"Dockerfile: layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
-
-
 # --------------------------------------------------------------------------- install
-
-
-@main.command()
-@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
-@prefix_option("Where the env lives on the shared file system (replaced atomically if present).", required=True)
-@click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
-              help="squashfs only: where to put the image (default: PREFIX.squashfs).")
-@limit_options
-@json_option
-@verbosity_options
-@click.pass_obj
-def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
-            max_bytes: int | None, as_json: bool) -> None:
-    """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
-    from condastack.core.progress import terminal_meter
-    from condastack.deliver.install import install_archive
-
-    require_archive(archive)
-    with terminal_meter(not obj.quiet) as meter:
-        res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes,
-                              meter=meter)
-    if as_json:
-        emit_json({"prefix": str(res.prefix), "format": res.format, "sha256": res.sha256,
-                   "lock_hash": res.lock_hash, "replaced": res.replaced, "file_count": res.file_count,
-                   "image": str(res.image) if res.image else None, "mount": res.mount_lines,
-                   "activate": str(res.activate) if res.activate else None})
-        return
-    con = obj.console
-    if res.format == "squashfs":
-        con.print(f"{'replaced' if res.replaced else 'copied'} image {res.image} (sha256 {res.sha256[:16]}…)\n"
-                  "mount it where it was packed for, with either of:", markup=False)
-        for line in res.mount_lines:
-            con.print(f"  {line}", markup=False)
-        return
-    con.print(f"{'updated' if res.replaced else 'installed'} {res.prefix} ({res.file_count} files, "
-              f"lock {(res.lock_hash or 'unknown')[:12]}, archive sha256 {res.sha256[:16]}…)\n"
-              f"activate: . {res.activate}\n"
-              f"module:   condastack module {res.prefix} --name NAME --version VERSION -o MODULEDIR", markup=False)
 
 
 # --------------------------------------------------------------------------- build / verify
@@ -709,26 +265,3 @@ def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> N
 # --------------------------------------------------------------------------- Slurm node-local preamble
 
 
-@main.command("slurm-preamble")
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--prefix", type=click.Path(path_type=Path),
-              help="Where to mount it: must be the --dest-prefix it was packed for (the default).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the preamble here (default: print it).")
-@verbosity_options
-@click.pass_obj
-def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None) -> None:
-    """Print (or write) a job preamble that sbcasts a SquashFS IMAGE to the job's nodes and mounts it.
-
-    Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
-    image and deletes the copies when the script exits, even on failure.
-    """
-    from condastack.deliver.slurm import make_preamble, write_preamble
-
-    pre = make_preamble(image, prefix)
-    if output is None:
-        click.echo(pre.text, nl=False)
-        return
-    write_preamble(pre, output)
-    obj.console.print(f"wrote {output}: sbcast {pre.image} to each node, mount at {pre.prefix}\n"
-                      f"use it: `. {output.resolve()}` at the top of an sbatch script", markup=False)

@@ -28,33 +28,26 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from condastack.core.credentials import with_credentials
 from condastack.core.errors import CondastackError
 from condastack.core.fs import (
-    HASH_THREADS,
-    TMP_MARK,
-    atomic_path,
     clean_stale_temporaries,
     file_lock,
     make_tempdir,
     remove_path,
-    sha256_file,
     swap_dir,
 )
-from condastack.core.layout import env_prefix, lockfile_path, pkgs_dir, wheels_dir
+from condastack.core.layout import env_prefix, lockfile_path, pkgs_dir
 from condastack.core.names import canonical
-from condastack.core.pathsafe import STAMP_DIR
 from condastack.core.platforms import host_platform
-from condastack.core.progress import Meter, report
+from condastack.core.progress import Meter
 from condastack.env.bytecode import compile_noarch_python
+from condastack.env.fetch import fetch_archives, fetch_wheels
+from condastack.env.pip import install_wheels
 from condastack.env.pkgcache import Checker, discard, stamp
 from condastack.env.prefix import (
     CREATED_BY,
@@ -63,13 +56,11 @@ from condastack.env.prefix import (
     read_env_vars,
     read_marker,
     record_file_name,
-    site_packages_dirs,
     write_env_vars,
     write_marker,
 )
 
 INSTALLERS = ("auto", "rattler", "micromamba")
-_VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
 # Names other modules (and tests) import from here.
 __all__ = ["BuildResult", "build_layer", "build_prefix", "pkgs_dir", "read_marker", "host_platform"]
 
@@ -267,165 +258,6 @@ def is_intact(prefix: Path, env: Any) -> bool:
 # --------------------------------------------------------------------------- conda archives
 
 
-@dataclass(frozen=True)
-class _Stamp:
-    sha256: str
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-
-    @classmethod
-    def of(cls, path: Path, sha256: str) -> _Stamp:
-        st = path.stat()
-        return cls(sha256, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-    def line(self) -> str:
-        return f"{self.sha256} {self.size} {self.mtime_ns} {self.ctime_ns} {self.ino}\n"
-
-
-def _stamp_path(archive: Path) -> Path:
-    return archive.parent / _VERIFIED / archive.name
-
-
-def _verified(archive: Path, sha256: str) -> bool:
-    """True if `archive` was hashed to `sha256` and has not been touched since (any write changes ctime)."""
-    try:
-        return _stamp_path(archive).read_text() == _Stamp.of(archive, sha256).line()
-    except OSError:
-        return False
-
-
-def _remember(archive: Path, sha256: str) -> None:
-    with atomic_path(_stamp_path(archive), durable=False) as tmp:
-        tmp.write_text(_Stamp.of(archive, sha256).line())
-
-
-def _check_cached(archive: Path, sha256: str, what: str) -> None:
-    """Refuse a cached file whose content is not what the lock says."""
-    if _verified(archive, sha256):
-        return
-    actual = sha256_file(archive)
-    if actual != sha256:
-        raise CondastackError(
-            f"{what}: the cached file {archive} does not match the lock (sha256 {actual}, lock says {sha256}); "
-            "it is corrupted or was tampered with. Delete it and build again to fetch it anew."
-        )
-    _remember(archive, sha256)
-
-
-def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] | tuple = ()) -> None:
-    """Copy or download `url` to `dest`, hashing on the way; a mismatch is refused."""
-    import hashlib
-
-    h = hashlib.sha256()
-    # The temporary's name ends in our pid: clean_stale_temporaries spares a running build's download.
-    with atomic_path(dest, durable=False) as tmp:
-        with _open_url(url, what, credentials) as src, open(tmp, "wb") as out:
-            while block := src.read(1 << 20):
-                h.update(block)
-                out.write(block)
-        if h.hexdigest() != sha256:
-            raise CondastackError(
-                f"{what}: {url} has sha256 {h.hexdigest()}, but the lock says {sha256}. The channel changed the "
-                "file after it was locked, or it was tampered with; nothing was installed. Re-lock if the change "
-                "is expected."
-            )
-    _remember(dest, sha256)
-
-
-def _open_url(url: str, what: str, credentials: list[str] | tuple = ()):  # noqa: ANN202 - a binary file object
-    parsed = urllib.parse.urlparse(url)
-    try:
-        if parsed.scheme == "file":
-            return open(urllib.request.url2pathname(parsed.path), "rb")
-        if parsed.scheme in ("http", "https"):
-            # Errors below name `url`, the bare one: the credentials stay out of messages.
-            full, headers = with_credentials(url, credentials)
-            return urllib.request.urlopen(urllib.request.Request(full, headers=headers), timeout=60)  # noqa: S310
-    except OSError as e:
-        if isinstance(e, FileNotFoundError) or getattr(e, "errno", None) != errno.ENOSPC:
-            raise CondastackError(f"{what}: cannot fetch {url}: {e}. Check the channel, or build with --offline "
-                                  "from a filled cache.") from None
-        raise
-    raise CondastackError(f"{what}: unsupported URL scheme in the lock: {url}.")
-
-
-def _pkg_label(r: Any) -> str:
-    return f"package {r.name.normalized} {r.version} {r.build}"
-
-
-def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: list[str] | None = None,
-                   credentials: list[str] | tuple = (), meter: Meter | None = None) -> list[Path]:
-    """Every conda archive of `records` in the cache, sha256-checked against the lock."""
-    cache = pkgs_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    for folder in (cache, cache / _VERIFIED, cache / STAMP_DIR):  # downloads and stamps of killed builds
-        clean_stale_temporaries(folder)
-    paths = [cache / _cache_name(r) for r in records]
-    missing = [(r, p) for r, p in zip(records, paths) if not p.exists()]
-    if offline and missing:
-        listing = "; ".join(f"{r.name.normalized} {r.version} {r.build} ({r.file_name})" for r, _ in missing)
-        raise CondastackError(
-            f"--offline: {len(missing)} package(s) are not in the cache {cache}: {listing}. "
-            "Build once with network access (or fill $CONDASTACK_PKGS) first."
-        )
-    want = {id(r) for r, _ in missing}
-    done = [0]
-    lock = threading.Lock()
-
-    def one(item: tuple[Any, Path]) -> None:
-        r, p = item
-        sha = r.sha256.hex()
-        if id(r) in want:
-            _fetch(r.url, p, sha, _pkg_label(r), credentials)
-        else:
-            _check_cached(p, sha, _pkg_label(r))
-        _gate(p, _pkg_label(r))
-        with lock:
-            done[0] += 1
-            report(meter, "download", done[0], len(records), "packages")
-
-    _parallel(one, list(zip(records, paths)))
-    if fetched is not None:
-        fetched += [p.name for _, p in missing]
-    return paths
-
-
-def _cache_name(r: Any) -> str:
-    """The file name a locked package gets in the cache: one plain name, never a path."""
-    from condastack.core.pathsafe import clean_relative
-
-    name = clean_relative(r.file_name, f"{_pkg_label(r)}: the lock's URL {r.url}")
-    if "/" in name:
-        raise CondastackError(f"{_pkg_label(r)}: the lock's URL {r.url} gives the file name {name!r}, which is a "
-                              "path. The lockfile is not as condastack wrote it; re-create it with `condastack lock`.")
-    return name
-
-
-def _gate(archive: Path, label: str) -> None:
-    """The path-safety gate, before the installer sees the package; a refused one leaves the cache."""
-    from condastack.core.pathsafe import check_package
-
-    try:
-        check_package(archive, label)
-    except CondastackError:
-        remove_path(archive)
-        remove_path(_stamp_path(archive))
-        raise
-
-
-def _parallel(fn: Callable[[Any], None], items: list) -> None:
-    """Run fn over items on a few threads (hashing releases the GIL); the first error wins."""
-    if len(items) <= 1:
-        for it in items:
-            fn(it)
-        return
-    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        for f in [pool.submit(fn, it) for it in items]:
-            f.result()
-
-
 def _extracted_dir(record: Any) -> Path:
     return pkgs_dir() / f"{record.name.normalized}-{record.version}-{record.build}"
 
@@ -537,98 +369,6 @@ def _restore_origin(meta_file: Path, used: Any, orig: Any) -> None:
 
 
 # --------------------------------------------------------------------------- pip
-
-
-def _wheel_path(w: Any) -> Path:
-    fname = urllib.parse.unquote(urllib.parse.urlparse(w.url).path.rsplit("/", 1)[-1])
-    return wheels_dir() / w.sha256[:16] / fname
-
-
-def fetch_wheels(wheels: tuple | list, *, offline: bool = False, fetched: list[str] | None = None,
-                 credentials: list[str] | tuple = ()) -> list[Path]:
-    """Every locked wheel in `$CONDASTACK_PKGS/wheels`, sha256-checked."""
-    paths = [_wheel_path(w) for w in wheels]
-    missing = [(w, p) for w, p in zip(wheels, paths) if not p.exists()]
-    if offline and missing:
-        listing = "; ".join(f"{w.name} {w.version} ({w.url})" for w, _ in missing)
-        raise CondastackError(f"--offline: {len(missing)} pip package(s) are not in the wheel cache {wheels_dir()}: "
-                              f"{listing}. Build once with network access first.")
-    for w, p in zip(wheels, paths):
-        what = f"pip package {w.name} {w.version}"
-        if (w, p) in missing:
-            _fetch(w.url, p, w.sha256, what, credentials)
-        else:
-            _check_cached(p, w.sha256, what)
-    if fetched is not None:
-        fetched += [p.name for _, p in missing]
-    return paths
-
-
-# Runs pip with sys.executable set to the FINAL interpreter, so console-script
-# shebangs name the final prefix although pip runs from the temporary one.
-_PIP_AS_FINAL = "import sys; sys.executable = sys.argv.pop(1); from pip._internal.cli.main import main; sys.exit(main())"
-
-
-def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Path]) -> None:
-    """`python -m pip install --no-deps --require-hashes` of the locked wheels into the env at `tmp`."""
-    python = tmp / "bin" / "python"
-    if not python.exists():
-        raise CondastackError(f"{final}: the lock has pip packages ({', '.join(w.name for w in wheels)}) but no "
-                              "python in its conda part. Add python and pip to the layer and re-lock.")
-    sdists = [f"{w.name} {w.version} ({w.url.rsplit('/', 1)[-1]})" for w in wheels
-              if not w.url.split("#", 1)[0].endswith(".whl")]
-    if sdists:  # pip would build them, offline, with a build backend the env does not have
-        raise CondastackError(
-            f"{final}: the lock has pip source distributions, not wheels: {'; '.join(sdists)}. condastack installs "
-            "locked wheels only. Drop the requirement that pulls them in, build wheels and serve them from a "
-            "`pip-index`, or make them conda packages with `condastack wrap`, then re-lock.")
-    req = tmp.parent / f"{TMP_MARK}{final.name}.{os.getpid()}.requirements.txt"
-    req.write_text("".join(f"{w.name} @ {p.as_uri()} --hash=sha256:{w.sha256}\n" for w, p in zip(wheels, paths)))
-    # No bytecode from this run: it would record the temporary path as co_filename.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1")
-    try:
-        p = subprocess.run(
-            [str(python), "-c", _PIP_AS_FINAL, str(final / "bin" / "python"), "install", "--no-deps",
-             "--require-hashes", "--no-index", "--disable-pip-version-check", "--no-warn-script-location",
-             "--no-compile", "-r", str(req)],
-            capture_output=True, text=True, env=env,
-        )
-        if p.returncode == 0:
-            p = _compile_as_final(python, tmp, final, wheels, env)
-    finally:
-        req.unlink(missing_ok=True)
-    if p.returncode != 0:
-        out = (p.stdout + p.stderr).strip()
-        if "No space left on device" in out:
-            raise OSError(errno.ENOSPC, out)
-        if "No module named pip" in out:
-            raise CondastackError(f"{final}: the lock has pip packages but its environment has no pip. Add pip to "
-                                  "the layer and re-lock.")
-        tail = " | ".join(out.splitlines()[-6:])
-        raise CondastackError(f"{final}: pip could not install the locked wheels: {tail}")
-
-
-def _compile_as_final(python: Path, tmp: Path, final: Path, wheels: tuple | list,
-                      env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Byte-compile what pip installed, recording the final paths in the .pyc files.
-
-    Checked-hash .pyc files: they stay valid whatever mtimes the files get later (a pack
-    clamps the ones written at build time), so python never recompiles them at start-up.
-    """
-    names = {canonical(w.name) for w in wheels}
-    sources: list[str] = []
-    for sp in site_packages_dirs(tmp):
-        for d in sp.glob("*.dist-info"):
-            if canonical(d.name[: -len(".dist-info")].partition("-")[0]) not in names:
-                continue
-            for line in (d / "RECORD").read_text().splitlines():
-                rel = line.split(",", 1)[0]
-                if rel.endswith(".py"):
-                    sources.append(os.path.normpath(sp / rel))
-    return subprocess.run([str(python), "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
-                           "-s", str(tmp), "-p", str(final), "-i", "-"],
-                          input="\n".join(sources) + "\n", capture_output=True, text=True, env=env)
 
 
 # --------------------------------------------------------------------------- micromamba

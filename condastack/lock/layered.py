@@ -45,7 +45,8 @@ from condastack.lock.lockfile import (
     render_lockfile,
 )
 from condastack.lock.pypi_solve import solve_pip
-from condastack.spec.envfile import PYPI_SIMPLE, PipOptions
+from condastack.spec.envfile import PYPI_SIMPLE
+from condastack.spec.pipreqs import PipOptions
 from condastack.spec.stack import Stack
 
 LOCK_FORMAT = "condastack-lock-1"

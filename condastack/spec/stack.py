@@ -21,12 +21,11 @@ from condastack.spec import yamlfile
 from condastack.spec.envfile import (
     PYPI_SIMPLE,
     EnvFile,
-    PipOptions,
-    apply_constraints,
     expand_channels,
     load_env_file,
     read_env_shape,
 )
+from condastack.spec.pipreqs import PipOptions, apply_constraints
 
 KNOWN_PLATFORMS = (
     "linux-64",
