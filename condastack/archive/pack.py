@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from condastack.archive.manifest import Manifest, PackageRef, Placeholder
 from condastack.archive.plan import (
     _add_scripts,
     _confirm_early,
@@ -82,7 +83,7 @@ from condastack.core.fs import (
     replace_together,
     temp_siblings,
 )
-from condastack.core.layout import env_prefix, pack_output
+from condastack.core.layout import env_prefix, pack_output, sidecars
 from condastack.core.progress import Meter
 from condastack.env.prefix import (
     CREATED_BY,
@@ -263,30 +264,23 @@ def _write_tar(job: _Job, tmp: Path) -> _Written:
     return written
 
 
-def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> dict:
-    return {
-        "format_version": 1, "format": job.fmt, "archive": job.output.name, "sha256": w.digest, "size": size,
-        "dest_prefix": job.dest,
-        **{k: meta.get(k) for k in ("layer", "stack", "platform", "lock_hash", "lockfile")},
-        "source_prefix": str(job.prefix),
-        "packages": sorted(({k: p.get(k) for k in ("name", "version", "build", "channel", "subdir", "fn",
-                                                   "sha256", "md5")} for p in w.plan.packages),
-                           key=lambda p: p["name"] or ""),
-        "file_count": w.plan.count + len(w.early), "bytes_unpacked": w.plan.bytes_unpacked + w.early_bytes,
-        "placeholders": [{"file": f, "placeholder": ph, "mode": m} for f, ph, m in w.plan.records]
-        if job.dest is None else [],
-        "level": job.level, "threads": job.threads,
+def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> Manifest:
+    return Manifest(
+        format=job.fmt, archive=job.output.name, sha256=w.digest, size=size, dest_prefix=job.dest,
+        layer=meta.get("layer"), stack=meta.get("stack"), platform=meta.get("platform"),
+        lock_hash=meta.get("lock_hash"), lockfile=meta.get("lockfile"), source_prefix=str(job.prefix),
+        packages=tuple(sorted((PackageRef(**{k: p.get(k) for k in ("name", "version", "build", "channel", "subdir",
+                                                                     "fn", "sha256", "md5")})
+                               for p in w.plan.packages), key=lambda p: p.name or "")),
+        file_count=w.plan.count + len(w.early), bytes_unpacked=w.plan.bytes_unpacked + w.early_bytes,
+        placeholders=tuple(Placeholder(f, ph, m) for f, ph, m in w.plan.records) if job.dest is None else (),
+        level=job.level, threads=job.threads,
         # what the archive was built from: equal inputs give a byte-identical archive
-        "built_from": {"lock_hash": meta.get("lock_hash"), "lockfile": meta.get("lockfile"),
-                       "mtime": job.mtime, "mtime_from": job.mtime_from, "dest_prefix": job.dest,
-                       "format": job.fmt, "level": job.level, "tools": _tool_versions(job.fmt)},
-        "created_by": CREATED_BY, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-def _sidecars(output: Path) -> tuple[Path, Path]:
-    """(the .sha256, the .manifest.json) of an archive."""
-    return output.with_name(output.name + ".sha256"), output.with_name(output.name + ".manifest.json")
+        built_from={"lock_hash": meta.get("lock_hash"), "lockfile": meta.get("lockfile"),
+                    "mtime": job.mtime, "mtime_from": job.mtime_from, "dest_prefix": job.dest,
+                    "format": job.fmt, "level": job.level, "tools": _tool_versions(job.fmt)},
+        created_by=CREATED_BY, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
 def _check_request(fmt: str, dest_prefix: str | None) -> str | None:
@@ -323,20 +317,20 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     try:
         # Two packs to one folder take turns, so an archive, its .sha256 and its manifest stay one set
         # (the lock is on the folder itself: nothing is left beside the outputs).
-        sha_path, mpath = _sidecars(output)
+        sha_path, mpath = sidecars(output)
         with naming(output), dir_lock(output.parent), temp_siblings(output, mpath, sha_path) as (tmp, mtmp, stmp):
             written = (_write_squashfs if fmt == "squashfs" else _write_tar)(job, tmp)
             size = tmp.stat().st_size
             manifest = _manifest(job, meta, written, size)
-            mtmp.write_text(json.dumps(manifest, indent=1) + "\n")
+            mtmp.write_text(manifest.text())
             stmp.write_text(f"{written.digest}  {output.name}\n")
             # The set is replaced as one: the old archive stays until the new one is complete.
             replace_together([(tmp, output), (mtmp, mpath), (stmp, sha_path)])
     finally:
         remove_path(job.staging)
     job.mark("total")
-    return PackResult(output=output, sha256=written.digest, manifest=mpath, file_count=manifest["file_count"],
-                      bytes_unpacked=manifest["bytes_unpacked"], bytes_archive=size, timings=job.timings)
+    return PackResult(output=output, sha256=written.digest, manifest=mpath, file_count=manifest.file_count or 0,
+                      bytes_unpacked=manifest.bytes_unpacked or 0, bytes_archive=size, timings=job.timings)
 
 
 def default_output(root: Path, layer: str, platform: str, fmt: str) -> Path:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from condastack.archive.manifest import Manifest
 from condastack.archive.relocate import _read_state, relocate
 from condastack.archive.targuard import (
     _CHUNK,
@@ -46,6 +46,7 @@ from condastack.core.fs import (
     clean_stale_temporaries,
     remove_path,
 )
+from condastack.core.layout import sidecar
 from condastack.core.progress import Meter
 from condastack.env.prefix import check_dest_fits
 
@@ -116,14 +117,15 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
         raise CondastackError(f"{dest}: is a symlink; give the real folder (or a new path) as the destination.")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CondastackError(f"{dest}: already exists and is not empty; choose a new folder or remove it first.")
-    manifest = archive.with_name(archive.name + ".manifest.json")
+    manifest_file = sidecar(archive, "manifest")
     total = None
-    if manifest.is_file():  # fail before extracting gigabytes when DEST cannot fit
-        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError, OSError):
-            data = json.loads(manifest.read_text())
-            total = int(data["bytes_unpacked"]) if isinstance(data.get("bytes_unpacked"), int) else None
-            records = [(r["file"], r["placeholder"], r["mode"]) for r in data["placeholders"]]
-            check_dest_fits(records, str(dest))
+    if manifest_file.is_file():  # fail before extracting gigabytes when DEST cannot fit
+        manifest = None
+        with contextlib.suppress(CondastackError):  # unpack checks the members, not the sidecar
+            manifest = Manifest.read(manifest_file)
+        if manifest is not None:
+            total = manifest.bytes_unpacked
+            check_dest_fits([(r.file, r.placeholder, r.mode) for r in manifest.placeholders], str(dest))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import posixpath
 import re
@@ -11,11 +12,12 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from condastack.archive.manifest import Manifest
 from condastack.core import layout
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path, atomic_write_text, sha256_file
+from condastack.core.layout import sidecar, sidecars
 from condastack.core.platforms import OCI_ARCH
 from condastack.env.prefix import Env
 from condastack.spec.stack import Stack, load_stack
@@ -108,16 +110,9 @@ def archive_format(path: Path) -> str:
     raise CondastackError(f"{path}: not a tar archive (.tar.gz, .tar.zst or .tar expected).")
 
 
-def _binary_placeholder_len(manifest: dict[str, Any]) -> int | None:
-    """The shortest binary placeholder recorded in a pack manifest (None if none)."""
-    lengths: list[int] = []
-    records = manifest.get("placeholders") or []
-    for rec in records if isinstance(records, list) else []:
-        if not isinstance(rec, dict):
-            continue
-        mode, ph = rec.get("mode"), rec.get("placeholder")
-        if mode == "binary" and isinstance(ph, str):
-            lengths.append(len(ph))
+def _binary_placeholder_len(manifest: Manifest | None) -> int | None:
+    """The room, in bytes, of the shortest binary placeholder a pack manifest records (None if none)."""
+    lengths = [len(r.placeholder.encode()) for r in (manifest.placeholders if manifest else ()) if r.mode == "binary"]
     return min(lengths) if lengths else None
 
 
@@ -157,24 +152,18 @@ def read_archive(path: Path) -> PackedArchive:
     if not path.is_file():
         raise CondastackError(f"archive not found: {path}.")
     fmt = archive_format(path)
-    manifest: dict[str, Any] = {}
-    mpath = path.with_name(path.name + ".manifest.json")
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError) as e:
-            raise CondastackError(f"{mpath}: unreadable archive manifest ({e}). Pack the layer again.") from None
-    spath = path.with_name(path.name + ".sha256")
+    spath, mpath = sidecars(path)
+    manifest = Manifest.read(mpath) if mpath.is_file() else None
     digest = spath.read_text().split()[0] if spath.is_file() and spath.read_text().split() else sha256_file(path)
-    lock_hash = manifest.get("lock_hash") or "unknown"
-    dest = manifest.get("dest_prefix")
+    lock_hash = (manifest.lock_hash if manifest else None) or "unknown"
+    dest = manifest.dest_prefix if manifest else None
     return PackedArchive(
         path=path,
         sha256=digest,
         fmt=fmt,
         dest_prefix=str(dest) if dest else None,
         lock_hash=str(lock_hash),
-        platform=manifest.get("platform") or None,
+        platform=(manifest.platform if manifest else None) or None,
         max_prefix_len=_binary_placeholder_len(manifest),
     )
 
@@ -183,7 +172,7 @@ def gzip_copy(src: PackedArchive) -> PackedArchive:
     """A gzip copy of a .tar.zst archive beside it (`zstd -dc | pigz`, streamed), with its sidecars;
     reused while it was made from the same archive. Docker's ADD and a base image's tar read gzip."""
     out = src.path.with_name(src.path.name[: -len(".tar.zst")] + ".tar.gz")
-    mpath, spath = (out.with_name(out.name + s) for s in (".manifest.json", ".sha256"))
+    spath, mpath = sidecars(out)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         made = json.loads(mpath.read_text())
         if made["converted_from"]["sha256"] == src.sha256 and out.is_file():
@@ -197,12 +186,12 @@ def gzip_copy(src: PackedArchive) -> PackedArchive:
             raise CondastackError(f"{src.path}: converting it to gzip failed: {err or gz.stderr.decode().strip()}")
         sink.flush()
         digest = sha256_file(tmp)
-        manifest: dict[str, Any] = {}
-        with contextlib.suppress(OSError, ValueError):
-            manifest = json.loads(src.path.with_name(src.path.name + ".manifest.json").read_text())
-        manifest.update(format="tar.gz", archive=out.name, sha256=digest, size=tmp.stat().st_size,
-                        converted_from={"archive": src.path.name, "sha256": src.sha256})
-        atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
+        src_manifest = sidecar(src.path, "manifest")
+        old = Manifest.read(src_manifest) if src_manifest.is_file() else Manifest("tar.zst", src.path.name, src.sha256)
+        manifest = dataclasses.replace(old, format="tar.gz", archive=out.name, sha256=digest, size=tmp.stat().st_size,
+                                       extra={**old.extra, "converted_from": {"archive": src.path.name,
+                                                                              "sha256": src.sha256}})
+        atomic_write_text(mpath, manifest.text())
         atomic_write_text(spath, f"{digest}  {out.name}\n")
     return read_archive(out)
 

@@ -102,3 +102,19 @@ def pkgs_dir() -> Path:
 
 def wheels_dir() -> Path:
     return pkgs_dir() / "wheels"
+
+
+# --------------------------------------------------------------------------- archive sidecars
+
+SIDECAR_SUFFIXES = {"sha256": ".sha256", "manifest": ".manifest.json"}
+
+
+def sidecar(archive: Path, kind: str) -> Path:
+    """A file written beside an archive: `ARCHIVE.sha256` or `ARCHIVE.manifest.json`."""
+    archive = Path(archive)
+    return archive.with_name(archive.name + SIDECAR_SUFFIXES[kind])
+
+
+def sidecars(archive: Path) -> tuple[Path, Path]:
+    """(the .sha256, the .manifest.json) of an archive."""
+    return sidecar(archive, "sha256"), sidecar(archive, "manifest")

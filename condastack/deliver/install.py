@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from condastack.archive.manifest import check_manifest
+from condastack.archive.manifest import Manifest
 from condastack.core.errors import CondastackError
 from condastack.core.fs import (
     TMP_MARK,
@@ -39,6 +39,7 @@ from condastack.core.fs import (
     sha256_file,
     swap_dir,
 )
+from condastack.core.layout import SIDECAR_SUFFIXES, sidecar, sidecars
 from condastack.core.progress import Meter
 from condastack.core.version import __version__
 from condastack.env.prefix import INSTALL_RECORD, Env
@@ -50,7 +51,7 @@ class Verified:
 
     archive: Path
     sha256: str
-    manifest: dict
+    manifest: Manifest
 
 
 @dataclass
@@ -69,17 +70,13 @@ class InstallResult:
 # --------------------------------------------------------------------------- verification
 
 
-def _sidecar(archive: Path, suffix: str) -> Path:
-    return archive.with_name(archive.name + suffix)
-
-
 def verify_archive(archive: Path) -> Verified:
     """Check ARCHIVE against ARCHIVE.sha256 and ARCHIVE.manifest.json; read-only."""
     archive = Path(archive).absolute()
     if not archive.is_file():
         raise CondastackError(f"{archive}: " + ("not a regular file (a folder, fifo or device); give the archive "
                                                 "file." if archive.exists() else "no such archive."))
-    sha_file, man_file = _sidecar(archive, ".sha256"), _sidecar(archive, ".manifest.json")
+    sha_file, man_file = sidecars(archive)
     for f in (sha_file, man_file):
         if not f.is_file():
             raise CondastackError(
@@ -90,25 +87,17 @@ def verify_archive(archive: Path) -> Verified:
     if not words or len(words[0]) != 64:
         raise CondastackError(f"{sha_file}: not a sha256sum line ('<64 hex digits>  {archive.name}').")
     expected = words[0].lower()
-    try:
-        manifest = json.loads(man_file.read_text())
-    except (OSError, ValueError) as e:
-        raise CondastackError(f"{man_file}: unreadable manifest ({e}). Re-copy it from where the archive was packed.") \
-            from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
-        raise CondastackError(f"{man_file}: not a condastack manifest (format_version 1). Re-pack the env with "
-                              "this condastack version.")
-    check_manifest(manifest, man_file)
-    if str(manifest.get("sha256", "")).lower() != expected:
+    manifest = Manifest.read(man_file)
+    if manifest.sha256.lower() != expected:
         raise CondastackError(
             f"{archive}: {sha_file.name} ({expected[:16]}…) and {man_file.name} "
-            f"({str(manifest.get('sha256'))[:16]}…) disagree: they belong to different archives. Re-copy all "
+            f"({manifest.sha256[:16]}…) disagree: they belong to different archives. Re-copy all "
             "three files from the same `condastack pack` run."
         )
     size = archive.stat().st_size
-    if manifest.get("size") is not None and int(manifest["size"]) != size:
+    if manifest.size is not None and manifest.size != size:
         raise CondastackError(
-            f"{archive}: is {size} bytes but its manifest says {manifest['size']}: the copy is truncated or "
+            f"{archive}: is {size} bytes but its manifest says {manifest.size}: the copy is truncated or "
             "tampered with. Nothing was installed; copy the archive again."
         )
     actual = sha256_file(archive)
@@ -121,24 +110,24 @@ def verify_archive(archive: Path) -> Verified:
     return Verified(archive=archive, sha256=actual, manifest=manifest)
 
 
-def check_against_manifest(prefix: Path, manifest: dict) -> int:
+def check_against_manifest(prefix: Path, manifest: Manifest) -> int:
     """Compare an unpacked tree with its manifest: file count and installed packages."""
     count = 0
     for _root, dirs, files in os.walk(prefix):
         count += len(files) + sum(1 for d in dirs if os.path.islink(os.path.join(_root, d)))
-    want = manifest.get("file_count")
+    want = manifest.file_count
     if want is not None and count != int(want):
         raise CondastackError(
-            f"{manifest.get('archive')}: unpacked {count} files but the manifest lists {want}; the archive does "
+            f"{manifest.archive}: unpacked {count} files but the manifest lists {want}; the archive does "
             "not match its manifest. Nothing was installed; re-pack and copy again."
         )
     have = {(data.get("name"), data.get("version"), data.get("build")) for data in Env(prefix).records.values()}
-    want_pk = {(p.get("name"), p.get("version"), p.get("build")) for p in manifest.get("packages") or []}
+    want_pk = {p.key for p in manifest.packages}
     if want_pk and have != want_pk:
         missing = sorted(f"{n}-{v}-{b}" for n, v, b in want_pk - have)
         extra = sorted(f"{n}-{v}-{b}" for n, v, b in have - want_pk)
         raise CondastackError(
-            f"{manifest.get('archive')}: the unpacked packages differ from the manifest (missing: "
+            f"{manifest.archive}: the unpacked packages differ from the manifest (missing: "
             f"{', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'}). Nothing was installed."
         )
     return count
@@ -152,7 +141,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
     """Install ARCHIVE at PREFIX (see the module docstring); a squashfs image is copied, not unpacked."""
     verified = verify_archive(archive)  # before anything is written
     prefix = Path(os.path.abspath(prefix))
-    fmt = verified.manifest.get("format")
+    fmt = verified.manifest.format
     if fmt == "squashfs":
         return _install_squashfs(verified, prefix, image)
     if fmt not in ("tar.zst", "tar.gz"):
@@ -173,7 +162,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
 
     parent = prefix.parent
     parent.mkdir(parents=True, exist_ok=True)
-    need = int(verified.manifest.get("bytes_unpacked") or 0)
+    need = verified.manifest.bytes_unpacked or 0
     require_free_space(parent, need, f"installing {verified.archive.name}")
     with file_lock(parent / f".{prefix.name}.condastack-install.lock"):
         clean_stale_temporaries(parent, f"{prefix.name}.new")
@@ -194,21 +183,20 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
         finally:
             remove_path(stage)
     return InstallResult(prefix=prefix, format=fmt, sha256=verified.sha256,
-                         lock_hash=verified.manifest.get("lock_hash"), replaced=replaced, file_count=count,
+                         lock_hash=verified.manifest.lock_hash, replaced=replaced, file_count=count,
                          activate=prefix / act.name)
 
 
 def _write_install_record(env: Path, verified: Verified) -> None:
     m = verified.manifest
-    record = {"archive": verified.archive.name, "sha256": verified.sha256, "format": m.get("format"),
-              "layer": m.get("layer"), "stack": m.get("stack"), "platform": m.get("platform"),
-              "lock_hash": m.get("lock_hash"), "installed_by": f"condastack {__version__}",
+    record = {"archive": verified.archive.name, "sha256": verified.sha256, "format": m.format,
+              "layer": m.layer, "stack": m.stack, "platform": m.platform, "lock_hash": m.lock_hash, "installed_by": f"condastack {__version__}",
               "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_text(env / INSTALL_RECORD, json.dumps(record, indent=1) + "\n")
 
 
 def _install_squashfs(verified: Verified, prefix: Path, image: Path | None) -> InstallResult:
-    dest = verified.manifest.get("dest_prefix")
+    dest = verified.manifest.dest_prefix
     if dest and os.path.normpath(dest) != str(prefix):
         raise CondastackError(
             f"{verified.archive}: this squashfs image was packed for {dest} and is read-only, so it can only be "
@@ -225,12 +213,12 @@ def _install_squashfs(verified: Verified, prefix: Path, image: Path | None) -> I
             raise CondastackError(f"{target}: the copy does not match the archive's sha256; the file system "
                                   "corrupted it. Nothing was replaced.")
         os.chmod(tmp, 0o444)
-    for suffix in (".sha256", ".manifest.json"):
-        atomic_write_text(_sidecar(target, suffix),
-                          _sidecar(verified.archive, suffix).read_text().replace(verified.archive.name, target.name))
+    for kind in SIDECAR_SUFFIXES:
+        atomic_write_text(sidecar(target, kind),
+                          sidecar(verified.archive, kind).read_text().replace(verified.archive.name, target.name))
     lines = mount_lines(target, prefix)
     return InstallResult(prefix=prefix, format="squashfs", sha256=verified.sha256,
-                         lock_hash=verified.manifest.get("lock_hash"), replaced=replaced, image=target,
+                         lock_hash=verified.manifest.lock_hash, replaced=replaced, image=target,
                          mount_lines=lines)
 
 

@@ -134,10 +134,10 @@ def make_preamble(image: Path, prefix: Path | None = None) -> Preamble:
     """Verify IMAGE (and its .sha256/.manifest.json) and render its node-local preamble."""
     verified = verify_archive(Path(image))
     m = verified.manifest
-    if m.get("format") != "squashfs":
-        raise CondastackError(f"{verified.archive}: is a {m.get('format')} archive; the node-local preamble needs a "
+    if m.format != "squashfs":
+        raise CondastackError(f"{verified.archive}: is a {m.format} archive; the node-local preamble needs a "
                               "SquashFS image (`condastack pack --format squashfs --dest-prefix PREFIX`).")
-    dest = m.get("dest_prefix")
+    dest = m.dest_prefix
     if not dest:
         raise CondastackError(f"{verified.archive}: its manifest names no dest_prefix, so where it must be mounted "
                               "is unknown; re-pack it with --dest-prefix PREFIX.")
