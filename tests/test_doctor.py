@@ -17,15 +17,8 @@ import pytest
 import rattler
 
 from tests.helpers import assert_user_error, run_cli, write_project
-from condastack.deliver.doctor import (
-    Gpu,
-    Node,
-    Requirements,
-    check_gpus,
-    check_space,
-    detect_virtual_packages,
-    run_doctor,
-)
+from condastack.deliver.checks import Gpu, Node
+from condastack.deliver.doctor import Requirements, check_gpus, check_space, detect_virtual_packages, run_doctor
 
 def _vp(name: str, version: str) -> rattler.GenericVirtualPackage:
     return rattler.GenericVirtualPackage(rattler.PackageName(name), rattler.Version(version), rattler.BuildString("0"))

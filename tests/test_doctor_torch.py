@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from condastack.deliver.doctor import Node, run_doctor
+from condastack.deliver.checks import Node
+from condastack.deliver.doctor import run_doctor
 from condastack.deliver.doctor_torch import read_torch, so_cxx11_abi, torch_checks
 
 SITE = "lib/python3.10/site-packages"

@@ -25,11 +25,7 @@ from condastack.cli.app import (
     main,
     table,
 )
-from condastack.cli.options import (
-    json_option,
-    prefix_option,
-    verbosity_options,
-)
+from condastack.cli.options import json_option, prefix_option, verbosity_options
 
 # --------------------------------------------------------------------------- layers
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from condastack.core.errors import CondastackError
+from condastack.deliver.checks import Check, Gpu, Node
+from condastack.deliver.doctor_torch import torch_checks
 from condastack.env.prefix import Env
-
-Status = Literal["pass", "fail", "warn"]
+from condastack.spec.stack import load_stack
 
 # Defaults for the space check when no env size is known (a layer, not a prefix).
 DEFAULT_MIN_FREE_BYTES = 1_000_000_000
@@ -35,34 +36,6 @@ DEFAULT_MIN_FREE_INODES = 10_000
 IMPORT_TIMEOUT_S = 120
 _MAX_IMPORTS = 40
 _NO_DRIVER = "no NVIDIA GPU driver is present on this node"
-
-
-@dataclass
-class Check:
-    name: str
-    status: Status
-    required: str
-    found: str
-    fix: str = ""
-
-
-@dataclass
-class Gpu:
-    name: str
-    driver_version: str
-    compute_cap: str
-    memory_total: str
-
-
-@dataclass
-class Node:
-    hostname: str
-    platform: str
-    virtual_packages: dict[str, str]  # __name -> version (after overrides)
-    overridden: list[str]  # names set by CONDA_OVERRIDE_* variables
-    gpus: list[Gpu]
-    driver: str | None  # why we believe a driver is (not) present
-    nvidia_smi_error: str | None = None
 
 
 @dataclass
@@ -206,7 +179,6 @@ def requirements_for_layer(root: Path, layer: str, platform: str) -> Requirement
 
 
 def _stack_virtual_packages(root: Path, layer: str, platform: str) -> dict[str, str]:
-    from condastack.spec.stack import load_stack
 
     # The virtual packages live in stack.yml itself: the layer files' specs are not
     # parsed, so a compute node without conda-lock can answer.
@@ -468,7 +440,6 @@ def run_doctor(*, root: Path | None = None, layer: str | None = None, prefix: Pa
                                f"This env was built for {req.platform}; install the {node.platform} build instead."))
     if req.kind == "prefix":
         checks.append(check_imports(req))
-        from condastack.deliver.doctor_torch import torch_checks
 
         checks.extend(torch_checks(req.prefix or Path(prefix or "."), node))
     return Report(node=node, requirements=req, filesystem=fs, checks=checks)

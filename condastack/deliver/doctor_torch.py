@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from condastack.core.names import canonical
-from condastack.deliver.doctor import Check, Node
+from condastack.deliver.checks import Check, Node
 from condastack.env.prefix import dist_infos, site_packages_dirs
 
 _ABI_CMAKE = re.compile(r"_GLIBCXX_USE_CXX11_ABI=([01])")
