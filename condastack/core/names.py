@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -80,3 +81,6 @@ def conda_lock_mapping(cache: Path) -> Path:
 
     atomic_write_text(path, json.dumps(out, sort_keys=True))
     return path
+
+
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from condastack.core.errors import CondastackError, EnvDamaged, PrefixTooLong
-from condastack.core.names import canonical
+from condastack.core.names import ENV_VAR_NAME, canonical
 from condastack.core.pathsafe import check_meta_record
 from condastack.core.version import __version__
 
@@ -38,7 +37,6 @@ MARKER = Path(META_DIR) / "condastack.info"
 PREFIXES_FILE = f"{META_DIR}/condastack.prefixes"
 INSTALL_RECORD = f"{META_DIR}/condastack.install"
 STATE_FILE = Path(META_DIR) / "state"  # conda's per-env state (env_vars)
-ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CREATED_BY = f"condastack {__version__}"
 
 RawRecords = dict[str, tuple[bytes, dict]]  # conda-meta file path -> (its bytes, parsed)
@@ -131,8 +129,6 @@ def write_env_vars(prefix: Path, variables: dict[str, str]) -> None:
 
 
 # --------------------------------------------------------------------------- pip distributions
-
-
 
 
 def site_packages_dirs(prefix: Path) -> list[Path]:

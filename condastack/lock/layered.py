@@ -23,6 +23,7 @@ from condastack.core.credentials import redact, strip_credentials
 from condastack.core.errors import CondastackError, LockConflict, LockStale
 from condastack.core.fs import atomic_write_text, clean_stale_temporaries, file_lock
 from condastack.core.layout import lock_dir, lockfile_path, records_sidecar_path
+from condastack.core.names import ENV_VAR_NAME
 from condastack.core.version import __version__
 from condastack.lock.conda_solve import (
     fetch_records,
@@ -195,7 +196,6 @@ def lock_variables(lockfile: Path) -> dict[str, str]:
 
     import yaml
 
-    from condastack.env.prefix import ENV_VAR_NAME
 
     with open(lockfile, encoding="utf-8", errors="replace") as f:
         line = next((l for l in f if l.lstrip().startswith(f"{VARIABLES_KEY}:")), None)

@@ -24,7 +24,7 @@ import yaml
 
 from condastack.core.condalock import conda_match_spec
 from condastack.core.errors import StackInvalid
-from condastack.env.prefix import ENV_VAR_NAME
+from condastack.core.names import ENV_VAR_NAME
 from condastack.spec import yamlfile
 from condastack.spec.pipreqs import (
     PipOptions,
