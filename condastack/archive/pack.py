@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,9 @@ from condastack.core.fs import (
     replace_together,
     temp_siblings,
 )
-from condastack.core.layout import env_prefix, pack_output, sidecars
+from condastack.core.layout import env_prefix, lockfile_path, pack_output, sidecars
 from condastack.core.progress import Meter
+from condastack.env.locked import read_locked_env
 from condastack.env.prefix import (
     CREATED_BY,
     MARKER,
@@ -358,8 +360,6 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
 
 def _lock_moved_on(root: Path, layer: str, meta: dict) -> str | None:
     """A warning when the env was built from another lock than the current `lock/<layer>` one."""
-    from condastack.core.layout import lockfile_path
-    from condastack.env.locked import read_locked_env
 
     lockfile = lockfile_path(root, layer)
     if not meta.get("lock_hash") or not meta.get("platform") or not lockfile.is_file():
@@ -376,7 +376,6 @@ def _lock_moved_on(root: Path, layer: str, meta: dict) -> str | None:
 
 
 def _tool_versions(fmt: str) -> dict[str, str]:
-    import subprocess
 
     tools = {"tar.zst": ["tar", "zstd"], "tar.gz": ["tar", "pigz"], "squashfs": ["mksquashfs"]}[fmt]
     out = {}

@@ -55,8 +55,11 @@ def load_env(prefix: Path, records: RawRecords | None = None):  # noqa: ANN201 -
     `records` ({path: (bytes, parsed)} from `Env.raw_records`) are handed to conda-pack
     instead of being parsed again; its model is otherwise unchanged.
     """
-    import conda_pack.core as cpc
-    from conda_pack.core import CondaEnv, CondaPackException
+    import conda_pack.core as cpc  # conda-pack's model: only when packing
+    from conda_pack.core import (  # conda-pack's model: only when packing
+        CondaEnv,
+        CondaPackException,
+    )
 
     try:
         if not records:
@@ -236,7 +239,7 @@ def _rewrite_conda_meta(source: str, parsed: tuple[bytes, dict] | None = None) -
 
 def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str],  # noqa: ANN001, C901
           skip: dict[str, bool] | None = None, records: RawRecords | None = None) -> Plan:
-    from conda_pack.core import BIN_DIR
+    from conda_pack.core import BIN_DIR  # conda-pack's model: only when packing
 
     plan = Plan()
     prefix_s = str(prefix)
@@ -322,8 +325,13 @@ def _unmanaged_text(source: str, prefix_b: bytes) -> bytes | None:
 
 def _rewritten(data: bytes, target: str, mode: str, placeholder: str, dest: str | None) -> tuple[bytes, bool]:
     """What a placeholder file holds in the archive, and whether that still has the placeholder."""
-    from conda_pack.core import BIN_DIR, rewrite_shebang
-    from conda_pack.prefixes import replace_prefix
+    from conda_pack.core import (  # conda-pack's model: only when packing
+        BIN_DIR,
+        rewrite_shebang,
+    )
+    from conda_pack.prefixes import (
+        replace_prefix,  # conda-pack's model: only when packing
+    )
 
     if dest is not None:
         check_dest_fits([(target, placeholder, mode)], dest)
@@ -366,8 +374,8 @@ def _confirm_early(env, early: dict[str, bool]) -> bool:  # noqa: ANN001
 
 def _add_scripts(plan: Plan, staging: Path, dest: str | None) -> None:
     """conda-pack's activate scripts and, without a dest prefix, its bin/conda-unpack."""
-    import conda_pack
-    import conda_pack.core as cpc
+    import conda_pack  # conda-pack's model: only when packing
+    import conda_pack.core as cpc  # conda-pack's model: only when packing
 
     here = Path(cpc.__file__).parent
     has_conda = any(p.get("name") == "conda" for p in plan.packages)

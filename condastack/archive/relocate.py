@@ -14,6 +14,7 @@ from pathlib import Path
 
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path
+from condastack.core.pathsafe import check_under
 from condastack.env.prefix import PREFIXES_FILE, Env, check_dest_fits
 
 
@@ -47,7 +48,6 @@ def _read_state(prefix: Path) -> dict | None:
 
 def _checked_state(state: object, prefix: Path, source: str) -> dict:
     """The relocation state if well-typed and every record's file is a safe path inside `prefix`."""
-    from condastack.core.pathsafe import check_under
 
     where = f"{prefix / source}"
     if not isinstance(state, dict) or not isinstance(state.get("records", []), list) \

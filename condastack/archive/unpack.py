@@ -25,6 +25,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -80,7 +81,6 @@ def _decompressor(archive: Path) -> list[str]:
 
 
 def _which(name: str) -> bool:
-    import shutil
 
     return shutil.which(name) is not None
 

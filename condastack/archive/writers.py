@@ -15,10 +15,12 @@ hashes it behind. The SquashFS writer fills a tree of hard links and runs
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
 import os
+import queue
 import shutil
 import subprocess
 import threading
@@ -211,7 +213,6 @@ class _TarFeed:
     """
 
     def __init__(self, pipe) -> None:  # noqa: ANN001 - a binary file object
-        import queue
 
         self.pipe = pipe
         self.base: str | None = None
@@ -291,7 +292,6 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
     fsync that makes the finished archive durable has little left to do. Best effort."""
     global _sync_file_range
     if _sync_file_range is None:
-        import ctypes
 
         try:
             fn = ctypes.CDLL(None, use_errno=True).sync_file_range

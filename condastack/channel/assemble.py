@@ -74,7 +74,7 @@ def _check_version(version: str | None) -> str:
 
 
 def _check_depends(depends: Sequence[str]) -> None:
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     for d in depends:
         try:
@@ -128,7 +128,9 @@ def _refuse_absolute_paths(folder: Path) -> None:
 
 def _assemble(name: str, version: str, platform: str, build: str, work: Path, files: Path,
               depends: Sequence[str], build_number: int) -> Path:
-    from rattler_build import assemble_package
+    from rattler_build import (
+        assemble_package,  # py-rattler-build: only to build packages
+    )
 
     out = work / "out" / platform  # the channel subdir, as rattler-build lays out its outputs
     out.mkdir(parents=True, exist_ok=True)

@@ -15,14 +15,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from condastack.core.errors import CondastackError
-from condastack.core.fs import file_lock
+from condastack.core.fs import atomic_path, file_lock
 
 SUBDIRS = ("noarch", "linux-64")
 
 
 def index_channel(folder: Path) -> None:
     """(Re)write repodata.json for every subdir of a local channel folder."""
-    import rattler.index
+    import rattler.index  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     folder = Path(folder)
     for sub in SUBDIRS:
@@ -49,7 +49,10 @@ def tree_hash(paths: Iterable[Path], extra: str = "") -> str:
 
 def build_recipe(recipe: Path, output_dir: Path, channels: list[str], *, level: int = 1) -> list[Path]:
     """Build one rattler-build recipe into output_dir; returns the package files."""
-    from rattler_build import Stage0Recipe, ToolConfiguration
+    from rattler_build import (  # py-rattler-build: only to build packages
+        Stage0Recipe,
+        ToolConfiguration,
+    )
 
     recipe = Path(recipe)
     recipe_file = recipe / "recipe.yaml" if recipe.is_dir() else recipe
@@ -76,7 +79,6 @@ def cached_build(cache_root: Path, key: str, build) -> Path:  # noqa: ANN001 - b
     Concurrent callers wait on a file lock; a half-built folder is never used
     because it is renamed into place only when complete.
     """
-    from condastack.core.fs import atomic_path
 
     cache_root = Path(cache_root)
     final = cache_root / key

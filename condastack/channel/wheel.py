@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
 from condastack.channel.assemble import (
     _ENTRY_GROUPS,
     _PY,
@@ -54,7 +56,6 @@ _MACHINE = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 
 
 def _read_wheel(path: Path) -> _Wheel:
-    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
     try:
         wname, wver, _, tags = parse_wheel_filename(path.name)

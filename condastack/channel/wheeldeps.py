@@ -8,13 +8,19 @@ versions have none).
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from condastack.core.errors import CondastackError
+from condastack.core.names import pypi_to_conda
 
 _MACHINE = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 
@@ -34,7 +40,6 @@ class WheelDep:
 
 def pypi_to_conda_names() -> dict[str, str]:
     """Canonical PyPI name -> conda-forge name, for the names that differ (the shipped mapping)."""
-    from condastack.core.names import pypi_to_conda
 
     return pypi_to_conda()
 
@@ -52,8 +57,6 @@ def target_environment(python: str, platform: str) -> dict[str, str]:
 def wheel_requirements(metadata: str, python: str, platform: str, extras: Sequence[str] = (),
                        *, where: str = "wheel") -> list[WheelDep]:
     """The conda dependencies of a METADATA text's Requires-Dist lines for this target."""
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
 
     msg = email.parser.Parser().parsestr(metadata, headersonly=True)
     env = target_environment(python, platform)
@@ -105,7 +108,6 @@ def _conda_version_spec(specifier: str, line: str, where: str) -> str:
 
 
 def _local_channel_exists(url: str) -> bool:
-    from urllib.parse import unquote, urlparse
 
     folder = Path(unquote(urlparse(url).path))
     return (folder / "noarch" / "repodata.json").is_file() or any(folder.glob("*/repodata.json"))
@@ -118,9 +120,8 @@ def unsatisfied(deps: Sequence[WheelDep], channels: Sequence[str], platform: str
     the lock's solver has the last word. A channel that cannot be read (offline)
     raises, so the caller can say the check was skipped.
     """
-    import asyncio
 
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     # A local channel not made yet (the site channel before its first package) has nothing to offer.
     channels = [c for c in channels if not c.startswith("file://") or _local_channel_exists(c)]

@@ -21,10 +21,14 @@ package under the same file name is refused unless `force`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from condastack.channel.assemble import (
     _BUILD,
@@ -46,6 +50,7 @@ from condastack.channel.wheel import _build_from_wheel
 from condastack.core.elf import tree_glibc_floor
 from condastack.core.errors import CondastackError
 from condastack.core.fs import file_lock, make_tempdir, remove_path, sha256_file
+from condastack.spec.stack import find_stack_file, load_stack
 
 SITE_CHANNEL = Path("environments") / "channel"
 WRAP_PLATFORMS = ("linux-64", "linux-aarch64", "noarch")
@@ -125,7 +130,6 @@ def wrap(
 
 def stack_channels(root: Path) -> tuple[str, ...]:
     """Every channel of the stack at root (all layers), () when there is no stack."""
-    from condastack.spec.stack import find_stack_file, load_stack
 
     if not find_stack_file(Path(root)).is_file():
         return ()
@@ -138,8 +142,6 @@ def stack_channels(root: Path) -> tuple[str, ...]:
 
 def still_unsatisfied(pkg: WrappedPackage, placed: Sequence[WrappedPackage]) -> list[str]:
     """The requirements of pkg that neither a channel nor another package of this wrap satisfies."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
 
     wrapped = {canonicalize_name(p.name) for p in placed}
     return [u for u in pkg.unsatisfied if canonicalize_name(Requirement(u).name) not in wrapped]
@@ -170,8 +172,6 @@ def _build_from_folder(folder: Path, work: Path, name: str | None, version: str 
 def _wrap_missing(top: WrappedPackage, channel: Path, platform: str, python: str | None, opts: WheelOptions,
                   force: bool) -> list[WrappedPackage]:
     """Wrap, from opts.wheel_dir, the best wheel for each requirement no channel could satisfy."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name, parse_wheel_filename
 
     assert opts.wheel_dir is not None
     # A pure dependency wheel gets the python of the package that needs it.
@@ -223,9 +223,8 @@ def _build_from_recipe(recipe: Path, work: Path, channel: Path, build_channels: 
 
 def _reindex_all(channel: Path) -> None:
     """Re-read every package: the indexer otherwise keeps the entry of a file name it has seen."""
-    import asyncio
 
-    import rattler.index
+    import rattler.index  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     index_channel(channel)  # creates the subdirs
     asyncio.run(rattler.index.index_fs(channel, force=True))

@@ -85,14 +85,14 @@ def layers(obj: Ctx, as_json: bool) -> None:
 def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: tuple[str, ...], check: bool,
          dry_run: bool, solver: str, as_json: bool) -> None:
     """Lock LAYERS and their parents (all layers by default) into lock/."""
-    from condastack.lock import layered as lk
+    from condastack.lock import layered as lk  # lazy: CLI start-up
 
     stack = obj.stack()
     names = list(layers) or None
     for n in names or []:
         stack.layer(n)
     if solver != "rattler":
-        import shutil
+        import shutil  # lazy: CLI start-up
 
         binary = shutil.which(solver)
         if binary is None:
@@ -162,7 +162,7 @@ def _nullctx():  # noqa: ANN202
 @click.pass_obj
 def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) -> None:
     """Packages added, removed and changed between two lockfiles (or a lockfile and git REV)."""
-    from condastack.lock import layered as lk
+    from condastack.lock import layered as lk  # lazy: CLI start-up
 
     if rev:
         if new is not None:
@@ -217,10 +217,10 @@ def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) 
 def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: str, force: bool, frozen: bool,
           as_json: bool) -> None:
     """Create the environment of LAYER from lock/LAYER.conda-lock.yml for this machine's platform."""
-    from condastack.env.build import build_layer
+    from condastack.env.build import build_layer  # lazy: CLI start-up
 
     say = (lambda m: err_console.print(m, markup=False)) if obj.verbose and not obj.quiet else None
-    from condastack.core.progress import terminal_meter
+    from condastack.core.progress import terminal_meter  # lazy: CLI start-up
 
     with terminal_meter(not obj.quiet) as meter:
         res = build_layer(obj.root, layer, prefix=prefix, offline=offline, installer=installer, force=force,
@@ -245,7 +245,7 @@ def build(obj: Ctx, layer: str, prefix: Path | None, offline: bool, installer: s
 @click.pass_obj
 def verify(obj: Ctx, layer: str | None, prefix: Path | None, as_json: bool) -> None:
     """Check an environment against its lock; exit 1 on drift."""
-    from condastack.env.verify import format_report, verify_layer
+    from condastack.env.verify import format_report, verify_layer  # lazy: CLI start-up
 
     if layer is None and prefix is None:
         raise click.UsageError("verify needs a LAYER or --prefix PATH.")

@@ -45,9 +45,9 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
 
     Honours CONDA_OVERRIDE_CUDA / CONDA_OVERRIDE_GLIBC as conda does.
     """
-    from rich.markup import escape
+    from rich.markup import escape  # lazy: CLI start-up
 
-    from condastack.deliver.doctor import machine_summary, run_doctor
+    from condastack.deliver.doctor import machine_summary, run_doctor  # lazy: CLI start-up
 
     report = run_doctor(root=obj.root, layer=layer, prefix=prefix, target=target,
                         min_free_bytes=None if min_free_gb is None else int(min_free_gb * 1e9),
@@ -82,7 +82,7 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
 @click.pass_obj
 def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path) -> None:
     """Write an Lmod (Lua) and a Tcl modulefile for the env at PREFIX."""
-    from condastack.deliver.module import write_modulefiles
+    from condastack.deliver.module import write_modulefiles  # lazy: CLI start-up
 
     files = write_modulefiles(prefix, name, mod_version, outdir)
     obj.console.print(f"wrote {files.lua}\nwrote {files.tcl}\n"
@@ -123,13 +123,13 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
              keep_local_version: bool, check_channels: tuple[str, ...], no_check: bool, wheel_dir: Path | None,
              force: bool, as_json: bool) -> None:
     """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
-    from condastack.channel.assemble import WheelOptions
+    from condastack.channel.assemble import WheelOptions  # lazy: CLI start-up
     from condastack.channel.wrap import (
         default_channel,
         stack_channels,
         still_unsatisfied,
         wrap,
-    )
+    )  # lazy: CLI start-up
 
     channel = channel_dir if channel_dir is not None else default_channel(obj.root)
     checked = None if no_check else tuple(check_channels or stack_channels(obj.root))
@@ -178,8 +178,8 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
              output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
              allow_foreign: bool) -> None:
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
-    from condastack.archive.pack import pack_layer, pack_prefix
-    from condastack.core.progress import terminal_meter
+    from condastack.archive.pack import pack_layer, pack_prefix  # lazy: CLI start-up
+    from condastack.core.progress import terminal_meter  # lazy: CLI start-up
 
     kw = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads, allow_modified=allow_modified,
               allow_foreign=allow_foreign)
@@ -209,8 +209,8 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
 @click.pass_obj
 def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None) -> None:
     """Extract ARCHIVE safely into DEST and relocate it there."""
-    from condastack.archive.unpack import unpack_archive
-    from condastack.core.progress import terminal_meter
+    from condastack.archive.unpack import unpack_archive  # lazy: CLI start-up
+    from condastack.core.progress import terminal_meter  # lazy: CLI start-up
 
     require_archive(archive)
     with terminal_meter(not obj.quiet) as meter:
@@ -225,7 +225,7 @@ def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max
 @click.pass_obj
 def relocate_cmd(obj: Ctx, prefix: Path) -> None:
     """Point an unpacked env that was moved to PREFIX at its new path (repeatable)."""
-    from condastack.archive.relocate import relocate
+    from condastack.archive.relocate import relocate  # lazy: CLI start-up
 
     if not prefix.is_dir():
         fail(f"{prefix}: no such folder.")
@@ -259,8 +259,8 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
               oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
               platform: str | None, command: str | None, ld_library_path: bool | None, as_json: bool) -> None:
     """Thin container files for LAYER: Dockerfile.thin, an Apptainer definition, and with --oci an OCI archive."""
-    from condastack.container.make import make_container
-    from condastack.container.spec import shlex_command
+    from condastack.container.make import make_container  # lazy: CLI start-up
+    from condastack.container.spec import shlex_command  # lazy: CLI start-up
 
     res = make_container(obj.root, layer, base_image=base_image, prefix=prefix, oci=oci, oci_base=oci_base,
                          apptainer=apptainer, dockerfile=dockerfile, archive=archive, platform=platform,
@@ -299,8 +299,8 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
 def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
             max_bytes: int | None, as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
-    from condastack.core.progress import terminal_meter
-    from condastack.deliver.install import install_archive
+    from condastack.core.progress import terminal_meter  # lazy: CLI start-up
+    from condastack.deliver.install import install_archive  # lazy: CLI start-up
 
     require_archive(archive)
     with terminal_meter(not obj.quiet) as meter:
@@ -339,7 +339,7 @@ def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path 
     Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
     image and deletes the copies when the script exits, even on failure.
     """
-    from condastack.deliver.slurm import make_preamble, write_preamble
+    from condastack.deliver.slurm import make_preamble, write_preamble  # lazy: CLI start-up
 
     pre = make_preamble(image, prefix)
     if output is None:

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from condastack.container.baseimage import debian_base
 from condastack.container.oci import OciResult, write_oci_archive
 from condastack.container.render import DOCKERFILE, render_apptainer, render_dockerfile
 from condastack.container.spec import (
@@ -79,7 +80,6 @@ def _oci_base(stack: Stack, spec: ContainerSpec, oci_base: str | None) -> tuple[
         return None, f"{env} only (scratch: no C library, the image cannot run programs on its own)"
     if oci_base is not None:
         return oci_base, f"{env} on the local OCI image {oci_base}"
-    from condastack.container.baseimage import debian_base
 
     base = debian_base(stack.virtual_packages_for(spec.platform).get("__glibc"), spec.platform)
     return base.ref, f"{env} on {base.description}"

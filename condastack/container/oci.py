@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import gzip
 import hashlib
 import json
@@ -179,7 +180,6 @@ class OciResult:
 
 
 def _created() -> str:
-    import datetime as _dt
 
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
     return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from condastack.archive.manifest import Manifest
 from condastack.core import layout
+from condastack.core.elf import read_elf_dynamic
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path, atomic_write_text, sha256_file
 from condastack.core.layout import sidecar, sidecars
@@ -123,7 +124,6 @@ def env_max_prefix_len(env: Path) -> int | None:
 
 def _elf_dynamic(path: Path) -> tuple[list[str], bool] | None:
     """(DT_NEEDED names, has RPATH or RUNPATH) of a 64-bit little-endian ELF file, None if not one."""
-    from condastack.core.elf import read_elf_dynamic
 
     d = read_elf_dynamic(path)
     return None if d is None else (list(d.needed), d.has_rpath)

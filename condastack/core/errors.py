@@ -10,6 +10,8 @@ so callers (and tests) can ask what went wrong without parsing text.
 
 from __future__ import annotations
 
+import contextlib
+import errno as _errno
 from pathlib import Path
 
 
@@ -45,7 +47,6 @@ def from_os_error(e: OSError) -> CondastackError | None:
 
     One mapping for every command, so no stage needs its own try/except for these.
     """
-    import errno as _errno
 
     name = _errno.errorcode.get(e.errno or 0, "")
     hint = _OS_HINTS.get(name)
@@ -58,7 +59,6 @@ def from_os_error(e: OSError) -> CondastackError | None:
 
 def naming(path: object):  # noqa: ANN201 - a context manager
     """Within the block, an OSError that names no file (a write() hitting ENOSPC) is said to be about `path`."""
-    import contextlib
 
     @contextlib.contextmanager
     def _cm():  # noqa: ANN202

@@ -7,6 +7,7 @@ differ (built by scripts/make_mapping.py); any other name provides itself.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from condastack.core.fs import atomic_write_text
 from condastack.core.layout import cache_root
 
 NAMES_FILE = Path(str(files("condastack.core").joinpath("data", "conda-pypi-names.json")))
@@ -70,14 +72,12 @@ def conda_names_for_pypi(name: str) -> list[str]:
 def conda_lock_mapping(cache: Path) -> Path:
     """The mapping in conda-lock's own format ({pypi: {conda_name, ...}}), written once to `cache`."""
     data = NAMES_FILE.read_bytes()
-    import hashlib
 
     path = Path(cache) / f"pypi-mapping-{hashlib.sha256(data).hexdigest()[:16]}.json"
     if path.is_file():
         return path
     out = {p: {"pypi_name": p, "conda_name": c, "conda_forge": c}
            for p, c in json.loads(data)["pypi_to_conda"].items()}
-    from condastack.core.fs import atomic_write_text
 
     atomic_write_text(path, json.dumps(out, sort_keys=True))
     return path

@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import zstandard
+
 from condastack.core.errors import CondastackError
 from condastack.core.fs import TMP_MARK
 
@@ -183,7 +185,6 @@ def _tar_members(fileobj: io.IOBase, mode: str, tree: _Tree, meta: dict[str, byt
 
 
 def _read_conda(archive: Path, tree: _Tree, meta: dict[str, bytes]) -> None:
-    import zstandard
 
     with zipfile.ZipFile(archive) as zf:
         for zi in zf.infolist():

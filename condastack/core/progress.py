@@ -31,9 +31,14 @@ def terminal_meter(enabled: bool = True) -> Iterator[Meter | None]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich import filesize
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich import filesize  # rich's live display: only on a terminal
+    from rich.console import Console  # rich's live display: only on a terminal
+    from rich.progress import (  # rich's live display: only on a terminal
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bars = Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.fields[amount]}"),
                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=Console(stderr=True))

@@ -99,7 +99,7 @@ class Report:
 
 def detect_virtual_packages() -> tuple[dict[str, str], list[str]]:
     """Virtual packages as conda sees them, CONDA_OVERRIDE_* honoured ('' removes one)."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     found: dict[str, str] = {}
     for vp in rattler.VirtualPackage.detect(rattler.VirtualPackageOverrides.from_env()):
@@ -148,7 +148,7 @@ def detect_gpus() -> tuple[list[Gpu], str | None]:
 
 
 def detect_node() -> Node:
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     vps, overridden = detect_virtual_packages()
     gpus, smi_error = detect_gpus()
@@ -242,7 +242,7 @@ def requirements_for_prefix(prefix: Path) -> Requirements:
 
 
 def _satisfies(version: str, spec: str) -> bool:
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     if spec in ("", "*"):
         return True

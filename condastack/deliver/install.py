@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from condastack.archive.manifest import Manifest
+from condastack.archive.relocate import relocate
+from condastack.archive.unpack import unpack_archive
 from condastack.core.errors import CondastackError
 from condastack.core.fs import (
     TMP_MARK,
@@ -42,6 +44,7 @@ from condastack.core.fs import (
 from condastack.core.layout import SIDECAR_SUFFIXES, sidecar, sidecars
 from condastack.core.progress import Meter
 from condastack.core.version import __version__
+from condastack.deliver.module import write_activation_scripts
 from condastack.env.prefix import INSTALL_RECORD, Env
 
 
@@ -157,8 +160,6 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
             f"{prefix}: exists, is not empty and is not a conda env; refusing to replace it. Choose an empty or "
             "new --prefix, or remove it first."
         )
-    from condastack.archive.relocate import relocate
-    from condastack.archive.unpack import unpack_archive
 
     parent = prefix.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,6 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
             relocate(stage, as_prefix=prefix)  # the files must name the final path, not the stage
             count = check_against_manifest(stage, verified.manifest)
             _write_install_record(stage, verified)
-            from condastack.deliver.module import write_activation_scripts
 
             act, _ = write_activation_scripts(stage, final_prefix=prefix)
             replaced = Env(prefix).is_conda_env()

@@ -47,6 +47,7 @@ from condastack.core.platforms import host_platform
 from condastack.core.progress import Meter
 from condastack.env.bytecode import compile_noarch_python
 from condastack.env.fetch import fetch_archives, fetch_wheels
+from condastack.env.locked import read_locked_env
 from condastack.env.pip import install_wheels
 from condastack.env.pkgcache import Checker, discard, stamp
 from condastack.env.prefix import (
@@ -59,6 +60,9 @@ from condastack.env.prefix import (
     write_env_vars,
     write_marker,
 )
+from condastack.lock.conda_solve import with_url
+from condastack.lock.layered import check_fresh, lock_variables
+from condastack.spec.stack import load_stack
 
 INSTALLERS = ("auto", "rattler", "micromamba")
 # Names other modules (and tests) import from here.
@@ -101,7 +105,6 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
 
     @functools.cache
     def stack() -> Any:  # loaded once, and only when needed (the no-op path never reads it)
-        from condastack.spec.stack import load_stack
 
         return load_stack(root)
 
@@ -109,8 +112,6 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
         stack().layer(layer)  # an unknown layer is reported as such
         raise CondastackError(f"{lockfile}: layer '{layer}' has no lock. Run `condastack lock {layer}` first.")
     if not frozen:
-        from condastack.lock.layered import check_fresh
-        from condastack.spec.stack import load_stack
 
         check_fresh(load_stack(root, parse_specs=False), layer, host_platform())
 
@@ -136,8 +137,6 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     channel/index URLs with credentials (user:password@ or /t/<token>/), which the
     lock leaves out; a download whose URL falls under one of them uses them.
     """
-    from condastack.env.locked import read_locked_env
-    from condastack.lock.layered import lock_variables
 
     t0 = time.monotonic()
     say = progress or (lambda _msg: None)
@@ -325,9 +324,8 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
 
 def _link(records: tuple | list, archives: list[Path], tmp: Path, final: Path, meter: Meter | None,
           reused: set[int]) -> None:
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
-    from condastack.lock.conda_solve import with_url
 
     # rattler gets our verified archive as the URL of every package it would have to
     # fetch; packages already extracted in its cache keep their locked URL.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import threading
 import urllib.parse
 import urllib.request
@@ -23,7 +24,7 @@ from condastack.core.fs import (
     sha256_file,
 )
 from condastack.core.layout import pkgs_dir, wheels_dir
-from condastack.core.pathsafe import STAMP_DIR
+from condastack.core.pathsafe import STAMP_DIR, check_package, clean_relative
 from condastack.core.progress import Meter, report
 
 _VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
@@ -78,7 +79,6 @@ def _check_cached(archive: Path, sha256: str, what: str) -> None:
 
 def _fetch(url: str, dest: Path, sha256: str, what: str, credentials: list[str] | tuple = ()) -> None:
     """Copy or download `url` to `dest`, hashing on the way; a mismatch is refused."""
-    import hashlib
 
     h = hashlib.sha256()
     # The temporary's name ends in our pid: clean_stale_temporaries spares a running build's download.
@@ -156,7 +156,6 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
 
 def _cache_name(r: Any) -> str:
     """The file name a locked package gets in the cache: one plain name, never a path."""
-    from condastack.core.pathsafe import clean_relative
 
     name = clean_relative(r.file_name, f"{_pkg_label(r)}: the lock's URL {r.url}")
     if "/" in name:
@@ -167,7 +166,6 @@ def _cache_name(r: Any) -> str:
 
 def _gate(archive: Path, label: str) -> None:
     """The path-safety gate, before the installer sees the package; a refused one leaves the cache."""
-    from condastack.core.pathsafe import check_package
 
     try:
         check_package(archive, label)

@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from condastack.core.errors import CondastackError
 from condastack.core.layout import records_sidecar_path
 from condastack.lock.conda_solve import records_from_json
@@ -56,7 +58,6 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
     Read as plain YAML (conda-lock's own form, pip entries included); the full
     records kept beside the lock are used where they match, else the entries.
     """
-    import yaml
 
     path = Path(path)
     entries = read_lock_entries(path, strings=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from condastack.core.errors import CondastackError, EnvDamaged, PrefixTooLong
+from condastack.core.fs import atomic_write_text
 from condastack.core.names import ENV_VAR_NAME, canonical
 from condastack.core.pathsafe import check_meta_record
 from condastack.core.version import __version__
@@ -114,7 +115,6 @@ def read_env_vars(prefix: Path, *, strict: bool = False) -> dict[str, str]:
 
 def write_env_vars(prefix: Path, variables: dict[str, str]) -> None:
     """Set conda's `conda-meta/state` env_vars, keeping its other keys; no file is made for no variables."""
-    from condastack.core.fs import atomic_write_text
 
     path = Path(prefix) / STATE_FILE
     try:
@@ -245,7 +245,6 @@ class Env:
 
     def update_file_hashes(self, hashes: dict[str, tuple[str | None, int]]) -> None:
         """Record what rewritten files now hold (relocation), so that `verify` compares against it."""
-        from condastack.core.fs import atomic_write_text
 
         for name in self.record_names():
             path = self.meta_dir / name
@@ -273,7 +272,6 @@ class Env:
 
     def write_record(self, record: dict[str, Any]) -> None:
         """Replace a package's conda-meta record (atomically), e.g. to list files made at link time."""
-        from condastack.core.fs import atomic_write_text
 
         path = self.record_path(str(record["name"]), str(record["version"]), str(record["build"]))
         atomic_write_text(path, json.dumps(record, indent=2))

@@ -24,6 +24,7 @@ from condastack.core.fs import HASH_THREADS, sha256_file
 from condastack.core.layout import env_prefix, lockfile_path
 from condastack.core.names import canonical
 from condastack.core.platforms import host_platform
+from condastack.env.locked import read_locked_env
 from condastack.env.prefix import MARKER, Env, dist_name_version
 
 
@@ -82,7 +83,6 @@ def verify_layer(root: Path | None = None, layer: str | None = None, *, prefix: 
 
 
 def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
-    from condastack.env.locked import read_locked_env
 
     env = read_locked_env(lockfile, host_platform())
     rep = VerifyReport(prefix=prefix, lockfile=lockfile, platform=env.platform)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import re
+import tempfile
 from pathlib import Path
 
 from condastack.core.errors import CondastackError
@@ -20,7 +23,7 @@ def spec_name(spec: str) -> str:
 
 def virtual_packages(spec: dict[str, str]) -> list:
     """The stack's declared virtual packages as rattler objects (never the host's)."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     out = []
     for name, version in sorted(spec.items()):
@@ -46,7 +49,7 @@ def gateway_session():  # noqa: ANN201
 
 
 def _gateway():  # noqa: ANN202
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     if not _SESSION:
         return rattler.Gateway()
@@ -62,9 +65,8 @@ def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dic
     `pinned` records are hard pins (a parent layer's lock); `locked` ones are
     preferences (the previous lock, so a re-solve moves as little as possible).
     """
-    import asyncio
 
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     return asyncio.run(rattler.solve(
         channels, specs, gateway=_gateway(), platforms=[platform, "noarch"],
@@ -74,7 +76,6 @@ def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dic
 
 def query_records(channels: list[str], platform: str, names: list[str]) -> list:
     """Every record of these package names in the channels (platform and noarch), not recursive."""
-    import asyncio
 
     found = asyncio.run(_gateway().query(channels, [platform, "noarch"], names, recursive=False))
     return [r for recs in found for r in recs]
@@ -87,7 +88,6 @@ def split_depend(dep: str) -> tuple[str, str]:
 
 def records_to_json(records: list) -> list[dict]:
     """RepoDataRecords as repodata JSON (with fn, url, channel): everything a re-solve needs."""
-    import json
 
     return [json.loads(r.to_json()) for r in records]
 
@@ -98,10 +98,8 @@ def records_from_json(items: list[dict]) -> list:
     rattler builds records from repodata, so the entries are grouped into one
     small repodata.json per (channel, subdir) folder and read back.
     """
-    import json
-    import tempfile
 
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     groups: dict[str, dict[str, dict]] = {}
     for item in items:
@@ -167,7 +165,7 @@ def explain_solver_error(err: Exception) -> str:
 
 def with_url(record: object, url: str) -> object:
     """A copy of a RepoDataRecord that is fetched from `url` (our verified archive)."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     r = record
     channel = r.channel or url.rsplit("/", 1)[0] + "/"  # type: ignore[attr-defined]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from condastack.core.names import conda_names_for_pypi
+
 
 @dataclass(frozen=True)
 class Violation:
@@ -28,7 +30,7 @@ class Violation:
 
 def check_records(records: list, vpkgs: dict[str, str], pip: list[tuple[str, str]] | None = None) -> list[Violation]:
     """Violations of `records` (RepoDataRecords) against the whole set; [] when consistent."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     held: dict[str, list] = {}
     for r in records:
@@ -36,7 +38,6 @@ def check_records(records: list, vpkgs: dict[str, str], pip: list[tuple[str, str
     for name, value in vpkgs.items():
         ver, _, build = str(value).partition("=")
         held.setdefault(name, []).append(_stand_in(name, ver, build or "0"))
-    from condastack.core.names import conda_names_for_pypi
 
     for pname, version in pip or []:
         for cname in conda_names_for_pypi(pname):
@@ -69,7 +70,7 @@ def _match_spec(rattler, spec: str):  # noqa: ANN001, ANN202
 
 def _stand_in(name: str, version: str, build: str):  # noqa: ANN202
     """A record standing for a virtual or pip package, so MatchSpec can test it."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     try:
         return rattler.PackageRecord(name, version, rattler.BuildString(build), 0, "noarch")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,6 @@ def diff_against_git(path: Path, rev: str) -> dict[str, list[Change]]:
     except (subprocess.CalledProcessError, ValueError) as e:
         detail = getattr(e, "stderr", "") or str(e)
         raise CondastackError(f"{path}: cannot read it at git revision {rev}: {detail.strip()}") from None
-    import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=layout.LOCKFILE_SUFFIX, delete=False) as f:
         f.write(text)

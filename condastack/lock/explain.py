@@ -41,7 +41,7 @@ def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels:
 
 def _missing_specs(channels: list[str], plat: str, specs: list[str]) -> list[str]:
     """Every spec that no record of the channels can meet, each described once."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     names = sorted({spec_name(s) for s in specs if not spec_name(s).startswith("__")})
     try:
@@ -80,7 +80,7 @@ def _solves(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, s
 def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str],
                           vpkgs: dict[str, str], pinned: list) -> str | None:
     """Which parent spec or record a child's own spec breaks, confirmed by re-solving."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     parent = stack.layer(name).extends or "?"
     own = list(stack.layer(name).conda.get(plat, ()))
@@ -116,7 +116,7 @@ def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str
 def _clashes(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, str], pinned: list,
              culprit: str) -> str:
     """Facts behind a confirmed clash: the culprit's locked record against the solution without it."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     try:
         free = {r.name.normalized: r for r in solve_conda(channels, specs, plat, vpkgs)}
@@ -136,7 +136,7 @@ def _clashes(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, 
 def _pin_culprit(stack: Stack, name: str, plat: str, channels: list[str], vpkgs: dict[str, str], spec: str,
                  pin, rest: list) -> str:  # noqa: ANN001
     """The message for a parent record that a re-solve without it confirmed as the blocker."""
-    import rattler
+    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
 
     owner = _pin_owner(stack, name, plat, pin)
     pname = pin.name.normalized

@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
+
+import yaml
 
 from condastack.core import layout
 from condastack.core.credentials import redact
@@ -24,11 +29,7 @@ def lock_with_conda_lock(stack: Stack, layers: list[str] | None, solver: str, bi
     the union of its chain's files and then checked: any parent package whose
     version or build moved is an error, and the child's lockfile is not written.
     """
-    import shutil
-    import sys
-    import tempfile
 
-    import yaml
 
     exe = shutil.which("conda-lock") or str(Path(sys.executable).parent / "conda-lock")
     out: list[Path] = []

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from condastack.core import layout
 from condastack.core.credentials import redact, strip_credentials
 from condastack.core.errors import CondastackError, LockConflict, LockStale
 from condastack.core.fs import atomic_write_text, clean_stale_temporaries, file_lock
 from condastack.core.layout import lock_dir, lockfile_path, records_sidecar_path
-from condastack.core.names import ENV_VAR_NAME
+from condastack.core.names import ENV_VAR_NAME, canonical, pypi_names_for_conda
 from condastack.core.version import __version__
 from condastack.lock.conda_solve import (
     fetch_records,
@@ -36,6 +41,7 @@ from condastack.lock.conda_solve import (
 )
 from condastack.lock.consistency import check_records, describe
 from condastack.lock.explain import _solve_failure
+from condastack.lock.findlinks import find_links_index
 from condastack.lock.lockfile import (
     explicit_text,
     lock_entries_as_json,
@@ -192,9 +198,7 @@ def lock_variables(lockfile: Path) -> dict[str, str]:
 
     Read from the one metadata line, so a no-op build does not parse a 10 MB lockfile again.
     """
-    import re
 
-    import yaml
 
 
     with open(lockfile, encoding="utf-8", errors="replace") as f:
@@ -460,7 +464,6 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
     have = {requirement_name(s) for s in pip_specs}
     specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
     prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"] if previous else []
-    from condastack.lock.findlinks import find_links_index
 
     indexes, options = stack.pip_indexes_for(name), stack.pip_options_for(name)
     try:
@@ -491,7 +494,6 @@ def _check_consistent(name: str, plat: str, records: list, vpkgs: dict[str, str]
 
 def _check_no_overlap(name: str, plat: str, conda_locked: list, pip_locked: list) -> None:
     """One package in both the conda and the pip section of one platform is a lock error."""
-    from condastack.core.names import canonical, pypi_names_for_conda
 
     provided = {p: c["name"] for c in conda_locked for p in pypi_names_for_conda(c["name"])}
     both = [f"{p['name']} (pip {p['version']}, conda {provided[canonical(p['name'])]})" for p in pip_locked
@@ -503,8 +505,6 @@ def _check_no_overlap(name: str, plat: str, conda_locked: list, pip_locked: list
 
 def requirement_name(spec: str) -> str:
     """The canonical project name of a pip requirement string (`Foo_Bar[x]~=1.0` -> `foo-bar`)."""
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
 
     try:
         return canonicalize_name(Requirement(spec).name)

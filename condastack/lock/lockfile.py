@@ -8,6 +8,8 @@ between the two lives here and nowhere else.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +18,7 @@ import yaml
 
 from condastack.core.condalock import conda_lock_write
 from condastack.core.errors import CondastackError
+from condastack.core.fs import TMP_MARK, remove_path
 from condastack.lock.conda_solve import _PLAIN_CHANNEL
 
 # --------------------------------------------------------------------------- conda-lock's dependency model
@@ -56,7 +59,6 @@ def _lock_doc_key(path: Path, strings: bool) -> tuple:
 
 
 def _remember_lock_document(path: Path, doc: dict) -> None:
-    import copy
 
     _LOCK_DOCS[_lock_doc_key(path, False)] = copy.deepcopy(doc)
 
@@ -135,7 +137,6 @@ def render_lockfile(path: Path, packages: list[dict], *, channels: list[str], pl
         return lockfile_document(Path(path).name, packages, channels=channels, platforms=platforms,
                                  sources=sources, content_hash=content_hash, custom=custom)
     # conda-lock writes the file's own name into its header: a temporary folder keeps that name.
-    from condastack.core.fs import TMP_MARK, remove_path
 
     tmpdir = Path(path).parent / f"{TMP_MARK}{Path(path).name}.{os.getpid()}.new"
     tmpdir.mkdir(exist_ok=True)
@@ -160,7 +161,6 @@ def remember_lockfile(path: Path, doc: dict) -> None:
 
 def read_records_sidecar(path: Path, platform: str) -> list[dict]:
     """One platform's repodata JSON entries from a records file ([] when absent or unreadable)."""
-    import json
 
     try:
         data = json.loads(Path(path).read_text())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import urllib.request
 
 from condastack.core.condalock import solve_pypi
 from condastack.core.errors import CondastackError
@@ -39,7 +40,6 @@ def solve_pip(pip_specs: list[str], conda_entries: list[dict], platform: str, vp
 
 
 def _url_sha256(url: str, name: str) -> str:
-    import urllib.request
 
     h = hashlib.sha256()
     try:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +25,11 @@ import yaml
 
 from condastack.core.condalock import conda_match_spec
 from condastack.core.errors import StackInvalid
+from condastack.core.fs import atomic_write_text
+from condastack.core.layout import cache_root
 from condastack.core.names import ENV_VAR_NAME
+from condastack.core.names import NAMES_FILE as MAPPING_FILE
+from condastack.core.version import __version__
 from condastack.spec import yamlfile
 from condastack.spec.pipreqs import (
     PipOptions,
@@ -329,11 +334,7 @@ def load_env_file(path: Path, platforms: list[str] | tuple[str, ...], *, layer: 
 
 
 def _cache_file(path: Path, data: bytes, platforms: list[str]) -> Path:
-    from importlib.metadata import version
 
-    from condastack.core.layout import cache_root
-    from condastack.core.names import NAMES_FILE as MAPPING_FILE
-    from condastack.core.version import __version__
 
     key = hashlib.sha256(b"|".join([b"envfile-1", str(path.resolve()).encode(), data, ",".join(platforms).encode(),
                                     version("conda-lock").encode(), __version__.encode(),
@@ -361,7 +362,6 @@ def _from_cache(cached: Path, path: Path) -> EnvFile | None:
 
 
 def _to_cache(cached: Path, env: EnvFile) -> None:
-    from condastack.core.fs import atomic_write_text
 
     d = asdict(env)
     d.pop("path")

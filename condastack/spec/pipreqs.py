@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from condastack.core.condalock import marker_holds, parse_pip_requirement
 from condastack.core.errors import StackInvalid
 
@@ -224,8 +227,6 @@ def _check_url(url: str, line: str, base: Path, where: Where) -> None:
 
 def apply_constraints(reqs: list[str], constraints: tuple[str, ...] | list[str]) -> list[str]:
     """pip's -c: a constraint narrows a requirement of the same name (it never adds a package)."""
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
 
     narrow: dict[str, list[str]] = {}
     for c in constraints:

@@ -26,6 +26,7 @@ from condastack.spec.envfile import (
     read_env_shape,
 )
 from condastack.spec.pipreqs import PipOptions, apply_constraints
+from condastack.spec.virtual import effective_virtual_packages
 
 KNOWN_PLATFORMS = (
     "linux-64",
@@ -192,7 +193,6 @@ class Stack:
 
     def effective_virtual_packages_for(self, platform: str) -> dict[str, str]:
         """What a solve sees: a plain node's virtual packages, overridden by the declared ones."""
-        from condastack.spec.virtual import effective_virtual_packages
 
         return effective_virtual_packages(platform, self.virtual_packages_for(platform))
 
