@@ -35,8 +35,9 @@ Beside ARCHIVE go `ARCHIVE.sha256` (sha256sum format) and
                     (mode "text" or "binary"); empty when dest_prefix is set
     level, threads  compression settings used
     built_from      what the archive was made from: {lock_hash, lockfile, mtime (the newest
-                    member mtime: later ones are clamped to it), mtime_from ("SOURCE_DATE_EPOCH" or "packages": the newest build
-                    time of the locked packages), dest_prefix, format, level, tools (versions)}
+                    member mtime: later ones are clamped to it), mtime_from ("SOURCE_DATE_EPOCH" or
+                    "packages": the newest build time of the locked packages), dest_prefix, format, level,
+                    tools (versions)}
     created_by, created
 
 Archives are reproducible: the same env (or two envs of one lock packed for the same
@@ -275,7 +276,8 @@ def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> Manifest:
                                                                      "fn", "sha256", "md5")})
                                for p in w.plan.packages), key=lambda p: p.name or "")),
         file_count=w.plan.count + len(w.early), bytes_unpacked=w.plan.bytes_unpacked + w.early_bytes,
-        placeholders=tuple(Placeholder(f, ph, m) for f, ph, m in w.plan.records) if job.dest is None else (),
+        placeholders=tuple(Placeholder(f, ph, m) for f, ph, m in w.plan.records  # type: ignore[arg-type]
+                           ) if job.dest is None else (),
         level=job.level, threads=job.threads,
         # what the archive was built from: equal inputs give a byte-identical archive
         built_from={"lock_hash": meta.get("lock_hash"), "lockfile": meta.get("lockfile"),

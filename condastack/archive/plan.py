@@ -1,4 +1,6 @@
-"""The pack planner: what goes into an archive and from where (package files reverted to placeholders, conda-meta made machine-neutral, unmanaged files scanned for the prefix), handed to a writer as a Plan."""
+"""The pack planner: what goes into an archive and from where (package files reverted to placeholders, conda-meta
+made machine-neutral, unmanaged files scanned for the prefix), handed to a writer as a Plan.
+"""
 
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class _ParsedJson:
     def __init__(self, parsed: RawRecords) -> None:
         self.parsed = parsed
 
-    def load(self, fil, **kw):  # noqa: ANN001, ANN003, ANN201
-        got = self.parsed.get(getattr(fil, "name", None))
+    def load(self, fil, **kw):  # noqa: ANN001, ANN003, ANN202 - json.load's signature
+        got = self.parsed.get(str(getattr(fil, "name", "")))
         return got[1] if got is not None and not kw else json.load(fil, **kw)
 
     def __getattr__(self, name: str):  # noqa: ANN204
@@ -55,8 +57,8 @@ def load_env(prefix: Path, records: RawRecords | None = None):  # noqa: ANN201 -
     `records` ({path: (bytes, parsed)} from `Env.raw_records`) are handed to conda-pack
     instead of being parsed again; its model is otherwise unchanged.
     """
-    import conda_pack.core as cpc  # conda-pack's model: only when packing
-    from conda_pack.core import (  # conda-pack's model: only when packing
+    import conda_pack.core as cpc  # lazy: only when packing
+    from conda_pack.core import (  # lazy: only when packing
         CondaEnv,
         CondaPackException,
     )
@@ -97,13 +99,13 @@ def _record_unchanged(path: str, rec: dict, st: os.stat_result) -> bool:
         return False
     if rec.get("prefix_placeholder"):
         want = rec.get("sha256_in_prefix")
-        return not want or sha256_file(path) == want
+        return not want or sha256_file(Path(path)) == want
     size = rec.get("size_in_bytes")
     if size is not None and st.st_size != size:
         return False
     if st.st_nlink > 1:
         return True
-    return not rec.get("sha256") or sha256_file(path) == rec["sha256"]
+    return not rec.get("sha256") or sha256_file(Path(path)) == rec["sha256"]
 
 
 def _managed_records(prefix: Path, out: RawRecords) -> Iterator[tuple[str, dict]]:
@@ -237,9 +239,9 @@ def _rewrite_conda_meta(source: str, parsed: tuple[bytes, dict] | None = None) -
     return json.dumps(data, sort_keys=True).encode(), data
 
 
-def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str],  # noqa: ANN001, C901
+def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str],  # noqa: ANN001
           skip: dict[str, bool] | None = None, records: RawRecords | None = None) -> Plan:
-    from conda_pack.core import BIN_DIR  # conda-pack's model: only when packing
+    from conda_pack.core import BIN_DIR  # lazy: only when packing
 
     plan = Plan()
     prefix_s = str(prefix)
@@ -293,12 +295,12 @@ def _plan(prefix: Path, env, staging: Path, dest: str | None, modified: set[str]
             continue
         mode, placeholder = f.file_mode, f.prefix_placeholder
         if mode == "unknown":
-            data = _unmanaged_text(f.source, prefix_b)
-            if data is None:
+            text = _unmanaged_text(f.source, prefix_b)
+            if text is None:
                 plan.from_prefix.append(target)
                 plan.bytes_unpacked += os.lstat(in_prefix).st_size
                 continue
-            mode, placeholder = "text", prefix_s
+            mode, placeholder, data = "text", prefix_s, text
         elif dest is None and not (mode == "text" and target.startswith(BIN_DIR + "/")):
             from_cache(f.source, target)
             plan.records.append((target, placeholder, mode))
@@ -325,13 +327,11 @@ def _unmanaged_text(source: str, prefix_b: bytes) -> bytes | None:
 
 def _rewritten(data: bytes, target: str, mode: str, placeholder: str, dest: str | None) -> tuple[bytes, bool]:
     """What a placeholder file holds in the archive, and whether that still has the placeholder."""
-    from conda_pack.core import (  # conda-pack's model: only when packing
+    from conda_pack.core import (  # lazy: only when packing
         BIN_DIR,
         rewrite_shebang,
     )
-    from conda_pack.prefixes import (
-        replace_prefix,  # conda-pack's model: only when packing
-    )
+    from conda_pack.prefixes import replace_prefix  # lazy: only when packing
 
     if dest is not None:
         check_dest_fits([(target, placeholder, mode)], dest)
@@ -374,8 +374,8 @@ def _confirm_early(env, early: dict[str, bool]) -> bool:  # noqa: ANN001
 
 def _add_scripts(plan: Plan, staging: Path, dest: str | None) -> None:
     """conda-pack's activate scripts and, without a dest prefix, its bin/conda-unpack."""
-    import conda_pack  # conda-pack's model: only when packing
-    import conda_pack.core as cpc  # conda-pack's model: only when packing
+    import conda_pack  # lazy: only when packing
+    import conda_pack.core as cpc  # lazy: only when packing
 
     here = Path(cpc.__file__).parent
     has_conda = any(p.get("name") == "conda" for p in plan.packages)
@@ -406,10 +406,10 @@ def _add_scripts(plan: Plan, staging: Path, dest: str | None) -> None:
 
 # Appended to conda-pack's conda-unpack: record where the files now point, so
 # that `condastack relocate` can move the env again later.
-_UNPACK_NOTE = """
+_UNPACK_NOTE = f"""
     if not args.version:
         import json as _json
-        _state_path = os.path.join(new_prefix, %r)
+        _state_path = os.path.join(new_prefix, {PREFIXES_FILE!r})
         if os.path.exists(_state_path):
             with open(_state_path) as _f:
                 _state = _json.load(_f)
@@ -417,7 +417,7 @@ _UNPACK_NOTE = """
             with open(_state_path + '.tmp', 'w') as _f:
                 _json.dump(_state, _f, indent=1)
             os.replace(_state_path + '.tmp', _state_path)
-""" % PREFIXES_FILE
+"""
 
 
 _TIMESTAMP = re.compile(rb'"timestamp"\s*:\s*(\d+)')

@@ -1,4 +1,6 @@
-"""Relocation of an unpacked env to the folder it now lives in: text and binary placeholders, checked against the env's own relocation record (condastack.prefixes)."""
+"""Relocation of an unpacked env to the folder it now lives in: text and binary placeholders, checked against the
+env's own relocation record (condastack.prefixes).
+"""
 
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The tar guard: a streaming filter that reads every tar header strictly (ustar, GNU, pax) and refuses members that would escape the destination, before tar sees them."""
+"""The tar guard: a streaming filter that reads every tar header strictly (ustar, GNU, pax) and refuses members
+that would escape the destination, before tar sees them.
+"""
 
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class _Guard:
             out.append(part)
         return out
 
-    def check(self, info: tarfile.TarInfo, name: str, linkname: str) -> None:
+    def check(self, info: _Header, name: str, linkname: str) -> None:
         extra, self.sparse_extra = self.sparse_extra, 0
         self.members += 1
         if self.max_members is not None and self.members > self.max_members:
@@ -120,7 +122,8 @@ class _Guard:
                 raise _Refused(f"hard link {name!r} -> {linkname!r} points to a symlink", member=name)
             target = "/".join(self.resolve(tparts, name))
             if target not in self.files:
-                raise _Refused(f"hard link {name!r} -> {linkname!r} does not point to a file of the archive", member=name)
+                raise _Refused(f"hard link {name!r} -> {linkname!r} does not point to a file of the archive",
+                               member=name)
             self.links.pop(full, None)
             self.files.add(full)
         else:
@@ -221,7 +224,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def _check_member(info: tarfile.TarInfo, fields: dict[str, str], long_name: str | None, long_link: str | None,
+def _check_member(info: _Header, fields: dict[str, str], long_name: str | None, long_link: str | None,
                   guard: _Guard) -> int:
     """Check one member, with what its pax/GNU headers say of it; returns its padded data size."""
     name = fields.get("path", long_name if long_name is not None else info.name)

@@ -177,6 +177,7 @@ def _extract(archive: Path, into: Path, guard: _Guard) -> None:
     dec = subprocess.Popen(_decompressor(archive), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     tar = subprocess.Popen(["tar", "-xf", "-", "-C", str(into), "--no-same-owner", "--delay-directory-restore"],
                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert dec.stdout is not None and tar.stdin is not None  # PIPEs asked for above
     for pipe in (dec.stdout, tar.stdin):  # fewer, larger reads and writes
         with contextlib.suppress(OSError):
             fcntl.fcntl(pipe.fileno(), 1031, _CHUNK)  # F_SETPIPE_SZ
@@ -208,7 +209,8 @@ def _extract(archive: Path, into: Path, guard: _Guard) -> None:
                                   f"{errs.get('dec', b'').decode(errors='replace').strip()}")
         raise ArchiveRefused(archive, refused.reason, member=refused.member)
     if rc_d != 0:
-        raise CondastackError(f"{archive}: cannot be decompressed: {errs.get('dec', b'').decode(errors='replace').strip()}")
+        detail = errs.get("dec", b"").decode(errors="replace").strip()
+        raise CondastackError(f"{archive}: cannot be decompressed: {detail}")
     if rc_t != 0 or broken:
         raise CondastackError(f"{archive}: tar failed: {errs.get('tar', b'').decode(errors='replace').strip()}")
 
@@ -216,4 +218,4 @@ def _extract(archive: Path, into: Path, guard: _Guard) -> None:
 # --------------------------------------------------------------------------- relocation
 
 
-__all__ = ["UnpackResult", "RelocateResult", "unpack_archive", "relocate"]
+__all__ = ["UnpackResult", "unpack_archive"]

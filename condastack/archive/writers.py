@@ -26,6 +26,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from condastack.core.errors import CondastackError
 from condastack.core.fs import sha256_file
@@ -103,22 +104,24 @@ class TarWriter(_Writer):
                 self.tar.wait()
                 raise CondastackError(f"{comp_args[0]} is not installed; install it or choose another --format.") \
                     from None
+        assert self.tar.stdout is not None and self.tar.stdin is not None and self.comp.stderr is not None
         self.tar.stdout.close()
         self.errs: dict[str, bytes] = {}
         self.hasher = _Follower(out)
+        comp_err = self.comp.stderr
         self.threads = [threading.Thread(target=self._read_tar_errors, daemon=True),
-                        threading.Thread(target=lambda: self.errs.__setitem__("comp", self.comp.stderr.read()),
-                                         daemon=True)]
+                        threading.Thread(target=lambda: self.errs.__setitem__("comp", comp_err.read()), daemon=True)]
         for t in [*self.threads, self.hasher]:
             t.start()
         with contextlib.suppress(OSError):  # room for ~16k names: tar never waits for the writer thread
             fcntl.fcntl(self.tar.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
         self.feed = _TarFeed(self.tar.stdin)
-        self.add = self.feed.add  # the hot path: one call per member, no wrapper
+        self.add = self.feed.add  # type: ignore[method-assign]  # the hot path: one call per member, no wrapper
 
     def _read_tar_errors(self) -> None:
         """tar's stderr: its checkpoints (progress, with a meter) and its errors."""
         errs = []
+        assert self.tar.stderr is not None
         for line in self.tar.stderr:
             at = line.find(_CP.encode())
             if at >= 0 and self.meter is not None:
@@ -303,4 +306,4 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
         _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
 
 
-_sync_file_range = None
+_sync_file_range: Any = None  # ctypes function, or False where there is none

@@ -22,7 +22,7 @@ SUBDIRS = ("noarch", "linux-64")
 
 def index_channel(folder: Path) -> None:
     """(Re)write repodata.json for every subdir of a local channel folder."""
-    import rattler.index  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler.index  # lazy: native, ~0.2 s
 
     folder = Path(folder)
     for sub in SUBDIRS:
@@ -49,7 +49,7 @@ def tree_hash(paths: Iterable[Path], extra: str = "") -> str:
 
 def build_recipe(recipe: Path, output_dir: Path, channels: list[str], *, level: int = 1) -> list[Path]:
     """Build one rattler-build recipe into output_dir; returns the package files."""
-    from rattler_build import (  # py-rattler-build: only to build packages
+    from rattler_build import (  # lazy: only to build
         Stage0Recipe,
         ToolConfiguration,
     )

@@ -29,7 +29,7 @@ def add_glibc_floor(pkg: Path) -> str | None:
     """
     if pkg.suffix != ".conda":
         return None  # .tar.bz2 outputs are left as built
-    import rattler.package_streaming  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler.package_streaming  # lazy: native, ~0.2 s
 
     tmp = make_tempdir(pkg.parent, "floor")
     try:

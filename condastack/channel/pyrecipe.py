@@ -80,7 +80,8 @@ build:
     - patchelf --set-rpath '$ORIGIN' $PREFIX/lib/libpython{v}.so.1.0
     - for f in $PREFIX/lib/python{v}/lib-dynload/*.so; do patchelf --set-rpath '$ORIGIN/../..' "$f"; done
     # -B: the modules compileall itself imports must not get timestamp .pyc first; -f: rewrite any that exist
-    - $PREFIX/bin/python{v} -B -I -m compileall -f -q -j 0 --invalidation-mode checked-hash $PREFIX/lib/python{v} >/dev/null || true
+    - $PREFIX/bin/python{v} -B -I -m compileall -f -q -j 0 --invalidation-mode checked-hash
+      $PREFIX/lib/python{v} >/dev/null || true
 """)
     return folder
 
@@ -103,7 +104,8 @@ build:
   string: pyh0_0
   script:
     - mkdir -p $PREFIX/lib/python{v}/site-packages
-    - tar -C {py.purelib} -cf - --exclude=__pycache__ {' '.join(dirs)} | tar -C $PREFIX/lib/python{v}/site-packages -xf -
+    - tar -C {py.purelib} -cf - --exclude=__pycache__ {' '.join(dirs)} |
+      tar -C $PREFIX/lib/python{v}/site-packages -xf -
 requirements:
   run:
     - python {v}.*

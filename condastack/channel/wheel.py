@@ -1,4 +1,6 @@
-"""Wrapping a wheel as a conda package: its tags give the python and glibc floor, Requires-Dist maps to conda names, entry points become launchers, bytecode is checked-hash."""
+"""Wrapping a wheel as a conda package: its tags give the python and glibc floor, Requires-Dist maps to conda
+names, entry points become launchers, bytecode is checked-hash.
+"""
 
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def _wheel_python(wheel: Path, info: _Wheel, python: str | None, platform: str) 
     if info.python is not None and python is not None and python != info.python:
         raise CondastackError(f"wrap: {wheel.name} is built for python {info.python}, not --python {python}.")
     if platform == "noarch":
-        raise CondastackError("wrap: a wrapped wheel is installed under lib/pythonX.Y; give a platform such as linux-64.")
+        raise CondastackError("wrap: a wrapped wheel is installed under lib/pythonX.Y; give a platform such as "
+                              "linux-64.")
     return py
 
 
@@ -237,9 +240,9 @@ def _pip_install(wheel: Path, site: Path, py: str, info: _Wheel) -> None:
     for a in info.abis:
         cmd += ["--abi", a]
     cmd.append(str(wheel.resolve()))
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
-    if p.returncode != 0:
-        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-8:])
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
+    if run.returncode != 0:
+        tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-8:])
         raise CondastackError(f"wrap: pip could not install {wheel.name} into a staging prefix:\n{tail}")
 
 

@@ -121,7 +121,7 @@ def unsatisfied(deps: Sequence[WheelDep], channels: Sequence[str], platform: str
     raises, so the caller can say the check was skipped.
     """
 
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     # A local channel not made yet (the site channel before its first package) has nothing to offer.
     channels = [c for c in channels if not c.startswith("file://") or _local_channel_exists(c)]
@@ -129,7 +129,8 @@ def unsatisfied(deps: Sequence[WheelDep], channels: Sequence[str], platform: str
         return list(deps)
     specs = [rattler.MatchSpec(d.spec) for d in deps]
     gateway = rattler.Gateway()
-    found = asyncio.run(gateway.query([rattler.Channel(c) for c in channels], [platform, "noarch"],
+    found = asyncio.run(gateway.query([rattler.Channel(c) for c in channels],
+                                      [rattler.Platform(platform), rattler.Platform("noarch")],
                                       [rattler.MatchSpec(d.conda_name) for d in deps], recursive=False))
     records = [r for group in found for r in group]
-    return [d for d, s in zip(deps, specs) if not any(s.matches(r) for r in records)]
+    return [d for d, s in zip(deps, specs, strict=False) if not any(s.matches(r) for r in records)]

@@ -89,7 +89,8 @@ def wrap(
     source = Path(source).expanduser()
     channel = Path(channel).expanduser().resolve()
     if not source.exists():
-        raise CondastackError(f"wrap: {source} does not exist. Give a built folder, a .whl file or (with --recipe) a recipe.")
+        raise CondastackError(f"wrap: {source} does not exist. Give a built folder, a .whl file or (with --recipe) "
+                              "a recipe.")
     _check_depends(depends)
     if build_string is not None and not _BUILD.match(build_string):
         raise CondastackError(f"wrap: build string '{build_string}' may only hold letters, digits, '_', '.' and '+'.")
@@ -224,7 +225,7 @@ def _build_from_recipe(recipe: Path, work: Path, channel: Path, build_channels: 
 def _reindex_all(channel: Path) -> None:
     """Re-read every package: the indexer otherwise keeps the entry of a file name it has seen."""
 
-    import rattler.index  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler.index  # lazy: native, ~0.2 s
 
     index_channel(channel)  # creates the subdirs
     asyncio.run(rattler.index.index_fs(channel, force=True))

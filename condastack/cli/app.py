@@ -1,4 +1,6 @@
-"""The `condastack` command group and what every command shares: the context, error-to-exit-code mapping (user errors 1, usage 2, bugs 70), tables and JSON output."""
+"""The `condastack` command group and what every command shares: the context, error-to-exit-code mapping (user
+errors 1, usage 2, bugs 70), tables and JSON output.
+"""
 
 
 from __future__ import annotations

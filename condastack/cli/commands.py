@@ -46,7 +46,8 @@ def layers(obj: Ctx, as_json: bool) -> None:
     for name in stack.order():
         layer = stack.layers[name]
         parent = nodes.get(layer.extends, tree) if layer.extends else tree
-        label = f"[bold cyan]{name}[/]  [dim]{layer.file.relative_to(stack.root) if layer.file.is_relative_to(stack.root) else layer.file}[/]"
+        shown = layer.file.relative_to(stack.root) if layer.file.is_relative_to(stack.root) else layer.file
+        label = f"[bold cyan]{name}[/]  [dim]{shown}[/]"
         node = parent.add(label)
         own_c, own_p = layer.conda.get(plat, ()), layer.pip.get(plat, ())
         node.add("own conda: " + escape(", ".join(own_c) or "-"))
@@ -97,7 +98,9 @@ def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: 
         binary = shutil.which(solver)
         if binary is None:
             fail(f"--solver {solver}: no '{solver}' binary on PATH. Install it, or use the default py-rattler solver.")
-        for path in lk.lock_with_conda_lock(stack, names, solver, binary):
+        from condastack.lock.external import lock_with_conda_lock  # lazy: CLI start-up
+
+        for path in lock_with_conda_lock(stack, names, solver, binary):
             obj.console.print(f"wrote {path}")
         return
     if dry_run:
@@ -108,8 +111,8 @@ def lock(obj: Ctx, layers: tuple[str, ...], platforms: tuple[str, ...], update: 
         t = table("layer", "platform", "action", "channels", "conda specs", "pip specs", title="lock plan")
         for row in plan:
             t.add_row(str(row["layer"]), str(row["platform"]), str(row["action"]),
-                      escape("\n".join(row["channels"])), escape(", ".join(row["conda"])),
-                      escape(", ".join(row["pip"]) or "-"))
+                      escape("\n".join(row["channels"])), escape(", ".join(row["conda"])),  # type: ignore[arg-type]
+                      escape(", ".join(row["pip"]) or "-"))  # type: ignore[arg-type]
         obj.console.print(t)
         return
     if check:
@@ -162,16 +165,16 @@ def _nullctx():  # noqa: ANN202
 @click.pass_obj
 def diff(obj: Ctx, old: Path, new: Path | None, rev: str | None, as_json: bool) -> None:
     """Packages added, removed and changed between two lockfiles (or a lockfile and git REV)."""
-    from condastack.lock import layered as lk  # lazy: CLI start-up
+    from condastack.lock.diff import diff_against_git, diff_locks  # lazy: CLI start-up
 
     if rev:
         if new is not None:
             raise click.UsageError("give either NEW or --git REV, not both")
-        changes = lk.diff_against_git(old, rev)
+        changes = diff_against_git(old, rev)
     else:
         if new is None:
             raise click.UsageError("give NEW, or --git REV")
-        changes = lk.diff_locks(old, new)
+        changes = diff_locks(old, new)
     if as_json:
         emit_json({p: [{"name": c.name, "old": c.old, "new": c.new} for c in cs] for p, cs in changes.items()})
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -181,8 +182,8 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
     from condastack.archive.pack import pack_layer, pack_prefix  # lazy: CLI start-up
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
 
-    kw = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads, allow_modified=allow_modified,
-              allow_foreign=allow_foreign)
+    kw: dict[str, Any] = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads,
+                              allow_modified=allow_modified, allow_foreign=allow_foreign)
     with terminal_meter(not obj.quiet) as meter:
         kw["meter"] = meter
         if prefix is not None:
@@ -244,7 +245,8 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
 @click.option("--apptainer", type=click.Path(dir_okay=False, path_type=Path),
               help="Apptainer definition to write (default: pack/<layer>.def).")
 @click.option("-o", "--dockerfile", type=click.Path(dir_okay=False, path_type=Path),
-              help="Dockerfile to write (default: Dockerfile.thin for the default layer, else pack/<layer>.Dockerfile).")
+              help="Dockerfile to write (default: Dockerfile.thin for the default layer, else "
+                   "pack/<layer>.Dockerfile).")
 @click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
               help="The --dest-prefix archive to use (default: found in pack/).")
 @click.option("--platform", help="Target platform (default: the stack's first).")

@@ -102,6 +102,7 @@ def _gzip_layer(tarball: Path, blob: Path) -> tuple[str, str, int]:
     with open(blob, "wb") as sink:
         dec = subprocess.Popen(["zstd", "-dcq", str(tarball)], stdout=subprocess.PIPE)
         gz = subprocess.Popen(["pigz", "-n", "-6", "-c"], stdin=subprocess.PIPE, stdout=sink)
+        assert dec.stdout is not None and gz.stdin is not None  # PIPEs asked for
         try:
             while block := dec.stdout.read(1 << 20):
                 inner.update(block)

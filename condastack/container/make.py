@@ -46,8 +46,8 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
     root = Path(root).resolve()
     explicit_files = dockerfile is not None or apptainer is not None
     stack = load_stack(root)
-    spec = container_spec(root, layer, stack=stack, prefix=prefix, base_image=base_image, platform=platform, archive=archive,
-                          ld_library_path=ld_library_path, command=command, user=user)
+    spec = container_spec(root, layer, stack=stack, prefix=prefix, base_image=base_image, platform=platform,
+                          archive=archive, ld_library_path=ld_library_path, command=command, user=user)
     if dockerfile is None:
         is_default = spec.layer == default_layer(stack)
         dockerfile = root / DOCKERFILE if is_default else layout.pack_dir(root) / f"{spec.layer}.Dockerfile"

@@ -1,4 +1,6 @@
-"""The OCI image archive, written in plain Python (tar + sha256 + JSON): the env as a gzip layer over an optional base image given as a local OCI layout. No daemon, skopeo or umoci is needed to make it."""
+"""The OCI image archive, written in plain Python (tar + sha256 + JSON): the env as a gzip layer over an optional
+base image given as a local OCI layout. No daemon, skopeo or umoci is needed to make it.
+"""
 
 
 from __future__ import annotations
@@ -98,9 +100,9 @@ def _write_env_layer(src: PackedArchive, prefix: str, blob: Path, level: int) ->
     root = prefix.strip("/")
     with open(blob, "wb") as raw:
         outer = _HashingWriter(raw)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=outer, compresslevel=level, mtime=0) as gz:  # type: ignore[arg-type]
+        with gzip.GzipFile(filename="", mode="wb", fileobj=outer, compresslevel=level, mtime=0) as gz:
             inner = _HashingWriter(gz)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as out:  # type: ignore[arg-type]
+            with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as out:  # type: ignore[call-overload]
                 parts = root.split("/")
                 for i in range(1, len(parts) + 1):  # parents of the prefix, world-readable
                     d = tarfile.TarInfo("/".join(parts[:i]))

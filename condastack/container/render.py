@@ -102,8 +102,8 @@ def render_apptainer(spec: ContainerSpec, def_dir: Path) -> str:
     src = os.path.relpath(spec.archive.path.resolve(), Path(def_dir).resolve())
     staged = f"/tmp/condastack-{spec.layer}.tar.gz"
     user_vars = dict(spec.env_vars)
-    env = "\n".join(f"    export {k}={shlex.quote(v)}" if k in user_vars and user_vars[k] == v else f"    export {k}=\"{v}\""
-                     for k, v in spec.env("$PATH").items())
+    env = "\n".join(f"    export {k}={shlex.quote(v)}" if k in user_vars and user_vars[k] == v
+                     else f"    export {k}=\"{v}\"" for k, v in spec.env("$PATH").items())
     labels = "\n".join(f"    {k} {v}" for k, v in spec.labels.items())
     return f"""\
 # Apptainer definition for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).

@@ -1,4 +1,6 @@
-"""What a thin container is made of: the packed archive of one layer at the container prefix, the base image, and the values every generator reads (ContainerSpec)."""
+"""What a thin container is made of: the packed archive of one layer at the container prefix, the base image, and
+the values every generator reads (ContainerSpec).
+"""
 
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ def gzip_copy(src: PackedArchive) -> PackedArchive:
     with atomic_path(out) as tmp, open(tmp, "wb") as sink:
         dec = subprocess.Popen(["zstd", "-dcq", str(src.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         gz = subprocess.run(["pigz", "-n", "-6", "-c"], stdin=dec.stdout, stdout=sink, stderr=subprocess.PIPE)
+        assert dec.stdout is not None and dec.stderr is not None  # PIPEs asked for
         dec.stdout.close()
         err = dec.stderr.read().decode(errors="replace").strip()
         if dec.wait() != 0 or gz.returncode != 0:
@@ -217,7 +220,8 @@ def check_prefix(prefix: str, archive: PackedArchive | None = None) -> str:
         raise CondastackError(f"--prefix {prefix!r}: the container prefix must be an absolute folder such as /opt/env.")
     norm = posixpath.normpath(prefix)
     if norm != prefix.rstrip("/") or any(c in prefix for c in " \t\n'\"$\\`"):
-        raise CondastackError(f"--prefix {prefix!r}: use a plain absolute path without '..', spaces or quotes (e.g. /opt/env).")
+        raise CondastackError(f"--prefix {prefix!r}: use a plain absolute path without '..', spaces or quotes "
+                              "(e.g. /opt/env).")
     if archive is not None and archive.max_prefix_len is not None and len(norm) > archive.max_prefix_len:
         raise CondastackError(
             f"--prefix {norm} is {len(norm)} characters, but {archive.path.name} holds binary placeholders of "
@@ -314,10 +318,13 @@ def container_spec(root: Path, layer: str | None = None, *, stack: Stack | None 
     stack.layer(name)  # unknown layer -> CondastackError naming the known ones
     plat = platform or stack.default_platform
     if plat not in stack.platforms:
-        raise CondastackError(f"{stack.file}: platform {plat} is not one of the stack's ({', '.join(stack.platforms)}).")
+        raise CondastackError(f"{stack.file}: platform {plat} is not one of the stack's "
+                              f"({', '.join(stack.platforms)}).")
     if plat not in OCI_ARCH:
-        raise CondastackError(f"platform {plat}: containers are built for Linux platforms only ({', '.join(OCI_ARCH)}).")
-    if not re.fullmatch(r"\d+(:\d+)?|[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?", user) or user.split(":")[0] in ("0", "root"):
+        raise CondastackError(f"platform {plat}: containers are built for Linux platforms only "
+                              f"({', '.join(OCI_ARCH)}).")
+    if (not re.fullmatch(r"\d+(:\d+)?|[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?", user)
+            or user.split(":")[0] in ("0", "root")):
         raise CondastackError(f"--user {user!r}: give a non-root user, e.g. {DEFAULT_USER}.")
     prefix = check_prefix(prefix)
     packed = find_archive(stack.root, name, plat, prefix, archive)

@@ -40,9 +40,7 @@ def to_match_spec(dep: object) -> str:
 
 def _http_url_dependency(dep: object, req: str) -> object:
 
-    from conda_lock.models.lock_spec import (
-        URLDependency,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.models.lock_spec import URLDependency  # lazy: ~1 s (pydantic)
 
     url, frag = urldefrag(req.split("@", 1)[1].split(";", 1)[0].strip())
     return URLDependency(name=dep.name, manager="pip", category="main", extras=[],  # type: ignore[attr-defined]
@@ -51,12 +49,8 @@ def _http_url_dependency(dep: object, req: str) -> object:
 
 def entries_to_models(entries: list[dict]) -> list:
     """conda-lock v1 entries (plain data) as conda-lock's LockedDependency models."""
-    from conda_lock.lockfile.v1.models import (
-        HashModel,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
-    from conda_lock.lockfile.v2prelim.models import (
-        LockedDependency,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.lockfile.v1.models import HashModel  # lazy: ~1 s (pydantic)
+    from conda_lock.lockfile.v2prelim.models import LockedDependency  # lazy: ~1 s (pydantic)
 
     return [LockedDependency(name=p["name"], version=str(p["version"]), manager=p["manager"], platform=p["platform"],
                              dependencies={k: str(v) for k, v in (p.get("dependencies") or {}).items()},
@@ -78,9 +72,7 @@ def model_entry(d) -> dict:  # noqa: ANN001 - a conda-lock LockedDependency
 
 def _with_provided_names(by_name: dict) -> dict:
     """conda-lock maps each conda name to one PyPI name; add stand-ins for the others a package provides."""
-    from conda_lock.lookup import (
-        conda_name_to_pypi_name,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.lookup import conda_name_to_pypi_name  # lazy: ~1 s (pydantic)
 
 
     out = dict(by_name)
@@ -98,9 +90,7 @@ def _conda_first_pool(pool, provided: dict[str, str], *, pre: bool = False):  # 
     """A poetry pool in which conda-provided names exist only at the conda version, without requirements.
     With `pre` (pip's --pre), pre-releases count like releases for every requirement, direct or not."""
 
-    from conda_lock._vendor.poetry.core.packages.package import (
-        Package,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock._vendor.poetry.core.packages.package import Package  # lazy: ~1 s (pydantic)
 
 
     stand_ins = {}
@@ -133,18 +123,10 @@ def _conda_first_pool(pool, provided: dict[str, str], *, pre: bool = False):  # 
 def conda_lock_write(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
                      sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> None:
     """conda-lock's own writer (the format authority the plain writer is tested against)."""
-    from conda_lock.lockfile import (
-        write_conda_lock_file,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
-    from conda_lock.lockfile.v1.models import (
-        LockMeta,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
-    from conda_lock.lockfile.v2prelim.models import (
-        Lockfile,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
-    from conda_lock.models.channel import (
-        Channel,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.lockfile import write_conda_lock_file  # lazy: ~1 s (pydantic)
+    from conda_lock.lockfile.v1.models import LockMeta  # lazy: ~1 s (pydantic)
+    from conda_lock.lockfile.v2prelim.models import Lockfile  # lazy: ~1 s (pydantic)
+    from conda_lock.models.channel import Channel  # lazy: ~1 s (pydantic)
 
     lf = Lockfile(package=entries_to_models(packages), metadata=LockMeta(
         content_hash=content_hash, channels=[Channel.from_string(c) for c in channels], platforms=platforms,
@@ -154,9 +136,7 @@ def conda_lock_write(path: Path, packages: list[dict], *, channels: list[str], p
 
 
 def parse_lockfile(path: Path):  # noqa: ANN201 - conda_lock Lockfile
-    from conda_lock.lockfile import (
-        parse_conda_lock_file,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.lockfile import parse_conda_lock_file  # lazy: ~1 s (pydantic)
 
     try:
         return parse_conda_lock_file(Path(path))
@@ -169,9 +149,7 @@ def parse_lockfile(path: Path):  # noqa: ANN201 - conda_lock Lockfile
 
 def render_explicit(lockfile, platform: str) -> str:  # noqa: ANN001
     """conda-lock's own @EXPLICIT rendering for one platform (pip lines become comments)."""
-    from conda_lock.conda_lock import (
-        render_lockfile_for_platform,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.conda_lock import render_lockfile_for_platform  # lazy: ~1 s (pydantic)
 
     lines = render_lockfile_for_platform(lockfile=lockfile, include_dev_dependencies=False, extras=set(),
                                          kind="explicit", platform=platform,
@@ -181,27 +159,21 @@ def render_explicit(lockfile, platform: str) -> str:  # noqa: ANN001
 
 def parse_pip_requirement(line: str):  # noqa: ANN201 - a conda-lock Dependency
     """conda-lock's reading of one pip requirement (raises ValueError and packaging errors)."""
-    from conda_lock.src_parser.pyproject_toml import (
-        parse_python_requirement,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.src_parser.pyproject_toml import parse_python_requirement  # lazy: ~1 s (pydantic)
 
     return parse_python_requirement(line, manager="pip", category="main", mapping_url=mapping_url())
 
 
 def marker_holds(markers: str | None, platform: str) -> bool:
     """Whether a pip requirement's environment markers hold on a conda platform (conda-lock's reading)."""
-    from conda_lock.src_parser.markers import (
-        evaluate_marker,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.src_parser.markers import evaluate_marker  # lazy: ~1 s (pydantic)
 
     return bool(evaluate_marker(markers, platform))
 
 
 def conda_match_spec(spec: str) -> str:
     """conda-lock's reading of one conda dependency, as a MatchSpec string (raises ValueError)."""
-    from conda_lock.src_parser.conda_common import (
-        conda_spec_to_versioned_dep,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep  # lazy: ~1 s (pydantic)
 
     return to_match_spec(conda_spec_to_versioned_dep(spec, "main"))
 
@@ -230,15 +202,9 @@ def solve_pypi(pip_specs: list[str], conda_entries: list[dict], platform: str, *
     that a conda package provides is taken as installed at the conda version, without
     requirements of its own (the conda-first pool)."""
 
-    from conda_lock import (
-        pypi_solver,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
-    from conda_lock.lookup import (
-        conda_name_to_pypi_name,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
-    from conda_lock.models.pip_repository import (
-        PipRepository,  # conda-lock imports pydantic and poetry (~1 s): only where it is needed
-    )
+    import conda_lock.pypi_solver as pypi_solver  # lazy: ~1 s (pydantic)
+    from conda_lock.lookup import conda_name_to_pypi_name  # lazy: ~1 s (pydantic)
+    from conda_lock.models.pip_repository import PipRepository  # lazy: ~1 s (pydantic)
 
     by_name = _with_provided_names({d.name: d for d in entries_to_models(conda_entries)})
     provided = {}

@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from condastack.core.fs import atomic_write_text
 from condastack.core.layout import cache_root
 
-NAMES_FILE = Path(str(files("condastack.core").joinpath("data", "conda-pypi-names.json")))
+NAMES_FILE = Path(str(files("condastack.core") / "data" / "conda-pypi-names.json"))
 
 
 def canonical(name: str) -> str:

@@ -15,7 +15,6 @@ so it is read once.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shlex
@@ -23,6 +22,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import zstandard
 
@@ -172,7 +172,7 @@ class _Tree:
                 raise UnsafePath(source, rel, f"goes through the symlink {above!r} of the package")
 
 
-def _tar_members(fileobj: io.IOBase, mode: str, tree: _Tree, meta: dict[str, bytes]) -> None:
+def _tar_members(fileobj: Any, mode: Literal["r|", "r|*", "r|bz2"], tree: _Tree, meta: dict[str, bytes]) -> None:
     with tarfile.open(fileobj=fileobj, mode=mode) as tf:  # a stream: members in order, no seeking
         for info in tf:
             tree.add(info)

@@ -31,18 +31,19 @@ def terminal_meter(enabled: bool = True) -> Iterator[Meter | None]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich import filesize  # rich's live display: only on a terminal
-    from rich.console import Console  # rich's live display: only on a terminal
-    from rich.progress import (  # rich's live display: only on a terminal
+    from rich import filesize  # lazy: terminals only
+    from rich.console import Console  # lazy: terminals only
+    from rich.progress import (  # lazy: terminals only
         BarColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeRemainingColumn,
     )
 
     bars = Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.fields[amount]}"),
                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=Console(stderr=True))
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     lock = threading.Lock()
 
     def meter(task: str, done: int, total: int | None, unit: str) -> None:

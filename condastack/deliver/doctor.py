@@ -99,7 +99,7 @@ class Report:
 
 def detect_virtual_packages() -> tuple[dict[str, str], list[str]]:
     """Virtual packages as conda sees them, CONDA_OVERRIDE_* honoured ('' removes one)."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     found: dict[str, str] = {}
     for vp in rattler.VirtualPackage.detect(rattler.VirtualPackageOverrides.from_env()):
@@ -148,7 +148,7 @@ def detect_gpus() -> tuple[list[Gpu], str | None]:
 
 
 def detect_node() -> Node:
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     vps, overridden = detect_virtual_packages()
     gpus, smi_error = detect_gpus()
@@ -242,7 +242,7 @@ def requirements_for_prefix(prefix: Path) -> Requirements:
 
 
 def _satisfies(version: str, spec: str) -> bool:
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     if spec in ("", "*"):
         return True
@@ -396,7 +396,7 @@ def check_imports(req: Requirements) -> Check:
     data = json.loads(line.split(" ", 1)[1])
     failed = {m: e for m, e in data["r"].items() if e}
     base = f"python {data['python']}"
-    if Path(data["prefix"]).resolve() != Path(req.prefix).resolve():
+    if req.prefix is not None and Path(data["prefix"]).resolve() != Path(req.prefix).resolve():
         return Check("python imports", "fail", required, f"{base} reports sys.prefix {data['prefix']}",
                      "The env was not relocated to this path: reinstall it with `condastack install`.")
     if failed:

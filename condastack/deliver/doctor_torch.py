@@ -54,7 +54,7 @@ def _version_py(path: Path) -> dict[str, object]:
         target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
             node.target if isinstance(node, ast.AnnAssign) else None
         if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
-            values[target.id] = node.value.value  # type: ignore[union-attr]
+            values[target.id] = node.value.value  # type: ignore[attr-defined]
     return values
 
 
@@ -150,7 +150,8 @@ def _lib_check(lib: str, t: TorchEnv, dists: dict[str, tuple[str, Path]]) -> tup
             return "pass", f"bundled in torch/lib ({bundled[0]})", ""
         other = ", ".join(f"{n} {v}" for n, v in present.items())
         return "fail", f"no {want}" + (f" (only {other})" if other else ""), \
-            f"pip install '{want}{'==' + pin if pin else ''}' into the env (add it to the layer's pip list and re-lock)."
+            (f"pip install '{want}{'==' + pin if pin else ''}' into the env (add it to the layer's pip list and "
+             "re-lock).")
     version = present[want]
     libs = _wheel_libs(t.site, dists[want][1], lib)
     if not libs or not all(p.is_file() for p in libs):
@@ -181,8 +182,8 @@ def check_torch_libs(t: TorchEnv) -> Check:
         return Check("cudnn / nccl", "pass", "nothing (CPU build of torch)", "-")
     dists = dist_infos(t.site)
     results = {lib: _lib_check(lib, t, dists) for lib in ("cudnn", "nccl")}
-    required = "; ".join(f"nvidia-{lib}-cu{_major(t.cuda)}{'==' + t.pins[p] if (p := f'nvidia-{lib}-cu{_major(t.cuda)}') in t.pins else ''}"
-                         for lib in results)
+    wheels = {lib: f"nvidia-{lib}-cu{_major(t.cuda)}" for lib in results}
+    required = "; ".join(w + (f"=={t.pins[w]}" if w in t.pins else "") for w in wheels.values())
     found = "; ".join(r[1] for r in results.values())
     fix = " ".join(r[2] for r in results.values() if r[2])
     status = "fail" if any(r[0] == "fail" for r in results.values()) else \
@@ -225,7 +226,8 @@ def check_flash_attn(t: TorchEnv) -> Check | None:
                                          else where) + (f"; {sos[0].name} uses cxx11abi{_abi_word(so_abi)}" if sos
                                                         else "; no flash_attn_2_cuda*.so")
     py = t.site.parent.name.replace("python", "").replace(".", "")
-    fix = (f"Install the flash-attn wheel built for this torch: flash_attn-{dist[0].split('+')[0]}+cu{_major(t.cuda or '12')}"
+    fix = ("Install the flash-attn wheel built for this torch: "
+           f"flash_attn-{dist[0].split('+')[0]}+cu{_major(t.cuda or '12')}"
            f"torch{t.major_minor}cxx11abi{_abi_word(t.cxx11_abi)}-cp{py}-cp{py}-linux_x86_64.whl "
            "(github.com/Dao-AILab/flash-attention/releases), or build it against the env's torch "
            "(pip install flash-attn --no-build-isolation), and re-lock.")

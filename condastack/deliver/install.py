@@ -190,7 +190,8 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
 def _write_install_record(env: Path, verified: Verified) -> None:
     m = verified.manifest
     record = {"archive": verified.archive.name, "sha256": verified.sha256, "format": m.format,
-              "layer": m.layer, "stack": m.stack, "platform": m.platform, "lock_hash": m.lock_hash, "installed_by": f"condastack {__version__}",
+              "layer": m.layer, "stack": m.stack, "platform": m.platform, "lock_hash": m.lock_hash,
+              "installed_by": f"condastack {__version__}",
               "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_text(env / INSTALL_RECORD, json.dumps(record, indent=1) + "\n")
 

@@ -129,7 +129,8 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
 def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stack: str | Callable[[], str] = "",
                  offline: bool = False, installer: str = "auto", force: bool = False,
                  progress: Progress | None = None,
-                 credentials: list[str] | Callable[[], list[str]] = (), meter: Meter | None = None) -> BuildResult:
+                 credentials: list[str] | tuple[str, ...] | Callable[[], list[str]] = (),
+                 meter: Meter | None = None) -> BuildResult:
     """Build the environment of a conda-lock file at `prefix` for this machine's platform.
 
     A no-op when `prefix` already holds this lock intact. `stack` may be a
@@ -324,18 +325,18 @@ def _install_rattler(records: tuple | list, archives: list[Path], tmp: Path, fin
 
 def _link(records: tuple | list, archives: list[Path], tmp: Path, final: Path, meter: Meter | None,
           reused: set[int]) -> None:
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
 
     # rattler gets our verified archive as the URL of every package it would have to
     # fetch; packages already extracted in its cache keep their locked URL.
-    local = [r if id(r) in reused else with_url(r, a.as_uri()) for r, a in zip(records, archives)]
+    local = [r if id(r) in reused else with_url(r, a.as_uri()) for r, a in zip(records, archives, strict=False)]
     watch = _LinkWatch(tmp, len(records), meter) if meter is not None else None
     if watch is not None:
         watch.start()
     try:
-        asyncio.run(rattler.install(local, str(tmp), cache_dir=str(pkgs_dir()), installed_packages=[],
-                                    alternative_target_prefix=str(final), show_progress=False))
+        asyncio.run(rattler.install(local, str(tmp), cache_dir=pkgs_dir(),
+                                    installed_packages=[], alternative_target_prefix=str(final), show_progress=False))
     except Exception as e:  # rattler's install errors are one exception type per cause
         text = str(e)
         if "No space left on device" in text or "os error 28" in text:
@@ -345,7 +346,7 @@ def _link(records: tuple | list, archives: list[Path], tmp: Path, final: Path, m
     finally:
         if watch is not None:
             watch.finish()
-    for orig, used in zip(records, local):
+    for orig, used in zip(records, local, strict=False):
         if used is not orig:
             stamp(_extracted_dir(orig))  # just extracted from the verified archive
             _restore_origin(Env(tmp).record_path(orig.name.normalized, str(orig.version), orig.build), used, orig)

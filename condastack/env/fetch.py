@@ -1,4 +1,6 @@
-"""Fetching package archives and wheels into the cache, each checked against its locked sha256 (a stamp remembers a check) and through the path gate before anything is extracted."""
+"""Fetching package archives and wheels into the cache, each checked against its locked sha256 (a stamp remembers a
+check) and through the path gate before anything is extracted.
+"""
 
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     for folder in (cache, cache / _VERIFIED, cache / STAMP_DIR):  # downloads and stamps of killed builds
         clean_stale_temporaries(folder)
     paths = [cache / _cache_name(r) for r in records]
-    missing = [(r, p) for r, p in zip(records, paths) if not p.exists()]
+    missing = [(r, p) for r, p in zip(records, paths, strict=False) if not p.exists()]
     if offline and missing:
         listing = "; ".join(f"{r.name.normalized} {r.version} {r.build} ({r.file_name})" for r, _ in missing)
         raise CondastackError(
@@ -148,7 +150,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
             done[0] += 1
             report(meter, "download", done[0], len(records), "packages")
 
-    _parallel(one, list(zip(records, paths)))
+    _parallel(one, list(zip(records, paths, strict=False)))
     if fetched is not None:
         fetched += [p.name for _, p in missing]
     return paths
@@ -195,12 +197,12 @@ def fetch_wheels(wheels: tuple | list, *, offline: bool = False, fetched: list[s
                  credentials: list[str] | tuple = ()) -> list[Path]:
     """Every locked wheel in `$CONDASTACK_PKGS/wheels`, sha256-checked."""
     paths = [_wheel_path(w) for w in wheels]
-    missing = [(w, p) for w, p in zip(wheels, paths) if not p.exists()]
+    missing = [(w, p) for w, p in zip(wheels, paths, strict=False) if not p.exists()]
     if offline and missing:
         listing = "; ".join(f"{w.name} {w.version} ({w.url})" for w, _ in missing)
         raise CondastackError(f"--offline: {len(missing)} pip package(s) are not in the wheel cache {wheels_dir()}: "
                               f"{listing}. Build once with network access first.")
-    for w, p in zip(wheels, paths):
+    for w, p in zip(wheels, paths, strict=False):
         what = f"pip package {w.name} {w.version}"
         if (w, p) in missing:
             _fetch(w.url, p, w.sha256, what, credentials)

@@ -62,7 +62,8 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
     path = Path(path)
     entries = read_lock_entries(path, strings=True)
     try:
-        meta = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)).get("metadata") or {}
+        safe = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        meta = yaml.load(path.read_text(), Loader=safe).get("metadata") or {}  # noqa: S506 - a safe loader
     except Exception:  # read_lock_entries has already proven it is YAML
         meta = {}
     plats = tuple(meta.get("platforms") or sorted({str(p.get("platform")) for p in entries}))

@@ -1,4 +1,6 @@
-"""Installing a lock's wheels into an env with the env's own pip, as if at its final path, with checked-hash bytecode."""
+"""Installing a lock's wheels into an env with the env's own pip, as if at its final path, with checked-hash
+bytecode.
+"""
 
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from condastack.env.prefix import site_packages_dirs
 
 # Runs pip with sys.executable set to the FINAL interpreter, so console-script
 # shebangs name the final prefix although pip runs from the temporary one.
-_PIP_AS_FINAL = "import sys; sys.executable = sys.argv.pop(1); from pip._internal.cli.main import main; sys.exit(main())"
+_PIP_AS_FINAL = ("import sys; sys.executable = sys.argv.pop(1); from pip._internal.cli.main import main; "
+                 "sys.exit(main())")
 
 
 def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Path]) -> None:
@@ -32,7 +35,8 @@ def install_wheels(tmp: Path, final: Path, wheels: tuple | list, paths: list[Pat
             "locked wheels only. Drop the requirement that pulls them in, build wheels and serve them from a "
             "`pip-index`, or make them conda packages with `condastack wrap`, then re-lock.")
     req = tmp.parent / f"{TMP_MARK}{final.name}.{os.getpid()}.requirements.txt"
-    req.write_text("".join(f"{w.name} @ {p.as_uri()} --hash=sha256:{w.sha256}\n" for w, p in zip(wheels, paths)))
+    req.write_text("".join(f"{w.name} @ {p.as_uri()} --hash=sha256:{w.sha256}\n"
+                           for w, p in zip(wheels, paths, strict=False)))
     # No bytecode from this run: it would record the temporary path as co_filename.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1")

@@ -115,13 +115,14 @@ class Checker(threading.Thread):
 
     def __init__(self, folders: list[Path]) -> None:
         super().__init__(daemon=True)
-        self.folders, self.bad = folders, []  # type: list[Path]
+        self.folders: list[Path] = folders
+        self.bad: list[Path] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             self.bad = [f for f in self.folders if not intact(f)]
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
+        except BaseException as e:
             self.error = e
 
     def edited(self) -> list[Path]:

@@ -1,4 +1,6 @@
-"""The conda part of a layer's solve, with py-rattler: virtual packages, one gateway per lock run, solves, queries and records."""
+"""The conda part of a layer's solve, with py-rattler: virtual packages, one gateway per lock run, solves, queries
+and records.
+"""
 
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import json
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from condastack.core.errors import CondastackError
 
@@ -23,7 +26,7 @@ def spec_name(spec: str) -> str:
 
 def virtual_packages(spec: dict[str, str]) -> list:
     """The stack's declared virtual packages as rattler objects (never the host's)."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     out = []
     for name, version in sorted(spec.items()):
@@ -49,7 +52,7 @@ def gateway_session():  # noqa: ANN201
 
 
 def _gateway():  # noqa: ANN202
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     if not _SESSION:
         return rattler.Gateway()
@@ -66,10 +69,10 @@ def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dic
     preferences (the previous lock, so a re-solve moves as little as possible).
     """
 
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     return asyncio.run(rattler.solve(
-        channels, specs, gateway=_gateway(), platforms=[platform, "noarch"],
+        channels, specs, gateway=_gateway(), platforms=[rattler.Platform(platform), rattler.Platform("noarch")],
         virtual_packages=virtual_packages(vpkgs), pinned_packages=pinned or None, locked_packages=locked or None,
     ))
 
@@ -99,7 +102,7 @@ def records_from_json(items: list[dict]) -> list:
     small repodata.json per (channel, subdir) folder and read back.
     """
 
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     groups: dict[str, dict[str, dict]] = {}
     for item in items:
@@ -163,13 +166,13 @@ def explain_solver_error(err: Exception) -> str:
     return "\n".join(keep[:12]) + ("\n  …" if len(keep) > 12 else "")
 
 
-def with_url(record: object, url: str) -> object:
+def with_url(record: Any, url: str) -> Any:
     """A copy of a RepoDataRecord that is fetched from `url` (our verified archive)."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     r = record
-    channel = r.channel or url.rsplit("/", 1)[0] + "/"  # type: ignore[attr-defined]
-    return rattler.RepoDataRecord(r, r.file_name, url, channel)  # type: ignore[attr-defined]
+    channel = r.channel or url.rsplit("/", 1)[0] + "/"
+    return rattler.RepoDataRecord(r, r.file_name, url, channel)
 
 
 _PLAIN_CHANNEL = re.compile(r"^[A-Za-z0-9_.:/+%~-]+$")

@@ -30,7 +30,7 @@ class Violation:
 
 def check_records(records: list, vpkgs: dict[str, str], pip: list[tuple[str, str]] | None = None) -> list[Violation]:
     """Violations of `records` (RepoDataRecords) against the whole set; [] when consistent."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     held: dict[str, list] = {}
     for r in records:
@@ -70,7 +70,7 @@ def _match_spec(rattler, spec: str):  # noqa: ANN001, ANN202
 
 def _stand_in(name: str, version: str, build: str):  # noqa: ANN202
     """A record standing for a virtual or pip package, so MatchSpec can test it."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     try:
         return rattler.PackageRecord(name, version, rattler.BuildString(build), 0, "noarch")

@@ -1,4 +1,6 @@
-"""Why a layer's solve failed, in the user's words: missing specs, and which parent pin or spec clashes (the conflict explainer)."""
+"""Why a layer's solve failed, in the user's words: missing specs, and which parent pin or spec clashes (the
+conflict explainer).
+"""
 
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _solve_failure(stack: Stack, name: str, plat: str, err: Exception, channels:
 
 def _missing_specs(channels: list[str], plat: str, specs: list[str]) -> list[str]:
     """Every spec that no record of the channels can meet, each described once."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     names = sorted({spec_name(s) for s in specs if not spec_name(s).startswith("__")})
     try:
@@ -80,7 +82,7 @@ def _solves(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, s
 def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str],
                           vpkgs: dict[str, str], pinned: list) -> str | None:
     """Which parent spec or record a child's own spec breaks, confirmed by re-solving."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     parent = stack.layer(name).extends or "?"
     own = list(stack.layer(name).conda.get(plat, ()))
@@ -116,7 +118,7 @@ def _explain_pin_conflict(stack: Stack, name: str, plat: str, channels: list[str
 def _clashes(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, str], pinned: list,
              culprit: str) -> str:
     """Facts behind a confirmed clash: the culprit's locked record against the solution without it."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     try:
         free = {r.name.normalized: r for r in solve_conda(channels, specs, plat, vpkgs)}
@@ -136,7 +138,7 @@ def _clashes(channels: list[str], specs: list[str], plat: str, vpkgs: dict[str, 
 def _pin_culprit(stack: Stack, name: str, plat: str, channels: list[str], vpkgs: dict[str, str], spec: str,
                  pin, rest: list) -> str:  # noqa: ANN001
     """The message for a parent record that a re-solve without it confirmed as the blocker."""
-    import rattler  # py-rattler's native module: loaded only where a solve, install or index needs it
+    import rattler  # lazy: native, ~0.2 s
 
     owner = _pin_owner(stack, name, plat, pin)
     pname = pin.name.normalized

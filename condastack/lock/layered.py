@@ -137,7 +137,7 @@ def _parent_pins(stack: Stack, layer: str, platform: str) -> list[str]:
 def input_hash(stack: Stack, layer: str, platform: str) -> str:
     """The hash of every input of one layer's solve on one platform."""
     conda, pip = stack.specs_for(layer, platform)
-    data = {
+    data: dict[str, object] = {
         "format": LOCK_FORMAT,
         "conda": conda,
         "pip": pip,
@@ -238,7 +238,7 @@ def full_records(stack: Stack, name: str, plat: str) -> tuple[list, bool]:
     entries = [p for p in read_lock_entries(lockfile_path(stack.root, name))
                if p.get("platform") == plat and p.get("manager") == "conda"]
     kept = {str(j.get("sha256")): j for j in read_records_sidecar(records_path(stack.root, name), plat)}
-    have = [dict(kept[(p.get("hash") or {}).get("sha256")], url=p["url"]) for p in entries
+    have = [dict(kept[str((p.get("hash") or {}).get("sha256"))], url=p["url"]) for p in entries
             if (p.get("hash") or {}).get("sha256") in kept]
     lacking = [p for p in entries if (p.get("hash") or {}).get("sha256") not in kept]
     records = records_from_json(have) if have else []
@@ -258,7 +258,7 @@ def full_records(stack: Stack, name: str, plat: str) -> tuple[list, bool]:
 
 def dry_run(stack: Stack, layers: list[str] | None = None) -> list[dict[str, object]]:
     """What `lock` would solve, per layer and platform, and the channels it needs."""
-    out = []
+    out: list[dict[str, object]] = []
     for name in stack.order(layers):
         path = lockfile_path(stack.root, name)
         hashes = lock_summary(path)["content_hash"] if path.is_file() else None

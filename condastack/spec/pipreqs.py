@@ -1,4 +1,6 @@
-"""The pip: part of an environment.yml as pip reads it: option lines (-i, --extra-index-url, -f, --pre, -r, -c), requirements and their URLs, and where in which file each came from."""
+"""The pip: part of an environment.yml as pip reads it: option lines (-i, --extra-index-url, -f, --pre, -r, -c),
+requirements and their URLs, and where in which file each came from.
+"""
 
 
 from __future__ import annotations

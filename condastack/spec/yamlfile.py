@@ -69,7 +69,7 @@ def _compose_node(loader: _Loader, parent: Any, index: Any) -> Any:
     return yaml.SafeLoader.compose_node(loader, parent, index)
 
 
-_Loader.compose_node = _compose_node
+_Loader.compose_node = _compose_node  # type: ignore[method-assign, assignment]  # anchors refused
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _map)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _seq)
 
