@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from condastack.cli import commands as cli
+from condastack.cli import app as cli
 from tests.helpers import run_cli, write_project
 
 COMMANDS = sorted(cli.main.commands)

@@ -21,12 +21,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_user_error, run_cli, write_project
-from tests.channel.testchannel import default_cache_dir
-
-from condastack.container import render as ct
+from condastack.container.make import make_container
+from condastack.container.oci import write_oci_archive
+from condastack.container.render import render_dockerfile
+from condastack.container.spec import (
+    ContainerSpec,
+    PackedArchive,
+    container_spec,
+    default_base_image,
+    env_max_prefix_len,
+    env_needs_ld_library_path,
+    find_archive,
+)
 from condastack.core.errors import CondastackError
 from condastack.core.fs import file_lock
+from condastack.spec.stack import load_stack
+from tests.channel.testchannel import default_cache_dir
+from tests.helpers import assert_user_error, run_cli, write_project
 
 PREFIX = "/opt/env"
 LOCK_HASH = "0123456789abcdef" * 4
@@ -159,14 +170,14 @@ def _chroot(rootfs: Path, user: str, *argv: str, **kw) -> subprocess.CompletedPr
     ({}, "debian:bookworm-slim"),
 ])
 def test_default_base_image_fits_cuda_and_glibc(vpkgs: dict[str, str], image: str) -> None:
-    assert ct.default_base_image(vpkgs) == image
+    assert default_base_image(vpkgs) == image
 
 
 def test_base_image_refuses_unknown_cuda_or_glibc() -> None:
     with pytest.raises(CondastackError, match="--base-image"):
-        ct.default_base_image({"__cuda": "10.2"})
+        default_base_image({"__cuda": "10.2"})
     with pytest.raises(CondastackError, match="--base-image"):
-        ct.default_base_image({"__glibc": "2.99"})
+        default_base_image({"__glibc": "2.99"})
 
 
 # --------------------------------------------------------------------------- Dockerfile + definition
@@ -458,14 +469,14 @@ def test_oci_reads_zstd_archive_and_is_reproducible(project: Path, tmp_path: Pat
     zst = tmp_path / "pack" / "app-linux-64.tar.zst"
     zst.parent.mkdir()
     subprocess.run(f"gzip -dc {gz} | zstd -q -o {zst}", shell=True, check=True)
-    spec = ct.container_spec(project, "app", archive=gz)
-    spec_z = ct.container_spec(project, "app", archive=zst)
-    a = ct.write_oci_archive(spec, tmp_path / "a.tar")
-    b = ct.write_oci_archive(spec, tmp_path / "b.tar")
-    z = ct.write_oci_archive(spec_z, tmp_path / "z.tar")
+    spec = container_spec(project, "app", archive=gz)
+    spec_z = container_spec(project, "app", archive=zst)
+    a = write_oci_archive(spec, tmp_path / "a.tar")
+    b = write_oci_archive(spec, tmp_path / "b.tar")
+    z = write_oci_archive(spec_z, tmp_path / "z.tar")
     assert a.manifest_digest == b.manifest_digest
     assert a.diff_id == z.diff_id  # same uncompressed layer from either archive format
-    only = ct.make_container(project, "app", archive=zst, oci=tmp_path / "o.tar", oci_base="scratch")  # reads zstd
+    only = make_container(project, "app", archive=zst, oci=tmp_path / "o.tar", oci_base="scratch")  # reads zstd
     assert only.dockerfile is None and only.oci is not None and only.oci.diff_id == a.diff_id
 
 
@@ -491,7 +502,7 @@ def test_missing_archive_names_the_pack_command(project: Path, channel: Path, tm
 
 
 def test_prefix_longer_than_placeholder(project: Path, tmp_path: Path) -> None:
-    limit = ct.env_max_prefix_len(project / "envs" / "app")
+    limit = env_max_prefix_len(project / "envs" / "app")
     assert limit is not None and limit > len(PREFIX)  # hello's binary placeholder
     long_prefix = "/opt/" + "x" * (limit - 4)
     assert len(long_prefix) == limit + 1
@@ -504,7 +515,7 @@ def test_prefix_longer_than_placeholder(project: Path, tmp_path: Path) -> None:
     (fake.parent / (fake.name + ".manifest.json")).write_text(json.dumps(
         {"dest_prefix": None, "placeholders": [{"file": "bin/hello", "placeholder": "/p" * 20, "mode": "binary"}]}))
     with pytest.raises(CondastackError, match="placeholders of only 40"):
-        ct.find_archive(tmp_path, "app", "linux-64", "/opt/" + "y" * 40)
+        find_archive(tmp_path, "app", "linux-64", "/opt/" + "y" * 40)
     # Bad prefixes in general.
     for bad in ("opt/env", "/", "/opt/../etc", "/opt/my env"):
         assert_user_error(run_cli("-C", project, "container", "app", "--prefix", bad), "--prefix")
@@ -521,17 +532,17 @@ def test_bad_oci_base_keeps_existing_output(project: Path, tmp_path: Path) -> No
 
 def test_root_user_refused(project: Path) -> None:
     with pytest.raises(CondastackError, match="non-root"):
-        ct.container_spec(project, "app", user="0:0")
+        container_spec(project, "app", user="0:0")
 
 
 def test_ld_library_path_only_where_needed(project: Path, tmp_path: Path) -> None:
     """Set only when a program of the env needs one of its libraries and has no RPATH."""
     _have("patchelf")
-    assert not ct.env_needs_ld_library_path(project / "envs" / "app")  # hello has $ORIGIN/../lib
+    assert not env_needs_ld_library_path(project / "envs" / "app")  # hello has $ORIGIN/../lib
     copy = tmp_path / "proj"
     shutil.copytree(project, copy, symlinks=True)
     subprocess.run(["patchelf", "--remove-rpath", str(copy / "envs/app/bin/hello")], check=True)
-    assert ct.env_needs_ld_library_path(copy / "envs" / "app")
+    assert env_needs_ld_library_path(copy / "envs" / "app")
     assert run_cli("-C", copy, "container", "app").returncode == 0
     assert f"LD_LIBRARY_PATH={PREFIX}/lib" in (copy / "Dockerfile.thin").read_text()
     assert f'export LD_LIBRARY_PATH="{PREFIX}/lib"' in (copy / "pack" / "app.def").read_text()
@@ -626,10 +637,10 @@ def test_committed_dockerfile_is_what_the_demo_writes() -> None:
     that changes from run to run, so the renderer's output for the demo stack must equal it."""
     repo = Path(__file__).resolve().parent.parent
     demo = repo / "examples" / "demo"
-    stack = ct.load_stack(demo, parse_specs=False)
-    archive = ct.PackedArchive(path=demo / "pack" / "app-linux-64-opt-env.tar.gz", sha256="0" * 64, fmt="tar.gz",
+    stack = load_stack(demo, parse_specs=False)
+    archive = PackedArchive(path=demo / "pack" / "app-linux-64-opt-env.tar.gz", sha256="0" * 64, fmt="tar.gz",
                                dest_prefix=PREFIX, lock_hash="1" * 64, platform="linux-64", max_prefix_len=None)
-    spec = ct.ContainerSpec(stack_name=stack.name, layer="app", platform="linux-64", prefix=PREFIX,
-                            base_image=ct.default_base_image(stack.virtual_packages_for("linux-64")), archive=archive)
-    assert ct.render_dockerfile(spec, demo, repo / "Dockerfile.thin") == (repo / "Dockerfile.thin").read_text()
+    spec = ContainerSpec(stack_name=stack.name, layer="app", platform="linux-64", prefix=PREFIX,
+                            base_image=default_base_image(stack.virtual_packages_for("linux-64")), archive=archive)
+    assert render_dockerfile(spec, demo, repo / "Dockerfile.thin") == (repo / "Dockerfile.thin").read_text()
     assert "Dockerfile.thin" in (repo / "examples" / "demo.py").read_text()
