@@ -75,13 +75,13 @@ def main() -> None:
                 times[k].append(t)
                 rss[k] = max(rss[k], peak)
             print(f"round {r + 1}: " + ", ".join(f"{k} {times[k][-1]:.1f} s" for k in STEPS), flush=True)
-        _report(times, rss, work, n_files, size, biggest, load0)
+        _report(env, times, rss, work, n_files, size, biggest, load0)
     finally:
         if "--keep" not in sys.argv:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _report(times: dict[str, list[float]], rss: dict[str, int], work: Path, n_files: int, size: int, biggest: int,
+def _report(env: Path, times: dict[str, list[float]], rss: dict[str, int], work: Path, n_files: int, size: int, biggest: int,
             load0: tuple[float, float, float]) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     sizes = {k: (work / f).stat().st_size for k, f in (("pack", "cs.tar.zst"), ("raw", "raw.tar.zst"),

@@ -47,7 +47,10 @@ _API = {
     "CondastackError": "condastack.core.errors",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = [  # in the order of the data flow
+    "__version__", "load_stack", "lock_stack", "build_layer", "build_prefix", "pack_layer", "pack_prefix",
+    "unpack_archive", "relocate", "install_archive", "run_doctor", "wrap", "CondastackError",
+]
 
 
 def __getattr__(name: str) -> Any:
