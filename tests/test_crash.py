@@ -321,12 +321,12 @@ def test_lock_survives_sigkill(world: World) -> None:
 
 
 def test_build_survives_sigkill(world: World) -> None:
-    from condastack.env.build import read_marker
+    from condastack.env.prefix import read_marker
     from condastack.env.verify import verify_prefix
 
     w = world
     prefix = w.proj / "envs" / "app"
-    old_hash = read_marker(w.old_env)["lock_hash"]
+    old_hash = read_marker(w.old_env).lock_hash
     new_lockfile = w.proj / "lock" / "app.conda-lock.yml"
 
     def reset(cold_cache: bool) -> None:
@@ -347,7 +347,7 @@ def test_build_survives_sigkill(world: World) -> None:
         tally.killed += kill_at(["-C", w.proj, "build", "app"], delay, w.env, watch=(prefix.parent, w.pkgs))
         tally.mid_write += bool(set(temporaries(prefix.parent, w.pkgs)) - before)
         marker = read_marker(prefix) if prefix.is_dir() else None
-        got = (marker or {}).get("lock_hash")
+        got = marker.lock_hash if marker else None
         if got == old_hash and verify_prefix(prefix, w.old_lockfile).ok:
             tally.old += 1
         elif got is not None and got != old_hash and verify_prefix(prefix, new_lockfile).ok:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import REPO, write_project
 from condastack.core import layout
-from condastack.env.prefix import MARKER, PREFIXES_FILE, Env, check_dest_fits, read_marker, write_marker
+from condastack.env.prefix import MARKER, PREFIXES_FILE, Env, EnvMarker, check_dest_fits, read_marker, write_marker
 from condastack.core.errors import (
     ArchiveRefused,
     CondastackError,
@@ -125,14 +125,14 @@ def _fake_env(prefix: Path) -> Env:
     rec = {"name": "conda-owned", "version": "1.0", "build": "0",
            "paths_data": {"paths": [{"_path": "lib/python3.11/site-packages/conda_owned-1.0.dist-info/RECORD"}]}}
     (meta / "conda-owned-1.0-0.json").write_text(json.dumps(rec))
-    write_marker(prefix, {"layer": "base", "lock_hash": "abc"})
+    write_marker(prefix, EnvMarker(layer="base", lock_hash="abc"))
     return Env(prefix)
 
 
 def test_env_model_reads_records_marker_and_pip(tmp_path: Path) -> None:
     env = _fake_env(tmp_path / "env")
     assert env.is_conda_env() and env.has_marker()
-    assert env.marker == read_marker(env.prefix) == {"layer": "base", "lock_hash": "abc"}
+    assert env.marker == read_marker(env.prefix) == EnvMarker(layer="base", lock_hash="abc")
     assert env.record_names() == ["conda-owned-1.0-0.json"]  # the marker is not a package record
     assert list(env.records) == ["conda-owned"]
     assert env.record_path("conda-owned", "1.0", "0").is_file()
@@ -207,3 +207,53 @@ def test_stack_loads_without_the_solver(tmp_path: Path) -> None:
 ])
 def test_requirement_name(spec: str, name: str) -> None:
     assert requirement_name(spec) == name
+
+
+# --------------------------------------------------------------------------- typed on-disk formats
+
+
+def test_env_marker_round_trips_and_refuses_wrong_types(tmp_path: Path) -> None:
+    from condastack.core.errors import CondastackError
+
+    env = _fake_env(tmp_path / "env")
+    want = EnvMarker(layer="app", stack="s", platform="linux-64", lock_hash="h", lockfile="/l", created_by="c")
+    write_marker(env.prefix, want)
+    assert read_marker(env.prefix, strict=True) == want
+    (env.prefix / MARKER).write_text(json.dumps({"layer": ["not", "text"], "lock_hash": "h"}))
+    with pytest.raises(CondastackError, match=r"condastack.info: field 'layer' must be a string"):
+        read_marker(env.prefix, strict=True)
+    assert read_marker(env.prefix) is None  # build treats a damaged marker as "not made by condastack"
+
+
+def test_relocation_record_round_trips_and_refuses_bad_records(tmp_path: Path) -> None:
+    from condastack.archive.relocate import RelocationRecord
+    from condastack.core.errors import CondastackError
+
+    prefix = tmp_path / "env"
+    (prefix / "conda-meta").mkdir(parents=True)
+    rec = RelocationRecord("/opt/x", (("bin/tool", "/ph" * 10, "binary"), ("etc/a.cfg", "/ph", "text")))
+    (prefix / PREFIXES_FILE).write_text(rec.text())
+    assert RelocationRecord.read(prefix) == rec
+    for bad in ({"current": 3, "records": []}, {"current": None, "records": [["../out", "/ph", "text"]]},
+                {"current": None, "records": [["a", "/ph", "exec"]]}, ["not", "a", "mapping"]):
+        (prefix / PREFIXES_FILE).write_text(json.dumps(bad))
+        with pytest.raises(CondastackError, match="condastack.prefixes"):
+            RelocationRecord.read(prefix)
+
+
+def test_manifest_round_trips_and_names_the_bad_field(tmp_path: Path) -> None:
+    from condastack.archive.manifest import Manifest, ManifestInvalid, PackageRef, Placeholder
+
+    m = Manifest(format="tar.zst", archive="a.tar.zst", sha256="ab" * 32, size=10, layer="app",
+                 packages=(PackageRef(name="x", version="1", build="0"),),
+                 placeholders=(Placeholder("bin/x", "/ph", "binary"),), built_from={"mtime": 1},
+                 extra={"future_field": [1, 2]})
+    path = tmp_path / "a.tar.zst.manifest.json"
+    path.write_text(m.text())
+    assert Manifest.read(path) == m
+    for key, value in (("size", "10"), ("sha256", "zz"), ("packages", [{"name": 3}]), ("layer", 4),
+                       ("placeholders", [{"file": "/etc/passwd", "placeholder": "/p", "mode": "text"}])):
+        path.write_text(json.dumps({**m.to_json(), key: value}))
+        with pytest.raises(CondastackError) as e:
+            Manifest.read(path)
+        assert str(path) in str(e.value) and (key in str(e.value) or isinstance(e.value, ManifestInvalid))

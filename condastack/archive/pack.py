@@ -58,7 +58,6 @@ the prefix now baked into the files, or null for placeholders, and "records",
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -93,6 +92,7 @@ from condastack.env.prefix import (
     MARKER,
     PREFIXES_FILE,
     Env,
+    EnvMarker,
     RawRecords,
     check_dest_fits,
 )
@@ -117,25 +117,22 @@ class PackResult:
 # --------------------------------------------------------------------------- the environment
 
 
-def read_env_meta(prefix: Path, *, allow_foreign: bool = False) -> dict:
+def read_env_meta(prefix: Path, *, allow_foreign: bool = False) -> EnvMarker:
     """Check `prefix` is a conda env built by condastack; return its condastack.info."""
     prefix = Path(prefix)
     if not prefix.is_dir():
         raise CondastackError(f"{prefix}: no such environment. Build it with `condastack build LAYER` first.")
     env = Env(prefix)
     env.require_conda_env(" Nothing to pack.")
-    meta_path = env.path(MARKER)
-    if not meta_path.is_file():
+    marker = env.marker
+    if marker is None:
         if allow_foreign:
-            return {}
+            return EnvMarker()
         raise CondastackError(
             f"{prefix}: this environment was not built by condastack (no {MARKER}), so its lock "
             "is unknown. Build it with `condastack build LAYER`, or pass --allow-foreign to pack it anyway."
         )
-    try:
-        return json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CondastackError(f"{meta_path}: unreadable ({e}). Rebuild the layer with `condastack build`.") from None
+    return marker
 
 
 # --------------------------------------------------------------------------- planning
@@ -267,11 +264,11 @@ def _write_tar(job: _Job, tmp: Path) -> _Written:
     return written
 
 
-def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> Manifest:
+def _manifest(job: _Job, meta: EnvMarker, w: _Written, size: int) -> Manifest:
     return Manifest(
         format=job.fmt, archive=job.output.name, sha256=w.digest, size=size, dest_prefix=job.dest,
-        layer=meta.get("layer"), stack=meta.get("stack"), platform=meta.get("platform"),
-        lock_hash=meta.get("lock_hash"), lockfile=meta.get("lockfile"), source_prefix=str(job.prefix),
+        layer=meta.layer, stack=meta.stack, platform=meta.platform,
+        lock_hash=meta.lock_hash, lockfile=meta.lockfile, source_prefix=str(job.prefix),
         packages=tuple(sorted((PackageRef(**{k: p.get(k) for k in ("name", "version", "build", "channel", "subdir",
                                                                      "fn", "sha256", "md5")})
                                for p in w.plan.packages), key=lambda p: p.name or "")),
@@ -280,7 +277,7 @@ def _manifest(job: _Job, meta: dict, w: _Written, size: int) -> Manifest:
                            ) if job.dest is None else (),
         level=job.level, threads=job.threads,
         # what the archive was built from: equal inputs give a byte-identical archive
-        built_from={"lock_hash": meta.get("lock_hash"), "lockfile": meta.get("lockfile"),
+        built_from={"lock_hash": meta.lock_hash, "lockfile": meta.lockfile,
                     "mtime": job.mtime, "mtime_from": job.mtime_from, "dest_prefix": job.dest,
                     "format": job.fmt, "level": job.level, "tools": _tool_versions(job.fmt)},
         created_by=CREATED_BY, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -347,12 +344,12 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
     if not prefix.exists():
         raise CondastackError(f"layer '{layer}': no environment at {prefix}. Run `condastack build {layer}` first.")
     meta = read_env_meta(prefix, allow_foreign=kw.get("allow_foreign", False))
-    if meta.get("layer") not in (None, layer):
-        raise CondastackError(f"{prefix}: holds layer '{meta.get('layer')}', not '{layer}'. Rebuild it.")
+    if meta.layer not in (None, layer):
+        raise CondastackError(f"{prefix}: holds layer '{meta.layer}', not '{layer}'. Rebuild it.")
     fmt = kw.get("fmt", "tar.zst")
     if fmt not in FORMATS:
         raise CondastackError(f"unknown archive format '{fmt}'; choose one of {', '.join(FORMATS)}.")
-    out = output or default_output(root, layer, meta.get("platform") or "unknown", fmt)
+    out = output or default_output(root, layer, meta.platform or "unknown", fmt)
     res = pack_prefix(prefix, out, **kw)
     note = _lock_moved_on(root, layer, meta)
     if note:
@@ -360,19 +357,19 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
     return res
 
 
-def _lock_moved_on(root: Path, layer: str, meta: dict) -> str | None:
+def _lock_moved_on(root: Path, layer: str, meta: EnvMarker) -> str | None:
     """A warning when the env was built from another lock than the current `lock/<layer>` one."""
 
     lockfile = lockfile_path(root, layer)
-    if not meta.get("lock_hash") or not meta.get("platform") or not lockfile.is_file():
+    if not meta.lock_hash or not meta.platform or not lockfile.is_file():
         return None
     try:
-        current = read_locked_env(lockfile, meta["platform"]).lock_hash()
+        current = read_locked_env(lockfile, meta.platform).lock_hash()
     except CondastackError as e:
         return f"layer {layer}: the current lock cannot be compared with the env ({e})"
-    if current == meta["lock_hash"]:
+    if current == meta.lock_hash:
         return None
-    return (f"layer {layer}: the env was built from lock {meta['lock_hash'][:12]}, but {lockfile.name} is now "
+    return (f"layer {layer}: the env was built from lock {meta.lock_hash[:12]}, but {lockfile.name} is now "
             f"{current[:12]}; the archive holds the older packages. Run `condastack build {layer}` and pack again "
             "to ship the current lock.")
 

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from condastack.archive.relocate import RelocationRecord
 from condastack.archive.writers import Plan
 from condastack.core.errors import CondastackError
 from condastack.core.fs import sha256_file
@@ -400,8 +401,7 @@ def _add_scripts(plan: Plan, staging: Path, dest: str | None) -> None:
             shebang="#!/usr/bin/env python", prefix_records=records,
             prefixes_py=(here / "prefixes.py").read_text(), version=conda_pack.__version__)
         write("bin/conda-unpack", script + _UNPACK_NOTE, True)
-    state = {"current": dest, "records": [list(r) for r in plan.records]}
-    write(PREFIXES_FILE, json.dumps(state, indent=1) + "\n", False)
+    write(PREFIXES_FILE, RelocationRecord(dest, tuple(plan.records)).text(), False)  # type: ignore[arg-type]
 
 
 # Appended to conda-pack's conda-unpack: record where the files now point, so

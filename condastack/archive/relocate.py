@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path
@@ -27,43 +28,55 @@ class RelocateResult:
     files_changed: int
 
 
-def _read_state(prefix: Path) -> dict | None:
-    p = prefix / PREFIXES_FILE
-    if p.is_file():
-        try:
-            state = json.loads(p.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CondastackError(f"{p}: the relocation records are not valid JSON ({e}).") from None
-        return _checked_state(state, prefix, PREFIXES_FILE)
-    script = prefix / "bin" / "conda-unpack"
-    if script.is_file():  # a plain conda-pack archive: read its records
-        text = script.read_text(errors="surrogateescape")
-        m = re.search(r"^_prefix_records = \[\n(.*?)^\]", text, re.S | re.M)
-        if m:
+@dataclass(frozen=True)
+class RelocationRecord:
+    """The relocation record of an unpacked env (`conda-meta/condastack.prefixes`): where its
+    placeholder files point now, and each file's placeholder and mode. Checked on the way in:
+    every file is a safe path inside the env."""
+
+    current: str | None
+    records: tuple[tuple[str, str, Literal["text", "binary"]], ...]
+
+    @classmethod
+    def from_json(cls, state: object, prefix: Path, source: str) -> RelocationRecord:
+        where = f"{prefix / source}"
+        if not isinstance(state, dict) or not isinstance(state.get("records", []), list) \
+                or not isinstance(state.get("current"), (str, type(None))):
+            raise CondastackError(f"{where}: relocation records must be {{'current': str, 'records': [...]}}.")
+        records = []
+        for r in state.get("records", []):
+            if not (isinstance(r, (list, tuple)) and len(r) == 3 and all(isinstance(x, str) for x in r)
+                    and r[1] and r[2] in ("text", "binary")):
+                raise CondastackError(f"{where}: malformed relocation record {str(r)[:200]} "
+                                      "(expected [file, placeholder, 'text' or 'binary']).")
+            check_under(prefix, r[0], where)
+            records.append((r[0], r[1], r[2]))
+        return cls(current=state.get("current"), records=tuple(records))
+
+    def text(self) -> str:
+        return json.dumps({"current": self.current, "records": [list(r) for r in self.records]}, indent=1) + "\n"
+
+    @classmethod
+    def read(cls, prefix: Path) -> RelocationRecord | None:
+        """The env's own record, else the records of a plain conda-pack archive's conda-unpack; None if neither."""
+        p = prefix / PREFIXES_FILE
+        if p.is_file():
             try:
-                records = ast.literal_eval("[" + m.group(1) + "]")
-            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-                raise CondastackError(f"{script}: its _prefix_records are not a Python list of tuples.") from None
-            return _checked_state({"current": None, "records": records}, prefix, "bin/conda-unpack")
-    return None
-
-
-def _checked_state(state: object, prefix: Path, source: str) -> dict:
-    """The relocation state if well-typed and every record's file is a safe path inside `prefix`."""
-
-    where = f"{prefix / source}"
-    if not isinstance(state, dict) or not isinstance(state.get("records", []), list) \
-            or not isinstance(state.get("current"), (str, type(None))):
-        raise CondastackError(f"{where}: relocation records must be {{'current': str, 'records': [...]}}.")
-    records = []
-    for r in state.get("records", []):
-        if not (isinstance(r, (list, tuple)) and len(r) == 3 and all(isinstance(x, str) for x in r)
-                and r[1] and r[2] in ("text", "binary")):
-            raise CondastackError(f"{where}: malformed relocation record {str(r)[:200]} "
-                                  "(expected [file, placeholder, 'text' or 'binary']).")
-        check_under(prefix, r[0], where)
-        records.append(list(r))
-    return {**state, "records": records}
+                state = json.loads(p.read_bytes())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise CondastackError(f"{p}: the relocation records are not valid JSON ({e}).") from None
+            return cls.from_json(state, prefix, PREFIXES_FILE)
+        script = prefix / "bin" / "conda-unpack"
+        if script.is_file():  # a plain conda-pack archive: read its records
+            text = script.read_text(errors="surrogateescape")
+            m = re.search(r"^_prefix_records = \[\n(.*?)^\]", text, re.S | re.M)
+            if m:
+                try:
+                    records = ast.literal_eval("[" + m.group(1) + "]")
+                except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+                    raise CondastackError(f"{script}: its _prefix_records are not a Python list of tuples.") from None
+                return cls.from_json({"current": None, "records": records}, prefix, "bin/conda-unpack")
+        return None
 
 
 def _binary_relocate(data: bytes, old: bytes, new: bytes, room: int, path: str) -> bytes:
@@ -91,13 +104,13 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     """
     prefix = Path(prefix).absolute()
     new = str(Path(as_prefix).absolute() if as_prefix else prefix)
-    state = _read_state(prefix)
+    state = RelocationRecord.read(prefix)
     if state is None:
         Env(prefix).require_conda_env()
         raise CondastackError(f"{prefix}: has no relocation records ({PREFIXES_FILE}); it was not unpacked "
                               "from a condastack or conda-pack archive.")
-    current = state.get("current")
-    records = [tuple(r) for r in state.get("records", [])]
+    current = state.current
+    records = list(state.records)
     check_dest_fits(records, new)  # every binary first, so nothing is half-done
     changed = 0
     held: dict[str, tuple[str | None, int]] = {}
@@ -122,8 +135,7 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
                 held[f] = (hashlib.sha256(out).hexdigest(), len(out))
                 changed += 1
         Env(prefix).update_file_hashes(held)  # what `verify` compares the rewritten files against
-        state["current"] = new
-        _replace_file(prefix / PREFIXES_FILE, (json.dumps(state, indent=1) + "\n").encode())
+        _replace_file(prefix / PREFIXES_FILE, RelocationRecord(new, state.records).text().encode())
     return RelocateResult(prefix=prefix, old_prefix=current, files_changed=changed)
 
 

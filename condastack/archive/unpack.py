@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from condastack.archive.manifest import Manifest
-from condastack.archive.relocate import _read_state, relocate
+from condastack.archive.relocate import RelocationRecord, relocate
 from condastack.archive.targuard import (
     _CHUNK,
     LIMIT_ENV,
@@ -150,7 +150,7 @@ def unpack_archive(archive: Path, dest: Path, *, max_members: int | None = None,
 def _relocate_extracted(archive: Path, tmp: Path, dest: Path) -> int:
     """Relocate an extracted env from `tmp` to `dest`; the number of files rewritten."""
     try:
-        if _read_state(tmp) is None:
+        if RelocationRecord.read(tmp) is None:
             return 0  # an archive with no placeholder records (not an env) is only extracted
         return relocate(tmp, as_prefix=dest).files_changed
     except CondastackError as e:  # name the archive and the final path, not our temporary

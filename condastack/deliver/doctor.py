@@ -203,10 +203,10 @@ def requirements_for_prefix(prefix: Path) -> Requirements:
     req = Requirements(target=str(prefix), kind="prefix", prefix=prefix)
     info = env.marker
     if info is not None:
-        req.lock_hash = info.get("lock_hash")
-        req.platform = info.get("platform")
-        if info.get("layer"):
-            req.target = f"{info['layer']} ({prefix})"
+        req.lock_hash = info.lock_hash
+        req.platform = info.platform
+        if info.layer:
+            req.target = f"{info.layer} ({prefix})"
     size = 0
     files = 0
     modules: list[str] = []

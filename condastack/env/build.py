@@ -54,6 +54,7 @@ from condastack.env.prefix import (
     CREATED_BY,
     MARKER,
     Env,
+    EnvMarker,
     read_env_vars,
     read_marker,
     record_file_name,
@@ -66,7 +67,7 @@ from condastack.spec.stack import load_stack
 
 INSTALLERS = ("auto", "rattler", "micromamba")
 # Names other modules (and tests) import from here.
-__all__ = ["BuildResult", "build_layer", "build_prefix", "pkgs_dir", "read_marker", "host_platform"]
+__all__ = ["BuildResult", "build_layer", "build_prefix", "pkgs_dir", "host_platform"]
 
 Progress = Callable[[str], None]
 
@@ -162,7 +163,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                     f"{prefix}: this folder exists and was not made by condastack (no {MARKER}). "
                     "Choose another --prefix, or pass --force to replace it."
                 )
-            if marker is not None and marker.get("lock_hash") == lock_hash and not force and is_intact(prefix, env):
+            if marker is not None and marker.lock_hash == lock_hash and not force and is_intact(prefix, env):
                 if read_env_vars(prefix) != variables:
                     write_env_vars(prefix, variables)  # only `variables:` changed: no relink needed
                 return BuildResult(prefix, layer, "unchanged", lock_hash, chosen, len(env.conda), len(env.pip),
@@ -188,8 +189,8 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                     say(f"installing {len(env.pip)} pip packages")
                     wheels = fetch_wheels(env.pip, offline=offline, fetched=res.fetched, credentials=creds)
                     install_wheels(tmp, prefix, env.pip, wheels)
-            write_marker(tmp, {"layer": layer, "stack": stack_name, "platform": env.platform,
-                               "lock_hash": lock_hash, "lockfile": str(lockfile), "created_by": CREATED_BY})
+            write_marker(tmp, EnvMarker(layer=layer, stack=stack_name, platform=env.platform, lock_hash=lock_hash,
+                                        lockfile=str(lockfile), created_by=CREATED_BY))
             write_env_vars(tmp, variables)
             swap_dir(tmp, prefix)
         except OSError as e:

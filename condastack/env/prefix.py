@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -72,19 +73,62 @@ def with_file_hashes(info: dict, hashes: dict[str, tuple[str | None, int]]) -> d
     return dict(info, paths_data=dict(info["paths_data"], paths=new_paths))
 
 
-def read_marker(prefix: Path) -> dict[str, Any] | None:
-    """The `conda-meta/condastack.info` of an environment, or None."""
-    try:
-        data = json.loads((Path(prefix) / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+_FIELDS = ("layer", "stack", "platform", "lock_hash", "lockfile", "created_by")
 
 
-def write_marker(prefix: Path, data: dict[str, Any]) -> None:
-    path = Path(prefix) / MARKER
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+@dataclass(frozen=True)
+class EnvMarker:
+    layer: str | None = None
+    stack: str | None = None
+    platform: str | None = None
+    lock_hash: str | None = None
+    lockfile: str | None = None
+    created_by: str | None = None
+
+    @classmethod
+    def from_json(cls, data: object, path: Path) -> EnvMarker:
+        if not isinstance(data, dict):
+            raise CondastackError(f"{path}: must be a JSON object of {', '.join(_FIELDS)}. Rebuild the env with "
+                                  "`condastack build`.")
+        for key in _FIELDS:
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise CondastackError(f"{path}: field '{key}' must be a string, not {str(data[key])[:80]!r}. "
+                                      "Rebuild the env with `condastack build`.")
+        return cls(**{k: data.get(k) for k in _FIELDS})
+
+    @classmethod
+    def read(cls, prefix: Path, *, strict: bool = True) -> EnvMarker | None:
+        """The marker of the env at `prefix`; None without one. A damaged one raises, or is None
+        when not `strict` (build: the folder is then not an env condastack built)."""
+        path = Path(prefix) / MARKER
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            if not strict:
+                return None
+            raise CondastackError(f"{path}: unreadable ({e}). Rebuild the env with `condastack build`.") from None
+        try:
+            return cls.from_json(data, path)
+        except CondastackError:
+            if strict:
+                raise
+            return None
+
+    def write(self, prefix: Path) -> None:
+        path = Path(prefix) / MARKER
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2) + "\n")
+
+
+def read_marker(prefix: Path, *, strict: bool = False) -> EnvMarker | None:
+    """The `conda-meta/condastack.info` of an environment, or None (see EnvMarker.read)."""
+    return EnvMarker.read(prefix, strict=strict)
+
+
+def write_marker(prefix: Path, marker: EnvMarker) -> None:
+    marker.write(prefix)
 
 
 # --------------------------------------------------------------------------- conda's state (variables)
@@ -167,7 +211,7 @@ def dist_name_version(d: Path) -> tuple[str, str]:
 # --------------------------------------------------------------------------- placeholders
 
 
-def check_dest_fits(records: list[tuple[str, str, str]], dest: str) -> None:
+def check_dest_fits(records: Sequence[tuple[str, str, str]], dest: str) -> None:
     """A binary placeholder can only be replaced by a path no longer than itself."""
     for f, ph, mode in records:
         if mode == "binary" and len(dest.encode()) > len(ph.encode()):
@@ -196,8 +240,9 @@ class Env:
             raise CondastackError(f"{self.prefix}: not a conda environment (no {META_DIR}/).{advice}")
 
     @cached_property
-    def marker(self) -> dict[str, Any] | None:
-        return read_marker(self.prefix)
+    def marker(self) -> EnvMarker | None:
+        """The env's condastack.info, checked: a damaged one is refused naming the field."""
+        return read_marker(self.prefix, strict=True)
 
     def has_marker(self) -> bool:
         return (self.prefix / MARKER).is_file()

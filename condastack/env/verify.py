@@ -73,10 +73,10 @@ def verify_layer(root: Path | None = None, layer: str | None = None, *, prefix: 
             lockfile = lockfile_path(Path(root), layer)
         else:
             marker = Env(prefix).marker
-            if marker is None or not marker.get("lockfile"):
+            if marker is None or not marker.lockfile:
                 raise CondastackError(f"{prefix}: no {MARKER} naming its lock; pass the LAYER to verify against "
                                       "lock/<layer>.conda-lock.yml.")
-            lockfile = Path(marker["lockfile"])
+            lockfile = Path(marker.lockfile)
     if not Path(lockfile).is_file():
         raise CondastackError(f"{lockfile}: lockfile not found. Run `condastack lock {layer or '<layer>'}`.")
     return verify_prefix(prefix, Path(lockfile))
