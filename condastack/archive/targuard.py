@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tarfile
 
+from condastack.core.pathsafe import UnsafePath, member_name
 from condastack.core.progress import Meter
 
 LIMIT_ENV = {"members": "CONDASTACK_MAX_MEMBERS", "bytes": "CONDASTACK_MAX_BYTES"}
@@ -47,14 +48,10 @@ class _Guard:
 
     @staticmethod
     def clean(name: str, what: str = "member") -> str:
-        if "\0" in name:
-            raise _Refused(f"{what} {name!r} has a NUL byte in its name", member=name)
-        if name.startswith("/"):
-            raise _Refused(f"{what} {name!r} is an absolute path", member=name)
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if ".." in parts:
-            raise _Refused(f"{what} {name!r} contains '..'", member=name)
-        return "/".join(parts)
+        try:
+            return member_name(name, "archive", what)
+        except UnsafePath as e:  # worded as before: "{what} {name!r} is an absolute path"
+            raise _Refused(f"{what} {name!r} {e.why.removeprefix(what + ' ')}", member=name) from None
 
     def resolve(self, parts: list[str], name: str) -> list[str]:
         """Resolve a path inside the archive root through the symlinks seen; refuse an escape."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from condastack.core.errors import CondastackError
+from condastack.core.pyc import compileall_argv
 
 _SKIP = ("site-packages", "test", "idlelib", "tkinter", "lib2to3/tests", "ensurepip/_bundled", "config-*/*.a")
 _FACTS = ("import sys, sysconfig, json; print(json.dumps({'v': '%d.%d' % sys.version_info[:2], "
@@ -79,9 +80,9 @@ build:
     - patchelf --set-rpath '$ORIGIN/../lib' $PREFIX/bin/python{v}
     - patchelf --set-rpath '$ORIGIN' $PREFIX/lib/libpython{v}.so.1.0
     - for f in $PREFIX/lib/python{v}/lib-dynload/*.so; do patchelf --set-rpath '$ORIGIN/../..' "$f"; done
-    # -B: the modules compileall itself imports must not get timestamp .pyc first; -f: rewrite any that exist
-    - $PREFIX/bin/python{v} -B -I -m compileall -f -q -j 0 --invalidation-mode checked-hash
-      $PREFIX/lib/python{v} >/dev/null || true
+    # -f: rewrite any .pyc that exist (see core/pyc.py for the rest)
+    - {" ".join(compileall_argv(f"$PREFIX/bin/python{v}", f"$PREFIX/lib/python{v}", force=True, jobs=0, isolated=True))}
+      >/dev/null || true
 """)
     return folder
 

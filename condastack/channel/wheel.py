@@ -36,6 +36,7 @@ from condastack.channel.wheeldeps import WheelDep, unsatisfied, wheel_requiremen
 from condastack.core.elf import max_glibc, tree_glibc_floor
 from condastack.core.errors import CondastackError
 from condastack.core.fs import sha256_file
+from condastack.core.pyc import compile_environ, compileall_argv
 
 
 @dataclass(frozen=True)
@@ -220,10 +221,8 @@ def _compile_bytecode(prefix: Path, site: Path, py: str) -> list[str]:
     if interp is None:
         return [f"no bytecode: no python{py} on PATH to compile with"]
     # A fixed hash seed keeps set constants in one order, so the .pyc bytes are reproducible.
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("SOURCE_DATE_EPOCH", None)
-    p = subprocess.run([interp, "-m", "compileall", "-q", "-j", "1", "-s", f"{prefix}/",
-                        "--invalidation-mode", "checked-hash", str(site)], capture_output=True, text=True, env=env)
+    p = subprocess.run(compileall_argv(interp, str(site), strip=f"{prefix}/"), capture_output=True, text=True,
+                       env=compile_environ())
     if p.returncode != 0:  # a file that is not python 3 (a template, a py2 test); python skips it too
         bad = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("***")][:3]
         return [f"some files were not byte-compiled: {'; '.join(bad) or p.stderr.strip()[-200:]}"]

@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import json
 import os
-import posixpath
 import shutil
 import subprocess
 import tarfile
@@ -28,6 +27,7 @@ from condastack.container.spec import (
 )
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path, make_tempdir, remove_path
+from condastack.core.pathsafe import UnsafePath, member_name
 from condastack.core.platforms import OCI_ARCH
 
 _OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -89,10 +89,10 @@ def _open_tar_stream(path: Path, fmt: str) -> Iterator[tarfile.TarFile]:
 
 
 def _safe_member_name(name: str, archive: Path) -> str:
-    norm = posixpath.normpath(name.lstrip("/")) if name not in ("", ".", "./") else "."
-    if norm.startswith("../") or norm == "..":
-        raise CondastackError(f"{archive}: member {name!r} points outside the environment; the archive is unsafe.")
-    return norm
+    try:
+        return member_name(name, str(archive)) or "."
+    except UnsafePath as e:
+        raise CondastackError(f"{archive}: member {name!r} {e.why}; the archive is unsafe.") from None
 
 
 def _write_env_layer(src: PackedArchive, prefix: str, blob: Path, level: int) -> tuple[str, str, int]:

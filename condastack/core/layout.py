@@ -118,3 +118,14 @@ def sidecar(archive: Path, kind: str) -> Path:
 def sidecars(archive: Path) -> tuple[Path, Path]:
     """(the .sha256, the .manifest.json) of an archive."""
     return sidecar(archive, "sha256"), sidecar(archive, "manifest")
+
+
+# --------------------------------------------------------------------------- package cache stamps
+
+VERIFIED_DIR = ".verified"  # stamps of checks already made on cached archives and extracted folders
+
+
+def verified_stamp(cached: Path, suffix: str = "") -> Path:
+    """The stamp of a check of a cached archive or extracted folder: `<cache>/.verified/<name><suffix>`."""
+    cached = Path(cached)
+    return cached.parent / VERIFIED_DIR / f"{cached.name}{suffix}"

@@ -59,6 +59,19 @@ def clean_relative(path: object, source: str) -> str:
     return path
 
 
+def member_name(name: str, source: str, what: str = "member") -> str:
+    """The one gate for a member name of an archive (tar/zip members may be written `./a//b`): no NUL,
+    not absolute, no '..'; returns it normalized (`a/b`; '' for the archive root)."""
+    if "\0" in name:
+        raise UnsafePath(source, name[:200], f"{what} has a NUL byte in its name")
+    if name.startswith("/"):
+        raise UnsafePath(source, name[:200], f"{what} is an absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafePath(source, name[:200], f"{what} contains '..'")
+    return "/".join(parts)
+
+
 def check_under(root: Path, rel: object, source: str) -> Path:
     """root/rel after checking that rel is clean and no existing part of it below root is a symlink.
 

@@ -12,10 +12,10 @@ managed sources).
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
+from condastack.core.pyc import compile_environ, compileall_argv
 from condastack.env.prefix import Env
 
 
@@ -37,12 +37,8 @@ def compile_noarch_python(tmp: Path, final: Path) -> int:
     if tag is None:
         return 0
     todo = [str(tmp / f) for _, srcs in records for f in srcs]
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    environ["PYTHONHASHSEED"] = "0"
-    # -B: the imports of compileall itself must not leave .pyc files of the standard library behind.
-    subprocess.run([str(python), "-B", "-m", "compileall", "-q", "-s", str(tmp), "-p", str(final),
-                    "--invalidation-mode", "checked-hash", "-i", "-"],
-                   input="\n".join(todo) + "\n", capture_output=True, text=True, env=environ)
+    subprocess.run(compileall_argv(str(python), strip=str(tmp), prepend=str(final), from_stdin=True),
+                   input="\n".join(todo) + "\n", capture_output=True, text=True, env=compile_environ())
     count = 0
     for rec, sources in records:
         pycs = [p for p in (_pyc_of(f, tag) for f in sources) if (tmp / p).is_file()]

@@ -25,11 +25,9 @@ from condastack.core.fs import (
     remove_path,
     sha256_file,
 )
-from condastack.core.layout import pkgs_dir, wheels_dir
+from condastack.core.layout import VERIFIED_DIR, pkgs_dir, verified_stamp, wheels_dir
 from condastack.core.pathsafe import STAMP_DIR, check_package, clean_relative
 from condastack.core.progress import Meter, report
-
-_VERIFIED = ".verified"  # per-archive stamps of a sha256 check, under pkgs_dir()
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class _Stamp:
 
 
 def _stamp_path(archive: Path) -> Path:
-    return archive.parent / _VERIFIED / archive.name
+    return verified_stamp(archive)
 
 
 def _verified(archive: Path, sha256: str) -> bool:
@@ -124,7 +122,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
     """Every conda archive of `records` in the cache, sha256-checked against the lock."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    for folder in (cache, cache / _VERIFIED, cache / STAMP_DIR):  # downloads and stamps of killed builds
+    for folder in (cache, cache / VERIFIED_DIR, cache / STAMP_DIR):  # downloads and stamps of killed builds
         clean_stale_temporaries(folder)
     paths = [cache / _cache_name(r) for r in records]
     missing = [(r, p) for r, p in zip(records, paths, strict=False) if not p.exists()]

@@ -13,6 +13,7 @@ from pathlib import Path
 from condastack.core.errors import CondastackError
 from condastack.core.fs import TMP_MARK
 from condastack.core.names import canonical
+from condastack.core.pyc import compileall_argv
 from condastack.env.prefix import site_packages_dirs
 
 # Runs pip with sys.executable set to the FINAL interpreter, so console-script
@@ -79,6 +80,5 @@ def _compile_as_final(python: Path, tmp: Path, final: Path, wheels: tuple | list
                 rel = line.split(",", 1)[0]
                 if rel.endswith(".py"):
                     sources.append(os.path.normpath(sp / rel))
-    return subprocess.run([str(python), "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
-                           "-s", str(tmp), "-p", str(final), "-i", "-"],
+    return subprocess.run(compileall_argv(str(python), strip=str(tmp), prepend=str(final), from_stdin=True),
                           input="\n".join(sources) + "\n", capture_output=True, text=True, env=env)

@@ -22,12 +22,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from condastack.core.fs import atomic_path, remove_path, sha256_file
-
-_STAMPS = ".verified"  # shared with build.py's archive stamps, under the cache folder
+from condastack.core.layout import verified_stamp
 
 
 def _stamp_path(folder: Path) -> Path:
-    return folder.parent / _STAMPS / f"{folder.name}.tree"
+    return verified_stamp(folder, ".tree")
 
 
 def _tree_lines(folder: Path, paths: Iterable[str]) -> list[str] | None:
