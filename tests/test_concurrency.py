@@ -87,7 +87,7 @@ def _waiters(lockfile: Path) -> tuple[set[int], set[int]]:
 
 
 def test_two_locks_of_one_layer_wait_for_each_other(tmp_path: Path, channel_url: str) -> None:
-    from condastack.lock.layered import read_raw
+    from condastack.lock.lockfile import read_raw
 
     ref = _project(tmp_path / "ref", channel_url)
     assert run_cli("-C", ref, "lock", "l3").returncode == 0

@@ -66,14 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from condastack.archive.manifest import Manifest, PackageRef, Placeholder
-from condastack.archive.plan import (
-    _add_scripts,
-    _confirm_early,
-    _plan,
-    _scan_managed,
-    archive_mtime,
-    load_env,
-)
+from condastack.archive.plan import _add_scripts, _confirm_early, _plan, _scan_managed, archive_mtime, load_env
 from condastack.archive.writers import Plan, SquashfsWriter, TarWriter, compressor
 from condastack.core.errors import CondastackError, naming
 from condastack.core.fs import (
@@ -87,15 +80,7 @@ from condastack.core.fs import (
 from condastack.core.layout import env_prefix, lockfile_path, pack_output, sidecars
 from condastack.core.progress import Meter
 from condastack.env.locked import read_locked_env
-from condastack.env.prefix import (
-    CREATED_BY,
-    MARKER,
-    PREFIXES_FILE,
-    Env,
-    EnvMarker,
-    RawRecords,
-    check_dest_fits,
-)
+from condastack.env.prefix import CREATED_BY, MARKER, PREFIXES_FILE, Env, EnvMarker, RawRecords, check_dest_fits
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}

@@ -19,14 +19,7 @@ from condastack.archive.relocate import RelocationRecord
 from condastack.archive.writers import Plan
 from condastack.core.errors import CondastackError
 from condastack.core.fs import sha256_file
-from condastack.env.prefix import (
-    PREFIXES_FILE,
-    Env,
-    RawRecords,
-    check_dest_fits,
-    is_record_member,
-    with_file_hashes,
-)
+from condastack.env.prefix import PREFIXES_FILE, Env, RawRecords, check_dest_fits, is_record_member, with_file_hashes
 
 _SCAN_CHUNK = 1 << 20
 

@@ -33,20 +33,9 @@ from pathlib import Path
 
 from condastack.archive.manifest import Manifest
 from condastack.archive.relocate import RelocationRecord, relocate
-from condastack.archive.targuard import (
-    _CHUNK,
-    LIMIT_ENV,
-    _filter_stream,
-    _Guard,
-    _Refused,
-)
+from condastack.archive.targuard import _CHUNK, LIMIT_ENV, _filter_stream, _Guard, _Refused
 from condastack.core.errors import ArchiveRefused, CondastackError, naming
-from condastack.core.fs import (
-    TMP_MARK,
-    _fsync_dir,
-    clean_stale_temporaries,
-    remove_path,
-)
+from condastack.core.fs import TMP_MARK, _fsync_dir, clean_stale_temporaries, remove_path
 from condastack.core.layout import sidecar
 from condastack.core.progress import Meter
 from condastack.env.prefix import check_dest_fits

@@ -15,16 +15,7 @@ import click
 from rich.markup import escape
 from rich.tree import Tree
 
-from condastack.cli.app import (
-    EXIT_USER,
-    Ctx,
-    emit_json,
-    err_console,
-    fail,
-    known_layer,
-    main,
-    table,
-)
+from condastack.cli.app import EXIT_USER, Ctx, emit_json, err_console, fail, known_layer, main, table
 from condastack.cli.options import json_option, prefix_option, verbosity_options
 
 # --------------------------------------------------------------------------- layers

@@ -10,23 +10,8 @@ from typing import Any
 import click
 from rich.console import Console
 
-from condastack.cli.app import (
-    EXIT_USER,
-    Ctx,
-    emit_json,
-    err_console,
-    fail,
-    known_layer,
-    main,
-    require_archive,
-    table,
-)
-from condastack.cli.options import (
-    json_option,
-    limit_options,
-    prefix_option,
-    verbosity_options,
-)
+from condastack.cli.app import EXIT_USER, Ctx, emit_json, err_console, fail, known_layer, main, require_archive, table
+from condastack.cli.options import json_option, limit_options, prefix_option, verbosity_options
 
 
 @main.command()
@@ -125,12 +110,7 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
              force: bool, as_json: bool) -> None:
     """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
     from condastack.channel.assemble import WheelOptions  # lazy: CLI start-up
-    from condastack.channel.wrap import (
-        default_channel,
-        stack_channels,
-        still_unsatisfied,
-        wrap,
-    )  # lazy: CLI start-up
+    from condastack.channel.wrap import default_channel, stack_channels, still_unsatisfied, wrap  # lazy: CLI start-up
 
     channel = channel_dir if channel_dir is not None else default_channel(obj.root)
     checked = None if no_check else tuple(check_channels or stack_channels(obj.root))

@@ -23,13 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from condastack.core.errors import CondastackError
-from condastack.core.fs import (
-    atomic_path,
-    file_lock,
-    make_tempdir,
-    remove_path,
-    swap_dir,
-)
+from condastack.core.fs import atomic_path, file_lock, make_tempdir, remove_path, swap_dir
 from condastack.core.layout import cache_root
 from condastack.core.platforms import DEB_ARCH, OCI_ARCH
 

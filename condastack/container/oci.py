@@ -19,12 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from condastack.container.spec import (
-    DEFAULT_PATH,
-    LABEL_NS,
-    ContainerSpec,
-    PackedArchive,
-)
+from condastack.container.spec import DEFAULT_PATH, LABEL_NS, ContainerSpec, PackedArchive
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path, make_tempdir, remove_path
 from condastack.core.pathsafe import UnsafePath, member_name

@@ -34,13 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from condastack.core.errors import CondastackError
-from condastack.core.fs import (
-    clean_stale_temporaries,
-    file_lock,
-    make_tempdir,
-    remove_path,
-    swap_dir,
-)
+from condastack.core.fs import clean_stale_temporaries, file_lock, make_tempdir, remove_path, swap_dir
 from condastack.core.layout import env_prefix, lockfile_path, pkgs_dir
 from condastack.core.names import canonical
 from condastack.core.platforms import host_platform

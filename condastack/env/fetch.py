@@ -18,13 +18,7 @@ from typing import Any
 
 from condastack.core.credentials import with_credentials
 from condastack.core.errors import CondastackError
-from condastack.core.fs import (
-    HASH_THREADS,
-    atomic_path,
-    clean_stale_temporaries,
-    remove_path,
-    sha256_file,
-)
+from condastack.core.fs import HASH_THREADS, atomic_path, clean_stale_temporaries, remove_path, sha256_file
 from condastack.core.layout import VERIFIED_DIR, pkgs_dir, verified_stamp, wheels_dir
 from condastack.core.pathsafe import STAMP_DIR, check_package, clean_relative
 from condastack.core.progress import Meter, report

@@ -15,11 +15,7 @@ import yaml
 from condastack.core.errors import CondastackError
 from condastack.core.layout import records_sidecar_path
 from condastack.lock.conda_solve import records_from_json
-from condastack.lock.lockfile import (
-    lock_entries_as_json,
-    read_lock_entries,
-    read_records_sidecar,
-)
+from condastack.lock.lockfile import lock_entries_as_json, read_lock_entries, read_records_sidecar
 
 
 @dataclass(frozen=True)

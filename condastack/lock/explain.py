@@ -8,13 +8,7 @@ from __future__ import annotations
 from condastack.core.credentials import redact
 from condastack.core.errors import CondastackError
 from condastack.core.layout import lockfile_path
-from condastack.lock.conda_solve import (
-    explain_solver_error,
-    query_records,
-    solve_conda,
-    spec_name,
-    split_depend,
-)
+from condastack.lock.conda_solve import explain_solver_error, query_records, solve_conda, spec_name, split_depend
 from condastack.lock.lockfile import read_lock_entries
 from condastack.spec.stack import Stack
 

@@ -18,7 +18,8 @@ from condastack.core.errors import CondastackError
 from condastack.core.fs import TMP_MARK, atomic_write_text, file_lock
 from condastack.core.layout import lock_dir, lockfile_path
 from condastack.core.names import mapping_url
-from condastack.lock.layered import _write_derived, read_raw
+from condastack.lock.layered import _write_derived
+from condastack.lock.lockfile import read_raw
 from condastack.spec.stack import Stack
 
 

@@ -27,7 +27,7 @@ from condastack.core import layout
 from condastack.core.credentials import redact, strip_credentials
 from condastack.core.errors import CondastackError, LockConflict, LockStale
 from condastack.core.fs import atomic_write_text, clean_stale_temporaries, file_lock
-from condastack.core.layout import lock_dir, lockfile_path, records_sidecar_path
+from condastack.core.layout import lock_dir, lockfile_path
 from condastack.core.names import ENV_VAR_NAME, canonical, pypi_names_for_conda
 from condastack.core.version import __version__
 from condastack.lock.conda_solve import (
@@ -42,21 +42,22 @@ from condastack.lock.conda_solve import (
 from condastack.lock.consistency import check_records, describe
 from condastack.lock.explain import _solve_failure
 from condastack.lock.findlinks import find_links_index
+from condastack.lock.inputs import SolveInputs
 from condastack.lock.lockfile import (
+    _summarize,
     explicit_text,
     lock_entries_as_json,
-    read_lock_document,
+    lock_summary,
     read_lock_entries,
+    read_raw,
     read_records_sidecar,
     remember_lockfile,
     render_lockfile,
 )
 from condastack.lock.pypi_solve import solve_pip
 from condastack.spec.envfile import PYPI_SIMPLE
-from condastack.spec.pipreqs import PipOptions
 from condastack.spec.stack import Stack
 
-LOCK_FORMAT = "condastack-lock-1"
 VARIABLES_KEY = "condastack.variables"  # custom metadata: the layer's `variables:`, as JSON
 Progress = Callable[[str], None]
 
@@ -88,71 +89,9 @@ class LayerLock:
 # --------------------------------------------------------------------------- hashing
 
 
-def read_raw(path: Path) -> dict:
-    """A lockfile as plain YAML: the fast path for hashes and pins (conda-lock's import is slow)."""
-    return read_lock_document(path)
-
-
-def lock_summary(path: Path) -> dict:
-    """What no-op locks and hashes need from a lockfile: content_hash, counts and pins per platform.
-
-    The records file beside the lock keeps this summary with the sha256 of the
-    lockfile it describes; while that matches, the lockfile is not parsed at all.
-    """
-    data = Path(path).read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        summary = json.loads(records_sidecar_path(path).read_bytes()).get("lock") or {}
-        if summary.get("sha256") == sha:
-            return summary
-    except (OSError, ValueError, AttributeError):
-        pass
-    return _summarize(read_raw(path), sha)
-
-
-def _summarize(doc: dict, sha: str) -> dict:
-    pkgs = doc["package"]
-    plats = sorted({str(p.get("platform")) for p in pkgs} | set(doc["metadata"].get("platforms") or []))
-    return {
-        "sha256": sha,
-        "content_hash": dict(doc["metadata"].get("content_hash") or {}),
-        "counts": {pl: {m: sum(1 for p in pkgs if p.get("platform") == pl and p.get("manager") == m)
-                        for m in ("conda", "pip")} for pl in plats},
-        "pins": {pl: sorted(f"{p.get('manager')}:{p.get('name')}:{p.get('version')}:"
-                            f"{(p.get('hash') or {}).get('sha256') or (p.get('hash') or {}).get('md5')}"
-                            for p in pkgs if p.get("platform") == pl) for pl in plats},
-    }
-
-
-def _parent_pins(stack: Stack, layer: str, platform: str) -> list[str]:
-    parent = stack.layer(layer).extends
-    if parent is None:
-        return []
-    path = lockfile_path(stack.root, parent)
-    if not path.is_file():
-        return []
-    return list(lock_summary(path)["pins"].get(platform, []))
-
-
 def input_hash(stack: Stack, layer: str, platform: str) -> str:
     """The hash of every input of one layer's solve on one platform."""
-    conda, pip = stack.specs_for(layer, platform)
-    data: dict[str, object] = {
-        "format": LOCK_FORMAT,
-        "conda": conda,
-        "pip": pip,
-        "channels": stack.channels_for(layer),
-        "virtual-packages": stack.effective_virtual_packages_for(platform),
-        "pip-index": [strip_credentials(u) for u in stack.pip_indexes_for(layer)],
-        "parent": _parent_pins(stack, layer, platform),
-    }
-    # environment.yml's variables, pip option lines and -r/-c file contents (a rotated token is no change);
-    # only when present, so locks of files without them keep their hash.
-    extra = {"variables": stack.variables_for(layer),
-             "pip-options": stack.pip_options_for(layer).to_json(strip_credentials),
-             "includes": stack.includes_for(layer)}
-    data.update({k: v for k, v in extra.items() if v and v != PipOptions().to_json()})
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return SolveInputs.of(stack, layer, platform).content_hash()
 
 
 def stale_layers(stack: Stack, layers: list[str] | None = None) -> list[tuple[str, str]]:
@@ -198,7 +137,6 @@ def lock_variables(lockfile: Path) -> dict[str, str]:
 
     Read from the one metadata line, so a no-op build does not parse a 10 MB lockfile again.
     """
-
 
 
     with open(lockfile, encoding="utf-8", errors="replace") as f:
@@ -263,16 +201,16 @@ def dry_run(stack: Stack, layers: list[str] | None = None) -> list[dict[str, obj
         path = lockfile_path(stack.root, name)
         hashes = lock_summary(path)["content_hash"] if path.is_file() else None
         for plat in stack.platforms:
-            conda, pip = stack.specs_for(name, plat)
-            up_to_date = hashes is not None and hashes.get(plat) == input_hash(stack, name, plat)
+            inp = SolveInputs.of(stack, name, plat)
+            up_to_date = hashes is not None and hashes.get(plat) == inp.content_hash()
             out.append({
-                "layer": name, "platform": plat, "extends": stack.layer(name).extends,
-                "channels": [redact(c) for c in stack.channels_for(name)],
-                "pip-index": [redact(c) for c in stack.pip_indexes_for(name)] if pip else [],
-                "virtual-packages": stack.effective_virtual_packages_for(plat),
-                "conda": conda, "pip": pip,
-                "pip-options": stack.pip_options_for(name).to_json(redact),
-                "variables": stack.variables_for(name),
+                "layer": name, "platform": plat, "extends": inp.extends,
+                "channels": [redact(c) for c in inp.channels],
+                "pip-index": [redact(c) for c in inp.pip_indexes] if inp.pip else [],
+                "virtual-packages": inp.virtual_packages,
+                "conda": list(inp.conda), "pip": list(inp.pip),
+                "pip-options": inp.pip_options.to_json(redact),
+                "variables": inp.variables,
                 "action": "up to date" if up_to_date else "solve",
             })
     return out
@@ -414,18 +352,17 @@ def _write_if_changed(path: Path, text: str) -> None:
 def _solve_platform(stack: Stack, name: str, plat: str, previous: list[dict] | None,
                     update: list[str]) -> tuple[list[dict], list]:
     """Solve one layer on one platform; returns (conda-lock entries, full conda records)."""
-    layer = stack.layer(name)
-    channels = stack.channels_for(name)
-    vpkgs = stack.effective_virtual_packages_for(plat)
-    conda_specs, pip_specs = stack.specs_for(name, plat)
+    inp = SolveInputs.of(stack, name, plat)
+    channels, vpkgs = list(inp.channels), inp.virtual_packages
+    conda_specs, pip_specs = list(inp.conda), list(inp.pip)
     if not channels:
-        raise CondastackError(f"{layer.file}: layer '{name}' lists no channels (and inherits none).")
+        raise CondastackError(f"{inp.file}: layer '{name}' lists no channels (and inherits none).")
 
     pinned: list = []
     parent_pip = []
-    if layer.extends:
-        ppath = lockfile_path(stack.root, layer.extends)
-        pinned, _ = full_records(stack, layer.extends, plat)
+    if inp.extends:
+        ppath = lockfile_path(stack.root, inp.extends)
+        pinned, _ = full_records(stack, inp.extends, plat)
         parent_pip = [p for p in read_lock_entries(ppath) if p.get("platform") == plat and p.get("manager") == "pip"]
         # The child holds every package of its parent, not only those its specs reach.
         have = {spec_name(s) for s in conda_specs}
@@ -451,21 +388,21 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous: list[dict] | N
 
     pip_locked = []
     if pip_specs or parent_pip:
-        pip_locked = _solve_pip_part(stack, name, plat, pip_specs, parent_pip, conda_locked, previous, update)
+        pip_locked = _solve_pip_part(inp, parent_pip, conda_locked, previous, update)
         _check_consistent(name, plat, records, vpkgs, [(p["name"], str(p["version"])) for p in pip_locked])
         _check_no_overlap(name, plat, conda_locked, pip_locked)
     return conda_locked + pip_locked, records
 
 
-def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], parent_pip: list,
-                    conda_locked: list[dict], previous: list[dict] | None, update: list[str]) -> list[dict]:
-    layer = stack.layer(name)
+def _solve_pip_part(inp: SolveInputs, parent_pip: list, conda_locked: list[dict], previous: list[dict] | None,
+                    update: list[str]) -> list[dict]:
+    name, plat, pip_specs = inp.layer, inp.platform, list(inp.pip)
     pins = [f"{p['name']}=={p['version']}" for p in parent_pip]
     have = {requirement_name(s) for s in pip_specs}
     specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
     prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"] if previous else []
 
-    indexes, options = stack.pip_indexes_for(name), stack.pip_options_for(name)
+    indexes, options = list(inp.pip_indexes), inp.pip_options
     try:
         with find_links_index(options.find_links) as (links_index, served):
             if links_index:  # pip's --find-links adds to the indexes (to PyPI when none is named),
@@ -473,7 +410,7 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
                 # a tie, the find-links file; so a site's wheel of a version the index has only as
                 # an sdist (or rebuilt) is the one locked
                 indexes = [links_index] + (indexes or [PYPI_SIMPLE])
-            pip_locked = solve_pip(specs, conda_locked, plat, stack.effective_virtual_packages_for(plat),
+            pip_locked = solve_pip(specs, conda_locked, plat, inp.virtual_packages,
                                    indexes=indexes, previous=prev_pip + parent_pip, update=list(update),
                                    pre=options.pre)
     except CondastackError as e:
@@ -481,7 +418,7 @@ def _solve_pip_part(stack: Stack, name: str, plat: str, pip_specs: list[str], pa
     for p in pip_locked:
         p["url"] = served.get(p["url"].split("#", 1)[0], p["url"])  # a local --find-links file: its own file:// URL
         p["url"] = strip_credentials(p["url"])
-        _check_parent_pip(name, layer.extends, p, parent_pip)
+        _check_parent_pip(name, inp.extends, p, parent_pip)
     return pip_locked
 
 

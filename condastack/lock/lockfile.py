@@ -9,6 +9,7 @@ between the two lives here and nowhere else.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import yaml
 from condastack.core.condalock import conda_lock_write
 from condastack.core.errors import CondastackError
 from condastack.core.fs import TMP_MARK, remove_path
+from condastack.core.layout import records_sidecar_path
 from condastack.lock.conda_solve import _PLAIN_CHANNEL
 
 # --------------------------------------------------------------------------- conda-lock's dependency model
@@ -268,3 +270,39 @@ def explicit_text(packages: list[dict], platform: str, input_hash: str | None) -
                 sha = (p.get("hash") or {}).get("sha256")
                 lines.append(f"# pip {n} @ {p['url']}" + (f"#sha256={sha}" if sha else ""))
     return "\n".join(lines) + "\n"
+
+
+def read_raw(path: Path) -> dict:
+    """A lockfile as plain YAML: the fast path for hashes and pins (conda-lock's import is slow)."""
+    return read_lock_document(path)
+
+
+def lock_summary(path: Path) -> dict:
+    """What no-op locks and hashes need from a lockfile: content_hash, counts and pins per platform.
+
+    The records file beside the lock keeps this summary with the sha256 of the
+    lockfile it describes; while that matches, the lockfile is not parsed at all.
+    """
+    data = Path(path).read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        summary = json.loads(records_sidecar_path(path).read_bytes()).get("lock") or {}
+        if summary.get("sha256") == sha:
+            return summary
+    except (OSError, ValueError, AttributeError):
+        pass
+    return _summarize(read_raw(path), sha)
+
+
+def _summarize(doc: dict, sha: str) -> dict:
+    pkgs = doc["package"]
+    plats = sorted({str(p.get("platform")) for p in pkgs} | set(doc["metadata"].get("platforms") or []))
+    return {
+        "sha256": sha,
+        "content_hash": dict(doc["metadata"].get("content_hash") or {}),
+        "counts": {pl: {m: sum(1 for p in pkgs if p.get("platform") == pl and p.get("manager") == m)
+                        for m in ("conda", "pip")} for pl in plats},
+        "pins": {pl: sorted(f"{p.get('manager')}:{p.get('name')}:{p.get('version')}:"
+                            f"{(p.get('hash') or {}).get('sha256') or (p.get('hash') or {}).get('md5')}"
+                            for p in pkgs if p.get("platform") == pl) for pl in plats},
+    }

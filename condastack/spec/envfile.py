@@ -32,14 +32,7 @@ from condastack.core.names import ENV_VAR_NAME
 from condastack.core.names import NAMES_FILE as MAPPING_FILE
 from condastack.core.version import __version__
 from condastack.spec import yamlfile
-from condastack.spec.pipreqs import (
-    PipOptions,
-    Where,
-    _bad,
-    _pip_line,
-    _PipState,
-    _where,
-)
+from condastack.spec.pipreqs import PipOptions, Where, _bad, _pip_line, _PipState, _where
 
 ENV_KEYS = ("name", "channels", "dependencies", "platforms", "pip-repositories", "allow-pypi-requests",
             "category", "variables", "prefix")

@@ -18,13 +18,7 @@ from condastack.core.credentials import redact
 from condastack.core.errors import CondastackError, StackInvalid
 from condastack.core.layout import stack_file
 from condastack.spec import yamlfile
-from condastack.spec.envfile import (
-    PYPI_SIMPLE,
-    EnvFile,
-    expand_channels,
-    load_env_file,
-    read_env_shape,
-)
+from condastack.spec.envfile import PYPI_SIMPLE, EnvFile, expand_channels, load_env_file, read_env_shape
 from condastack.spec.pipreqs import PipOptions, apply_constraints
 from condastack.spec.virtual import effective_virtual_packages
 
