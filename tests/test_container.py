@@ -512,8 +512,10 @@ def test_prefix_longer_than_placeholder(project: Path, tmp_path: Path) -> None:
     fake = tmp_path / "pack" / "app-linux-64.tar.gz"
     fake.parent.mkdir()
     shutil.copy2(_archive(project), fake)
+    real = json.loads(Path(str(_archive(project)) + ".manifest.json").read_text())  # a valid manifest, edited
     (fake.parent / (fake.name + ".manifest.json")).write_text(json.dumps(
-        {"dest_prefix": None, "placeholders": [{"file": "bin/hello", "placeholder": "/p" * 20, "mode": "binary"}]}))
+        {**real, "dest_prefix": None,
+         "placeholders": [{"file": "bin/hello", "placeholder": "/p" * 20, "mode": "binary"}]}))
     with pytest.raises(CondastackError, match="placeholders of only 40"):
         find_archive(tmp_path, "app", "linux-64", "/opt/" + "y" * 40)
     # Bad prefixes in general.
