@@ -219,7 +219,7 @@ def test_container_writes_dockerfile_and_definition(project: Path) -> None:
     # run-dependent values stay out of the (committed) Dockerfile: a re-pack does not change it
     assert "lock-hash" not in label_text and sha not in label_text
     env = " ".join(a for k, a in instr if k == "ENV")
-    assert f"PATH={PREFIX}/bin:$PATH" in env and f"CONDA_PREFIX={PREFIX}" in env
+    assert f'PATH="{PREFIX}/bin:$PATH"' in env and f'CONDA_PREFIX="{PREFIX}"' in env
     assert "LD_LIBRARY_PATH" not in env  # conda packages use RPATH; not needed
     users = [a for k, a in instr if k == "USER"]
     assert users == ["1000:1000"] and kinds.index("USER") > kinds.index("ADD")
@@ -235,8 +235,8 @@ def test_container_writes_dockerfile_and_definition(project: Path) -> None:
     files_line = d.split("%files\n", 1)[1].splitlines()[0].split()
     assert (project / "pack" / files_line[0]).resolve() == archive.resolve()  # relative to the .def's folder
     post = d.split("%post\n", 1)[1].split("\n%", 1)[0]
-    assert f"{sha}  {files_line[1]}" in post and f"-C {PREFIX}" in post
-    assert f'export PATH="{PREFIX}/bin:$PATH"' in d and f'export CONDA_PREFIX="{PREFIX}"' in d
+    assert f"{sha}  {files_line[1]}" in post and f"-C '{PREFIX}'" in post
+    assert f"export PATH='{PREFIX}/bin:'\"$PATH\"" in d and f"export CONDA_PREFIX='{PREFIX}'" in d
     assert f"org.condastack.archive-sha256 {sha}" in d and f"org.condastack.lock-hash {LOCK_HASH}" in d
     assert 'exec "$@"' in d.split("%runscript", 1)[1]
 

@@ -80,9 +80,9 @@ def test_variables_reach_env_archive_modules_and_containers(tmp_path: Path, chan
     oci = tmp_path / "app.oci.tar"
     _ok("-C", proj, "container", "app", "--oci", oci)
     docker = (proj / "Dockerfile.thin").read_text()
-    assert 'GREETING="hello world"' in docker and "OMP_NUM_THREADS=16" in docker
+    assert 'GREETING="hello world"' in docker and 'OMP_NUM_THREADS="16"' in docker
     definition = (proj / "pack" / "app.def").read_text()
-    assert "export GREETING='hello world'" in definition and "export OMP_NUM_THREADS=16" in definition
+    assert "export GREETING='hello world'" in definition and "export OMP_NUM_THREADS='16'" in definition
     cfg = json.loads(subprocess.run(["skopeo", "inspect", "--config", f"oci-archive:{oci}"], capture_output=True,
                                     text=True, check=True).stdout)
     env = dict(e.split("=", 1) for e in cfg["config"]["Env"])

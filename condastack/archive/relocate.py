@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -69,14 +68,28 @@ class RelocationRecord:
         script = prefix / "bin" / "conda-unpack"
         if script.is_file():  # a plain conda-pack archive: read its records
             text = script.read_text(errors="surrogateescape")
-            m = re.search(r"^_prefix_records = \[\n(.*?)^\]", text, re.S | re.M)
-            if m:
+            body = _records_block(text)
+            if body is not None:
                 try:
-                    records = ast.literal_eval("[" + m.group(1) + "]")
+                    records = ast.literal_eval("[" + body + "]")
                 except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
                     raise CondastackError(f"{script}: its _prefix_records are not a Python list of tuples.") from None
                 return cls.from_json({"current": None, "records": records}, prefix, "bin/conda-unpack")
         return None
+
+
+def _records_block(text: str) -> str | None:
+    """The lines between `_prefix_records = [` and the next line `]`, found with two str.find calls.
+
+    A regex (`^_prefix_records = \\[\\n(.*?)^\\]`) retried at each of many opening lines is quadratic.
+    """
+    head = "_prefix_records = [\n"
+    start = 0 if text.startswith(head) else text.find("\n" + head)
+    if start < 0:
+        return None
+    body = start + (len(head) if start == 0 else len(head) + 1)
+    end = text.find("\n]", body - 1)
+    return text[body:end + 1] if end >= 0 else None
 
 
 def _binary_relocate(data: bytes, old: bytes, new: bytes, room: int, path: str) -> bytes:
@@ -85,13 +98,26 @@ def _binary_relocate(data: bytes, old: bytes, new: bytes, room: int, path: str) 
     `room` is the original placeholder length: the first relocation padded
     every string to it with NULs, so a later, longer prefix still fits.
     """
-    pad_now = room - len(old)
-    pat = re.compile(re.escape(old) + rb"([^\0]*?)\0" + (b"\0" * max(pad_now, 0)))
-
-    def sub(m: re.Match) -> bytes:
-        return new + m.group(1) + b"\0" * (room - len(new) + 1)
-
-    out = pat.sub(sub, data)
+    pad = b"\0" * (1 + max(room - len(old), 0))
+    fill = b"\0" * (room - len(new) + 1)
+    parts: list[bytes] = []
+    pos, nul = 0, -1
+    # One pass: each placeholder's string ends at the next NUL, which is found once for all the
+    # placeholders before it (a regex rescans to the NUL from each one: quadratic on hostile files).
+    while (i := data.find(old, pos)) >= 0:
+        j = i + len(old)
+        if nul < j:
+            nul = data.find(b"\0", j)
+            if nul < 0:
+                break
+        if data.startswith(pad, nul):
+            parts += [data[pos:i], new, data[j:nul], fill]
+            pos = nul + len(pad)
+        else:  # not padded as packed: leave it, look further on
+            parts.append(data[pos:i + 1])
+            pos = i + 1
+    parts.append(data[pos:])
+    out = b"".join(parts)
     if len(out) != len(data):
         raise CondastackError(f"{path}: binary relocation changed the file length; the file is not as packed.")
     return out

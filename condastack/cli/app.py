@@ -115,17 +115,29 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _stdout_gone() -> NoReturn:
+    """Exit 1 without a traceback when stdout is a closed pipe; later flushes go to /dev/null."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    _exit_now(EXIT_USER)
+
+
 class _Group(click.Group):
     """Maps errors to exit codes: user errors 1 (no traceback), bugs 70."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, not in interpreter shutdown (exit 120)
+            return result
         except CondastackError as e:
             err_console.print(f"condastack: error: {redact(str(e))}", markup=False)
             _exit_now(EXIT_USER)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
+        except BrokenPipeError:  # the reader went away (`layers --json | head`): nothing more to say
+            _stdout_gone()
         except OSError as e:
             mapped = from_os_error(e)
             if mapped is None:

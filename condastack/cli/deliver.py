@@ -11,7 +11,9 @@ import click
 from rich.console import Console
 
 from condastack.cli.app import EXIT_USER, Ctx, emit_json, err_console, fail, known_layer, main, require_archive, table
-from condastack.cli.options import json_option, limit_options, prefix_option, verbosity_options
+from condastack.cli.options import json_option, limit_options, mode_option, prefix_option, verbosity_options
+from condastack.core.access import apply_file, parse_mode
+from condastack.core.layout import sidecars
 
 
 @main.command()
@@ -64,13 +66,14 @@ def doctor(obj: Ctx, layer: str | None, prefix: Path | None, target: Path | None
 @click.option("--version", "mod_version", required=True, help="Module version, e.g. 0.5.")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("modulefiles"),
               show_default=True, help="Module tree to write into (`module use` this folder).")
+@mode_option
 @verbosity_options
 @click.pass_obj
-def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path) -> None:
+def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path, mode: str) -> None:
     """Write an Lmod (Lua) and a Tcl modulefile for the env at PREFIX."""
     from condastack.deliver.module import write_modulefiles  # lazy: CLI start-up
 
-    files = write_modulefiles(prefix, name, mod_version, outdir)
+    files = write_modulefiles(prefix, name, mod_version, outdir, parse_mode(mode))
     obj.console.print(f"wrote {files.lua}\nwrote {files.tcl}\n"
                       f"use it: module use {outdir.resolve()}; module load {name}/{mod_version}", markup=False)
 
@@ -153,15 +156,17 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
 @click.option("-j", "threads", type=int, help="Compression threads (default: all cores).")
 @click.option("--allow-modified", is_flag=True, help="Pack conda files changed since the build as they are.")
 @click.option("--allow-foreign", is_flag=True, help="Pack an env not built by condastack.")
+@mode_option
 @verbosity_options
 @click.pass_obj
 def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_prefix: str | None,
              output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
-             allow_foreign: bool) -> None:
+             allow_foreign: bool, mode: str) -> None:
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
     from condastack.archive.pack import pack_layer, pack_prefix  # lazy: CLI start-up
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
 
+    access = parse_mode(mode)
     kw: dict[str, Any] = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads,
                               allow_modified=allow_modified, allow_foreign=allow_foreign)
     with terminal_meter(not obj.quiet) as meter:
@@ -174,6 +179,9 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
             res = pack_layer(obj.root, known_layer(obj, layer), output=output, **kw)
         else:
             raise click.UsageError("name a LAYER to pack, or give --prefix PATH -o FILE.")
+    for path in (res.output, *sidecars(res.output)):
+        if path.is_file():
+            apply_file(path, access)
     for note in res.warnings:
         err_console.print(f"condastack: warning: {note}", markup=False)
     t = res.timings["total"]
@@ -275,19 +283,21 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
               help="squashfs only: where to put the image (default: PREFIX.squashfs).")
 @limit_options
+@mode_option
 @json_option
 @verbosity_options
 @click.pass_obj
 def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
-            max_bytes: int | None, as_json: bool) -> None:
+            max_bytes: int | None, mode: str, as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
     from condastack.deliver.install import install_archive  # lazy: CLI start-up
 
     require_archive(archive)
+    access = parse_mode(mode)
     with terminal_meter(not obj.quiet) as meter:
         res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes,
-                              meter=meter)
+                              meter=meter, access=access)
     if as_json:
         emit_json({"prefix": str(res.prefix), "format": res.format, "sha256": res.sha256,
                    "lock_hash": res.lock_hash, "replaced": res.replaced, "file_count": res.file_count,
@@ -313,9 +323,10 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
               help="Where to mount it: must be the --dest-prefix it was packed for (the default).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the preamble here (default: print it).")
+@mode_option
 @verbosity_options
 @click.pass_obj
-def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None) -> None:
+def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None, mode: str) -> None:
     """Print (or write) a job preamble that sbcasts a SquashFS IMAGE to the job's nodes and mounts it.
 
     Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
@@ -323,10 +334,11 @@ def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path 
     """
     from condastack.deliver.slurm import make_preamble, write_preamble  # lazy: CLI start-up
 
+    access = parse_mode(mode)
     pre = make_preamble(image, prefix)
     if output is None:
         click.echo(pre.text, nl=False)
         return
-    write_preamble(pre, output)
+    write_preamble(pre, output, access)
     obj.console.print(f"wrote {output}: sbcast {pre.image} to each node, mount at {pre.prefix}\n"
                       f"use it: `. {output.resolve()}` at the top of an sbatch script", markup=False)

@@ -24,6 +24,14 @@ def prefix_option(help: str, *, required: bool = False, file_okay: bool = True) 
                         type=click.Path(file_okay=file_okay, path_type=Path))
 
 
+def mode_option(f: F) -> F:
+    """--mode: who may read the outputs (core.access); readable by all unless the site says otherwise."""
+    return click.option("--mode", "mode", default="shared", show_default=True, metavar="MODE",
+                        help="Who may read what is written, whatever the umask: shared (folders 0755, files "
+                             "0644), group (0750/0640), private (0700/0600) or an octal folder mode such as "
+                             "0750.")(f)
+
+
 def limit_options(f: F) -> F:
     """`--max-members` / `--max-bytes`: the extraction limits of the shared archive gate."""
     f = click.option("--max-bytes", type=click.IntRange(0), metavar="N",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from condastack.container.spec import DEFAULT_PATH, LABEL_NS, ContainerSpec, PackedArchive
+from condastack.core import quoting
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path, make_tempdir, remove_path
 from condastack.core.pathsafe import UnsafePath, member_name
@@ -201,7 +202,8 @@ def _image_config(spec: ContainerSpec, config: dict[str, Any], base: str | None,
     base_env = dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e)
     new_env = spec.env(base_env.get("PATH", DEFAULT_PATH))
     base_env.update(new_env)
-    cfg["Env"] = [f"{k}={v}" for k, v in base_env.items()]
+    # The base image's own variables pass as they are; ours go through the gate (names, NUL).
+    cfg["Env"] = [quoting.oci_env(k, v) if k in new_env else f"{k}={v}" for k, v in base_env.items()]
     cfg["Labels"] = {**(cfg.get("Labels") or {}), **spec.labels}
     cfg["User"] = spec.user
     cfg["Cmd"] = _default_command(spec, base is not None)

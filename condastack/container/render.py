@@ -12,13 +12,12 @@ make it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shlex
 from pathlib import Path
 
 from condastack.container.spec import LABEL_NS, ContainerSpec, pack_command
+from condastack.core import quoting
 from condastack.core.errors import CondastackError
 
 DOCKERFILE = "Dockerfile.thin"
@@ -33,13 +32,6 @@ DOCKERFILE = "Dockerfile.thin"
 # --------------------------------------------------------------------------- Dockerfile
 
 
-_PLAIN = re.compile(r"[\w/.:$+@%,-]*")  # an ENV value Docker reads as written, unquoted
-
-
-def _q(value: str) -> str:
-    return json.dumps(value)
-
-
 def _need_gzip(spec: ContainerSpec) -> None:
     if spec.archive.fmt != "tar.gz":
         raise CondastackError(
@@ -50,6 +42,19 @@ def _need_gzip(spec: ContainerSpec) -> None:
 
 
 _RUN_LABELS = (f"{LABEL_NS}.lock-hash", f"{LABEL_NS}.archive-sha256")
+
+# Stands for the base image's PATH in spec.env(); each writer spells "the PATH before" its own way.
+_BASE_PATH = "\x00BASE_PATH\x00"
+
+
+def _env_items(spec: ContainerSpec) -> list[tuple[str, str, bool]]:
+    """(name, value, ends with the base PATH) for every variable the image sets; names checked."""
+    out = []
+    for k, v in spec.env(_BASE_PATH).items():
+        quoting.check_name("variable", k)
+        tail = v.endswith(_BASE_PATH)
+        out.append((k, v[: -len(_BASE_PATH)] if tail else v, tail))
+    return out
 
 
 def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | None = None) -> str:
@@ -64,66 +69,85 @@ def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | Non
         raise CondastackError(
             f"{spec.archive.path}: the archive must lie inside the build context {context} (put it under pack/)."
         ) from None
-    env = spec.env("$PATH")
     cmd = list(spec.command) or ["/bin/sh"]
     df = os.path.relpath(Path(dockerfile).resolve(), Path(context).resolve()) if dockerfile else DOCKERFILE
     # Only what the stack decides: the lock hash and the archive's sha256 change with every channel
     # and re-pack, and a committed Dockerfile should not (they are in the image's ADDed files,
     # the archive's .sha256 sidecar, the Apptainer definition and the OCI config).
-    labels = " \\\n      ".join(f"{k}={_q(v)}" for k, v in spec.labels.items() if k not in _RUN_LABELS)
-    envs = " \\\n    ".join(f"{k}={v if _PLAIN.fullmatch(v) else _q(v)}" for k, v in env.items())
-    return f"""\
-# Thin container for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).
-# Written by `condastack container`; regenerate it instead of editing it.
-# The archive comes from `{pack_command(spec.layer, spec.prefix)}`.
-# Build in the project folder (the context):  docker build -f {df} -t {spec.stack_name}-{spec.layer} .
-FROM {spec.base_image}
-
-LABEL {labels}
-
-# ADD extracts the local gzip tar at the prefix; the archive itself stays out of the image,
-# and nothing else (no conda, no compiler) is installed.
-ADD {src} {spec.prefix}/
-
-ENV {envs}
-
-USER {spec.user}
-WORKDIR /tmp
-CMD {json.dumps(cmd)}
-"""
+    labels = " \\\n      ".join(f"{k}={quoting.docker_value(v, 'label ' + k)}"
+                                  for k, v in spec.labels.items() if k not in _RUN_LABELS)
+    items = _env_items(spec)
+    envs = " \\\n    ".join(f"{k}={quoting.docker_value(v, 'variable ' + k)}" for k, v, tail in items if not tail)
+    # A variable that extends the base image's value ($PATH) gets an ENV of its own: within one ENV
+    # instruction `$PATH` means the value before it, which readers (and hadolint DL3044) find surprising.
+    extend = [f"ENV {k}={quoting.docker_value(v, 'variable ' + k)[:-1]}${k}\"" for k, v, tail in items if tail]
+    c = quoting.sh_comment
+    return "\n".join([
+        c(f"Thin container for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform})."),
+        "# Written by `condastack container`; regenerate it instead of editing it.",
+        c(f"The archive comes from `{pack_command(spec.layer, spec.prefix)}`."),
+        c(f"Build in the project folder (the context):  docker build -f {df} -t {spec.stack_name}-{spec.layer} ."),
+        f"FROM {quoting.image_ref(spec.base_image)}",
+        "",
+        f"LABEL {labels}",
+        "",
+        "# ADD extracts the local gzip tar at the prefix; the archive itself stays out of the image,",
+        "# and nothing else (no conda, no compiler) is installed.",
+        f"ADD {quoting.docker_path(src, 'archive path')} {quoting.docker_path(spec.prefix + '/', 'prefix')}",
+        "",
+        *extend,
+        f"ENV {envs}",
+        "",
+        f"USER {quoting.docker_user(spec.user)}",
+        "WORKDIR /tmp",
+        f"CMD {quoting.docker_json(cmd)}",
+    ]) + "\n"
 
 
 # --------------------------------------------------------------------------- Apptainer
 
 
+def _apptainer_env(spec: ContainerSpec) -> str:
+    """%environment: one line per variable, no value spans lines (a '%' line would open a section)."""
+    lines = [quoting.SH_NEWLINE_SETUP]
+    for k, v, tail in _env_items(spec):
+        word = quoting.sh_one_line(v, "variable " + k) + ('"$PATH"' if tail else "")
+        lines.append(f"export {k}={word}")
+    lines.append(quoting.SH_NEWLINE_TEARDOWN)
+    return "\n".join("    " + line for line in lines)
+
+
 def render_apptainer(spec: ContainerSpec, def_dir: Path) -> str:
     """An Apptainer definition from the same base; %files paths are relative to `def_dir`."""
     _need_gzip(spec)
-    src = os.path.relpath(spec.archive.path.resolve(), Path(def_dir).resolve())
-    staged = f"/tmp/condastack-{spec.layer}.tar.gz"
-    user_vars = dict(spec.env_vars)
-    env = "\n".join(f"    export {k}={shlex.quote(v)}" if k in user_vars and user_vars[k] == v
-                     else f"    export {k}=\"{v}\"" for k, v in spec.env("$PATH").items())
-    labels = "\n".join(f"    {k} {v}" for k, v in spec.labels.items())
+    src = quoting.apptainer_word(os.path.relpath(spec.archive.path.resolve(), Path(def_dir).resolve()),
+                                 "archive path")
+    staged = f"/tmp/condastack-{quoting.check_name('layer', spec.layer)}.tar.gz"
+    labels = "\n".join(f"    {quoting.apptainer_label(k, v)}" for k, v in spec.labels.items())
+    sha = spec.archive.sha256
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise CondastackError(f"{spec.archive.path}: its sha256 {sha[:80]!r} is not 64 hex digits; re-pack it.")
+    pfx = quoting.sh_one_line(spec.prefix, "prefix")
+    t = quoting.text_line
     return f"""\
-# Apptainer definition for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).
+{quoting.sh_comment(f"Apptainer definition for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).")}
 # Written by `condastack container`. Build it from the folder that holds this file:
-#   apptainer build {spec.stack_name}-{spec.layer}.sif {spec.layer}.def
+{quoting.sh_comment(f"  apptainer build {spec.stack_name}-{spec.layer}.sif {spec.layer}.def")}
 Bootstrap: docker
-From: {spec.base_image}
+From: {quoting.image_ref(spec.base_image)}
 
 %files
     {src} {staged}
 
 %post
-    echo "{spec.archive.sha256}  {staged}" | sha256sum -c -
-    mkdir -p {spec.prefix}
-    tar -xzf {staged} -C {spec.prefix} --no-same-owner
+    echo "{sha}  {staged}" | sha256sum -c -
+    mkdir -p {pfx}
+    tar -xzf {staged} -C {pfx} --no-same-owner
     rm -f {staged}
-    chmod -R a+rX {spec.prefix}
+    chmod -R a+rX {pfx}
 
 %environment
-{env}
+{_apptainer_env(spec)}
 
 %labels
 {labels}
@@ -134,7 +158,7 @@ From: {spec.base_image}
     exec "$@"
 
 %help
-    Layer '{spec.layer}' of '{spec.stack_name}' at {spec.prefix} (lock {spec.archive.lock_hash}).
+    {t(f"Layer '{spec.layer}' of '{spec.stack_name}' at {spec.prefix} (lock {spec.archive.lock_hash}).")}
 """
 
 

@@ -27,7 +27,8 @@ MASK = "***"
 # look at the character before the match instead of being matched (matching `[a-z][a-z0-9+.-]*://` is
 # quadratic on a long run of letters, and a leading lookbehind makes every position a start).
 _USERINFO = re.compile(r"://[^/?#\x00-\x20\"<>`{}|^]*@")
-_TOKEN = re.compile(r"/t/[^/?#\x00-\x20\"'<>\\`{}|^,;]+")
+# `(?:t/)*`: a path segment named `t` before the token (`/t/t/<token>`) must not hide the token behind it.
+_TOKEN = re.compile(r"/t/(?:t/)*[^/?#\x00-\x20\"'<>\\`{}|^,;]+")
 # A query parameter: bounded key (so each '?'/'&' costs at most 64 steps), value up to the next separator.
 _QUERY = re.compile(r"([?&;])([A-Za-z0-9_.\-]{1,64})=([^&#;\x00-\x20\"'<>\\`]*)")
 _SECRET_KEYS = ("token", "secret", "password", "passwd", "pwd", "signature", "credential", "apikey",
@@ -40,12 +41,23 @@ def _is_secret_key(key: str) -> bool:
     return k in ("sig", "key", "x-amz-signature", "x-amz-credential") or any(s in k for s in _SECRET_KEYS)
 
 
+def _is_userinfo(m: re.Match) -> bool:
+    """Whether a `://...@` match is a URL's userinfo: a scheme before it, something in it, a host after it.
+
+    `git+https://…@<commit>` (a placeholder, then a commit) or `://@x` hold no credentials and stay
+    as written; a host starts with a letter, a digit, '[' (IPv6) or '%' (an encoded name). O(1).
+    """
+    s, start, end = m.string, m.start(), m.end()
+    return (start > 0 and s[start - 1] in _SCHEME_CHARS and end - start > 4 and end < len(s)
+            and (s[end].isascii() and (s[end].isalnum() or s[end] in "[%")))
+
+
 def _userinfo(text: str, repl: str) -> str:
     if "@" not in text:
         return text
 
     def sub(m: re.Match) -> str:
-        return repl if m.start() and m.string[m.start() - 1] in _SCHEME_CHARS else m.group(0)
+        return repl if _is_userinfo(m) else m.group(0)
 
     return _USERINFO.sub(sub, text)
 
@@ -94,8 +106,7 @@ def with_credentials(url: str, credentials: list[str] | tuple) -> tuple[str, dic
         if bare == full.rstrip("/") + "/" or not url.startswith(bare):
             continue
         joined = full.rstrip("/") + "/" + url[len(bare):]
-        m = next((m for m in _USERINFO.finditer(joined) if m.start() and joined[m.start() - 1] in _SCHEME_CHARS),
-                 None)
+        m = next((m for m in _USERINFO.finditer(joined) if _is_userinfo(m)), None)
         if m is None:
             return joined, {}
         s, e = m.start() + 3, m.end()

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from condastack.core.errors import CondastackError
+from condastack.core.errors import CondastackError, naming
 
 TMP_MARK = ".condastack-tmp-"
 HASH_THREADS = 4  # threads hashing files at once (hashlib releases the GIL)
@@ -103,7 +103,8 @@ def replace_together(pairs: list[tuple[Path, Path]]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(Path(path)) as tmp:
+    # A full disk fails in write() or fsync(), with no file name: the message names `path`.
+    with naming(path), atomic_path(Path(path)) as tmp:
         tmp.write_bytes(data)
 
 

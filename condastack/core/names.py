@@ -16,6 +16,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_write_text
 from condastack.core.layout import cache_root
 
@@ -83,4 +84,32 @@ def conda_lock_mapping(cache: Path) -> Path:
     return path
 
 
-ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# One pattern per kind of name (stack, layer, variable, module part); \Z, since '$' passes a trailing newline.
+NAME_PATTERNS: dict[str, re.Pattern[str]] = {
+    "stack": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z"),
+    "layer": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z"),
+    "variable": re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}\Z"),
+    "module": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}\Z"),  # one part of NAME/VERSION
+}
+_NAME_RULES = {
+    "stack": "letters, digits, '.', '_' and '-', starting with a letter or digit",
+    "layer": "letters, digits, '.', '_' and '-', starting with a letter or digit",
+    "variable": "letters, digits and '_', not starting with a digit",
+    "module": "letters, digits, '.', '_', '+' and '-', starting with a letter or digit",
+}
+
+
+def is_name(kind: str, value: object) -> bool:
+    return isinstance(value, str) and NAME_PATTERNS[kind].match(value) is not None
+
+
+def check_name(kind: str, value: object, where: str = "") -> str:
+    """`value` if it is a valid `kind` name (stack, layer, variable, module), else exit 1 naming it."""
+    if not is_name(kind, value):
+        shown = ascii(value)[:200] if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+        raise CondastackError(f"{where + ': ' if where else ''}{shown} is not a valid {kind} name "
+                              f"(use {_NAME_RULES[kind]}).")
+    return str(value)
+
+
+ENV_VAR_NAME = NAME_PATTERNS["variable"]

@@ -101,6 +101,7 @@ def detect_virtual_packages() -> tuple[dict[str, str], list[str]]:
     """Virtual packages as conda sees them, CONDA_OVERRIDE_* honoured ('' removes one)."""
     import rattler  # lazy: native, ~0.2 s
 
+    _check_overrides()
     found: dict[str, str] = {}
     for vp in rattler.VirtualPackage.detect(rattler.VirtualPackageOverrides.from_env()):
         g = vp.into_generic()
@@ -110,6 +111,27 @@ def detect_virtual_packages() -> tuple[dict[str, str], list[str]]:
     overridden = [f"__{k.lower()}" for k in ("CUDA", "GLIBC", "OSX", "ARCHSPEC")
                   if f"CONDA_OVERRIDE_{k}" in os.environ]
     return found, overridden
+
+
+_OVERRIDE_VERSION = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,3}\Z")
+
+
+def _check_overrides() -> None:
+    """A CONDA_OVERRIDE_* that is no version is the user's mistake: exit 1 naming it (py-rattler would raise)."""
+    for k in ("CUDA", "GLIBC", "OSX"):
+        value = os.environ.get(f"CONDA_OVERRIDE_{k}")
+        if value and not _OVERRIDE_VERSION.match(value):
+            raise CondastackError(f"CONDA_OVERRIDE_{k}={ascii(value)[:80]} is not a version such as 12.6; set it to "
+                                  "one, or to nothing to say there is none, or unset it.")
+    arch = os.environ.get("CONDA_OVERRIDE_ARCHSPEC")
+    if arch and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", arch):
+        raise CondastackError(f"CONDA_OVERRIDE_ARCHSPEC={ascii(arch)[:80]} is not a microarchitecture name such "
+                              "as x86_64_v3 or icelake.")
+
+
+def _size(value: object) -> int:
+    """A record's size_in_bytes as a count; anything else (text, a negative number) counts 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _nvidia_driver_hint() -> str | None:
@@ -133,15 +155,16 @@ def detect_gpus() -> tuple[list[Gpu], str | None]:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=name,driver_version,compute_cap,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, errors="replace", timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return [], f"nvidia-smi failed: {e}"
     if out.returncode != 0:
         return [], f"nvidia-smi exited {out.returncode}: {(out.stderr or out.stdout).strip()[:200]}"
     gpus = []
-    for line in out.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
+    for line in out.stdout.splitlines()[:64]:
+        # Odd bytes from a broken driver stay readable and bounded in the report.
+        parts = [re.sub(r"[\x00-\x1f\x7f]", "?", p.strip())[:100] for p in line.split(",")]
         if len(parts) >= 4:
             gpus.append(Gpu(*parts[:4]))
     return gpus, None
@@ -212,14 +235,20 @@ def requirements_for_prefix(prefix: Path) -> Requirements:
     modules: list[str] = []
     for rec in env.records.values():
         who = f"{rec.get('name')} {rec.get('version')} {rec.get('build')}"
-        for dep in rec.get("depends") or []:
+        deps = rec.get("depends")
+        for dep in deps if isinstance(deps, list) else []:
+            if not isinstance(dep, str):
+                continue  # a damaged record: its other fields still count
             name, _, spec = dep.strip().partition(" ")
             if name in ("__cuda", "__glibc", "__cuda_arch"):
                 req.add(name, spec.split()[0] if spec.strip() else "*", who)
-        paths = (rec.get("paths_data") or {}).get("paths") or []
-        for p in paths:
-            size += int(p.get("size_in_bytes") or 0)
-        rel_paths = [p.get("_path", "") for p in paths] or list(rec.get("files") or [])
+        pd = rec.get("paths_data")
+        paths = [p for p in (pd.get("paths") if isinstance(pd, dict) else None) or [] if isinstance(p, dict)] \
+            if isinstance(pd, dict) and isinstance(pd.get("paths"), list) else []
+        size += sum(_size(p.get("size_in_bytes")) for p in paths)
+        listed = rec.get("files")
+        rel_paths = [r for r in ([p.get("_path") for p in paths] or (listed if isinstance(listed, list) else []))
+                     if isinstance(r, str)]
         files += len(rel_paths)
         if rec.get("name") == "python":
             continue
@@ -393,7 +422,13 @@ def check_imports(req: Requirements) -> Check:
         return Check("python imports", "fail", required, f"{req.python} failed: {err[0][:300]}",
                      "The env's python cannot start: reinstall the env (condastack install) and check it was "
                      "relocated to this path.")
-    data = json.loads(line.split(" ", 1)[1])
+    try:
+        data = json.loads(line.split(" ", 1)[1])
+        if not (isinstance(data, dict) and isinstance(data.get("r"), dict) and isinstance(data.get("prefix"), str)):
+            raise ValueError("not the expected object")
+    except ValueError as e:
+        return Check("python imports", "fail", required, f"{req.python} printed an unreadable report ({e})",
+                     "Something in the env (a sitecustomize?) changes python's output: reinstall the env.")
     failed = {m: e for m, e in data["r"].items() if e}
     base = f"python {data['python']}"
     if req.prefix is not None and Path(data["prefix"]).resolve() != Path(req.prefix).resolve():

@@ -29,6 +29,7 @@ from pathlib import Path
 from condastack.archive.manifest import Manifest
 from condastack.archive.relocate import relocate
 from condastack.archive.unpack import unpack_archive
+from condastack.core.access import SHARED, Access, apply_file, apply_tree, make_folders
 from condastack.core.errors import CondastackError
 from condastack.core.fs import (
     TMP_MARK,
@@ -140,13 +141,17 @@ def check_against_manifest(prefix: Path, manifest: Manifest) -> int:
 
 
 def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, max_members: int | None = None,
-                    max_bytes: int | None = None, meter: Meter | None = None) -> InstallResult:
-    """Install ARCHIVE at PREFIX (see the module docstring); a squashfs image is copied, not unpacked."""
+                    max_bytes: int | None = None, meter: Meter | None = None,
+                    access: Access = SHARED) -> InstallResult:
+    """Install ARCHIVE at PREFIX (see the module docstring); a squashfs image is copied, not unpacked.
+
+    `access` sets the modes of everything written (default: readable by all, whatever the umask).
+    """
     verified = verify_archive(archive)  # before anything is written
     prefix = Path(os.path.abspath(prefix))
     fmt = verified.manifest.format
     if fmt == "squashfs":
-        return _install_squashfs(verified, prefix, image)
+        return _install_squashfs(verified, prefix, image, access)
     if fmt not in ("tar.zst", "tar.gz"):
         raise CondastackError(f"{verified.archive}: unknown archive format {fmt!r} in its manifest.")
     if image is not None:
@@ -162,7 +167,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
         )
 
     parent = prefix.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    make_folders(parent, access)
     need = verified.manifest.bytes_unpacked or 0
     require_free_space(parent, need, f"installing {verified.archive.name}")
     with file_lock(parent / f".{prefix.name}.condastack-install.lock"):
@@ -176,6 +181,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
             _write_install_record(stage, verified)
 
             act, _ = write_activation_scripts(stage, final_prefix=prefix)
+            apply_tree(stage, access)  # before the swap: nobody sees it private first
             replaced = Env(prefix).is_conda_env()
             if prefix.is_dir() and not replaced:
                 prefix.rmdir()  # an empty folder made ready by an admin
@@ -196,7 +202,7 @@ def _write_install_record(env: Path, verified: Verified) -> None:
     atomic_write_text(env / INSTALL_RECORD, json.dumps(record, indent=1) + "\n")
 
 
-def _install_squashfs(verified: Verified, prefix: Path, image: Path | None) -> InstallResult:
+def _install_squashfs(verified: Verified, prefix: Path, image: Path | None, access: Access) -> InstallResult:
     dest = verified.manifest.dest_prefix
     if dest and os.path.normpath(dest) != str(prefix):
         raise CondastackError(
@@ -213,10 +219,11 @@ def _install_squashfs(verified: Verified, prefix: Path, image: Path | None) -> I
         if sha256_file(tmp) != verified.sha256:
             raise CondastackError(f"{target}: the copy does not match the archive's sha256; the file system "
                                   "corrupted it. Nothing was replaced.")
-        os.chmod(tmp, 0o444)
+        os.chmod(tmp, access.file & 0o444)
     for kind in SIDECAR_SUFFIXES:
         atomic_write_text(sidecar(target, kind),
                           sidecar(verified.archive, kind).read_text().replace(verified.archive.name, target.name))
+        apply_file(sidecar(target, kind), access)
     lines = mount_lines(target, prefix)
     return InstallResult(prefix=prefix, format="squashfs", sha256=verified.sha256,
                          lock_hash=verified.manifest.lock_hash, replaced=replaced, image=target,

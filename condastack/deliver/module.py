@@ -9,18 +9,16 @@ what they change so that `module unload` undoes it.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from condastack.core import quoting
+from condastack.core.access import SHARED, Access, apply_file, make_folders
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_write_text
 from condastack.core.version import __version__
-from condastack.env.prefix import MARKER, Env, read_env_vars
-
-_MODULE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
+from condastack.env.prefix import Env, EnvMarker, read_env_vars
 
 
 @dataclass
@@ -52,12 +50,10 @@ def read_env_info(prefix: Path, *, final_prefix: Path | None = None) -> EnvInfo:
     env = Env(prefix)
     env.require_conda_env(" Pass the prefix of an env made by `condastack install`, `unpack` or `build`.")
     info = EnvInfo(prefix=final)
-    if env.has_marker():
-        data = _read_json(env.path(MARKER))
-        info.lock_hash = data.get("lock_hash")
-        info.layer = data.get("layer")
-        info.stack = data.get("stack")
-        info.platform = data.get("platform")
+    marker = EnvMarker.read(prefix)  # typed: a field of the wrong type exits 1 naming it
+    if marker is not None:
+        info.lock_hash, info.layer, info.stack, info.platform = (
+            marker.lock_hash, marker.layer, marker.stack, marker.platform)
     info.env_vars.update(read_env_vars(prefix, strict=True))
     for kind, out in (("activate.d", info.activate_scripts), ("deactivate.d", info.deactivate_scripts)):
         folder = prefix / "etc" / "conda" / kind
@@ -66,23 +62,12 @@ def read_env_info(prefix: Path, *, final_prefix: Path | None = None) -> EnvInfo:
     return info
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CondastackError(f"{path}: unreadable JSON ({e}). Reinstall the env.") from None
-    return data if isinstance(data, dict) else {}
-
-
 # --------------------------------------------------------------------------- modulefiles
 
 
-def _lua_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def _tcl_str(s: str) -> str:
-    return '"' + re.sub(r'([\\"$\[\]{}])', r"\\\1", s).replace("\n", "\\n") + '"'
+_lua_str = quoting.lua
+_tcl_str = quoting.tcl
+_mv = quoting.module_value
 
 
 def _help_text(info: EnvInfo, name: str, version: str) -> list[str]:
@@ -97,7 +82,7 @@ def _help_text(info: EnvInfo, name: str, version: str) -> list[str]:
 
 
 def render_lua(info: EnvInfo, name: str, version: str) -> str:
-    p = str(info.prefix)
+    p = _mv(str(info.prefix), "prefix")
     out = [f"-- Lmod modulefile written by condastack {__version__}; regenerate with `condastack module`.",
            f"whatis({_lua_str('Name: ' + name)})",
            f"whatis({_lua_str('Version: ' + version)})",
@@ -111,14 +96,15 @@ def render_lua(info: EnvInfo, name: str, version: str) -> str:
            f'setenv("CONDA_DEFAULT_ENV", {_lua_str(name)})',
            f'setenv("CONDASTACK_LOCK_HASH", {_lua_str(info.lock_hash or "")})',
            'prepend_path("PATH", pathJoin(prefix, "bin"))']
-    out += [f"setenv({_lua_str(k)}, {_lua_str(v)})" for k, v in info.env_vars.items()]
+    out += [f"setenv({_lua_str(quoting.check_name('variable', k))}, {_lua_str(_mv(v, 'variable ' + k))})"
+            for k, v in info.env_vars.items()]
     # Lmod runs each script now (CONDA_PREFIX is already set) and reverts its changes on unload.
     out += [f'source_sh("bash", {_lua_str(str(s))})' for s in info.activate_scripts]
     return "\n".join(out) + "\n"
 
 
 def render_tcl(info: EnvInfo, name: str, version: str) -> str:
-    p = str(info.prefix)
+    p = _mv(str(info.prefix), "prefix")
     help_lines = "\n".join(f"    puts stderr {_tcl_str(line)}" for line in _help_text(info, name, version))
     out = ["#%Module1.0",
            f"## Environment Modules modulefile written by condastack {__version__}.",
@@ -129,30 +115,33 @@ def render_tcl(info: EnvInfo, name: str, version: str) -> str:
            f"setenv CONDA_DEFAULT_ENV {_tcl_str(name)}",
            f"setenv CONDASTACK_LOCK_HASH {_tcl_str(info.lock_hash or '')}",
            "prepend-path PATH $prefix/bin"]
-    out += [f"setenv {k} {_tcl_str(v)}" for k, v in info.env_vars.items()]
+    out += [f"setenv {quoting.check_name('variable', k)} {_tcl_str(_mv(v, 'variable ' + k))}"
+            for k, v in info.env_vars.items()]
     # source-sh needs Environment Modules >= 4.6; it also reverts the script's changes on unload.
     out += [f"source-sh bash {_tcl_str(str(s))}" for s in info.activate_scripts]
     return "\n".join(out) + "\n"
 
 
-def write_modulefiles(prefix: Path, name: str, version: str, outdir: Path) -> ModuleFiles:
+def write_modulefiles(prefix: Path, name: str, version: str, outdir: Path, access: Access = SHARED) -> ModuleFiles:
     """Write OUTDIR/NAME/VERSION.lua (Lmod) and OUTDIR/NAME/VERSION (Tcl) for the env at PREFIX.
 
     Both live in one tree: Lmod prefers the .lua file, Environment Modules
     ignores files without its `#%Module` header.
     """
     parts = name.split("/")
-    if not all(_MODULE_PART.match(x) for x in parts) or not _MODULE_PART.match(version):
+    if not all(quoting.is_name("module", x) for x in parts) or not quoting.is_name("module", version):
         raise CondastackError(
-            f"module name '{name}' or version '{version}' is not valid: use letters, digits, '.', '_', '-', "
+            f"module name {name!r} or version {version!r} is not valid: use letters, digits, '.', '_', '-', "
             "'+' and '/' between name parts (e.g. --name verl/app --version 0.5)."
         )
     info = read_env_info(prefix)
     folder = Path(outdir).joinpath(*parts)
     lua = folder / f"{version}.lua"
     tcl = folder / version
-    atomic_write_text(lua, render_lua(info, name, version))
-    atomic_write_text(tcl, render_tcl(info, name, version))
+    make_folders(folder, access)
+    for path, text in ((lua, render_lua(info, name, version)), (tcl, render_tcl(info, name, version))):
+        atomic_write_text(path, text)
+        apply_file(path, access)
     return ModuleFiles(lua=lua, tcl=tcl)
 
 
@@ -164,7 +153,7 @@ def render_activate_sh(info: EnvInfo) -> str:
     lines = [
         "# Written by condastack: `. PREFIX/activate.sh` (sh, bash, zsh) activates this env;",
         "# `. PREFIX/deactivate.sh` undoes it.",
-        f"# {info.title()}",
+        quoting.sh_comment(info.title()),
         'if [ -n "${CONDASTACK_ACTIVE_PREFIX:-}" ] && [ -f "$CONDASTACK_ACTIVE_PREFIX/deactivate.sh" ]; then',
         '    . "$CONDASTACK_ACTIVE_PREFIX/deactivate.sh"',
         "fi",
@@ -173,9 +162,10 @@ def render_activate_sh(info: EnvInfo) -> str:
     sets = {"CONDA_PREFIX": str(info.prefix), "CONDA_DEFAULT_ENV": str(info.prefix),
             "CONDASTACK_LOCK_HASH": info.lock_hash or "", **info.env_vars}
     for k, v in sets.items():
+        quoting.check_name("variable", k)
         # Remember whether (and to what) each variable was set, for deactivate.sh.
         lines += [f'if [ -n "${{{k}+x}}" ]; then _CONDASTACK_OLD_{k}="${k}"; export _CONDASTACK_OLD_{k}; fi',
-                  f"{k}={_sh_quote(v)}; export {k}"]
+                  f"{k}={quoting.sh(v, 'variable ' + k)}; export {k}"]
     lines += [f'PATH={p}/bin"${{PATH:+:$PATH}}"; export PATH']
     for s in info.activate_scripts:
         lines.append(f'if [ -f {_sh_quote(str(s))} ]; then . {_sh_quote(str(s))}; fi')
@@ -195,7 +185,8 @@ def render_deactivate_sh(info: EnvInfo) -> str:
               f'        if [ "$_cs_d" != {p}/bin ]; then _cs_new="${{_cs_new:+$_cs_new:}}$_cs_d"; fi',
               "    done",
               '    IFS="$_cs_ifs"; PATH="$_cs_new"; export PATH; unset _cs_new _cs_ifs _cs_d']
-    keys = ["CONDA_PREFIX", "CONDA_DEFAULT_ENV", "CONDASTACK_LOCK_HASH", *info.env_vars]
+    keys = [quoting.check_name("variable", k)
+            for k in ("CONDA_PREFIX", "CONDA_DEFAULT_ENV", "CONDASTACK_LOCK_HASH", *info.env_vars)]
     for k in keys:
         lines += [f'    if [ -n "${{_CONDASTACK_OLD_{k}+x}}" ]; then {k}="$_CONDASTACK_OLD_{k}"; export {k}; '
                   f"unset _CONDASTACK_OLD_{k}; else unset {k}; fi"]
@@ -203,8 +194,7 @@ def render_deactivate_sh(info: EnvInfo) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sh_quote(s: str) -> str:
-    return "'" + s.replace("'", "'\"'\"'") + "'"
+_sh_quote = quoting.sh
 
 
 def write_activation_scripts(env_dir: Path, *, final_prefix: Path | None = None) -> tuple[Path, Path]:

@@ -29,6 +29,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from condastack.core import quoting
+from condastack.core.access import SHARED, Access, apply_file, make_folders
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_write_text
 from condastack.core.version import __version__
@@ -66,8 +68,7 @@ def image_env_info(image: Path, prefix: Path) -> EnvInfo:
         return read_env_info(out, final_prefix=prefix)
 
 
-def _q(s: str) -> str:
-    return "'" + s.replace("'", "'\"'\"'") + "'"
+_q = quoting.sh
 
 
 def _mount_block(image: Path, prefix: Path) -> list[str]:
@@ -76,7 +77,7 @@ def _mount_block(image: Path, prefix: Path) -> list[str]:
         f"_cs_image={_q(str(image))}",
         f"_cs_prefix={_q(str(prefix))}",
         f'_cs_local="${{CONDASTACK_NODE_DIR:-/tmp}}/condastack-${{SLURM_JOB_ID:?source this inside a Slurm job}}'
-        f'-{name}.squashfs"',
+        f'-"{_q(name)}.squashfs',  # the name quoted as a word of its own: no expansion inside it
         # One task on each node of the job; --overlap: do not take CPUs from the job's own steps.
         '_cs_each_node() { srun --overlap --nodes="${SLURM_JOB_NUM_NODES:-1}" '
         '--ntasks="${SLURM_JOB_NUM_NODES:-1}" --ntasks-per-node=1 --kill-on-bad-exit=0 "$@"; }',
@@ -122,10 +123,10 @@ def _mount_block(image: Path, prefix: Path) -> list[str]:
 def render_preamble(image: Path, prefix: Path, info: EnvInfo, sha256: str) -> str:
     head = [
         "# Written by `condastack slurm-preamble` " + __version__ + ": source it at the top of an sbatch script.",
-        f"# It copies {image} to node-local storage on every node of the job (sbcast),",
-        f"# mounts it at {prefix} with squashfuse and activates the env; when the script",
+        quoting.sh_comment(f"It copies {image} to node-local storage on every node of the job (sbcast),"),
+        quoting.sh_comment(f"mounts it at {prefix} with squashfuse and activates the env; when the script"),
         "# exits, even on failure, it unmounts the image and deletes the copies.",
-        f"# image sha256 {sha256}; {info.title()}",
+        quoting.sh_comment(f"image sha256 {sha256}; {info.title()}"),
     ]
     return "\n".join(head + _mount_block(image, prefix)) + "\n" + render_activate_sh(info)
 
@@ -150,6 +151,8 @@ def make_preamble(image: Path, prefix: Path | None = None) -> Preamble:
     return Preamble(image=verified.archive, prefix=where, sha256=verified.sha256, text=text)
 
 
-def write_preamble(preamble: Preamble, output: Path) -> Path:
+def write_preamble(preamble: Preamble, output: Path, access: Access = SHARED) -> Path:
+    make_folders(Path(output).parent, access)
     atomic_write_text(output, preamble.text)
+    apply_file(output, access)
     return output

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,23 +134,40 @@ def check_fresh(stack: Stack, layer: str, platform: str) -> None:
 def lock_variables(lockfile: Path) -> dict[str, str]:
     """The layer's `variables:` as its lock records them (custom metadata, VARIABLES_KEY).
 
-    Read from the one metadata line, so a no-op build does not parse a 10 MB lockfile again.
+    Read from the metadata entry alone, so a no-op build does not parse a 10 MB lockfile again.
+    YAML writers (conda-lock's and ours) fold a long value onto the lines below the key, each
+    indented deeper than it: those lines belong to the entry too.
     """
 
-
-    with open(lockfile, encoding="utf-8", errors="replace") as f:
-        line = next((l for l in f if l.lstrip().startswith(f"{VARIABLES_KEY}:")), None)
-    if line is None:
+    with open(lockfile, encoding="utf-8", errors="surrogateescape") as f:
+        entry = _metadata_entry(f, VARIABLES_KEY)
+    if entry is None:
         return {}
     try:
-        data = json.loads(yaml.safe_load(line.strip())[VARIABLES_KEY])
+        data = json.loads(yaml.safe_load(entry)[VARIABLES_KEY])
     except (ValueError, TypeError, KeyError, yaml.YAMLError):
         data = None
     if not isinstance(data, dict) or not all(isinstance(k, str) and ENV_VAR_NAME.match(k) and isinstance(v, str)
-                                             and re.fullmatch(r"[^\x00]*", v) for k, v in data.items()):
+                                             and "\x00" not in v for k, v in data.items()):
         raise CondastackError(f"{lockfile}: its {VARIABLES_KEY} metadata is not a map of variable names "
                               "to strings. Re-create it with `condastack lock`.")
     return data
+
+
+def _metadata_entry(lines: Iterable[str], key: str) -> str | None:
+    """The YAML text of the `key:` entry (its line and its deeper-indented continuation lines), dedented."""
+    found: list[str] = []
+    indent = 0
+    for line in lines:
+        if not found:
+            if line.lstrip().startswith(f"{key}:"):
+                indent = len(line) - len(line.lstrip(" "))
+                found.append(line[indent:])
+            continue
+        if line.strip() and len(line) - len(line.lstrip(" ")) <= indent:
+            break
+        found.append(line[indent:] if line.strip() else "\n")
+    return "".join(found) if found else None
 
 
 def _inconsistencies(stack: Stack, name: str) -> list[str]:

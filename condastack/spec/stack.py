@@ -17,6 +17,7 @@ import yaml
 from condastack.core.credentials import redact
 from condastack.core.errors import CondastackError, StackInvalid
 from condastack.core.layout import stack_file
+from condastack.core.names import NAME_PATTERNS, is_name
 from condastack.spec import yamlfile
 from condastack.spec.envfile import PYPI_SIMPLE, EnvFile, expand_channels, load_env_file, read_env_shape
 from condastack.spec.pipreqs import PipOptions, apply_constraints
@@ -32,7 +33,7 @@ KNOWN_PLATFORMS = (
 )
 _STACK_KEYS = {"name", "platforms", "virtual-packages", "layers", "pip-index", "channels"}
 _LAYER_KEYS = {"file", "extends", "description"}
-_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would pass a trailing newline
+_LAYER_NAME = NAME_PATTERNS["layer"]  # the one layer-name pattern (core.names)
 _VPKG_NAME = re.compile(r"^__[a-z0-9_]+\Z")
 
 
@@ -314,6 +315,9 @@ def _check_top(path: Path, data: Any) -> tuple[str, list[str]]:
         _expect(key in data, path, data, None, f"the stack file has no '{key}'.")
     name = data["name"]
     _expect(isinstance(name, str) and bool(name), path, data, "name", "'name' must be a non-empty string.")
+    _expect(is_name("stack", name), path, data, "name",
+            f"stack name {ascii(name)[:120]} is not valid: use letters, digits, '.', '_' and '-' (it names "
+            "modules, images and files).")
 
     platforms = data.get("platforms", ["linux-64"])
     _expect(isinstance(platforms, list) and bool(platforms) and all(isinstance(p, str) for p in platforms),

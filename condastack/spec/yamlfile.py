@@ -30,7 +30,9 @@ class LinedMap(dict):
 
 
 class _Loader(yaml.SafeLoader):
-    """A safe loader that records lines and refuses duplicate keys and aliases."""
+    """A safe loader that records lines and refuses duplicate keys, aliases and deep nesting."""
+
+    depth: int = 0
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -60,13 +62,25 @@ def _seq(loader: _Loader, node: yaml.SequenceNode) -> LinedList:
     return out
 
 
+# Far deeper than any stack or environment file; composing recurses once per level, and a few
+# thousand `[` would otherwise end in RecursionError (exit 70) instead of a message with a line.
+MAX_DEPTH = 100
+
+
 def _compose_node(loader: _Loader, parent: Any, index: Any) -> Any:
     if loader.check_event(yaml.events.AliasEvent):
         raise YamlRefused("aliases (*name) are not allowed in stack and layer files", loader.peek_event().start_mark)
     event = loader.peek_event()
     if getattr(event, "anchor", None) is not None:
         raise YamlRefused("anchors (&name) are not allowed in stack and layer files", event.start_mark)
-    return yaml.SafeLoader.compose_node(loader, parent, index)
+    depth = getattr(loader, "depth", 0)
+    if depth >= MAX_DEPTH:
+        raise YamlRefused(f"lists and mappings nested more than {MAX_DEPTH} levels deep", event.start_mark)
+    loader.depth = depth + 1
+    try:
+        return yaml.SafeLoader.compose_node(loader, parent, index)
+    finally:
+        loader.depth = depth
 
 
 _Loader.compose_node = _compose_node  # type: ignore[method-assign, assignment]  # anchors refused
