@@ -15,8 +15,11 @@ multithreaded `zstd -T<threads>` (or `pigz`). Nothing is buffered, so memory
 stays flat whatever the size of the environment. SquashFS images are made
 with `mksquashfs -processors N -comp zstd` from a tree of hard links.
 
-Beside ARCHIVE go `ARCHIVE.sha256` (sha256sum format) and
-`ARCHIVE.manifest.json`. Manifest fields (format_version 1):
+Beside ARCHIVE go `ARCHIVE.sha256` (sha256sum format), `ARCHIVE.manifest.json`,
+`ARCHIVE.cdx.json` (the CycloneDX SBOM of the env, see `condastack.env.sbom`, with the archive's
+name, format and sha256 as metadata properties) and, with `sign=KEY`, the SSH signatures
+`ARCHIVE.sig` and `ARCHIVE.manifest.json.sig` (see `archive.signing`). The archive holds the same
+SBOM, minus the archive's own facts, at `conda-meta/condastack.cdx`. Manifest fields (format_version 1):
 
     format_version  1
     format          "tar.zst" | "tar.gz" | "squashfs"
@@ -66,7 +69,15 @@ from pathlib import Path
 from typing import Any
 
 from condastack.archive.manifest import Manifest, PackageRef, Placeholder
-from condastack.archive.plan import _add_scripts, _confirm_early, _plan, _scan_managed, archive_mtime, load_env
+from condastack.archive.plan import (
+    _add_scripts,
+    _confirm_early,
+    _plan,
+    _scan_managed,
+    archive_mtime,
+    load_env,
+)
+from condastack.archive.signing import sign_file
 from condastack.archive.writers import Plan, SquashfsWriter, TarWriter, compressor
 from condastack.core.errors import CondastackError, naming
 from condastack.core.fs import (
@@ -77,10 +88,20 @@ from condastack.core.fs import (
     replace_together,
     temp_siblings,
 )
-from condastack.core.layout import env_prefix, lockfile_path, pack_output, sidecars
+from condastack.core.layout import env_prefix, lockfile_path, pack_output, sidecar
 from condastack.core.progress import Meter
 from condastack.env.locked import read_locked_env
-from condastack.env.prefix import CREATED_BY, MARKER, PREFIXES_FILE, Env, EnvMarker, RawRecords, check_dest_fits
+from condastack.env.prefix import (
+    CREATED_BY,
+    MARKER,
+    PREFIXES_FILE,
+    SBOM_FILE,
+    Env,
+    EnvMarker,
+    RawRecords,
+    check_dest_fits,
+)
+from condastack.env.sbom import env_sbom_text
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
@@ -97,6 +118,8 @@ class PackResult:
     bytes_archive: int
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # shown by the CLI; the pack went ahead
+    sbom: Path | None = None  # ARCHIVE.cdx.json
+    signatures: tuple[Path, ...] = ()  # ARCHIVE.sig, ARCHIVE.manifest.json.sig (with sign=KEY)
 
 
 # --------------------------------------------------------------------------- the environment
@@ -142,6 +165,7 @@ class _Job:
     mtime: int = 0  # the newest member mtime: later ones are clamped to it (see archive_mtime)
     meter: Meter | None = None
     mtime_from: str = ""
+    sbom: str = ""  # the env's SBOM as the archive holds it (conda-meta/condastack.cdx)
     records: RawRecords = field(default_factory=dict)  # conda-meta records, read by the scan
     timings: dict[str, float] = field(default_factory=dict)
     _env: Any = None
@@ -165,10 +189,11 @@ class _Job:
                 "files as they are.")
 
     def plan(self, modified: list[str], skip: dict[str, bool] | None = None) -> Plan:
-        """The members not streamed yet, with conda-pack's scripts and our relocation state."""
+        """The members not streamed yet, with conda-pack's scripts, our relocation state and the SBOM."""
         plan = _plan(self.prefix, self.conda_pack_env(), self.staging, self.dest, set(modified), skip=skip,
                      records=self.records)
         _add_scripts(plan, self.staging, self.dest)
+        _add_sbom(plan, self.prefix, self.staging, self.sbom)
         plan.from_prefix.sort()  # a member order that depends only on the env's content
         plan.staged.sort()
         self.mark("plan")
@@ -189,6 +214,20 @@ class _Restart(Exception):
     def __init__(self, modified: list[str]) -> None:
         super().__init__()
         self.modified = modified
+
+
+def _add_sbom(plan: Plan, prefix: Path, staging: Path, text: str) -> None:
+    """The SBOM made now goes into the archive, in place of any the env holds (it may be older)."""
+    if SBOM_FILE in plan.from_prefix:
+        plan.from_prefix.remove(SBOM_FILE)
+        plan.bytes_unpacked -= os.lstat(prefix / SBOM_FILE).st_size
+    out = staging / SBOM_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.chmod(0o644)
+    if SBOM_FILE not in plan.staged:
+        plan.staged.append(SBOM_FILE)
+    plan.bytes_unpacked += len(text.encode())
 
 
 def _write_squashfs(job: _Job, tmp: Path) -> _Written:
@@ -285,8 +324,9 @@ def _check_request(fmt: str, dest_prefix: str | None) -> str | None:
 
 def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix: str | None = None,
                 level: int | None = None, threads: int | None = None, allow_modified: bool = False,
-                allow_foreign: bool = False, meter: Meter | None = None) -> PackResult:
-    """Pack the env at `prefix` into `output` (+ .sha256 and .manifest.json beside it)."""
+                allow_foreign: bool = False, meter: Meter | None = None, sign: Path | None = None) -> PackResult:
+    """Pack the env at `prefix` into `output` (+ .sha256, .manifest.json and .cdx.json beside it; with
+    `sign`, an SSH key, also the .sig of the archive and of the manifest)."""
     t0 = time.perf_counter()
     dest_prefix = _check_request(fmt, dest_prefix)
     prefix, output = Path(prefix).absolute(), Path(output).absolute()
@@ -299,24 +339,37 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     job = _Job(prefix, output, fmt, dest_prefix, DEFAULT_LEVEL[fmt] if level is None else level,
                _threads(threads), allow_modified, make_tempdir(near, "pack"), t0)
     job.mtime, job.mtime_from = archive_mtime(prefix)
+    job.sbom = env_sbom_text(prefix, timestamp=job.mtime)
     job.meter = meter
     try:
-        # Two packs to one folder take turns, so an archive, its .sha256 and its manifest stay one set
+        # Two packs to one folder take turns, so an archive and its sidecars stay one set
         # (the lock is on the folder itself: nothing is left beside the outputs).
-        sha_path, mpath = sidecars(output)
-        with naming(output), dir_lock(output.parent), temp_siblings(output, mpath, sha_path) as (tmp, mtmp, stmp):
+        finals = [output, *(sidecar(output, k) for k in ("manifest", "sha256", "sbom", "sig", "manifest_sig"))]
+        with naming(output), dir_lock(output.parent), temp_siblings(*finals) as tmps:
+            tmp, mtmp, stmp, btmp, sig_tmp, msig_tmp = tmps
             written = (_write_squashfs if fmt == "squashfs" else _write_tar)(job, tmp)
             size = tmp.stat().st_size
             manifest = _manifest(job, meta, written, size)
             mtmp.write_text(manifest.text())
             stmp.write_text(f"{written.digest}  {output.name}\n")
+            btmp.write_text(env_sbom_text(prefix, timestamp=job.mtime, properties={
+                "archive": output.name, "archive_sha256": written.digest, "archive_format": fmt,
+                "dest_prefix": dest_prefix or ""}))
+            n = 4
+            if sign is not None:
+                sig_tmp.write_bytes(sign_file(sign, tmp))
+                msig_tmp.write_bytes(sign_file(sign, mtmp))
+                n = 6
             # The set is replaced as one: the old archive stays until the new one is complete.
-            replace_together([(tmp, output), (mtmp, mpath), (stmp, sha_path)])
+            replace_together(list(zip(tmps[:n], finals[:n])))
+            for old in finals[n:]:  # an unsigned pack leaves no signature of an older archive behind
+                old.unlink(missing_ok=True)
     finally:
         remove_path(job.staging)
     job.mark("total")
-    return PackResult(output=output, sha256=written.digest, manifest=mpath, file_count=manifest.file_count or 0,
-                      bytes_unpacked=manifest.bytes_unpacked or 0, bytes_archive=size, timings=job.timings)
+    return PackResult(output=output, sha256=written.digest, manifest=finals[1], file_count=manifest.file_count or 0,
+                      bytes_unpacked=manifest.bytes_unpacked or 0, bytes_archive=size, timings=job.timings,
+                      sbom=finals[3], signatures=tuple(finals[4:n]))
 
 
 def default_output(root: Path, layer: str, platform: str, fmt: str) -> Path:

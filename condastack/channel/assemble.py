@@ -129,8 +129,10 @@ def _refuse_absolute_paths(folder: Path) -> None:
 
 
 def _assemble(name: str, version: str, platform: str, build: str, work: Path, files: Path,
-              depends: Sequence[str], build_number: int) -> Path:
-    from rattler_build import assemble_package  # lazy: only to build
+              depends: Sequence[str], build_number: int, *, extra: Sequence[tuple[Path, str]] = (),
+              license: str | None = None) -> Path:
+    """`extra`: (file, path in the package) added beside the folder's files (the folder is the user's: left as is)."""
+    from rattler_build import FileEntry, assemble_package  # lazy: only to build
 
     out = work / "out" / platform  # the channel subdir, as rattler-build lays out its outputs
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +140,8 @@ def _assemble(name: str, version: str, platform: str, build: str, work: Path, fi
         res = assemble_package(
             name, version, platform, build, out,
             files_dir=files,
+            files=[FileEntry.from_paths(str(src), dest) for src, dest in extra] or None,
+            license=license,
             depends=list(depends),
             build_number=build_number,
             noarch="generic" if platform == "noarch" else None,
@@ -152,6 +156,18 @@ def _assemble(name: str, version: str, platform: str, build: str, work: Path, fi
 
 
 _ENTRY_GROUPS = ("console_scripts", "gui_scripts")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a wrapped component came from, as the user states it (recorded in the package, read by the SBOM)."""
+
+    source_commit: str | None = None  # the git commit it was built from
+    source_url: str | None = None  # the repository (or source archive) URL
+    license: str | None = None  # an SPDX expression, e.g. BSD-3-Clause
+
+    def meta(self) -> dict[str, str]:
+        return {k: v for k, v in (("source_commit", self.source_commit), ("source_url", self.source_url)) if v}
 
 
 @dataclass(frozen=True)

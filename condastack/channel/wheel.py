@@ -22,6 +22,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from condastack.channel.assemble import (
     _ENTRY_GROUPS,
     _PY,
+    Provenance,
     WheelOptions,
     _assemble,
     _build_id,
@@ -36,6 +37,7 @@ from condastack.channel.wheeldeps import WheelDep, unsatisfied, wheel_requiremen
 from condastack.core.elf import max_glibc, tree_glibc_floor
 from condastack.core.errors import CondastackError
 from condastack.core.fs import sha256_file
+from condastack.core.layout import wrapped_meta
 from condastack.core.pyc import compile_environ, compileall_argv
 
 
@@ -115,8 +117,9 @@ def _tag_glibc_floor(wheel: str, platforms: tuple[str, ...], platform: str) -> s
 
 def _build_from_wheel(wheel: Path, work: Path, name: str | None, version: str | None, depends: Sequence[str],
                       platform: str, python: str | None, build_number: int, build_string: str | None,
-                      opts: WheelOptions, channel: Path) -> _Built:
+                      opts: WheelOptions, channel: Path, provenance: Provenance | None = None) -> _Built:
     info = _read_wheel(wheel)
+    provenance = provenance or Provenance()
     name = _check_name(name or info.name, "--name")
     raw_version, local = _conda_version(info.version, opts.keep_local_version)
     version = _check_version(version or raw_version)
@@ -135,8 +138,8 @@ def _build_from_wheel(wheel: Path, work: Path, name: str | None, version: str | 
     for ep_name, target in eps.items():
         _write_launcher(prefix / "bin" / ep_name, py, target)
     meta = {"wrapped_from": wheel.name, "sha256": sha256_file(wheel), "python": py,
-            "entry_points": {k: f"{m}:{a}" for k, (m, a) in eps.items()}}
-    meta_file = prefix / "share" / "condastack" / "wrapped" / f"{name}.json"
+            "entry_points": {k: f"{m}:{a}" for k, (m, a) in eps.items()}, **provenance.meta()}
+    meta_file = prefix / wrapped_meta(name)
     meta_file.parent.mkdir(parents=True)
     meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     notes = _compile_bytecode(prefix, site, py)
@@ -147,11 +150,16 @@ def _build_from_wheel(wheel: Path, work: Path, name: str | None, version: str | 
     missing, check_note = _check_satisfiable(reqs, depends, opts, channel, platform)
     build = build_string or (
         f"{_local_label(local)}py{py.replace('.', '')}h"
-        f"{_build_id(meta['sha256'], name, version, sorted(deps), platform)}_{build_number}"
+        f"{_build_id(meta['sha256'], name, version, sorted(deps), platform, *_stated(provenance))}_{build_number}"
     )
-    pkg = _assemble(name, version, platform, build, work, prefix, deps, build_number)
+    pkg = _assemble(name, version, platform, build, work, prefix, deps, build_number, license=provenance.license)
     return _Built([pkg], tuple(sorted(eps)), tuple(deps), tuple(r.requirement for r in missing),
                   tuple(notes + check_note))
+
+
+def _stated(provenance: Provenance) -> list[dict[str, str]]:
+    """What the user stated about the source joins the build id (none: the id is as before)."""
+    return [provenance.meta()] if provenance.meta() else []
 
 
 def _wheel_python(wheel: Path, info: _Wheel, python: str | None, platform: str) -> str:

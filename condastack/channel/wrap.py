@@ -22,6 +22,7 @@ package under the same file name is refused unless `force`.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from condastack.channel.assemble import (
     _BUILD,
+    Provenance,
     WheelOptions,
     WrappedPackage,
     _assemble,
@@ -50,6 +52,7 @@ from condastack.channel.wheel import _build_from_wheel
 from condastack.core.elf import tree_glibc_floor
 from condastack.core.errors import CondastackError
 from condastack.core.fs import file_lock, make_tempdir, remove_path, sha256_file
+from condastack.core.layout import wrapped_meta
 from condastack.spec.stack import find_stack_file, load_stack
 
 SITE_CHANNEL = Path("environments") / "channel"
@@ -79,15 +82,19 @@ def wrap(
     build_channels: Sequence[str] = ("conda-forge",),
     force: bool = False,
     wheel: WheelOptions = WheelOptions(),
+    provenance: Provenance | None = None,
 ) -> list[WrappedPackage]:
     """Make conda package(s) from SOURCE and put them into the site channel `channel`.
 
     SOURCE is a folder mirroring a prefix, a `.whl` file, or (recipe=True) a
     rattler-build recipe (folder or recipe.yaml). Returns the placed packages
     (with wheel.wheel_dir, also the wrapped wheels of its unsatisfied requirements).
+    A folder or wheel package records its source in `share/condastack/wrapped/NAME.json` (the
+    wheel's sha256, or the folder's content hash; `provenance`'s commit and URL), which the SBOM reads.
     """
     source = Path(source).expanduser()
     channel = Path(channel).expanduser().resolve()
+    provenance = provenance or Provenance()
     if not source.exists():
         raise CondastackError(f"wrap: {source} does not exist. Give a built folder, a .whl file or (with --recipe) "
                               "a recipe.")
@@ -106,11 +113,12 @@ def wrap(
             built = _Built(pkgs, notes=tuple(f"{p.name}: added {d} (what its ELF files need)" for p, d in added if d))
         elif source.is_file() and source.suffix == ".whl":
             built = _build_from_wheel(source, work, name, version, depends, platform, python,
-                                      build_number, build_string, wheel, channel)
+                                      build_number, build_string, wheel, channel, provenance)
         elif source.is_dir():
             if (source / "recipe.yaml").is_file() and not any((source / d).exists() for d in ("bin", "lib", "share")):
                 raise CondastackError(f"wrap: {source} looks like a rattler-build recipe; pass --recipe to build it.")
-            built = _build_from_folder(source, work, name, version, depends, platform, build_number, build_string)
+            built = _build_from_folder(source, work, name, version, depends, platform, build_number, build_string,
+                                       provenance)
         else:
             raise CondastackError(
                 f"wrap: {source} is neither a folder nor a wheel (*.whl). Give a built folder that mirrors a "
@@ -155,16 +163,25 @@ def still_unsatisfied(pkg: WrappedPackage, placed: Sequence[WrappedPackage]) -> 
 
 
 def _build_from_folder(folder: Path, work: Path, name: str | None, version: str | None, depends: Sequence[str],
-                       platform: str, build_number: int, build_string: str | None) -> _Built:
+                       platform: str, build_number: int, build_string: str | None,
+                       provenance: Provenance | None = None) -> _Built:
     name = _check_name(name, "--name")
     version = _check_version(version)
+    provenance = provenance or Provenance()
     folder = folder.resolve()
     if not any(folder.iterdir()):
         raise CondastackError(f"wrap: folder {folder} is empty; it must mirror a prefix (bin/, lib/, share/ ...).")
     _refuse_absolute_paths(folder)
     deps = _with_glibc_floor(list(depends), tree_glibc_floor(folder))
-    build = build_string or f"h{_build_id(_content_hash(folder), name, version, sorted(deps), platform)}_{build_number}"
-    return _Built([_assemble(name, version, platform, build, work, folder, deps, build_number)], depends=tuple(deps))
+    content = _content_hash(folder)
+    stated = provenance.meta()
+    build = build_string or (f"h{_build_id(content, name, version, sorted(deps), platform, *([stated] if stated else []))}"
+                             f"_{build_number}")
+    meta = work / "wrapped.json"
+    meta.write_text(json.dumps({"wrapped_from": folder.name, "source_tree_sha256": content, **stated}, indent=2,
+                               sort_keys=True) + "\n")
+    return _Built([_assemble(name, version, platform, build, work, folder, deps, build_number,
+                             extra=[(meta, wrapped_meta(name))], license=provenance.license)], depends=tuple(deps))
 
 
 # --------------------------------------------------------------------------- wheels

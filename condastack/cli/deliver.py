@@ -11,7 +11,14 @@ import click
 from rich.console import Console
 
 from condastack.cli.app import EXIT_USER, Ctx, emit_json, err_console, fail, known_layer, main, require_archive, table
-from condastack.cli.options import json_option, limit_options, mode_option, prefix_option, verbosity_options
+from condastack.cli.options import (
+    allowed_signers_option,
+    json_option,
+    limit_options,
+    mode_option,
+    prefix_option,
+    verbosity_options,
+)
 from condastack.core.access import apply_file, parse_mode
 from condastack.core.layout import sidecars
 
@@ -103,6 +110,9 @@ def module_cmd(obj: Ctx, prefix: Path, name: str, mod_version: str, outdir: Path
 @click.option("--wheels", "wheel_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Wrap unsatisfied wheel dependencies too, from the wheels in this folder.")
 @click.option("--force", is_flag=True, help="Replace a different package with the same name-version-build.")
+@click.option("--source-commit", metavar="SHA", help="The git commit it was built from (recorded for the SBOM).")
+@click.option("--source-url", metavar="URL", help="Its repository or source URL (recorded for the SBOM).")
+@click.option("--license", "license_", metavar="SPDX", help="Its license, e.g. BSD-3-Clause (package metadata).")
 @json_option
 @verbosity_options
 @click.pass_obj
@@ -110,10 +120,16 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
              channel_dir: Path | None, recipe: bool, platform: str, python: str | None, build_number: int,
              build_string: str | None, build_channels: tuple[str, ...], extras: tuple[str, ...],
              keep_local_version: bool, check_channels: tuple[str, ...], no_check: bool, wheel_dir: Path | None,
-             force: bool, as_json: bool) -> None:
+             force: bool, source_commit: str | None, source_url: str | None, license_: str | None,
+             as_json: bool) -> None:
     """Make a conda package from SOURCE (a built folder, a wheel, or --recipe) in the site channel."""
-    from condastack.channel.assemble import WheelOptions  # lazy: CLI start-up
-    from condastack.channel.wrap import default_channel, stack_channels, still_unsatisfied, wrap  # lazy: CLI start-up
+    from condastack.channel.assemble import Provenance, WheelOptions  # lazy: CLI start-up
+    from condastack.channel.wrap import (
+        default_channel,
+        stack_channels,
+        still_unsatisfied,
+        wrap,
+    )  # lazy: CLI start-up
 
     channel = channel_dir if channel_dir is not None else default_channel(obj.root)
     checked = None if no_check else tuple(check_channels or stack_channels(obj.root))
@@ -121,7 +137,8 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
                         wheel_dir=wheel_dir)
     pkgs = wrap(source, channel=channel, name=name, version=pkg_version, depends=depends, recipe=recipe,
                 platform=platform, python=python, build_number=build_number, build_string=build_string,
-                build_channels=build_channels or ("conda-forge",), force=force, wheel=opts)
+                build_channels=build_channels or ("conda-forge",), force=force, wheel=opts,
+                provenance=Provenance(source_commit=source_commit, source_url=source_url, license=license_))
     if as_json:
         emit_json([{"path": str(p.path), "name": p.name, "version": p.version, "build": p.build,
                     "subdir": p.subdir, "status": p.status, "entry_points": list(p.entry_points),
@@ -157,18 +174,20 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
 @click.option("--allow-modified", is_flag=True, help="Pack conda files changed since the build as they are.")
 @click.option("--allow-foreign", is_flag=True, help="Pack an env not built by condastack.")
 @mode_option
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+              help="Sign the archive and its manifest with this SSH key (ssh-keygen -Y sign, namespace condastack).")
 @verbosity_options
 @click.pass_obj
 def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_prefix: str | None,
              output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
-             allow_foreign: bool, mode: str) -> None:
+             allow_foreign: bool, mode: str, sign_key: Path | None) -> None:
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
     from condastack.archive.pack import pack_layer, pack_prefix  # lazy: CLI start-up
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
 
     access = parse_mode(mode)
     kw: dict[str, Any] = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads,
-                              allow_modified=allow_modified, allow_foreign=allow_foreign)
+                              allow_modified=allow_modified, allow_foreign=allow_foreign, sign=sign_key)
     with terminal_meter(not obj.quiet) as meter:
         kw["meter"] = meter
         if prefix is not None:
@@ -179,29 +198,33 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
             res = pack_layer(obj.root, known_layer(obj, layer), output=output, **kw)
         else:
             raise click.UsageError("name a LAYER to pack, or give --prefix PATH -o FILE.")
-    for path in (res.output, *sidecars(res.output)):
+    for path in (res.output, *sidecars(res.output), *([res.sbom] if res.sbom else []), *res.signatures):
         if path.is_file():
             apply_file(path, access)
     for note in res.warnings:
         err_console.print(f"condastack: warning: {note}", markup=False)
     t = res.timings["total"]
     obj.console.print(f"packed {res.file_count} files, {res.bytes_unpacked / 1e6:.1f} MB -> {res.output} "
-                      f"({res.bytes_archive / 1e6:.1f} MB, {t:.1f} s)\nsha256 {res.sha256}\nmanifest {res.manifest}",
-                      markup=False)
+                      f"({res.bytes_archive / 1e6:.1f} MB, {t:.1f} s)\nsha256 {res.sha256}\nmanifest {res.manifest}\n"
+                      f"sbom {res.sbom}" + "".join(f"\nsigned {s}" for s in res.signatures), markup=False)
 
 
 @main.command("unpack")
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @limit_options
+@allowed_signers_option
 @verbosity_options
 @click.pass_obj
-def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None) -> None:
+def unpack_cmd(obj: Ctx, archive: Path, dest: Path, max_members: int | None, max_bytes: int | None,
+               allowed_signers: Path | None) -> None:
     """Extract ARCHIVE safely into DEST and relocate it there."""
+    from condastack.archive.signing import check_signatures  # lazy: CLI start-up
     from condastack.archive.unpack import unpack_archive  # lazy: CLI start-up
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
 
     require_archive(archive)
+    check_signatures(archive.absolute(), allowed_signers, [dest.absolute()])
     with terminal_meter(not obj.quiet) as meter:
         res = unpack_archive(archive, dest, max_members=max_members, max_bytes=max_bytes, meter=meter)
     obj.console.print(f"unpacked {res.members} members ({res.bytes / 1e6:.1f} MB) into {res.dest}; "
@@ -284,11 +307,12 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
               help="squashfs only: where to put the image (default: PREFIX.squashfs).")
 @limit_options
 @mode_option
+@allowed_signers_option
 @json_option
 @verbosity_options
 @click.pass_obj
 def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
-            max_bytes: int | None, mode: str, as_json: bool) -> None:
+            max_bytes: int | None, mode: str, allowed_signers: Path | None, as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
     from condastack.deliver.install import install_archive  # lazy: CLI start-up
@@ -297,7 +321,7 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
     access = parse_mode(mode)
     with terminal_meter(not obj.quiet) as meter:
         res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes,
-                              meter=meter, access=access)
+                              meter=meter, access=access, allowed_signers=allowed_signers)
     if as_json:
         emit_json({"prefix": str(res.prefix), "format": res.format, "sha256": res.sha256,
                    "lock_hash": res.lock_hash, "replaced": res.replaced, "file_count": res.file_count,
@@ -324,9 +348,11 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the preamble here (default: print it).")
 @mode_option
+@allowed_signers_option
 @verbosity_options
 @click.pass_obj
-def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None, mode: str) -> None:
+def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None, mode: str,
+                       allowed_signers: Path | None) -> None:
     """Print (or write) a job preamble that sbcasts a SquashFS IMAGE to the job's nodes and mounts it.
 
     Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
@@ -335,7 +361,7 @@ def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path 
     from condastack.deliver.slurm import make_preamble, write_preamble  # lazy: CLI start-up
 
     access = parse_mode(mode)
-    pre = make_preamble(image, prefix)
+    pre = make_preamble(image, prefix, allowed_signers=allowed_signers)
     if output is None:
         click.echo(pre.text, nl=False)
         return

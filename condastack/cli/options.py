@@ -42,6 +42,13 @@ def limit_options(f: F) -> F:
                         "(default: $CONDASTACK_MAX_MEMBERS, else no limit).")(f)
 
 
+allowed_signers_option = click.option(
+    "--allowed-signers", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+    help="Refuse the archive unless it and its manifest carry SSH signatures (pack --sign) by a key listed in "
+    "FILE (ssh-keygen's allowed-signers format). A site can require this: .condastack/site.toml above the "
+    "target.")
+
+
 # --------------------------------------------------------------------------- verbosity
 
 
@@ -76,4 +83,4 @@ def verbosity_options(f: F) -> F:
                         help="More output (repeat for debug logs).")(f)
 
 
-__all__ = ["json_option", "prefix_option", "limit_options", "verbosity_options", "configure_logging"]
+__all__ = ["allowed_signers_option", "json_option", "prefix_option", "limit_options", "verbosity_options", "configure_logging"]

@@ -23,8 +23,10 @@ from condastack.container.spec import DEFAULT_PATH, LABEL_NS, ContainerSpec, Pac
 from condastack.core import quoting
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path, make_tempdir, remove_path
+from condastack.core.layout import sidecar
 from condastack.core.pathsafe import UnsafePath, member_name
 from condastack.core.platforms import OCI_ARCH
+from condastack.env.prefix import SBOM_FILE
 
 _OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -39,6 +41,9 @@ _OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 _REF_NAME = "org.opencontainers.image.ref.name"
+
+
+SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 
 
 class _HashingWriter:
@@ -125,6 +130,20 @@ def _write_json_blob(layout: Path, obj: dict) -> tuple[str, int]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     _blob_path(layout, digest).write_bytes(data)
     return digest, len(data)
+
+
+def _sbom_annotations(layout: Path, spec: ContainerSpec) -> dict[str, str]:
+    """The archive's SBOM (ARCHIVE.cdx.json) as a blob of the layout, named by annotations of the image
+    manifest; the env in the image holds it too (conda-meta/condastack.cdx). Not an OCI 1.1 referrer: a
+    second manifest in index.json makes `skopeo`/`podman load` ask which image to take."""
+    path = sidecar(spec.archive.path, "sbom")
+    if not path.is_file():  # packed by an older condastack
+        return {}
+    data = path.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _blob_path(layout, digest).write_bytes(data)
+    return {f"{LABEL_NS}.sbom.digest": digest, f"{LABEL_NS}.sbom.mediatype": SBOM_MEDIA_TYPE,
+            f"{LABEL_NS}.sbom.path": posixpath.join(spec.prefix, SBOM_FILE)}
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
@@ -266,13 +285,14 @@ def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = N
             raise CondastackError(f"--oci-base {base}: its config lists {len(image_config['rootfs']['diff_ids']) - 1} "
                                   f"layers but its manifest {len(base_layers)}; the layout is inconsistent.")
         cfg_digest, cfg_size = _write_json_blob(work, image_config)
+        sbom = _sbom_annotations(work, spec)
 
         manifest = {
             "schemaVersion": 2,
             "mediaType": _OCI_MANIFEST,
             "config": {"mediaType": _OCI_CONFIG, "digest": cfg_digest, "size": cfg_size},
             "layers": [*base_layers, {"mediaType": _OCI_LAYER_GZIP, "digest": digest, "size": size}],
-            "annotations": {f"{LABEL_NS}.layer": spec.layer},
+            "annotations": {f"{LABEL_NS}.layer": spec.layer, **sbom},
         }
         man_digest, man_size = _write_json_blob(work, manifest)
         index = {

@@ -8,7 +8,8 @@ A project folder holds
     lock/<layer>[.<platform>].pip.txt       its pip requirements
     lock/<layer>.records.json               full records (depends, constrains) for child solves
     envs/<layer>                            the built environment
-    pack/<layer>-<platform>.<ext>           archives (+ .sha256, .manifest.json)
+    pack/<layer>-<platform>.<ext>           archives (+ .sha256, .manifest.json, .cdx.json, and with
+                                            `pack --sign` .sig and .manifest.json.sig)
 
 and the user caches are $CONDASTACK_CACHE (default ~/.cache/condastack), the
 package cache $CONDASTACK_PKGS (default ~/.cache/condastack/pkgs) and the wheel
@@ -106,11 +107,15 @@ def wheels_dir() -> Path:
 
 # --------------------------------------------------------------------------- archive sidecars
 
-SIDECAR_SUFFIXES = {"sha256": ".sha256", "manifest": ".manifest.json"}
+# The sha256 and the manifest always; the CycloneDX SBOM from this version on; the two SSH
+# signatures (`ssh-keygen -Y sign` of the archive and of the manifest) only with `pack --sign`.
+SIDECAR_SUFFIXES = {"sha256": ".sha256", "manifest": ".manifest.json", "sbom": ".cdx.json",
+                    "sig": ".sig", "manifest_sig": ".manifest.json.sig"}
+SIGNATURE_SIDECARS = {"sig": "", "manifest_sig": ".manifest.json"}  # signature kind -> suffix of what it signs
 
 
 def sidecar(archive: Path, kind: str) -> Path:
-    """A file written beside an archive: `ARCHIVE.sha256` or `ARCHIVE.manifest.json`."""
+    """A file written beside an archive, e.g. `ARCHIVE.sha256`, `ARCHIVE.manifest.json`, `ARCHIVE.cdx.json`."""
     archive = Path(archive)
     return archive.with_name(archive.name + SIDECAR_SUFFIXES[kind])
 
@@ -118,6 +123,13 @@ def sidecar(archive: Path, kind: str) -> Path:
 def sidecars(archive: Path) -> tuple[Path, Path]:
     """(the .sha256, the .manifest.json) of an archive."""
     return sidecar(archive, "sha256"), sidecar(archive, "manifest")
+
+
+def signed_pairs(archive: Path) -> list[tuple[Path, Path]]:
+    """(signed file, its signature) for the archive and its manifest."""
+    archive = Path(archive)
+    return [(archive.with_name(archive.name + signed), sidecar(archive, kind))
+            for kind, signed in SIGNATURE_SIDECARS.items()]
 
 
 # --------------------------------------------------------------------------- package cache stamps
@@ -129,3 +141,25 @@ def verified_stamp(cached: Path, suffix: str = "") -> Path:
     """The stamp of a check of a cached archive or extracted folder: `<cache>/.verified/<name><suffix>`."""
     cached = Path(cached)
     return cached.parent / VERIFIED_DIR / f"{cached.name}{suffix}"
+
+
+# --------------------------------------------------------------------------- the site's policy
+
+SITE_CONFIG = Path(".condastack") / "site.toml"
+
+
+def site_config_candidates(target: Path) -> list[Path]:
+    """Where a site policy for an env or image at `target` may be: `.condastack/site.toml` in each
+    folder above it, from the file system root down (the outermost applies first)."""
+    parents = list(Path(target).absolute().parents)
+    return [p / SITE_CONFIG for p in reversed(parents)]
+
+
+# --------------------------------------------------------------------------- inside a package
+
+WRAPPED_META_DIR = "share/condastack/wrapped"
+
+
+def wrapped_meta(name: str) -> str:
+    """Prefix-relative path of what `wrap` records about a package's source (wheel, folder, commit)."""
+    return f"{WRAPPED_META_DIR}/{name}.json"

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from condastack.archive.manifest import Manifest
 from condastack.archive.relocate import relocate
+from condastack.archive.signing import check_signatures
 from condastack.archive.unpack import unpack_archive
 from condastack.core.access import SHARED, Access, apply_file, apply_tree, make_folders
 from condastack.core.errors import CondastackError
@@ -142,13 +143,17 @@ def check_against_manifest(prefix: Path, manifest: Manifest) -> int:
 
 def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, max_members: int | None = None,
                     max_bytes: int | None = None, meter: Meter | None = None,
-                    access: Access = SHARED) -> InstallResult:
+                    access: Access = SHARED, allowed_signers: Path | None = None) -> InstallResult:
     """Install ARCHIVE at PREFIX (see the module docstring); a squashfs image is copied, not unpacked.
 
     `access` sets the modes of everything written (default: readable by all, whatever the umask).
+    The archive's signatures are checked first when `allowed_signers` is given or a site config above
+    PREFIX (or the image) asks for them (`archive.signing`).
     """
-    verified = verify_archive(archive)  # before anything is written
     prefix = Path(os.path.abspath(prefix))
+    targets = [prefix] + ([Path(os.path.abspath(image))] if image is not None else [])
+    check_signatures(Path(archive).absolute(), allowed_signers, targets)  # before anything is read or written
+    verified = verify_archive(archive)
     fmt = verified.manifest.format
     if fmt == "squashfs":
         return _install_squashfs(verified, prefix, image, access)
@@ -220,10 +225,18 @@ def _install_squashfs(verified: Verified, prefix: Path, image: Path | None, acce
             raise CondastackError(f"{target}: the copy does not match the archive's sha256; the file system "
                                   "corrupted it. Nothing was replaced.")
         os.chmod(tmp, access.file & 0o444)
+    signed = sidecar(verified.archive, "manifest_sig").is_file()
     for kind in SIDECAR_SUFFIXES:
-        atomic_write_text(sidecar(target, kind),
-                          sidecar(verified.archive, kind).read_text().replace(verified.archive.name, target.name))
-        apply_file(sidecar(target, kind), access)
+        src = sidecar(verified.archive, kind)
+        if kind in ("sha256", "manifest") or src.is_file():
+            text = src.read_text()
+            # A signed manifest is copied as it is: renaming the archive inside it would break its signature.
+            if kind == "sha256" or (kind == "manifest" and not signed):
+                text = text.replace(verified.archive.name, target.name)
+            atomic_write_text(sidecar(target, kind), text)
+            apply_file(sidecar(target, kind), access)
+        else:
+            sidecar(target, kind).unlink(missing_ok=True)  # nothing of an older image's is left beside it
     lines = mount_lines(target, prefix)
     return InstallResult(prefix=prefix, format="squashfs", sha256=verified.sha256,
                          lock_hash=verified.manifest.lock_hash, replaced=replaced, image=target,

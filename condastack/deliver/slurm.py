@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from condastack.archive.signing import check_signatures
 from condastack.core import quoting
 from condastack.core.access import SHARED, Access, apply_file, make_folders
 from condastack.core.errors import CondastackError
@@ -131,9 +132,12 @@ def render_preamble(image: Path, prefix: Path, info: EnvInfo, sha256: str) -> st
     return "\n".join(head + _mount_block(image, prefix)) + "\n" + render_activate_sh(info)
 
 
-def make_preamble(image: Path, prefix: Path | None = None) -> Preamble:
-    """Verify IMAGE (and its .sha256/.manifest.json) and render its node-local preamble."""
-    verified = verify_archive(Path(image))
+def make_preamble(image: Path, prefix: Path | None = None, *, allowed_signers: Path | None = None) -> Preamble:
+    """Verify IMAGE (its signatures when `allowed_signers` is given or a site config above the image or
+    PREFIX requires them, then its .sha256/.manifest.json) and render its node-local preamble."""
+    image = Path(image).absolute()
+    check_signatures(image, allowed_signers, [image] + ([Path(os.path.abspath(prefix))] if prefix else []))
+    verified = verify_archive(image)
     m = verified.manifest
     if m.format != "squashfs":
         raise CondastackError(f"{verified.archive}: is a {m.format} archive; the node-local preamble needs a "

@@ -55,6 +55,7 @@ from condastack.env.prefix import (
     write_env_vars,
     write_marker,
 )
+from condastack.env.sbom import write_env_sbom
 from condastack.lock.conda_solve import with_url
 from condastack.lock.layered import check_fresh, lock_variables
 from condastack.spec.stack import load_stack
@@ -186,6 +187,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
             write_marker(tmp, EnvMarker(layer=layer, stack=stack_name, platform=env.platform, lock_hash=lock_hash,
                                         lockfile=str(lockfile), created_by=CREATED_BY))
             write_env_vars(tmp, variables)
+            write_env_sbom(tmp, lock_hashes={canonical(w.name): w.sha256 for w in env.pip if w.sha256})
             swap_dir(tmp, prefix)
         except OSError as e:
             if e.errno == errno.ENOSPC:

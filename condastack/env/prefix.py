@@ -12,6 +12,7 @@ Files condastack keeps in `conda-meta` (none ends in .json, so tools that read
                          {"layer", "stack", "platform", "lock_hash", "lockfile", "created_by"}
     condastack.prefixes  relocation state of a packed/unpacked env (see unpack.relocate)
     condastack.install   what `condastack install` installed there
+    condastack.cdx       the env's CycloneDX SBOM (JSON; see env.sbom), written by build and pack
 
 and conda's own `conda-meta/state` ({"env_vars": {...}}, what `conda env config
 vars` writes): condastack writes a layer's `variables:` there, and activation
@@ -38,6 +39,7 @@ META_DIR = "conda-meta"
 MARKER = Path(META_DIR) / "condastack.info"
 PREFIXES_FILE = f"{META_DIR}/condastack.prefixes"
 INSTALL_RECORD = f"{META_DIR}/condastack.install"
+SBOM_FILE = f"{META_DIR}/condastack.cdx"  # CycloneDX JSON; not *.json, which conda reads as package records
 STATE_FILE = Path(META_DIR) / "state"  # conda's per-env state (env_vars)
 CREATED_BY = f"condastack {__version__}"
 
