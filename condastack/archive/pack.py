@@ -361,7 +361,7 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
                 msig_tmp.write_bytes(sign_file(sign, mtmp))
                 n = 6
             # The set is replaced as one: the old archive stays until the new one is complete.
-            replace_together(list(zip(tmps[:n], finals[:n])))
+            replace_together(list(zip(tmps[:n], finals[:n], strict=True)))
             for old in finals[n:]:  # an unsigned pack leaves no signature of an older archive behind
                 old.unlink(missing_ok=True)
     finally:

@@ -130,7 +130,7 @@ def _refuse_absolute_paths(folder: Path) -> None:
 
 def _assemble(name: str, version: str, platform: str, build: str, work: Path, files: Path,
               depends: Sequence[str], build_number: int, *, extra: Sequence[tuple[Path, str]] = (),
-              license: str | None = None) -> Path:
+              license: str | None = None) -> Path:  # noqa: A002 - rattler-build's keyword
     """`extra`: (file, path in the package) added beside the folder's files (the folder is the user's: left as is)."""
     from rattler_build import FileEntry, assemble_package  # lazy: only to build
 

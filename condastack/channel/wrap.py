@@ -175,8 +175,8 @@ def _build_from_folder(folder: Path, work: Path, name: str | None, version: str 
     deps = _with_glibc_floor(list(depends), tree_glibc_floor(folder))
     content = _content_hash(folder)
     stated = provenance.meta()
-    build = build_string or (f"h{_build_id(content, name, version, sorted(deps), platform, *([stated] if stated else []))}"
-                             f"_{build_number}")
+    build_id = _build_id(content, name, version, sorted(deps), platform, *([stated] if stated else []))
+    build = build_string or f"h{build_id}_{build_number}"
     meta = work / "wrapped.json"
     meta.write_text(json.dumps({"wrapped_from": folder.name, "source_tree_sha256": content, **stated}, indent=2,
                                sort_keys=True) + "\n")

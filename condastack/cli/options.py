@@ -83,4 +83,5 @@ def verbosity_options(f: F) -> F:
                         help="More output (repeat for debug logs).")(f)
 
 
-__all__ = ["allowed_signers_option", "json_option", "prefix_option", "limit_options", "verbosity_options", "configure_logging"]
+__all__ = [
+    "allowed_signers_option", "json_option", "prefix_option", "limit_options", "verbosity_options", "configure_logging"]

@@ -143,7 +143,7 @@ def _sbom_annotations(layout: Path, spec: ContainerSpec) -> dict[str, str]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     _blob_path(layout, digest).write_bytes(data)
     return {f"{LABEL_NS}.sbom.digest": digest, f"{LABEL_NS}.sbom.mediatype": SBOM_MEDIA_TYPE,
-            f"{LABEL_NS}.sbom.path": posixpath.join(spec.prefix, SBOM_FILE)}
+            f"{LABEL_NS}.sbom.path": f"{spec.prefix.rstrip('/')}/{SBOM_FILE}"}
 
 
 def _blob_path(layout: Path, digest: str) -> Path:

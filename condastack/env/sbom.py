@@ -32,12 +32,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from packaging.utils import parse_wheel_filename
+
 from condastack.core.credentials import strip_credentials
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_write_text
 from condastack.core.layout import wrapped_meta
 from condastack.core.version import __version__
 from condastack.env.prefix import SBOM_FILE, Env
+
+# cyclonedx-python-lib, packageurl and the jsonschema validator take 1 to 3 s to import here (measured with
+# -X importtime): they are imported inside the functions that need them ("lazy" below), so only the
+# commands that make or check an SBOM pay for them, not every `condastack` start.
 
 SPEC_VERSION = "1.6"
 PROPERTY_NS = "condastack"
@@ -129,10 +135,10 @@ def sbom_timestamp(env: Env) -> int:
 
 
 def _conda_component(record: dict[str, Any], wrapped: dict[str, Any] | None) -> Any:
-    from cyclonedx.contrib.license.factories import LicenseFactory
-    from cyclonedx.model import HashAlgorithm, HashType, Property
-    from cyclonedx.model.component import Component, ComponentType
-    from packageurl import PackageURL
+    from cyclonedx.contrib.license.factories import LicenseFactory  # lazy: see above
+    from cyclonedx.model import HashAlgorithm, HashType, Property  # lazy: see above
+    from cyclonedx.model.component import Component, ComponentType  # lazy: see above
+    from packageurl import PackageURL  # lazy: see above
 
     name, version, build = str(record["name"]), str(record["version"]), str(record.get("build") or "")
     fn = str(record.get("fn") or record.get("url") or "")
@@ -154,9 +160,9 @@ def _conda_component(record: dict[str, Any], wrapped: dict[str, Any] | None) -> 
 
 def _pedigree(wrapped: dict[str, Any]) -> Any:
     """Where a wrapped package came from: the wheel (with its sha256), or the folder and its commit."""
-    from cyclonedx.model import HashAlgorithm, HashType, Property, XsUri
-    from cyclonedx.model.component import Commit, Component, ComponentType, Pedigree
-    from packageurl import PackageURL
+    from cyclonedx.model import HashAlgorithm, HashType, Property, XsUri  # lazy: see above
+    from cyclonedx.model.component import Commit, Component, ComponentType, Pedigree  # lazy: see above
+    from packageurl import PackageURL  # lazy: see above
 
     source = str(wrapped.get("wrapped_from") or "source")
     sha = wrapped.get("sha256")
@@ -165,8 +171,6 @@ def _pedigree(wrapped: dict[str, Any]) -> Any:
              for k in ("source_tree_sha256", "source_url") if wrapped.get(k)]
     purl = None
     if source.endswith(".whl"):
-        from packaging.utils import parse_wheel_filename
-
         try:
             wname, wver, _, _ = parse_wheel_filename(source)
             purl = PackageURL("pypi", None, str(wname), str(wver))
@@ -181,10 +185,10 @@ def _pedigree(wrapped: dict[str, Any]) -> Any:
 
 
 def _pip_component(d: PipDist) -> Any:
-    from cyclonedx.contrib.license.factories import LicenseFactory
-    from cyclonedx.model import HashAlgorithm, HashType, Property
-    from cyclonedx.model.component import Component, ComponentType
-    from packageurl import PackageURL
+    from cyclonedx.contrib.license.factories import LicenseFactory  # lazy: see above
+    from cyclonedx.model import HashAlgorithm, HashType, Property  # lazy: see above
+    from cyclonedx.model.component import Component, ComponentType  # lazy: see above
+    from packageurl import PackageURL  # lazy: see above
 
     purl = PackageURL("pypi", None, d.name, d.version)
     return Component(type=ComponentType.LIBRARY, name=d.name, version=d.version, purl=purl,
@@ -197,18 +201,16 @@ def _pip_component(d: PipDist) -> Any:
 def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str, str] | None = None,
             lock_hashes: dict[str, str] | None = None) -> Any:
     """The cyclonedx `Bom` of the env at `prefix`; `properties` are added to its metadata (the archive's)."""
-    # cyclonedx-python-lib and its schema validator take ~1 s to import: only the commands that write an
-    # SBOM pay for it, not every `condastack` start.
-    from cyclonedx.model import Property
-    from cyclonedx.model.bom import Bom
-    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model import Property  # lazy: see above
+    from cyclonedx.model.bom import Bom  # lazy: see above
+    from cyclonedx.model.component import Component, ComponentType  # lazy: see above
 
     env = Env(prefix)
-    marker = env.marker or {}
+    marker = env.marker
     comps = [_conda_component(rec, _wrapped(env, rec)) for _, rec in sorted(env.records.items())]
     comps += [_pip_component(d) for d in pip_dists(env, lock_hashes)]
-    facts = {"stack": marker.get("stack"), "layer": marker.get("layer"), "lock_hash": marker.get("lock_hash"),
-             "platform": marker.get("platform"), **(properties or {})}
+    facts: dict[str, str | None] = {k: getattr(marker, k, None) for k in ("stack", "layer", "lock_hash", "platform")}
+    facts.update(properties or {})
     when = sbom_timestamp(env) if timestamp is None else timestamp
     top = Component(type=ComponentType.APPLICATION, bom_ref="condastack-env",
                     name="/".join(str(v) for v in (facts["stack"], facts["layer"]) if v) or env.prefix.name,
@@ -227,7 +229,7 @@ def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str,
 
 def bom_text(bom: Any) -> str:
     """The Bom as CycloneDX JSON, with a serial number derived from its content; checked against the schema."""
-    from cyclonedx.output.json import JsonV1Dot6
+    from cyclonedx.output.json import JsonV1Dot6  # lazy: see above
 
     bom.serial_number = _SERIAL_NS  # a fixed placeholder while the content is hashed
     draft = JsonV1Dot6(bom).output_as_string(indent=1)
@@ -239,8 +241,8 @@ def bom_text(bom: Any) -> str:
 
 def validate_sbom(text: str, where: str) -> None:
     """Refuse a document that is not valid CycloneDX JSON of the version it claims (1.5 or 1.6)."""
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
+    from cyclonedx.schema import SchemaVersion  # lazy: see above
+    from cyclonedx.validation.json import JsonStrictValidator  # lazy: see above
 
     try:
         claimed = json.loads(text).get("specVersion")
