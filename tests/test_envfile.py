@@ -121,10 +121,9 @@ def test_parse_errors_name_file_and_line(tmp_path: Path, text: str, needles: lis
     ("submodules/diff-gaussian-rasterization", ["local path", "condastack wrap"]),
     ("./third_party/pkg", ["local path"]),
     ("mypkg @ file:///tmp", ["local folder"]),
-    ("repo @ git+https://github.com/org/repo.git", ["no commit", "40-character commit", "git ls-remote"]),
-    ("repo @ git+https://github.com/org/repo.git@main", ["'main', not a commit"]),
-    ("git+https://github.com/org/repo.git@v1.2#egg=repo", ["'v1.2', not a commit"]),
-    ("git+https://github.com/org/repo.git", ["names no package", "name @ git+"]),
+    ("repo @ hg+https://hg.example.org/repo@tip", ["only git", "name @ https://"]),
+    ("git+https://github.com/org/repo.git@main#egg=repo&sha1=x", ["unknown URL fragment"]),
+    ("git+https://github.com/org/repo.git#subdirectory=../up", ["#subdirectory=../up", "relative path"]),
 ])
 def test_unlockable_pip_lines_are_refused_with_the_fix(tmp_path: Path, line: str, needles: list[str]) -> None:
     with pytest.raises(CondastackError) as e:
@@ -132,6 +131,14 @@ def test_unlockable_pip_lines_are_refused_with_the_fix(tmp_path: Path, line: str
     assert "environment.yml, line 5" in str(e.value)
     for n in needles:
         assert n in str(e.value)
+
+
+def test_git_requirements_are_kept_as_written_with_any_ref(tmp_path: Path) -> None:
+    lines = ["repo @ git+https://github.com/org/repo.git", "repo2 @ git+https://github.com/org/repo2.git@main",
+             "git+https://github.com/org/repo3.git@v1.2#egg=repo3", "git+https://github.com/NVIDIA/dllogger.git",
+             "onlylinux @ git+https://h/x.git@main ; sys_platform == 'win32'"]
+    env = _env(tmp_path, "dependencies:\n  - python\n  - pip:\n" + "".join(f'    - "{line}"\n' for line in lines))
+    assert env.pip["linux-64"] == tuple(lines[:4])  # the marker is false on linux-64
 
 
 def test_pip_options_and_requirement_files(tmp_path: Path) -> None:

@@ -52,9 +52,9 @@ def _check_pip(pip_lines: list[str], own: set[str], effective: set[str], opts: d
             assert opts["pre"] is True, where
         else:
             assert not opt, f"{where}: an option the corpus check does not know: {line}"
+            assert line in own, f"{where}: pip line {line!r} lost"  # git requirements too, as written
             egg = re.match(r"^(git\+\S+?)#egg=(\S+)$", line)
             line = f"{egg.group(2)} @ {egg.group(1)}" if egg else line  # pip's old spelling, read as PEP 508
-            assert line in own, f"{where}: pip line {line!r} lost"
             assert _pip_names([line]) <= effective, f"{where}: {line!r} missing from lock --dry-run"
 
 
@@ -84,7 +84,8 @@ def test_corpus_keeps_every_spec_pip_line_and_variable(tmp_path: Path) -> None:
         rows = [r for r in plan if r["layer"] == name]
         assert {r["platform"] for r in rows} == set(PLATFORMS)
         planned_conda = {_name(s) for r in rows for s in r["conda"]}
-        planned_pip = _pip_names([s for r in rows for s in r["pip"]])
+        planned_pip = _pip_names([s for r in rows for s in r["pip"] if not s.startswith("git+")])
+        planned_pip |= {v["name"] for r in rows for v in r["vcs"] if v["name"]}  # a git line's #egg= name
         pip_lines: list[str] = []
         for dep in raw.get("dependencies") or []:
             if isinstance(dep, dict):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 from pathlib import Path
 
@@ -67,30 +66,47 @@ def _git_repo(root: Path) -> tuple[Path, str]:
     return repo, sha
 
 
-def test_vcs_requirement_without_commit_is_refused(tmp_path: Path, channel_url: str) -> None:
-    repo, sha = _git_repo(tmp_path)
-    for ref, needle in [("", "no commit"), ("@main", "'main', not a commit"), ("@v1.0", "'v1.0', not a commit")]:
-        proj = _project(tmp_path / f"p{len(ref)}", channel_url, [f"gitpkg @ git+{repo.as_uri()}{ref}"])
-        assert_user_error(run_cli("-C", proj, "layers"), "base.yml, line 6", "gitpkg", needle,
-                          "40-character commit", "git ls-remote")
-    proj = _project(tmp_path / "pinned", channel_url, [f"gitpkg @ git+{repo.as_uri()}@{sha}"])
-    res = run_cli("-C", proj, "layers", "--json")
-    assert res.returncode == 0, res.output
-    assert f"gitpkg @ git+{repo.as_uri()}@{sha}" in json.loads(res.stdout)["layers"]["base"]["own"]["linux-64"]["pip"]
+_GITPKG_BACKEND = """
+import os, zipfile
+
+META = "Metadata-Version: 2.1\\nName: gitpkg\\nVersion: 0.3\\n"
 
 
-def test_vcs_requirement_pinned_to_a_commit_is_locked(tmp_path: Path, channel_url: str, pypi_index,  # noqa: ANN001
-                                                      pkgs_cache: Path) -> None:
+def prepare_metadata_for_build_wheel(d, config_settings=None):
+    os.makedirs(os.path.join(d, "gitpkg-0.3.dist-info"))
+    open(os.path.join(d, "gitpkg-0.3.dist-info", "METADATA"), "w").write(META)
+    return "gitpkg-0.3.dist-info"
+
+
+def build_wheel(d, config_settings=None, metadata_directory=None):
+    with zipfile.ZipFile(os.path.join(d, "gitpkg-0.3-py3-none-any.whl"), "w") as z:
+        z.writestr("gitpkg/__init__.py", "")
+        z.writestr("gitpkg-0.3.dist-info/METADATA", META)
+        z.writestr("gitpkg-0.3.dist-info/WHEEL", "Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n")
+        z.writestr("gitpkg-0.3.dist-info/RECORD", "")
+    return "gitpkg-0.3-py3-none-any.whl"
+"""
+
+
+def test_vcs_requirement_pinned_to_a_commit_is_locked_and_built(tmp_path: Path, channel_url: str,  # noqa: ANN001
+                                                                pypi_index, pkgs_cache: Path) -> None:
+    """A local repository (git+file://) pinned to a commit; tests/test_vcs.py serves branches, tags and auth."""
     repo, sha = _git_repo(tmp_path)
-    proj = _project(tmp_path / "p", channel_url, [f"--index-url {pypi_index.url}", f"gitpkg @ git+{repo.as_uri()}@{sha}"])
+    (repo / "backend.py").write_text(_GITPKG_BACKEND)
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "backend"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    proj = _project(tmp_path / "p", channel_url, [f"--index-url {pypi_index.url}",
+                                                  f"gitpkg @ git+{repo.as_uri()}@{sha}"])
     res = run_cli("-C", proj, "lock")
     assert res.returncode == 0, res.output
     pip = _pip(proj)
     assert pip["gitpkg"]["version"] == "0.3"
-    # the commit is what pins a VCS requirement (conda-lock records it in place of a sha256)
-    assert pip["gitpkg"]["url"] == f"git+{repo.as_uri()}@{sha}"
-    # build installs sha256-checked wheels only, and says so by name
-    assert_user_error(run_cli("-C", proj, "build", "base"), "gitpkg 0.3", "version control", "Build a wheel")
+    assert pip["gitpkg"]["url"] == f"git+{repo.as_uri()}@{sha}"  # the commit pins it; build hashes the wheel
+    res = run_cli("-C", proj, "build", "base")
+    assert res.returncode == 0, res.output
+    assert list((proj / "envs" / "base").glob("lib/python3*/site-packages/gitpkg/__init__.py"))
 
 
 def test_credentials_in_pip_options_never_reach_output(tmp_path: Path, channel_url: str, pypi_index) -> None:  # noqa: ANN001

@@ -17,6 +17,7 @@ from rich.tree import Tree
 
 from condastack.cli.app import EXIT_USER, Ctx, emit_json, err_console, fail, known_layer, main, table
 from condastack.cli.options import json_option, prefix_option, verbosity_options
+from condastack.core.credentials import redact
 
 # --------------------------------------------------------------------------- layers
 
@@ -43,10 +44,11 @@ def layers(obj: Ctx, as_json: bool) -> None:
         own_c, own_p = layer.conda.get(plat, ()), layer.pip.get(plat, ())
         node.add("own conda: " + escape(", ".join(own_c) or "-"))
         if own_p:
-            node.add("own pip: " + escape(", ".join(own_p)))  # `pkg[extra]` is not markup
+            node.add("own pip: " + escape(redact(", ".join(own_p))))  # `pkg[extra]` is not markup
         if layer.extends:
             inh_c, inh_p = stack.specs_for(layer.extends, plat)
-            node.add(f"[dim]inherited from {layer.extends}: " + escape(", ".join(inh_c + inh_p) or "-") + "[/]")
+            node.add(f"[dim]inherited from {layer.extends}: " + escape(redact(", ".join(inh_c + inh_p)) or "-")
+                     + "[/]")
         nodes[name] = node
     obj.console.print(tree)
     vp = stack.virtual_packages

@@ -195,19 +195,23 @@ def _pool_wrapped(pypi_solver, wrap):  # noqa: ANN001, ANN202
 
 
 def solve_pypi(pip_specs: list[str], conda_entries: list[dict], platform: str, *, indexes: list[str],
-               previous: list[dict] | None, update: list[str] | None, pre: bool) -> list[dict]:
+               previous: list[dict] | None, update: list[str] | None, pre: bool,
+               installed: dict[str, str] | None = None) -> list[dict]:
     """conda-lock's PyPI solve of `pip_specs` against the conda part; returns the pip entries.
 
     With `indexes`, only those PEP 503 indexes are asked (no request to pypi.org). A PyPI name
     that a conda package provides is taken as installed at the conda version, without
-    requirements of its own (the conda-first pool)."""
+    requirements of its own (the conda-first pool). So is each of `installed` (PyPI name ->
+    version: git requirements, whose own requirements the caller adds to `pip_specs`)."""
 
     import conda_lock.pypi_solver as pypi_solver  # lazy: ~1 s (pydantic)
     from conda_lock.lookup import conda_name_to_pypi_name  # lazy: ~1 s (pydantic)
     from conda_lock.models.pip_repository import PipRepository  # lazy: ~1 s (pydantic)
 
-    by_name = _with_provided_names({d.name: d for d in entries_to_models(conda_entries)})
-    provided = {}
+    pip_installed = [{"name": n, "version": v, "manager": "pip", "platform": platform, "dependencies": {},
+                      "url": "file:///git-requirement", "hash": {}} for n, v in (installed or {}).items()]
+    by_name = _with_provided_names({d.name: d for d in entries_to_models(conda_entries + pip_installed)})
+    provided = {n.lower(): v for n, v in (installed or {}).items()}
     for d in by_name.values():
         if not d.name.startswith("__") and "python" in d.dependencies:
             provided[str(conda_name_to_pypi_name(d.name, mapping_url=mapping_url())).lower()] = d.version

@@ -13,11 +13,12 @@ A project folder holds
 
 and the user caches are $CONDASTACK_CACHE (default ~/.cache/condastack), the
 package cache $CONDASTACK_PKGS (default ~/.cache/condastack/pkgs) and the wheel
-cache inside it. Nothing else in condastack spells these paths.
+cache and the git requirement cache (`vcs/`) inside it. Nothing else in condastack spells these paths.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -163,3 +164,36 @@ WRAPPED_META_DIR = "share/condastack/wrapped"
 def wrapped_meta(name: str) -> str:
     """Prefix-relative path of what `wrap` records about a package's source (wheel, folder, commit)."""
     return f"{WRAPPED_META_DIR}/{name}.json"
+
+
+# --------------------------------------------------------------------------- git requirements
+
+
+def vcs_dir() -> Path:
+    """Git requirements: each locked URL's source, metadata and built wheels, under the package cache."""
+    return pkgs_dir() / "vcs"
+
+
+def vcs_entry_dir(locked_url: str) -> Path:
+    """One git requirement at one commit (`git+URL@<commit>[#subdirectory=…]`, no credentials): its folder."""
+    return vcs_dir() / hashlib.sha256(locked_url.encode()).hexdigest()[:32]
+
+
+def vcs_source_dir(locked_url: str) -> Path:
+    """The repository's tree at the locked commit."""
+    return vcs_entry_dir(locked_url) / "src"
+
+
+def vcs_metadata_path(locked_url: str) -> Path:
+    """Name, version and requirements read from the source at lock time (JSON)."""
+    return vcs_entry_dir(locked_url) / "metadata.json"
+
+
+def vcs_wheels_dir(locked_url: str) -> Path:
+    """Wheels built from the locked commit, each with `<wheel>.sha256` recorded when it was built."""
+    return vcs_entry_dir(locked_url) / "wheels"
+
+
+def vcs_mutex(locked_url: str) -> Path:
+    """The flock file that serialises fetching and building one locked URL."""
+    return vcs_entry_dir(locked_url) / ".lock"

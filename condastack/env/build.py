@@ -56,9 +56,12 @@ from condastack.env.prefix import (
     write_marker,
 )
 from condastack.env.sbom import write_env_sbom
+from condastack.env.vcswheel import record_origin, vcs_wheels
 from condastack.lock.conda_solve import with_url
 from condastack.lock.layered import check_fresh, lock_variables
+from condastack.lock.vcs import source_env
 from condastack.spec.stack import load_stack
+from condastack.spec.vcsreq import credential_urls
 
 INSTALLERS = ("auto", "rattler", "micromamba")
 # Names other modules (and tests) import from here.
@@ -115,24 +118,32 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
         return stack().name
 
     def channel_urls() -> list[str]:
-        return stack().channels_for(layer) + stack().pip_indexes_for(layer)
+        git = credential_urls([s for p in stack().platforms for s in stack().specs_for(layer, p)[1]])
+        return stack().channels_for(layer) + stack().pip_indexes_for(layer) + git
+
+    def pip_env() -> dict[str, str]:  # where pip finds the build requirements of a git package
+        opts = stack().pip_options_for(layer)
+        return source_env(stack().pip_indexes_for(layer), opts.find_links, opts.pre)
 
     return build_prefix(lockfile, prefix or env_prefix(root, layer), layer=layer, stack=stack_name,
                         offline=offline, installer=installer, force=force, progress=progress,
-                        credentials=channel_urls, meter=meter)
+                        credentials=channel_urls, meter=meter, pip_env=pip_env)
 
 
 def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stack: str | Callable[[], str] = "",
                  offline: bool = False, installer: str = "auto", force: bool = False,
                  progress: Progress | None = None,
                  credentials: list[str] | tuple[str, ...] | Callable[[], list[str]] = (),
-                 meter: Meter | None = None) -> BuildResult:
+                 meter: Meter | None = None,
+                 pip_env: dict[str, str] | Callable[[], dict[str, str]] | None = None) -> BuildResult:
     """Build the environment of a conda-lock file at `prefix` for this machine's platform.
 
     A no-op when `prefix` already holds this lock intact. `stack` may be a
     callable, so that the no-op path never loads the stack file. `credentials`:
     channel/index URLs with credentials (user:password@ or /t/<token>/), which the
     lock leaves out; a download whose URL falls under one of them uses them.
+    `pip_env`: pip's settings for a git package's build requirements (the layer's
+    indexes); by default the user's own pip configuration.
     """
 
     t0 = time.monotonic()
@@ -146,6 +157,12 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     lock_hash = env.lock_hash()
     variables = lock_variables(lockfile)
     chosen = choose_installer(installer)
+    if chosen == "micromamba" and any(w.vcs for w in env.pip):  # micromamba would hand pip the git URL unchecked
+        if installer == "micromamba":
+            git = ", ".join(w.name for w in env.pip if w.vcs)
+            raise CondastackError(f"{lockfile}: the lock has git packages ({git}), which condastack builds itself; "
+                                  "use --installer rattler.")
+        chosen = "rattler"
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(prefix.parent / f".{prefix.name}.condastack-build.lock"):
@@ -182,8 +199,8 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                 compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
-                    wheels = fetch_wheels(env.pip, offline=offline, fetched=res.fetched, credentials=creds)
-                    install_wheels(tmp, prefix, env.pip, wheels)
+                    _install_pip(env.pip, tmp, prefix, offline=offline, fetched=res.fetched, credentials=creds,
+                                 pip_env=pip_env)
             write_marker(tmp, EnvMarker(layer=layer, stack=stack_name, platform=env.platform, lock_hash=lock_hash,
                                         lockfile=str(lockfile), created_by=CREATED_BY))
             write_env_vars(tmp, variables)
@@ -198,6 +215,26 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
             remove_path(tmp)
     res.seconds = time.monotonic() - t0
     return res
+
+
+def _install_pip(locked: tuple, tmp: Path, prefix: Path, *, offline: bool, fetched: list[str],
+                 credentials: list[str], pip_env: dict[str, str] | Callable[[], dict[str, str]] | None) -> None:
+    """The lock's wheels, fetched, and its git packages, built once from their commits, installed by pip."""
+    plain = [w for w in locked if not w.vcs]
+    git = [w for w in locked if w.vcs]
+    paths = fetch_wheels(plain, offline=offline, fetched=fetched, credentials=credentials)
+    built: list = []
+    if git:
+        if not (tmp / "bin" / "python").exists():
+            raise CondastackError(f"{prefix}: the lock has pip packages ({', '.join(w.name for w in git)}) but no "
+                                  "python in its conda part. Add python and pip to the layer and re-lock.")
+        penv = (pip_env() if callable(pip_env) else pip_env) if pip_env is not None else dict(os.environ)
+        built, built_paths = vcs_wheels(git, tmp / "bin" / "python", offline=offline, fetched=fetched,
+                                        credentials=credentials, pip_env=penv)
+        paths += built_paths
+    install_wheels(tmp, prefix, plain + built, paths)
+    if git:
+        record_origin(tmp, {canonical(w.name): w.url for w in git})
 
 
 def choose_installer(installer: str) -> str:

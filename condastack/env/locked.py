@@ -14,18 +14,23 @@ import yaml
 
 from condastack.core.errors import CondastackError
 from condastack.core.layout import records_sidecar_path
+from condastack.env.vcswheel import is_vcs_url, locked_commit
 from condastack.lock.conda_solve import records_from_json
 from condastack.lock.lockfile import lock_entries_as_json, read_lock_entries, read_records_sidecar
 
 
 @dataclass(frozen=True)
 class LockedWheel:
-    """One pip package of a lock: where to get it and its sha256."""
+    """One pip package of a lock: where to get it and its sha256 (a git package's: '' until built)."""
 
     name: str
     version: str
     url: str
     sha256: str
+
+    @property
+    def vcs(self) -> bool:
+        return is_vcs_url(self.url)
 
 
 @dataclass(frozen=True)
@@ -83,20 +88,12 @@ def read_locked_env(path: Path, platform: str) -> LockedEnv:
     for p in mine:
         if p.get("manager") != "pip":
             continue
-        _refuse_vcs(path, p)
         sha = (p.get("hash") or {}).get("sha256")
-        if not sha:
+        if is_vcs_url(str(p.get("url", ""))):  # built from its commit by build, which records the sha256
+            locked_commit(str(p["url"]), f"{path}: pip package {p.get('name')} {p.get('version')}")
+            sha = ""
+        elif not sha:
             raise CondastackError(f"{path}: pip package {p.get('name')} {p.get('version')} has no sha256 in the lock; "
                                   "`pip --require-hashes` needs one. Re-lock it.")
         wheels.append(LockedWheel(name=str(p["name"]), version=str(p["version"]), url=str(p["url"]), sha256=sha))
     return LockedEnv(path=path, platform=platform, platforms=plats, conda=conda, pip=tuple(wheels))
-
-
-def _refuse_vcs(path: Path, p: dict) -> None:
-    """A pip package locked from version control (conda-lock records its commit, not a wheel's sha256)."""
-    url = str(p.get("url", ""))
-    if url.startswith(("git+", "hg+", "svn+", "bzr+")):
-        raise CondastackError(
-            f"{path}: pip package {p.get('name')} {p.get('version')} is locked from version control ({url}); "
-            "condastack builds from sha256-checked wheels only. Build a wheel of that commit and serve it from "
-            "an index or list it as `name @ https://…/name.whl`, or wrap it with `condastack wrap`, then re-lock.")

@@ -8,7 +8,8 @@ Three checks, each reported as a list of problems (drift):
   distribution's RECORD also lists is reported as clobbered, naming both
   owners: that is what later breaks conda-pack;
 - pip distributions: name and version of every *.dist-info that no conda
-  package owns, against the lock's pip part.
+  package owns, against the lock's pip part; for a git package, also the
+  commit its direct_url.json names.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from condastack.core.names import canonical
 from condastack.core.platforms import host_platform
 from condastack.env.locked import read_locked_env
 from condastack.env.prefix import MARKER, Env, dist_name_version
+from condastack.env.vcswheel import installed_commit, locked_commit
 
 
 @dataclass
 class Problem:
     kind: str  # missing-package, wrong-build, extra-package, missing-file, modified-file, clobbered-file,
-    #            missing-pip, wrong-pip-version, extra-pip
+    #            missing-pip, wrong-pip-version, wrong-pip-commit (a git package), extra-pip
     package: str
     detail: str
     path: str | None = None
@@ -116,6 +118,10 @@ def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
         elif have[0] != w.version:
             rep.problems.append(Problem("wrong-pip-version", w.name, f"installed {have[0]}, locked {w.version}",
                                         path=have[1]))
+        elif w.vcs and installed_commit(prefix / have[1]) != locked_commit(w.url, w.name)[1]:
+            rep.problems.append(Problem(
+                "wrong-pip-commit", w.name, f"installed from commit {installed_commit(prefix / have[1]) or 'unknown'}"
+                f", locked {locked_commit(w.url, w.name)[1]} ({w.url})", path=have[1]))
     for name in sorted(set(dists) - set(lock_pip)):
         rep.problems.append(Problem("extra-pip", name, f"{dists[name][0]} is installed by pip but not in the lock",
                                     path=dists[name][1]))

@@ -51,7 +51,7 @@ class SolveInputs:
     def content_hash(self) -> str:
         """The hash of every input (credentials stripped: a rotated token is no change)."""
         data: dict[str, object] = {
-            "format": LOCK_FORMAT, "conda": list(self.conda), "pip": list(self.pip),
+            "format": LOCK_FORMAT, "conda": list(self.conda), "pip": [strip_credentials(r) for r in self.pip],
             "channels": list(self.channels), "virtual-packages": self.virtual_packages,
             "pip-index": [strip_credentials(u) for u in self.pip_indexes], "parent": list(self.parent_pins),
         }

@@ -54,6 +54,16 @@ from condastack.lock.lockfile import (
     render_lockfile,
 )
 from condastack.lock.pypi_solve import solve_pip
+from condastack.lock.vcs import (
+    VCS_KEY,
+    VcsResolver,
+    add_requirements,
+    is_vcs_entry,
+    recorded_for,
+    resolve_all,
+    resolver_for,
+    split_vcs,
+)
 from condastack.spec.envfile import PYPI_SIMPLE
 from condastack.spec.stack import Stack
 
@@ -224,7 +234,8 @@ def dry_run(stack: Stack, layers: list[str] | None = None) -> list[dict[str, obj
                 "channels": [redact(c) for c in inp.channels],
                 "pip-index": [redact(c) for c in inp.pip_indexes] if inp.pip else [],
                 "virtual-packages": inp.virtual_packages,
-                "conda": list(inp.conda), "pip": list(inp.pip),
+                "conda": list(inp.conda), "pip": [redact(s) for s in inp.pip],
+                "vcs": [v.to_json() for v in split_vcs(list(inp.pip))[1]],
                 "pip-options": inp.pip_options.to_json(redact),
                 "variables": inp.variables,
                 "action": "up to date" if up_to_date else "solve",
@@ -270,6 +281,7 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
             _write_derived(stack, name, read_raw(path))
         return result
     previous = read_lock_entries(path) if path.is_file() else None
+    resolver = resolver_for(stack, name, update)
     new_hash: dict[str, str] = {}
     packages = []
     full: dict[str, list[dict]] = {}
@@ -286,14 +298,14 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
         else:
             if progress:
                 progress(f"solving {name} for {plat}")
-            solved, records = _solve_platform(stack, name, plat, previous, update)
+            solved, records = _solve_platform(stack, name, plat, previous, update, resolver)
             packages += solved
             full[plat] = records_to_json(records)
             result.solved.append(plat)
         plat_pkgs = [p for p in packages if p["platform"] == plat]
         result.counts[plat] = {m: sum(p["manager"] == m for p in plat_pkgs) for m in ("conda", "pip")}
     if result.solved:
-        _write_lock(stack, name, path, packages, new_hash, full)
+        _write_lock(stack, name, path, packages, new_hash, full, recorded_for(stack, name, resolver))
     else:
         _write_derived(stack, name, read_raw(path))
     return result
@@ -313,13 +325,15 @@ def _check_update_names(stack: Stack, names: list[str], update: list[str]) -> No
 
 
 def _write_lock(stack: Stack, name: str, path: Path, packages: list, new_hash: dict[str, str],
-                full: dict[str, list[dict]]) -> None:
+                full: dict[str, list[dict]], vcs: dict[str, dict[str, str]]) -> None:
     sources = [str(Path("..") / stack.layer(l.name).file.relative_to(stack.root))
                if stack.layer(l.name).file.is_relative_to(stack.root) else str(l.file)
                for l in stack.chain(name)]
     custom = {"condastack.layer": name, "condastack.extends": stack.layer(name).extends or "",
               "condastack.stack": stack.name, "condastack.version": __version__,
               VARIABLES_KEY: json.dumps(stack.variables_for(name), sort_keys=True)}
+    if vcs:
+        custom[VCS_KEY] = json.dumps(vcs, sort_keys=True)
     for plat in stack.platforms:
         custom[f"condastack.virtual-packages.{plat}"] = json.dumps(stack.effective_virtual_packages_for(plat),
                                                                    sort_keys=True)
@@ -354,7 +368,9 @@ def _write_derived(stack: Stack, name: str, raw: dict) -> None:
         if pip:
             lines = [f"# pip packages of layer {name} ({plat}), locked by condastack\n"]
             lines += [f"{p['name']}=={p['version']} --hash=sha256:{(p.get('hash') or {}).get('sha256')}\n"
-                      for p in pip]
+                      if not is_vcs_entry(p) else
+                      f"# {p['name']} @ {p['url']}  (git: `condastack build` builds and installs it; pip cannot "
+                      "hash-check a VCS requirement)\n" for p in pip]
             _write_if_changed(pip_path, "".join(lines))
         elif pip_path.exists():
             pip_path.unlink()
@@ -366,7 +382,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def _solve_platform(stack: Stack, name: str, plat: str, previous: list[dict] | None,
-                    update: list[str]) -> tuple[list[dict], list]:
+                    update: list[str], resolver: VcsResolver) -> tuple[list[dict], list]:
     """Solve one layer on one platform; returns (conda-lock entries, full conda records)."""
     inp = SolveInputs.of(stack, name, plat)
     channels, vpkgs = list(inp.channels), inp.virtual_packages
@@ -404,19 +420,29 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous: list[dict] | N
 
     pip_locked = []
     if pip_specs or parent_pip:
-        pip_locked = _solve_pip_part(inp, parent_pip, conda_locked, previous, update)
+        pip_locked = _solve_pip_part(inp, parent_pip, conda_locked, previous, update, resolver)
         _check_consistent(name, plat, records, vpkgs, [(p["name"], str(p["version"])) for p in pip_locked])
         _check_no_overlap(name, plat, conda_locked, pip_locked)
     return conda_locked + pip_locked, records
 
 
 def _solve_pip_part(inp: SolveInputs, parent_pip: list, conda_locked: list[dict], previous: list[dict] | None,
-                    update: list[str]) -> list[dict]:
-    name, plat, pip_specs = inp.layer, inp.platform, list(inp.pip)
-    pins = [f"{p['name']}=={p['version']}" for p in parent_pip]
-    have = {requirement_name(s) for s in pip_specs}
-    specs = pip_specs + [s for s in pins if requirement_name(s) not in have]
-    prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"] if previous else []
+                    update: list[str], resolver: VcsResolver) -> list[dict]:
+    name, plat = inp.layer, inp.platform
+    try:
+        plain, reqs = split_vcs(list(inp.pip))
+        vcs = resolve_all(reqs, resolver)
+    except CondastackError as e:
+        raise CondastackError(f"layer {name} ({plat}): {redact(str(e))}") from None
+    vcs_names = {requirement_name(v.name) for v in vcs}
+    parent_vcs = [p for p in parent_pip if is_vcs_entry(p) and requirement_name(p["name"]) not in vcs_names]
+    pins = [f"{p['name']}=={p['version']}" for p in parent_pip if not is_vcs_entry(p)]
+    have = {requirement_name(s) for s in plain}
+    specs = add_requirements(plain + [s for s in pins if requirement_name(s) not in have],
+                             [r for v in vcs for r in v.requires])
+    installed = {v.name: v.version for v in vcs} | {p["name"]: str(p["version"]) for p in parent_vcs}
+    prev_pip = [p for p in previous if p.get("platform") == plat and p.get("manager") == "pip"
+                and not is_vcs_entry(p)] if previous else []
 
     indexes, options = list(inp.pip_indexes), inp.pip_options
     try:
@@ -427,15 +453,18 @@ def _solve_pip_part(inp: SolveInputs, parent_pip: list, conda_locked: list[dict]
                 # an sdist (or rebuilt) is the one locked
                 indexes = [links_index] + (indexes or [PYPI_SIMPLE])
             pip_locked = solve_pip(specs, conda_locked, plat, inp.virtual_packages,
-                                   indexes=indexes, previous=prev_pip + parent_pip, update=list(update),
-                                   pre=options.pre)
+                                   indexes=indexes, previous=prev_pip + [p for p in parent_pip if not is_vcs_entry(p)],
+                                   update=list(update), pre=options.pre, installed=installed)
     except CondastackError as e:
         raise CondastackError(f"layer {name} ({plat}): {redact(str(e))}") from None
     for p in pip_locked:
         p["url"] = served.get(p["url"].split("#", 1)[0], p["url"])  # a local --find-links file: its own file:// URL
         p["url"] = strip_credentials(p["url"])
         _check_parent_pip(name, inp.extends, p, parent_pip)
-    return pip_locked
+    vcs_entries = [v.entry(plat) for v in vcs] + [dict(p, platform=plat) for p in parent_vcs]
+    for p in vcs_entries:
+        _check_parent_pip(name, inp.extends, p, parent_pip)
+    return pip_locked + vcs_entries
 
 
 def _check_consistent(name: str, plat: str, records: list, vpkgs: dict[str, str],

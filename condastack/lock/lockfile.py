@@ -294,6 +294,12 @@ def lock_summary(path: Path) -> dict:
     return _summarize(read_raw(path), sha)
 
 
+def _pin_hash(p: dict) -> str | None:
+    """What pins an entry: its sha256 or md5; a git package's URL with the commit, which has neither."""
+    h = p.get("hash") or {}
+    return h.get("sha256") or h.get("md5") or (p.get("url") if not h else None)
+
+
 def _summarize(doc: dict, sha: str) -> dict:
     pkgs = doc["package"]
     plats = sorted({str(p.get("platform")) for p in pkgs} | set(doc["metadata"].get("platforms") or []))
@@ -303,6 +309,5 @@ def _summarize(doc: dict, sha: str) -> dict:
         "counts": {pl: {m: sum(1 for p in pkgs if p.get("platform") == pl and p.get("manager") == m)
                         for m in ("conda", "pip")} for pl in plats},
         "pins": {pl: sorted(f"{p.get('manager')}:{p.get('name')}:{p.get('version')}:"
-                            f"{(p.get('hash') or {}).get('sha256') or (p.get('hash') or {}).get('md5')}"
-                            for p in pkgs if p.get("platform") == pl) for pl in plats},
+                            f"{_pin_hash(p)}" for p in pkgs if p.get("platform") == pl) for pl in plats},
     }

@@ -12,20 +12,21 @@ from condastack.core.errors import CondastackError
 
 def solve_pip(pip_specs: list[str], conda_entries: list[dict], platform: str, vpkgs: dict[str, str], *,
               indexes: list[str], previous: list[dict] | None = None, update: list[str] | None = None,
-              pre: bool = False) -> list[dict]:
+              pre: bool = False, installed: dict[str, str] | None = None) -> list[dict]:
     """Solve pip requirements with conda-lock's PyPI solver against conda's python.
 
     With `indexes`, only those PEP 503 indexes are asked (no request to pypi.org).
     A PyPI name that a conda package provides (the shipped mapping) is taken as
     installed at the conda version with no requirements of its own: it is never
     resolved again, and neither are its PyPI dependencies (torch's nvidia-* wheels).
+    `installed` (name -> version) are taken the same way: git requirements resolved by lock.vcs.
     """
     if not any(e["name"] == "python" for e in conda_entries):
         raise CondastackError("pip dependencies need python in the conda part of the layer; add `python` to its "
                               "dependencies.")
     try:
         out = solve_pypi(pip_specs, conda_entries, platform, indexes=indexes, previous=previous, update=update,
-                         pre=pre)
+                         pre=pre, installed=installed)
     except CondastackError:
         raise
     except Exception as e:  # poetry's resolver raises many types; all are user-facing here

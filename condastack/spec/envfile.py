@@ -4,8 +4,8 @@ conda-build selectors (`# [linux and x86_64]`) are evaluated per platform,
 quoted versions (`python='3.10'`) are unquoted, `defaults` becomes the
 channels conda means by it, and the `pip:` list may hold pip's own option
 lines (`--index-url`, `-r requirements.txt`, ...). What cannot be locked
-(editable installs, local folders, unpinned VCS URLs) is refused by name
-with the fix. conda-lock stays the authority on what a single conda match
+(editable installs, local folders) is refused by name with the fix; a git
+requirement is kept as written and resolved to a commit at lock time. conda-lock stays the authority on what a single conda match
 spec or pip requirement means.
 """
 
@@ -381,10 +381,15 @@ def _from_cache(cached: Path, path: Path) -> EnvFile | None:
 
 def _to_cache(cached: Path, env: EnvFile) -> None:
 
+    from condastack.core.credentials import redact
+
     d = asdict(env)
     d.pop("path")
+    text = json.dumps(d)
+    if redact(text) != text:
+        return  # credentials (an index's or a git URL's) are never written: such a file is read each time
     try:
-        atomic_write_text(cached, json.dumps(d))
+        atomic_write_text(cached, text)
     except OSError:
         pass  # a read-only cache only costs speed
 

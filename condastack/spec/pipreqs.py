@@ -16,12 +16,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from condastack.core.condalock import marker_holds, parse_pip_requirement
+from condastack.core.credentials import redact
 from condastack.core.errors import StackInvalid
-
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-_VCS = ("git+", "hg+", "svn+", "bzr+")
+from condastack.spec.vcsreq import is_vcs, parse_vcs
 
 
 @dataclass(frozen=True)
@@ -188,12 +185,8 @@ def _requirement(line: str, base: Path, where: Where, platform: str) -> str:
     if " --" in line:
         raise _bad(where, f"per-requirement pip options in '{line}' are not supported; the lock "
                               "records each file's sha256 itself. Remove the options.")
-    if line.startswith(_VCS):
-        egg = re.search(r"#egg=([A-Za-z0-9._-]+)", line)
-        if not egg:
-            raise _bad(where, f"VCS requirement '{line}' names no package; write it as "
-                                  "`name @ git+https://…@<commit>`.")
-        line = f"{egg.group(1)} @ {line.split('#', 1)[0]}"
+    if is_vcs(line):
+        return _vcs_requirement(line, where, platform)
     m = _REQ_URL.match(line)
     if m:
         _check_url(m.group("url"), line, base, where)
@@ -207,18 +200,26 @@ def _requirement(line: str, base: Path, where: Where, platform: str) -> str:
     return line if marker_holds(dep.markers, platform) else ""
 
 
+def _vcs_requirement(line: str, where: Where, platform: str) -> str:
+    """A git requirement (any ref, or none; named or not): resolved to a commit at lock time."""
+    try:
+        v = parse_vcs(line)
+    except ValueError as e:
+        raise _bad(where, f"VCS requirement '{redact(line)}': {e}.") from None
+    assert v is not None  # is_vcs said so
+    if v.marker:
+        try:
+            holds = marker_holds(v.marker, platform)
+        except Exception as e:  # packaging's InvalidMarker and conda-lock's ValueErrors
+            raise _bad(where, f"VCS requirement '{redact(line)}': bad marker '{v.marker}': {e}") from None
+        if not holds:
+            return ""
+    return v.written
+
+
 def _check_url(url: str, line: str, base: Path, where: Where) -> None:
-    """VCS URLs must pin a commit; file: URLs must name an archive, not a folder."""
-    if url.startswith(_VCS):
-        rest = url.split("://", 1)[-1].split("#", 1)[0]
-        path = rest.split("/", 1)[1] if "/" in rest else ""
-        ref = path.rsplit("@", 1)[1] if "@" in path else ""
-        if not _COMMIT.match(ref):
-            got = f"'{ref}', not a commit" if ref else "no commit"
-            raise _bad(
-                where, f"VCS requirement '{line}' pins {got}. A branch or tag moves while the lock stays, so "
-                f"pin the full 40-character commit: `…@<commit>` (`git ls-remote URL {ref or 'HEAD'}` prints it).")
-    elif url.startswith("file:"):
+    """file: URLs must name an archive, not a folder."""
+    if url.startswith("file:"):
         target = Path(url.split("://", 1)[-1] if "://" in url else url[5:])
         if target.is_dir() or not target.name.endswith((".whl", ".tar.gz", ".zip", ".tar.bz2")):
             raise _bad(where, f"pip requirement '{line}' is a local folder, which {_EDITABLE_FIX}.")

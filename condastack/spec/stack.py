@@ -21,6 +21,7 @@ from condastack.core.names import NAME_PATTERNS, is_name
 from condastack.spec import yamlfile
 from condastack.spec.envfile import PYPI_SIMPLE, EnvFile, expand_channels, load_env_file, read_env_shape
 from condastack.spec.pipreqs import PipOptions, apply_constraints
+from condastack.spec.vcsreq import parse_vcs
 from condastack.spec.virtual import effective_virtual_packages
 
 KNOWN_PLATFORMS = (
@@ -204,7 +205,8 @@ class Stack:
                     "extends": l.extends,
                     "channels": self.channels_for(n),
                     "own": {
-                        p: {"conda": list(l.conda.get(p, ())), "pip": list(l.pip.get(p, ()))}
+                        p: {"conda": list(l.conda.get(p, ())), "pip": [redact(s) for s in l.pip.get(p, ())],
+                            "vcs": _vcs_json(l.pip.get(p, ()))}
                         for p in self.platforms
                     },
                     "inherited": {
@@ -226,7 +228,17 @@ def _inherited(stack: Stack, name: str, platform: str) -> dict[str, list[str]]:
     if parent is None:
         return {"conda": [], "pip": []}
     conda, pip = stack.specs_for(parent, platform)
-    return {"conda": conda, "pip": pip}
+    return {"conda": conda, "pip": [redact(s) for s in pip]}
+
+
+def _vcs_json(reqs: tuple[str, ...] | list[str]) -> list[dict[str, object]]:
+    """Each git requirement as written (credentials masked) and how the lock resolves it."""
+    out = []
+    for line in reqs:
+        v = parse_vcs(line)
+        if v is not None:
+            out.append(v.to_json())
+    return out
 
 
 # --------------------------------------------------------------------------- YAML
