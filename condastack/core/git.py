@@ -84,7 +84,11 @@ def resolve_ref(url: str, ref: str | None, what: str, credentials: list[str] | t
         raise CondastackError(f"{what}: the repository {redact(url)} has no default branch (HEAD); name a branch, "
                               "tag or commit: `…@main`.")
     out = _git(["ls-remote", "--", url, ref, f"refs/tags/{ref}^{{}}"], url, credentials, what)
-    found = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, tab, name = line.partition("\t")
+        if tab:
+            found[name] = sha
     for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
         if name in found:
             return found[name]

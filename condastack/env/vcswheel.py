@@ -16,6 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import Version
+
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_path, atomic_write_text, file_lock, sha256_file
 from condastack.core.git import commit_time
@@ -106,9 +109,6 @@ def _checked(path: Path, what: str) -> str:
 def _build(src: Path, w: Any, python: Path, what: str, pip_env: dict[str, str]) -> Path:
     """`pip wheel` of the source with the env's python (its ABI and platform), reproducible where the
     backend honours SOURCE_DATE_EPOCH; the wheel must be the locked name and version."""
-    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-    from packaging.version import Version
-
     folder = vcs_wheels_dir(w.url)
     with tempfile.TemporaryDirectory(prefix="condastack-wheel-") as out:
         env = dict(pip_env, SOURCE_DATE_EPOCH=commit_time(src), PYTHONDONTWRITEBYTECODE="1")

@@ -16,9 +16,12 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
 
 from condastack.core.credentials import redact
 from condastack.core.errors import CondastackError
@@ -51,8 +54,6 @@ class VcsLocked:
 
     def entry(self, platform: str) -> dict[str, Any]:
         """The lock entry: the URL with the full commit; no sha256 (the wheel is built, and hashed, by build)."""
-        from packaging.requirements import Requirement
-
         deps = {}
         for r in self.requires:
             q = Requirement(r)
@@ -149,14 +150,14 @@ def source_tree(req: VcsRequirement, commit: str, what: str, credentials: list[s
 
 def _prepare_metadata(src: Path, what: str, pip_env: dict[str, str]) -> dict[str, Any]:
     """PEP 517 prepare_metadata_for_build_wheel (or a wheel build) in an isolated build environment."""
-    # `build` is imported here only: lock runs without git requirements never load it.
+    # lazy: `build` (and its isolated environments) load only when a git requirement is resolved
     from build import ProjectBuilder
     from build.env import DefaultIsolatedEnv
 
     log: list[str] = []
     env = dict(pip_env, SOURCE_DATE_EPOCH=commit_time(src))
 
-    def runner(cmd: list[str], cwd: str | None = None, extra_environ: dict[str, str] | None = None) -> None:
+    def runner(cmd: Sequence[str], cwd: str | None = None, extra_environ: Mapping[str, str] | None = None) -> None:
         p = subprocess.run(cmd, cwd=cwd, env={**env, **(extra_environ or {})}, capture_output=True, text=True)
         log.append(p.stdout + p.stderr)
         if p.returncode != 0:
@@ -205,8 +206,6 @@ def build_failure(what: str, doing: str, log: list[str], e: BaseException) -> Co
 def applying_requirements(requires: list[str], extras: tuple[str, ...]) -> list[str]:
     """The Requires-Dist that join the solve: those without `extra` markers, and those of the requested
     extras (their marker's extra part evaluated here, so the line joins without a marker)."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
     out = []
     for line in requires:
         try:
@@ -253,8 +252,6 @@ def is_vcs_entry(entry: dict) -> bool:
 def add_requirements(specs: list[str], extra: list[str]) -> list[str]:
     """`specs` with a git package's requirements added; one of a name already there narrows it
     (conda-lock keeps one requirement per name, so two would replace each other)."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
     out = list(specs)
     for line in extra:
         new = Requirement(line)

@@ -5,8 +5,9 @@ quoted versions (`python='3.10'`) are unquoted, `defaults` becomes the
 channels conda means by it, and the `pip:` list may hold pip's own option
 lines (`--index-url`, `-r requirements.txt`, ...). What cannot be locked
 (editable installs, local folders) is refused by name with the fix; a git
-requirement is kept as written and resolved to a commit at lock time. conda-lock stays the authority on what a single conda match
-spec or pip requirement means.
+requirement is kept as written and resolved to a commit at lock time.
+conda-lock stays the authority on what a single conda match spec or pip
+requirement means.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from condastack.core.condalock import conda_match_spec
+from condastack.core.credentials import redact
 from condastack.core.errors import StackInvalid
 from condastack.core.fs import atomic_write_text
 from condastack.core.layout import cache_root
@@ -380,8 +382,6 @@ def _from_cache(cached: Path, path: Path) -> EnvFile | None:
 
 
 def _to_cache(cached: Path, env: EnvFile) -> None:
-
-    from condastack.core.credentials import redact
 
     d = asdict(env)
     d.pop("path")
