@@ -205,19 +205,16 @@ def setuptools_links(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _project(root: Path, channel_url: str, pip_lines: list[str]) -> Path:
+def _project(root: Path, channel_url: str, pip_lines: list[str], *, child: bool = False) -> Path:
     text = (f'channels: ["{channel_url}"]\ndependencies:\n  - python 3.11.*\n  - pip\n  - pip:\n'
             + "".join(f"    - {line}\n" for line in pip_lines))
-    return write_project(root, """
-        name: vcs
-        platforms: [linux-64]
-        layers:
-          base: {file: base.yml}
-        """, {"base.yml": text})
+    app = "  app: {file: app.yml, extends: base}\n" if child else ""
+    return write_project(root, "name: vcs\nplatforms: [linux-64]\nlayers:\n  base: {file: base.yml}\n" + app,
+                         {"base.yml": text, **({"app.yml": "dependencies:\n  - libhello\n"} if child else {})})
 
 
-def _pip(proj: Path) -> dict[str, dict]:
-    data = yaml.safe_load((proj / "lock" / "base.conda-lock.yml").read_text())
+def _pip(proj: Path, layer: str = "base") -> dict[str, dict]:
+    data = yaml.safe_load((proj / "lock" / f"{layer}.conda-lock.yml").read_text())
     return {p["name"]: p for p in data["package"] if p["manager"] == "pip"}
 
 
@@ -234,7 +231,7 @@ def test_a_branch_is_locked_at_its_commit_and_moves_only_with_update(tmp_path: P
     repo = git_server.repo("movepkg")
     first = repo.commit("1.0")
     req = f"movepkg @ git+{repo.url}@main"
-    proj = _project(tmp_path / "p", channel_url, [req])
+    proj = _project(tmp_path / "p", channel_url, [req], child=True)
 
     shown = json.loads(run_cli("-C", proj, "layers", "--json").stdout)["layers"]["base"]["own"]["linux-64"]
     assert req in shown["pip"]
@@ -254,9 +251,19 @@ def test_a_branch_is_locked_at_its_commit_and_moves_only_with_update(tmp_path: P
     assert (proj / "lock" / "base.conda-lock.yml").read_text() == lock_text
     assert run_cli("-C", proj, "lock", "--check").returncode == 0
 
+    assert _pip(proj, "app")["movepkg"]["url"] == f"git+{repo.url}@{first}"  # the child has its parent's commit
+
+    # a changed file re-solves the layer, and the recorded commit is kept like any other pin
+    with open(proj / "environments" / "base.yml", "a") as f:
+        f.write("variables: {MOVE: '1'}\n")
+    _lock(proj)
+    assert (proj / "lock" / "base.conda-lock.yml").read_text() != lock_text
+    assert _pip(proj)["movepkg"]["url"] == f"git+{repo.url}@{first}"
+
     _lock(proj, "--update", "movepkg")
     pip = _pip(proj)
     assert pip["movepkg"]["url"] == f"git+{repo.url}@{second}" and pip["movepkg"]["version"] == "1.1"
+    assert _pip(proj, "app")["movepkg"]["url"] == f"git+{repo.url}@{second}"  # the child follows
     pip_txt = (proj / "lock" / "base.pip.txt").read_text()
     assert f"# movepkg @ git+{repo.url}@{second}" in pip_txt
 
