@@ -408,6 +408,11 @@ def test_lock_build_verify_pack_unpack_round_trip(tmp_path: Path, channel_url: s
 
     rep = json.loads(run_cli("-C", proj, "verify", "base", "--json").stdout)
     assert rep["ok"], rep
+    # the env's SBOM gives the git package the sha256 of the wheel it was installed from
+    sbom = json.loads((prefix / "conda-meta" / "condastack.cdx").read_text())
+    comp = next(c for c in sbom["components"] if c["name"] == "roundtrip")
+    want = (wheels[0].parent / (wheels[0].name + ".sha256")).read_text().strip()
+    assert comp["hashes"] == [{"alg": "SHA-256", "content": want}]
 
     # a second env, offline, reuses the built wheel (nothing fetched, nothing built)
     res = run_cli("-C", proj, "build", "base", "--offline", "--prefix", tmp_path / "second", "--json")

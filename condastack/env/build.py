@@ -186,6 +186,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
         stack_name = stack() if callable(stack) else stack
         creds = list(credentials() if callable(credentials) else credentials)
         tmp = make_tempdir(prefix.parent, prefix.name)
+        built: dict[str, str] = {}  # a git package's wheel sha256, known once built
         _umask_mode(tmp)
         try:
             if chosen == "micromamba":
@@ -199,12 +200,12 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                 compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
-                    _install_pip(env.pip, tmp, prefix, offline=offline, fetched=res.fetched, credentials=creds,
-                                 pip_env=pip_env)
+                    built = _install_pip(env.pip, tmp, prefix, offline=offline, fetched=res.fetched,
+                                         credentials=creds, pip_env=pip_env)
             write_marker(tmp, EnvMarker(layer=layer, stack=stack_name, platform=env.platform, lock_hash=lock_hash,
                                         lockfile=str(lockfile), created_by=CREATED_BY))
             write_env_vars(tmp, variables)
-            write_env_sbom(tmp, lock_hashes={canonical(w.name): w.sha256 for w in env.pip if w.sha256})
+            write_env_sbom(tmp, lock_hashes={canonical(w.name): w.sha256 for w in env.pip if w.sha256} | built)
             swap_dir(tmp, prefix)
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -218,8 +219,10 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
 
 
 def _install_pip(locked: tuple, tmp: Path, prefix: Path, *, offline: bool, fetched: list[str],
-                 credentials: list[str], pip_env: dict[str, str] | Callable[[], dict[str, str]] | None) -> None:
-    """The lock's wheels, fetched, and its git packages, built once from their commits, installed by pip."""
+                 credentials: list[str],
+                 pip_env: dict[str, str] | Callable[[], dict[str, str]] | None) -> dict[str, str]:
+    """The lock's wheels, fetched, and its git packages, built once from their commits, installed by pip;
+    returns the git packages' wheel sha256s (canonical name -> sha256)."""
     plain = [w for w in locked if not w.vcs]
     git = [w for w in locked if w.vcs]
     paths = fetch_wheels(plain, offline=offline, fetched=fetched, credentials=credentials)
@@ -235,6 +238,7 @@ def _install_pip(locked: tuple, tmp: Path, prefix: Path, *, offline: bool, fetch
     install_wheels(tmp, prefix, plain + built, paths)
     if git:
         record_origin(tmp, {canonical(w.name): w.url for w in git})
+    return {canonical(w.name): w.sha256 for w in built}
 
 
 def choose_installer(installer: str) -> str:
