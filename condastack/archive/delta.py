@@ -194,6 +194,9 @@ def _parent_sources(parent_prefix: Path, like: _Job, layer: str, parent: str) ->
     except CondastackError as e:
         remove_path(pjob.staging)
         raise DeltaRefused(layer, parent, f"the parent's env cannot be planned: {e}") from None
+    except BaseException:
+        remove_path(pjob.staging)
+        raise
 
 
 def delta_plan(job: _Job, plan: Plan, parent: dict[str, str]) -> tuple[Plan, list[str]]:
@@ -225,6 +228,10 @@ def _write_delta(job: _Job, parent_prefix: Path, parch: ParentArchive, tmp: Path
     _check_holds_parent(full, parch, layer, parent)
     pjob, psrc = _parent_sources(parent_prefix, job, layer, parent)
     try:
+        if parch.manifest.file_count is not None and len(psrc) != parch.manifest.file_count:
+            raise DeltaRefused(layer, parent, f"envs/{parent} has {len(psrc)} members but {parch.path.name} holds "
+                                              f"{parch.manifest.file_count}: the env changed since it was packed. "
+                                              f"Re-pack '{parent}' (or rebuild it), then pack the delta again.")
         plan, removed = delta_plan(job, full, psrc)
     finally:
         remove_path(pjob.staging)
