@@ -380,12 +380,15 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, base: Pat
               help="Where to mount it: must be the --dest-prefix it was packed for (the default).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the preamble here (default: print it).")
+@click.option("--base", type=click.Path(dir_okay=False, path_type=Path),
+              help="IMAGE is a delta (`pack LAYER --over PARENT --format squashfs`): the parent's image, mounted "
+              "under it with fuse-overlayfs.")
 @mode_option
 @allowed_signers_option
 @verbosity_options
 @click.pass_obj
 def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None, mode: str,
-                       allowed_signers: Path | None) -> None:
+                       allowed_signers: Path | None, base: Path | None) -> None:
     """Print (or write) a job preamble that sbcasts a SquashFS IMAGE to the job's nodes and mounts it.
 
     Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
@@ -394,7 +397,7 @@ def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path 
     from condastack.deliver.slurm import make_preamble, write_preamble  # lazy: CLI start-up
 
     access = parse_mode(mode)
-    pre = make_preamble(image, prefix, allowed_signers=allowed_signers)
+    pre = make_preamble(image, prefix, base, allowed_signers=allowed_signers)
     if output is None:
         click.echo(pre.text, nl=False)
         return
