@@ -101,8 +101,8 @@ def _mount_block(image: Path, prefix: Path, base: Path | None = None) -> list[st
         '    if [ -n "${_cs_mounter:-}" ]; then',
         '        _cs_each_node fusermount -u "$_cs_prefix" ||',
         '            echo "condastack: could not unmount $_cs_prefix on every node (busy?)" >&2',
-        *(['        _cs_each_node bash -c 'for d in "$1/child" "$1/base"; do ! mountpoint -q "$d" || '
-           'fusermount -u "$d"; done' - "$_cs_lower" || true'] if base is not None else []),
+        *(["        _cs_each_node bash -c 'for d in \"$1/child\" \"$1/base\"; do ! mountpoint -q \"$d\" || "
+           "fusermount -u \"$d\"; done' - \"$_cs_lower\" || true"] if base is not None else []),
         '        kill "$_cs_mounter" 2>/dev/null || true; wait "$_cs_mounter" 2>/dev/null || true',
         "    fi",
         '    _cs_each_node rm -f "$_cs_local"' + (' "$_cs_base_local"' if base is not None else "") + " || true",
