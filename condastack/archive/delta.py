@@ -41,7 +41,7 @@ from condastack.core.fs import remove_path, sha256_file
 from condastack.core.layout import delta_output, env_prefix, lockfile_path, pack_output, sidecar, whiteout
 from condastack.core.progress import Meter
 from condastack.env.locked import read_locked_env
-from condastack.env.prefix import META_DIR
+from condastack.env.prefix import META_DIR, EnvMarker
 from condastack.spec.stack import load_stack
 
 _CMP_CHUNK = 1 << 20
@@ -70,9 +70,9 @@ def pack_delta(root: Path, layer: str, parent: str, *, output: Path | None = Non
         if not p.exists():
             raise DeltaRefused(layer, parent, f"no environment at {p}. Run `condastack build {name}` first.")
     child_meta, parent_meta = read_env_meta(child_prefix), read_env_meta(parent_prefix)
-    platform = child_meta.get("platform") or "unknown"
-    if parent_meta.get("platform") != child_meta.get("platform"):
-        raise DeltaRefused(layer, parent, f"{parent_prefix} is built for {parent_meta.get('platform')}, "
+    platform = child_meta.platform or "unknown"
+    if parent_meta.platform != child_meta.platform:
+        raise DeltaRefused(layer, parent, f"{parent_prefix} is built for {parent_meta.platform}, "
                                           f"{child_prefix} for {platform}. Build both for one platform.")
     given = parent_archive or pack_output(root, parent, platform, SUFFIX[fmt])
     norm_dest = os.path.normpath(dest_prefix) if dest_prefix else None
@@ -105,7 +105,7 @@ def _check_ancestor(root: Path, layer: str, parent: str) -> None:
 
 
 def check_parent_archive(root: Path, layer: str, parent: str, path: Path, fmt: str, dest: str | None,
-                         parent_meta: dict) -> ParentArchive:
+                         parent_meta: EnvMarker) -> ParentArchive:
     """The parent's archive, if it is the parent's, of this format and prefix, and of its current lock."""
     man_path = sidecar(path, "manifest")
     if not path.is_file() or not man_path.is_file():
@@ -122,8 +122,8 @@ def check_parent_archive(root: Path, layer: str, parent: str, path: Path, fmt: s
         raise DeltaRefused(layer, parent, f"{path} is a {m.format} archive for dest prefix {m.dest_prefix}, but "
                                           f"this delta is {fmt} for {dest}: the delta must be packed like its "
                                           "parent (same --format and --dest-prefix).")
-    current = _current_lock(root, parent, parent_meta.get("platform"))
-    locks = {"archive": m.lock_hash, "env": parent_meta.get("lock_hash"), "lock": current or m.lock_hash}
+    current = _current_lock(root, parent, parent_meta.platform)
+    locks = {"archive": m.lock_hash, "env": parent_meta.lock_hash, "lock": current or m.lock_hash}
     if len(set(locks.values())) != 1:
         raise DeltaRefused(layer, parent, f"the lock of '{parent}' changed since {path.name} was packed (archive: "
                                           f"lock {_short(m.lock_hash)}; envs/{parent}: {_short(locks['env'])}; "

@@ -136,15 +136,6 @@ def rewrite_prefix(data: bytes, olds: list[str], new: str, placeholder: str, mod
     return data
 
 
-def relocation_records(prefix: Path) -> tuple[str | None, list[tuple[str, str, str]]]:
-    """The prefix now baked into an unpacked env's files (None: placeholders) and its (file, placeholder, mode)
-    records; ([] and None) for an env without relocation records."""
-    state = _read_state(Path(prefix))
-    if state is None:
-        return None, []
-    return state.get("current"), [tuple(r) for r in state.get("records", [])]  # type: ignore[misc]
-
-
 def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     """Point the placeholder files of the env at `prefix` to `as_prefix` (default: `prefix`).
 

@@ -198,7 +198,7 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
     with terminal_meter(not obj.quiet) as meter:
         kw["meter"] = meter
         if parent is not None:
-            from condastack.archive.delta import pack_delta
+            from condastack.archive.delta import pack_delta  # lazy: CLI start-up
 
             if prefix is not None or not layer or allow_modified or allow_foreign:
                 raise click.UsageError("--over packs a LAYER of the project (not --prefix, --allow-modified or "
@@ -335,11 +335,12 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, base: Pat
             as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
-    from condastack.deliver.install import install_archive  # lazy: CLI start-up
+    from condastack.deliver.install import InstallResult, install_archive  # lazy: CLI start-up
     from condastack.deliver.linked import install_linked  # lazy: CLI start-up
 
     require_archive(archive)
     access = parse_mode(mode)
+    res: InstallResult
     with terminal_meter(not obj.quiet) as meter:
         if base is not None:
             if image is not None:

@@ -27,7 +27,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from condastack.archive.relocate import relocate, relocation_records, rewrite_prefix
+from condastack.archive.relocate import RelocationRecord, relocate, rewrite_prefix
 from condastack.archive.signing import check_signatures
 from condastack.archive.unpack import unpack_archive
 from condastack.core.access import SHARED, Access, apply_file, make_folders
@@ -43,7 +43,7 @@ from condastack.deliver.install import (
     verify_archive,
 )
 from condastack.deliver.module import ACTIVATION_FILES, write_activation_scripts
-from condastack.env.prefix import INSTALL_RECORD, META_DIR, Env, read_marker
+from condastack.env.prefix import INSTALL_RECORD, META_DIR, Env, EnvMarker, read_marker
 
 
 @dataclass
@@ -66,12 +66,12 @@ class LinkedResult(InstallResult):
 def check_base(verified: Verified, base: Path) -> None:
     """B is an install of the archive the delta names: its layer, its lock hash and that archive's sha256."""
     m = verified.manifest
-    marker = read_marker(base) or {}
+    marker = read_marker(base) or EnvMarker()
     try:
         record = json.loads((base / INSTALL_RECORD).read_text())
     except (OSError, ValueError):
         record = {}
-    have = (marker.get("layer"), marker.get("lock_hash"), record.get("sha256") if isinstance(record, dict) else None)
+    have = (marker.layer, marker.lock_hash, record.get("sha256") if isinstance(record, dict) else None)
     want = (m.parent_layer, m.parent_lock_hash, m.parent_sha256)
     if have != want:
         raise DeltaRefused(m.layer, m.parent_layer, f"--base {base} is not the install this delta goes on: it holds "
@@ -79,7 +79,8 @@ def check_base(verified: Verified, base: Path) -> None:
                            f"{str(have[2])[:16]}), but {verified.archive.name} needs layer '{want[0]}' (lock "
                            f"{str(want[1])[:12]}) installed from {m.parent_archive} (sha256 {str(want[2])[:16]}). "
                            f"Install that archive with `condastack install` and pass its prefix as --base.")
-    current, _ = relocation_records(base)
+    state = RelocationRecord.read(base)
+    current = state.current if state is not None else None
     if current is not None and os.path.normpath(current) != str(base):
         raise DeltaRefused(m.layer, m.parent_layer, f"--base {base}: its files point at {current} (it was moved); "
                            f"run `condastack relocate {base}` first.")
@@ -158,9 +159,9 @@ def _count(prefix: Path) -> int:
 def _link_base(base: Path, stage: Path, prefix: Path, skip: set[str]) -> tuple[LinkCounts, dict]:
     """Fill `stage` from B: folders made, links copied, prefix-holding files copied and relocated for
     `prefix`, every other file hard-linked. Returns the counts and {path: (sha256, size)} of the copies."""
-    current, records = relocation_records(base)
-    holds_prefix = {f: (ph, mode) for f, ph, mode in records}
-    old = current or str(base)
+    state = RelocationRecord.read(base)
+    holds_prefix = {f: (ph, mode) for f, ph, mode in (state.records if state is not None else ())}
+    old = (state.current if state is not None else None) or str(base)
     counts, held = LinkCounts(), {}
     skip = skip | {INSTALL_RECORD, *ACTIVATION_FILES}
     stage.mkdir()
