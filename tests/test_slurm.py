@@ -269,9 +269,9 @@ def test_delta_squashfs_over_its_parent_with_4_tasks(delivered: Site) -> None:
     res = site.cluster.wait(long)
     assert res.state == "CANCELLED", res
     give_up = time.monotonic() + 30
-    while _fuse_mounts(prefix, site.node_dir) and time.monotonic() < give_up:
+    while (_fuse_mounts(prefix, site.node_dir) or list(site.node_dir.iterdir())) and time.monotonic() < give_up:
         time.sleep(0.1)
-    assert _fuse_mounts(prefix, site.node_dir) == []
+    assert _fuse_mounts(prefix, site.node_dir) == [] and list(site.node_dir.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- install under a running job

@@ -156,6 +156,10 @@ def _node_mount(overlay: bool) -> list[str]:
         '    command -v fuse-overlayfs >/dev/null ||',
         '        { echo "condastack: no fuse-overlayfs on $(hostname) (apt-get install fuse-overlayfs)" >&2; exit 1; }',
         '    mkdir -p "$4/child" "$4/base" || exit 1',
+        # Cancelled, every process of the step gets SIGTERM and each FUSE daemon unmounts itself; the
+        # mount points go once they have exited, so nothing is left on the node however the job ends.
+        '    lw=$4; gone() { wait; rmdir "$lw/child" "$lw/base" "$lw" 2>/dev/null; }',
+        "    trap \"gone; exit 143\" TERM",
         '    "$fuse" -f "$3" "$4/base" & pb=$!',
         '    "$fuse" -f "$2" "$4/child" & pc=$!',
         '    until mountpoint -q "$4/base" && mountpoint -q "$4/child"; do',
@@ -166,7 +170,7 @@ def _node_mount(overlay: bool) -> list[str]:
         '    fuse-overlayfs -f -o "lowerdir=$4/child:$4/base" "$1" & po=$!',
         '    wait "$po"',
         '    fusermount -u "$4/child"; fusermount -u "$4/base"',
-        "    wait' mount \"$_cs_prefix\" \"$_cs_local\" \"$_cs_base_local\" \"$_cs_lower\" &",
+        "    gone' mount \"$_cs_prefix\" \"$_cs_local\" \"$_cs_base_local\" \"$_cs_lower\" &",
     ]
 
 
