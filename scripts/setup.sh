@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # slurm-wlm, munge, slurmdbd and mariadb-server: the single-node Slurm cluster of tests/slurm_cluster.py
 # (the fixture starts its own daemons on 127.0.0.1; the packages' services are not used).
-APT_PKGS="squashfs-tools squashfuse fuse3 zstd pigz patchelf skopeo umoci lmod debootstrap binutils podman runc
+# fuse-overlayfs: delta SquashFS images mounted over their parent's; docker-registry: the registry tests (127.0.0.1).
+APT_PKGS="squashfs-tools squashfuse fuse3 fuse-overlayfs docker-registry zstd pigz patchelf skopeo umoci lmod debootstrap binutils podman runc
   slurm-wlm munge slurmdbd mariadb-server"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=""

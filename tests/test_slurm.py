@@ -202,6 +202,78 @@ def test_node_local_squashfs_preamble_with_4_tasks(delivered: Site) -> None:
     assert not os.path.ismount(prefix)
 
 
+# --------------------------------------------------------------------------- a delta image over its parent's
+
+OVERLAY = """\
+import os, pathlib, subprocess, sys, time
+rank, n = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+prefix = os.environ["CONDA_PREFIX"]
+fstype = next((ln.split(" - ")[1].split()[0] for ln in open("/proc/self/mountinfo") if ln.split()[4] == prefix), "-")
+hello = subprocess.run([prefix + "/bin/hello"], capture_output=True, text=True).stdout.splitlines()[0]
+note = os.path.exists(prefix + "/share/site-note.txt")  # base's, removed by app: hidden by the whiteout
+if rank == 0:
+    v = subprocess.run(["condastack", "verify", "--prefix", prefix], capture_output=True, text=True)
+    print(f"verify rc={v.returncode} {v.stdout.strip().splitlines()[-1]}")
+barrier = pathlib.Path(f"barrier-{os.environ['SLURM_JOB_ID']}")
+barrier.mkdir(exist_ok=True)
+(barrier / str(rank)).touch()
+give_up = time.monotonic() + 60
+while len(list(barrier.iterdir())) < n and time.monotonic() < give_up:
+    time.sleep(0.05)
+print(f"task {rank}/{n} python={sys.executable} fs={fstype} {hello} note={note} together={len(list(barrier.iterdir()))}")
+"""
+
+
+def _fuse_mounts(*under: Path) -> list[str]:
+    return [ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines()
+            if any(ln.split()[1].startswith(str(u)) for u in under)]
+
+
+def test_delta_squashfs_over_its_parent_with_4_tasks(delivered: Site) -> None:
+    """app's delta image mounted over base's with fuse-overlayfs: 4 tasks see the whole app env, verify passes
+    on the merged view, and every mount goes at exit, on failure and on cancel."""
+    if shutil.which("fuse-overlayfs") is None:
+        pytest.skip("fuse-overlayfs not installed: apt-get install fuse-overlayfs (scripts/setup.sh does)")
+    site = delivered
+    prefix = site.shared / "envs" / "verl" / "app-ov"
+    site.sh("condastack build base")
+    (site.project / "envs" / "base" / "share" / "site-note.txt").write_text("only in base\n")
+    site.sh("condastack pack base --format squashfs --dest-prefix /shared/envs/verl/app-ov")
+    site.sh("condastack pack app --over base --format squashfs --dest-prefix /shared/envs/verl/app-ov")
+    delta, base = (site.project / "pack" / f"{n}-linux-64.squashfs" for n in ("app-over-base", "base"))
+    assert delta.stat().st_size * 20 < base.stat().st_size
+    site.sh(f"condastack slurm-preamble {delta} --base {base} -o /shared/envs/verl/app-ov.preamble.sh")
+    (site.project / "overlay.py").write_text(OVERLAY)
+    sbatch = "ENV_MODE=squashfs ENV_PREFIX=/shared/envs/verl/app-ov sbatch -n 4 examples/slurm/job.sh python overlay.py"
+    job = site.submit(sbatch)
+    res = site.cluster.wait(job)
+    out = site.output(job)
+    assert (res.state, res.exit_code) == ("COMPLETED", "0:0"), out
+    tasks = sorted(ln for ln in out.splitlines() if ln.startswith("task "))
+    assert tasks == [f"task {r}/4 python={prefix}/bin/python fs=fuse.fuse-overlayfs prefix={prefix} note=False "
+                     "together=4" for r in range(4)], out
+    assert "verify rc=0 ok: the environment matches its lock" in out
+    assert _fuse_mounts(prefix, site.node_dir) == [] and list(site.node_dir.iterdir()) == []
+
+    bad = site.submit(sbatch.replace("python overlay.py", "python -c 'import sys; sys.exit(3)'"))
+    res = site.cluster.wait(bad)
+    assert (res.state, res.exit_code) == ("FAILED", "3:0"), site.output(bad)
+    assert _fuse_mounts(prefix, site.node_dir) == [] and list(site.node_dir.iterdir()) == []
+
+    long = site.submit(sbatch.replace("python overlay.py", "python -c 'import time; time.sleep(600)'"))
+    give_up = time.monotonic() + 120
+    while len(_fuse_mounts(prefix, site.node_dir)) < 3 and time.monotonic() < give_up:
+        time.sleep(0.1)
+    assert len(_fuse_mounts(prefix, site.node_dir)) == 3, site.output(long)  # the merge and both images
+    site.cluster.run("scancel", str(long))
+    res = site.cluster.wait(long)
+    assert res.state == "CANCELLED", res
+    give_up = time.monotonic() + 30
+    while (_fuse_mounts(prefix, site.node_dir) or list(site.node_dir.iterdir())) and time.monotonic() < give_up:
+        time.sleep(0.1)
+    assert _fuse_mounts(prefix, site.node_dir) == [] and list(site.node_dir.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- install under a running job
 
 HOLD = """\

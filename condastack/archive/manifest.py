@@ -10,6 +10,10 @@ lock_hash, lockfile, source_prefix, packages [{name, version, build, channel, su
 md5}], file_count, bytes_unpacked, placeholders [{file, placeholder, mode}] (only without
 dest_prefix), level, threads, built_from (what the archive was built from: equal inputs give a
 byte-identical archive), created_by, created.
+
+A delta archive (`pack LAYER --over PARENT`) also has parent_layer, parent_lock_hash and
+parent_sha256 (the parent's archive, which the delta goes on top of), parent_archive (its file
+name, for messages) and removed (paths of the parent's env that the child's lacks).
 """
 
 from __future__ import annotations
@@ -87,7 +91,17 @@ class Manifest:
     built_from: dict[str, Any] = field(default_factory=dict)
     created_by: str | None = None
     created: str | None = None
+    parent_layer: str | None = None
+    parent_lock_hash: str | None = None
+    parent_sha256: str | None = None
+    parent_archive: str | None = None
+    removed: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_delta(self) -> bool:
+        """Whether this archive holds only what its layer adds to a parent's archive."""
+        return self.parent_sha256 is not None
 
     # ------------------------------------------------------------------ in
     @classmethod
@@ -105,7 +119,7 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
             raise CondastackError(f"{path}: not a condastack manifest (format_version {FORMAT_VERSION}). Re-pack "
                                   "the env with this condastack version.")
-        known = {f.name for f in fields(cls)} - {"extra", "packages", "placeholders", "built_from"}
+        known = {f.name for f in fields(cls)} - {"extra", "packages", "placeholders", "built_from", "removed"}
         kw: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in known and f.name in data:
@@ -113,15 +127,21 @@ class Manifest:
         for name in ("format", "archive", "sha256"):
             if not isinstance(kw.get(name), str):
                 raise ManifestInvalid(path, name, "a string", data.get(name))
-        if not _HEX64.match(kw["sha256"].lower()):
-            raise ManifestInvalid(path, "sha256", "64 hex digits", kw["sha256"])
+        for name in ("sha256", "parent_sha256"):
+            if kw.get(name) is not None and not _HEX64.match(kw[name].lower()):
+                raise ManifestInvalid(path, name, "64 hex digits", kw[name])
+        if (kw.get("parent_sha256") is None) != (kw.get("parent_layer") is None):
+            raise ManifestInvalid(path, "parent_layer", "given together with parent_sha256",
+                                  kw.get("parent_layer"))
         built = data.get("built_from", {})
         if not isinstance(built, dict):
             raise ManifestInvalid(path, "built_from", "a mapping", built)
         return cls(**kw, packages=_packages(path, data.get("packages", [])),
                    placeholders=_placeholders(path, data.get("placeholders", [])), built_from=built,
+                   removed=_removed(path, data.get("removed", [])),
                    extra={k: v for k, v in data.items() if k not in known | {"format_version", "packages",
-                                                                             "placeholders", "built_from"}})
+                                                                             "placeholders", "built_from",
+                                                                             "removed"}})
 
     # ------------------------------------------------------------------ out
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +154,8 @@ class Manifest:
                 v = [{k: getattr(p, k) for k in _PKG_KEYS} for p in v]
             elif f.name == "placeholders":
                 v = [{"file": p.file, "placeholder": p.placeholder, "mode": p.mode} for p in v]
+            elif f.name == "removed":
+                v = list(v)
             out[f.name] = v
         return {**out, **self.extra}
 
@@ -180,6 +202,16 @@ def _placeholders(path: Path, items: object) -> tuple[Placeholder, ...]:
             raise CondastackError(f"{e.message} Nothing was installed.") from None
         out.append(Placeholder(file=r["file"], placeholder=r["placeholder"], mode=r["mode"]))
     return tuple(out)
+
+
+def _removed(path: Path, items: object) -> tuple[str, ...]:
+    """The removed paths of a delta: each a clean relative path (they are deleted at install)."""
+    if not isinstance(items, list):
+        raise ManifestInvalid(path, "removed", "a list of relative paths", items)
+    try:
+        return tuple(clean_relative(r, f"{path}: removed") for r in items)
+    except UnsafePath as e:
+        raise CondastackError(f"{e.message} Nothing was installed.") from None
 
 
 __all__ = ["FORMAT_VERSION", "Manifest", "ManifestInvalid", "PackageRef", "Placeholder"]

@@ -64,6 +64,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,15 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
                 allow_foreign: bool = False, meter: Meter | None = None, sign: Path | None = None) -> PackResult:
     """Pack the env at `prefix` into `output` (+ .sha256, .manifest.json and .cdx.json beside it; with
     `sign`, an SSH key, also the .sig of the archive and of the manifest)."""
+    job, meta = start_job(prefix, output, fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads,
+                          allow_modified=allow_modified, allow_foreign=allow_foreign, meter=meter)
+    return publish(job, meta, _write_squashfs if fmt == "squashfs" else _write_tar, sign=sign)
+
+
+def start_job(prefix: Path, output: Path, *, fmt: str, dest_prefix: str | None, level: int | None,
+              threads: int | None, allow_modified: bool = False, allow_foreign: bool = False,
+              meter: Meter | None = None) -> tuple[_Job, EnvMarker]:
+    """A pack run of the env at `prefix` (its staging folder made), and the env's condastack.info."""
     t0 = time.perf_counter()
     dest_prefix = _check_request(fmt, dest_prefix)
     prefix, output = Path(prefix).absolute(), Path(output).absolute()
@@ -341,20 +351,30 @@ def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix
     job.mtime, job.mtime_from = archive_mtime(prefix)
     job.sbom = env_sbom_text(prefix, timestamp=job.mtime)
     job.meter = meter
+    return job, meta
+
+
+def publish(job: _Job, meta: EnvMarker, write: Callable[[_Job, Path], _Written],
+            amend: Callable[[Manifest], Manifest] | None = None, sign: Path | None = None) -> PackResult:
+    """Write the archive with `write` and publish it with its sidecars (the manifest `amend`ed), as one set;
+    the job's staging folder is removed."""
+    output, prefix = job.output, job.prefix
     try:
         # Two packs to one folder take turns, so an archive and its sidecars stay one set
         # (the lock is on the folder itself: nothing is left beside the outputs).
         finals = [output, *(sidecar(output, k) for k in ("manifest", "sha256", "sbom", "sig", "manifest_sig"))]
         with naming(output), dir_lock(output.parent), temp_siblings(*finals) as tmps:
             tmp, mtmp, stmp, btmp, sig_tmp, msig_tmp = tmps
-            written = (_write_squashfs if fmt == "squashfs" else _write_tar)(job, tmp)
+            written = write(job, tmp)
             size = tmp.stat().st_size
             manifest = _manifest(job, meta, written, size)
+            if amend is not None:
+                manifest = amend(manifest)
             mtmp.write_text(manifest.text())
             stmp.write_text(f"{written.digest}  {output.name}\n")
             btmp.write_text(env_sbom_text(prefix, timestamp=job.mtime, properties={
-                "archive": output.name, "archive_sha256": written.digest, "archive_format": fmt,
-                "dest_prefix": dest_prefix or ""}))
+                "archive": output.name, "archive_sha256": written.digest, "archive_format": job.fmt,
+                "dest_prefix": job.dest or ""}))
             n = 4
             if sign is not None:
                 sig_tmp.write_bytes(sign_file(sign, tmp))

@@ -123,6 +123,19 @@ def _binary_relocate(data: bytes, old: bytes, new: bytes, room: int, path: str) 
     return out
 
 
+def rewrite_prefix(data: bytes, olds: list[str], new: str, placeholder: str, mode: str, path: str) -> bytes:
+    """`data` (a file of mode "text" or "binary" recorded with `placeholder`) with the first of `olds` it
+    holds replaced by `new`; binary strings keep the placeholder's padded length."""
+    for o in dict.fromkeys(olds):
+        if mode == "binary":
+            out = _binary_relocate(data, o.encode(), new.encode(), len(placeholder.encode()), path)
+        else:
+            out = data.replace(o.encode(), new.encode())
+        if out != data:
+            return out
+    return data
+
+
 def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     """Point the placeholder files of the env at `prefix` to `as_prefix` (default: `prefix`).
 
@@ -147,15 +160,8 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
             if path.is_symlink() or not path.is_file():
                 continue
             data = path.read_bytes()
-            out = data
             # conda-unpack leaves bin/python* alone, so those may still hold the placeholder.
-            for o in dict.fromkeys([old, ph]):
-                if mode == "binary":
-                    out = _binary_relocate(data, o.encode(), new.encode(), len(ph.encode()), f)
-                else:
-                    out = data.replace(o.encode(), new.encode())
-                if out != data:
-                    break
+            out = rewrite_prefix(data, [old, ph], new, ph, mode, f)
             if out != data:
                 _replace_file(path, out)
                 held[f] = (hashlib.sha256(out).hexdigest(), len(out))

@@ -176,11 +176,16 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
 @mode_option
 @click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
               help="Sign the archive and its manifest with this SSH key (ssh-keygen -Y sign, namespace condastack).")
+@click.option("--over", "parent", metavar="PARENT", help="Pack only what LAYER adds to its ancestor PARENT (a delta "
+              "archive that goes on top of PARENT's archive).")
+@click.option("--parent-archive", type=click.Path(dir_okay=False, path_type=Path), help="With --over: the parent's "
+              "archive the delta goes on top of (default: pack/PARENT-PLATFORM.EXT).")
 @verbosity_options
 @click.pass_obj
 def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_prefix: str | None,
              output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
-             allow_foreign: bool, mode: str, sign_key: Path | None) -> None:
+             allow_foreign: bool, mode: str, sign_key: Path | None, parent: str | None,
+             parent_archive: Path | None) -> None:
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
     from condastack.archive.pack import pack_layer, pack_prefix  # lazy: CLI start-up
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
@@ -188,9 +193,20 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
     access = parse_mode(mode)
     kw: dict[str, Any] = dict(fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads,
                               allow_modified=allow_modified, allow_foreign=allow_foreign, sign=sign_key)
+    if parent_archive is not None and parent is None:
+        raise click.UsageError("--parent-archive goes with --over PARENT.")
     with terminal_meter(not obj.quiet) as meter:
         kw["meter"] = meter
-        if prefix is not None:
+        if parent is not None:
+            from condastack.archive.delta import pack_delta  # lazy: CLI start-up
+
+            if prefix is not None or not layer or allow_modified or allow_foreign:
+                raise click.UsageError("--over packs a LAYER of the project (not --prefix, --allow-modified or "
+                                       "--allow-foreign).")
+            res = pack_delta(obj.root, known_layer(obj, layer), known_layer(obj, parent), output=output,
+                             parent_archive=parent_archive, fmt=fmt, dest_prefix=dest_prefix, level=level,
+                             threads=threads, meter=meter, sign=sign_key)
+        elif prefix is not None:
             if output is None:
                 raise click.UsageError("--prefix needs -o FILE (where to write the archive).")
             res = pack_prefix(prefix, output, **kw)
@@ -305,30 +321,48 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
 @prefix_option("Where the env lives on the shared file system (replaced atomically if present).", required=True)
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
               help="squashfs only: where to put the image (default: PREFIX.squashfs).")
+@click.option("--base", type=click.Path(file_okay=False, path_type=Path),
+              help="ARCHIVE is a delta (`pack LAYER --over PARENT`): build the full env from the parent's install "
+              "here, hard-linking its files that hold no prefix.")
 @limit_options
 @mode_option
 @allowed_signers_option
 @json_option
 @verbosity_options
 @click.pass_obj
-def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_members: int | None,
-            max_bytes: int | None, mode: str, allowed_signers: Path | None, as_json: bool) -> None:
+def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, base: Path | None,
+            max_members: int | None, max_bytes: int | None, mode: str, allowed_signers: Path | None,
+            as_json: bool) -> None:
     """Verify ARCHIVE (sha256 + manifest), unpack, relocate and swap it in at --prefix."""
     from condastack.core.progress import terminal_meter  # lazy: CLI start-up
-    from condastack.deliver.install import install_archive  # lazy: CLI start-up
+    from condastack.deliver.install import InstallResult, install_archive  # lazy: CLI start-up
+    from condastack.deliver.linked import install_linked  # lazy: CLI start-up
 
     require_archive(archive)
     access = parse_mode(mode)
+    res: InstallResult
     with terminal_meter(not obj.quiet) as meter:
-        res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes,
-                              meter=meter, access=access, allowed_signers=allowed_signers)
+        if base is not None:
+            if image is not None:
+                raise click.UsageError("--image is for squashfs images; --base for delta archives.")
+            res = install_linked(archive, prefix, base, max_members=max_members, max_bytes=max_bytes, meter=meter,
+                                 access=access, allowed_signers=allowed_signers)
+        else:
+            res = install_archive(archive, prefix, image=image, max_members=max_members, max_bytes=max_bytes,
+                                  meter=meter, access=access, allowed_signers=allowed_signers)
+    counts = getattr(res, "counts", None)
     if as_json:
         emit_json({"prefix": str(res.prefix), "format": res.format, "sha256": res.sha256,
                    "lock_hash": res.lock_hash, "replaced": res.replaced, "file_count": res.file_count,
                    "image": str(res.image) if res.image else None, "mount": res.mount_lines,
-                   "activate": str(res.activate) if res.activate else None})
+                   "activate": str(res.activate) if res.activate else None,
+                   **({"base": str(base), "linked": counts.linked, "copied": counts.copied,
+                       "bytes_copied": counts.bytes_copied} if counts is not None else {})})
         return
     con = obj.console
+    if counts is not None:
+        con.print(f"on base {base}: {counts.linked} files hard-linked, {counts.copied} copied "
+                  f"({counts.bytes_copied / 1e6:.1f} MB)", markup=False)
     if res.format == "squashfs":
         con.print(f"{'replaced' if res.replaced else 'copied'} image {res.image} (sha256 {res.sha256[:16]}…)\n"
                   "mount it where it was packed for, with either of:", markup=False)
@@ -347,12 +381,15 @@ def install(obj: Ctx, archive: Path, prefix: Path, image: Path | None, max_membe
               help="Where to mount it: must be the --dest-prefix it was packed for (the default).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the preamble here (default: print it).")
+@click.option("--base", type=click.Path(dir_okay=False, path_type=Path),
+              help="IMAGE is a delta (`pack LAYER --over PARENT --format squashfs`): the parent's image, mounted "
+              "under it with fuse-overlayfs.")
 @mode_option
 @allowed_signers_option
 @verbosity_options
 @click.pass_obj
 def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path | None, mode: str,
-                       allowed_signers: Path | None) -> None:
+                       allowed_signers: Path | None, base: Path | None) -> None:
     """Print (or write) a job preamble that sbcasts a SquashFS IMAGE to the job's nodes and mounts it.
 
     Source it at the top of an sbatch script: `. PREAMBLE`. It unmounts the
@@ -361,7 +398,7 @@ def slurm_preamble_cmd(obj: Ctx, image: Path, prefix: Path | None, output: Path 
     from condastack.deliver.slurm import make_preamble, write_preamble  # lazy: CLI start-up
 
     access = parse_mode(mode)
-    pre = make_preamble(image, prefix, allowed_signers=allowed_signers)
+    pre = make_preamble(image, prefix, base, allowed_signers=allowed_signers)
     if output is None:
         click.echo(pre.text, nl=False)
         return

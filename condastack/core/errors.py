@@ -125,3 +125,11 @@ class LockStale(CondastackError):
         self.layer, self.lockfile, self.why = layer, Path(lockfile), why
         super().__init__(f"layer {layer}: {why}, so {self.lockfile.name} no longer matches the stack. Run "
                          f"`condastack lock {layer}` to refresh it, or build the lock as it is with --frozen.")
+
+
+class DeltaRefused(CondastackError):
+    """A delta of `layer` over `parent` cannot be packed or installed: `reason` (and what to do)."""
+
+    def __init__(self, layer: str | None, parent: str | None, reason: str) -> None:
+        self.layer, self.parent, self.reason = layer, parent, reason
+        super().__init__(f"layer '{layer}' over '{parent}': {reason}")

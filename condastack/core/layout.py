@@ -10,6 +10,7 @@ A project folder holds
     envs/<layer>                            the built environment
     pack/<layer>-<platform>.<ext>           archives (+ .sha256, .manifest.json, .cdx.json, and with
                                             `pack --sign` .sig and .manifest.json.sig)
+    pack/<layer>-over-<parent>-<platform>.<ext>  delta archives (what <layer> adds to <parent>)
 
 and the user caches are $CONDASTACK_CACHE (default ~/.cache/condastack), the
 package cache $CONDASTACK_PKGS (default ~/.cache/condastack/pkgs) and the wheel
@@ -81,6 +82,11 @@ def pack_output(root: Path, layer: str, platform: str, suffix: str) -> Path:
     return pack_dir(root) / f"{layer}-{platform}{suffix}"
 
 
+def delta_output(root: Path, layer: str, parent: str, platform: str, suffix: str) -> Path:
+    """pack/<layer>-over-<parent>-<platform><suffix>: what `layer`'s env adds to `parent`'s."""
+    return pack_dir(root) / f"{layer}-over-{parent}-{platform}{suffix}"
+
+
 # --------------------------------------------------------------------------- user caches
 
 
@@ -119,6 +125,15 @@ def sidecar(archive: Path, kind: str) -> Path:
     """A file written beside an archive, e.g. `ARCHIVE.sha256`, `ARCHIVE.manifest.json`, `ARCHIVE.cdx.json`."""
     archive = Path(archive)
     return archive.with_name(archive.name + SIDECAR_SUFFIXES[kind])
+
+
+WHITEOUT = ".wh."  # an overlay (OCI, fuse-overlayfs) hides the lower layer's NAME under a `.wh.NAME` entry
+
+
+def whiteout(rel: str) -> str:
+    """The whiteout entry that hides `rel` of a lower layer: `dir/.wh.name`."""
+    head, _, name = rel.rpartition("/")
+    return f"{head}/{WHITEOUT}{name}" if head else f"{WHITEOUT}{name}"
 
 
 def sidecars(archive: Path) -> tuple[Path, Path]:

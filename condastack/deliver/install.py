@@ -161,15 +161,13 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
         raise CondastackError(f"{verified.archive}: unknown archive format {fmt!r} in its manifest.")
     if image is not None:
         raise CondastackError("--image is only for squashfs archives.")
-    if prefix.is_symlink():
-        raise CondastackError(f"{prefix}: --prefix is a symlink; give the real folder (or a new path).")
-    if prefix.exists() and not prefix.is_dir():
-        raise CondastackError(f"{prefix}: exists and is not a folder; choose another --prefix.")
-    if prefix.is_dir() and any(prefix.iterdir()) and not Env(prefix).is_conda_env():
-        raise CondastackError(
-            f"{prefix}: exists, is not empty and is not a conda env; refusing to replace it. Choose an empty or "
-            "new --prefix, or remove it first."
-        )
+    if verified.manifest.is_delta:
+        m = verified.manifest
+        raise CondastackError(f"{verified.archive}: is a delta of layer '{m.layer}' over '{m.parent_layer}' (it holds "
+                              f"only what '{m.layer}' adds); install it on top of an install of "
+                              f"{m.parent_archive}: `condastack install {verified.archive.name} --prefix {prefix} "
+                              "--base PARENT_PREFIX`.")
+    check_install_prefix(prefix)
 
     parent = prefix.parent
     make_folders(parent, access)
@@ -198,11 +196,24 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
                          activate=prefix / act.name)
 
 
-def _write_install_record(env: Path, verified: Verified) -> None:
+def check_install_prefix(prefix: Path) -> None:
+    """PREFIX can take an install: new, empty, or an earlier install (a conda env) to replace."""
+    if prefix.is_symlink():
+        raise CondastackError(f"{prefix}: --prefix is a symlink; give the real folder (or a new path).")
+    if prefix.exists() and not prefix.is_dir():
+        raise CondastackError(f"{prefix}: exists and is not a folder; choose another --prefix.")
+    if prefix.is_dir() and any(prefix.iterdir()) and not Env(prefix).is_conda_env():
+        raise CondastackError(
+            f"{prefix}: exists, is not empty and is not a conda env; refusing to replace it. Choose an empty or "
+            "new --prefix, or remove it first."
+        )
+
+
+def _write_install_record(env: Path, verified: Verified, **more: object) -> None:
     m = verified.manifest
     record = {"archive": verified.archive.name, "sha256": verified.sha256, "format": m.format,
               "layer": m.layer, "stack": m.stack, "platform": m.platform, "lock_hash": m.lock_hash,
-              "installed_by": f"condastack {__version__}",
+              **more, "installed_by": f"condastack {__version__}",
               "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_text(env / INSTALL_RECORD, json.dumps(record, indent=1) + "\n")
 

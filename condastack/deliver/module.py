@@ -197,10 +197,13 @@ def render_deactivate_sh(info: EnvInfo) -> str:
 _sh_quote = quoting.sh
 
 
+ACTIVATION_FILES = ("activate.sh", "deactivate.sh")  # written by `install` at the top of the prefix
+
+
 def write_activation_scripts(env_dir: Path, *, final_prefix: Path | None = None) -> tuple[Path, Path]:
     """Write activate.sh and deactivate.sh into `env_dir`, naming paths at `final_prefix`."""
     info = read_env_info(env_dir, final_prefix=final_prefix)
-    act, deact = Path(env_dir) / "activate.sh", Path(env_dir) / "deactivate.sh"
+    act, deact = (Path(env_dir) / name for name in ACTIVATION_FILES)
     atomic_write_text(act, render_activate_sh(info))
     atomic_write_text(deact, render_deactivate_sh(info))
     return act, deact
