@@ -547,7 +547,7 @@ def test_ld_library_path_only_where_needed(project: Path, tmp_path: Path) -> Non
     assert env_needs_ld_library_path(copy / "envs" / "app")
     assert run_cli("-C", copy, "container", "app").returncode == 0
     assert f'LD_LIBRARY_PATH="{PREFIX}/lib"' in (copy / "Dockerfile.thin").read_text()
-    assert f'export LD_LIBRARY_PATH="{PREFIX}/lib"' in (copy / "pack" / "app.def").read_text()
+    assert f"export LD_LIBRARY_PATH='{PREFIX}/lib'" in (copy / "pack" / "app.def").read_text()
     assert run_cli("-C", copy, "container", "app", "--no-ld-library-path").returncode == 0
     assert "LD_LIBRARY_PATH" not in (copy / "Dockerfile.thin").read_text()
 
