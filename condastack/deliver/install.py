@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,12 +184,7 @@ def install_archive(archive: Path, prefix: Path, *, image: Path | None = None, m
             count = check_against_manifest(stage, verified.manifest)
             _write_install_record(stage, verified)
 
-            act, _ = write_activation_scripts(stage, final_prefix=prefix)
-            apply_tree(stage, access)  # before the swap: nobody sees it private first
-            replaced = Env(prefix).is_conda_env()
-            if prefix.is_dir() and not replaced:
-                prefix.rmdir()  # an empty folder made ready by an admin
-            swap_dir(stage, prefix)
+            act, replaced = publish_stage(stage, prefix, lambda tree: apply_tree(tree, access))
         finally:
             remove_path(stage)
     return InstallResult(prefix=prefix, format=fmt, sha256=verified.sha256,
@@ -207,6 +203,18 @@ def check_install_prefix(prefix: Path) -> None:
             f"{prefix}: exists, is not empty and is not a conda env; refusing to replace it. Choose an empty or "
             "new --prefix, or remove it first."
         )
+
+
+def publish_stage(stage: Path, prefix: Path, set_access: Callable[[Path], None]) -> tuple[Path, bool]:
+    """Finish a staged env and swap it in at `prefix`: activation scripts, access modes (before the
+    swap: nobody sees it private first), then the atomic swap. Returns (activate.sh, replaced)."""
+    act, _ = write_activation_scripts(stage, final_prefix=prefix)
+    set_access(stage)
+    replaced = Env(prefix).is_conda_env()
+    if prefix.is_dir() and not replaced:
+        prefix.rmdir()  # an empty folder made ready by an admin
+    swap_dir(stage, prefix)
+    return act, replaced
 
 
 def _write_install_record(env: Path, verified: Verified, **more: object) -> None:

@@ -32,7 +32,7 @@ from condastack.archive.signing import check_signatures
 from condastack.archive.unpack import unpack_archive
 from condastack.core.access import SHARED, Access, apply_file, make_folders
 from condastack.core.errors import CondastackError, DeltaRefused
-from condastack.core.fs import TMP_MARK, clean_stale_temporaries, file_lock, remove_path, require_free_space, swap_dir
+from condastack.core.fs import TMP_MARK, clean_stale_temporaries, file_lock, remove_path, require_free_space
 from condastack.core.progress import Meter
 from condastack.deliver.install import (
     InstallResult,
@@ -40,9 +40,10 @@ from condastack.deliver.install import (
     _write_install_record,
     check_against_manifest,
     check_install_prefix,
+    publish_stage,
     verify_archive,
 )
-from condastack.deliver.module import ACTIVATION_FILES, write_activation_scripts
+from condastack.deliver.module import ACTIVATION_FILES
 from condastack.env.prefix import INSTALL_RECORD, META_DIR, Env, EnvMarker, read_marker
 
 
@@ -127,12 +128,7 @@ def install_linked(archive: Path, prefix: Path, base: Path, *, max_members: int 
             _merge(delta, stage)
             Env(stage).update_file_hashes(held)  # what `verify` compares the relocated copies against
             _write_install_record(stage, verified, base=str(base), parent_sha256=m.parent_sha256)
-            act, _ = write_activation_scripts(stage, final_prefix=prefix)
-            _apply_access(stage, access, counts.inodes)  # before the swap: nobody sees it private first
-            replaced = Env(prefix).is_conda_env()
-            if prefix.is_dir() and not replaced:
-                prefix.rmdir()  # an empty folder made ready by an admin
-            swap_dir(stage, prefix)
+            act, replaced = publish_stage(stage, prefix, lambda tree: _apply_access(tree, access, counts.inodes))
         finally:
             remove_path(stage)
             remove_path(delta)
