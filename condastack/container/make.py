@@ -92,7 +92,8 @@ def _runtime_images(stack: Stack, spec: ContainerSpec, sqsh: Path | None,
         raise CondastackError(f"--sqsh and --sif both name {sqsh}; give two files.")
     glibc = stack.virtual_packages_for(spec.platform).get("__glibc")
     out = Path(sqsh if sqsh is not None else sif).absolute()  # type: ignore[arg-type]
-    definition = image_definition(spec, debian_suite(glibc), out.parent)
+    # %files relative to the archive's folder, so the image does not depend on where it is written
+    definition = image_definition(spec, debian_suite(glibc), spec.archive.path.parent)
     if sqsh is not None:
         made = write_sqsh(spec, Path(sqsh), definition, glibc)
         return made, (write_image_sif(spec, Path(sif), made.path, definition, made.sha256) if sif else None)

@@ -9,7 +9,7 @@ placeholders already hold it: nothing is relocated), and the files the runtimes 
 Reproducible bytes: mksquashfs (4.4+) is deterministic for one tree; every owner is root (`-all-root`,
 as `enroot import` and an unprivileged `apptainer build` make them), there are no xattrs, the image's
 creation time is $SOURCE_DATE_EPOCH (default 0), and so are the mtimes of the files written here and of
-the folders they change. Files from the base and the archive keep the mtimes those carry, so the
+every folder. Files from the base and the archive keep the mtimes those carry, so the
 env's timestamp .pyc files stay valid on the read-only image (python would otherwise compile every
 module again at each start and could not save the result).
 """
@@ -107,10 +107,18 @@ def build_tree(spec: ContainerSpec, definition: str, tree: Path, base_tarball: P
     prefix_dir = _mkdirs(tree, spec.prefix.lstrip("/"), touched)
     if any(prefix_dir.iterdir()):
         raise CondastackError(f"the base image already has files at {spec.prefix}; choose another --prefix.")
-    touched.discard(prefix_dir)  # its mtime comes from the archive's "./" member
     extract_into(spec.archive.path, prefix_dir)
     _write_files(spec, definition, tree, touched)
     return touched
+
+
+def _fix_mtimes(tree: Path, touched: set[Path], mtime: int) -> None:
+    """Every folder (an archive records few of them, so tar leaves the time of extraction) and every file
+    written here get `mtime`; files from the base and the archive keep theirs."""
+    for path in touched:
+        os.utime(path, (mtime, mtime), follow_symlinks=False)
+    for folder, _dirs, _files in os.walk(tree):
+        os.utime(folder, (mtime, mtime), follow_symlinks=False)
 
 
 def mksquashfs(tree: Path, out: Path, *, level: int, threads: int, mtime: int) -> None:
@@ -132,11 +140,11 @@ def image_definition(spec: ContainerSpec, suite: str, def_dir: Path) -> str:
 def write_sqsh(spec: ContainerSpec, output: Path, definition: str | None, glibc: str | None, *,
                level: int = DEFAULT_LEVEL, threads: int | None = None) -> SqshResult:
     """Write the image to `output` (atomically) and its `.sha256` sidecar. `definition` None: the
-    image's own (image_definition, %files relative to the output's folder)."""
+    image's own (image_definition, %files relative to the archive's folder)."""
     output = Path(output).absolute()
     suite = debian_suite(glibc)
     if definition is None:
-        definition = image_definition(spec, suite, output.parent)
+        definition = image_definition(spec, suite, spec.archive.path.parent)
     base = rootfs_tarball(suite, spec.platform)
     mtime = source_date_epoch()
     work = make_tempdir(output.parent, output.name)
@@ -145,8 +153,7 @@ def write_sqsh(spec: ContainerSpec, output: Path, definition: str | None, glibc:
         tree.mkdir(mode=0o755)
         os.chmod(tree, 0o755)
         touched = build_tree(spec, definition, tree, base)
-        for path in touched | {tree}:
-            os.utime(path, (mtime, mtime), follow_symlinks=False)
+        _fix_mtimes(tree, touched, mtime)
         with atomic_path(output) as tmp:
             mksquashfs(tree, tmp, level=level, threads=threads or os.cpu_count() or 1, mtime=mtime)
             digest = sha256_file(tmp)
