@@ -122,7 +122,8 @@ t0=$(date +%s%N)
 {setup}
 t1=$(date +%s%N); echo "setup $(( (t1 - t0) / 1000 ))"
 for i in $(seq {rounds}); do
-    t0=$(date +%s%N); srun -n 1 {srun_opts} {launcher} python -c 'import {imports}; import sys; print(sys.prefix)' >/dev/null
+    t0=$(date +%s%N)
+    srun -n 1 {srun_opts} {launcher} python -c 'import {imports}; import sys; print(sys.prefix)' >/dev/null
     t1=$(date +%s%N); echo "t $i $(( (t1 - t0) / 1000 ))"
 done
 """

@@ -324,8 +324,9 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
         obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer): "
                           f"{res.oci_contents}", markup=False)
     if res.sqsh is not None:
-        obj.console.print(f"wrote {res.sqsh.path} ({res.sqsh.size / 1e6:.1f} MB SquashFS, sha256 {res.sqsh.sha256[:16]}): "
-                          f"layer {spec.layer} at {spec.prefix} on {res.sqsh.base}", markup=False)
+        obj.console.print(f"wrote {res.sqsh.path} ({res.sqsh.size / 1e6:.1f} MB SquashFS, sha256 "
+                          f"{res.sqsh.sha256[:16]}): layer {spec.layer} at {spec.prefix} on {res.sqsh.base}",
+                          markup=False)
     if res.sif is not None:
         obj.console.print(f"wrote {res.sif.path} ({res.sif.size / 1e6:.1f} MB SIF, sha256 {res.sif.sha256[:16]}): "
                           f"layer {spec.layer} at {spec.prefix}", markup=False)

@@ -1,4 +1,4 @@
-"""condastack container: the container files and OCI archive of one layer, made together."""
+"""condastack container: the container files, OCI archive, enroot/pyxis SquashFS and SIF of one layer, made together."""
 
 
 from __future__ import annotations
@@ -7,11 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from condastack.container.baseimage import debian_base
+from condastack.container.baseimage import debian_base, debian_suite
 from condastack.container.oci import OciResult, write_oci_archive
-from condastack.container.sif import SifResult, write_image_sif
 from condastack.container.render import DOCKERFILE, render_apptainer, render_dockerfile
-from condastack.container.sqsh import SqshResult, image_definition, write_sqsh
+from condastack.container.sif import SifResult, write_image_sif
 from condastack.container.spec import (
     DEFAULT_PREFIX,
     DEFAULT_USER,
@@ -20,8 +19,8 @@ from condastack.container.spec import (
     default_layer,
     gzip_copy,
 )
+from condastack.container.sqsh import SqshResult, image_definition, write_sqsh
 from condastack.core import layout
-from condastack.container.baseimage import debian_suite
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_write_text, make_tempdir, remove_path
 from condastack.spec.stack import Stack, load_stack
@@ -91,12 +90,12 @@ def _runtime_images(stack: Stack, spec: ContainerSpec, sqsh: Path | None,
     if sqsh is not None and sif is not None and Path(sqsh).absolute() == Path(sif).absolute():
         raise CondastackError(f"--sqsh and --sif both name {sqsh}; give two files.")
     glibc = stack.virtual_packages_for(spec.platform).get("__glibc")
-    out = Path(sqsh if sqsh is not None else sif).absolute()  # type: ignore[arg-type]
     # %files relative to the archive's folder, so the image does not depend on where it is written
     definition = image_definition(spec, debian_suite(glibc), spec.archive.path.parent)
     if sqsh is not None:
         made = write_sqsh(spec, Path(sqsh), definition, glibc)
         return made, (write_image_sif(spec, Path(sif), made.path, definition, made.sha256) if sif else None)
+    out = Path(sif).absolute()  # type: ignore[arg-type]  # not None: checked above
     work = make_tempdir(out.parent, out.name)
     try:
         made = write_sqsh(spec, work / "image.sqsh", definition, glibc)

@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 from tests.channel.testchannel import build_test_channel, default_cache_dir  # noqa: E402
 from tests.slurm_cluster import SlurmCluster, find_pyxis, runtimes_prefix  # noqa: E402
 
-PROBE = ("import os, sys, json, pip; print('task', os.environ.get('SLURM_PROCID', '-'), 'python', "
-         "sys.version.split()[0], 'prefix', sys.prefix, 'pip from', os.path.dirname(pip.__file__))")
+PROBE = ('import os, sys, json, pip; print("task", os.environ.get("SLURM_PROCID", "-"), "python", '
+         'sys.version.split()[0], "prefix", sys.prefix, "pip from", os.path.dirname(pip.__file__))')
 
 
 class Transcript:
@@ -53,7 +53,8 @@ class Transcript:
         t = time.monotonic()
         p = subprocess.run(argv, cwd=self.cwd, env=env or self.env, capture_output=True, text=True, timeout=timeout)
         out = (p.stdout + p.stderr).rstrip("\n")
-        self.lines += [f"$ {shown}", *([out] if out else []), f"[exit {p.returncode}, {time.monotonic() - t:.1f} s]", ""]
+        status = f"[exit {p.returncode}, {time.monotonic() - t:.1f} s]"
+        self.lines += [f"$ {shown}", *([out] if out else []), status, ""]
         return p.returncode
 
     def save(self) -> None:
