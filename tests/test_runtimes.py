@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import assert_user_error, run_cli
 from tests.slurm_cluster import SlurmCluster, find_pyxis, missing_binaries, runtimes_prefix
 from tests.test_container import _debootstrap_tarball, _seed_debian_rootfs, _write_stack
 
@@ -181,6 +182,19 @@ def test_sif_refuses_what_is_not_a_squashfs(project: Path, tmp_path: Path) -> No
     with pytest.raises(CondastackError, match="not a SquashFS image"):
         write_image_sif(container_spec(project, "app"), tmp_path / "x.sif", bogus, "Bootstrap: scratch\n")
     assert not (tmp_path / "x.sif").exists()
+
+
+def test_image_refusals_keep_what_is_on_disk(project: Path, tmp_path: Path) -> None:
+    """One path for both images, and no base rootfs to be had: exit 1 naming the fix, nothing written."""
+    same = tmp_path / "x.img"
+    assert_user_error(run_cli("-C", project, "container", "app", "--sqsh", same, "--sif", same), "give two files")
+    out = tmp_path / "app.sqsh"
+    out.write_bytes(b"old image")
+    res = run_cli("-C", project, "container", "app", "--sqsh", out,
+                  env={"CONDASTACK_CACHE": str(tmp_path / "empty"), "CONDASTACK_DEBIAN_MIRROR": "http://127.0.0.1:9/d",
+                       "PATH": "/nonexistent:" + os.path.dirname(sys.executable) + ":/usr/bin:/bin"})
+    assert_user_error(res, "no cached Debian bookworm rootfs", "--sqsh FILE` once as root")
+    assert out.read_bytes() == b"old image" and not (tmp_path / "app.sqsh.sha256").exists()
 
 
 # --------------------------------------------------------------------------- enroot

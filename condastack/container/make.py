@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from condastack.container.baseimage import debian_base, debian_suite
+from condastack.container.baseimage import IMAGE_ADVICE, debian_base, debian_suite
 from condastack.container.oci import OciResult, write_oci_archive
 from condastack.container.render import DOCKERFILE, render_apptainer, render_dockerfile
 from condastack.container.sif import SifResult, write_image_sif
@@ -91,7 +91,7 @@ def _runtime_images(stack: Stack, spec: ContainerSpec, sqsh: Path | None,
         raise CondastackError(f"--sqsh and --sif both name {sqsh}; give two files.")
     glibc = stack.virtual_packages_for(spec.platform).get("__glibc")
     # %files relative to the archive's folder, so the image does not depend on where it is written
-    definition = image_definition(spec, debian_suite(glibc), spec.archive.path.parent)
+    definition = image_definition(spec, debian_suite(glibc, IMAGE_ADVICE), spec.archive.path.parent)
     if sqsh is not None:
         made = write_sqsh(spec, Path(sqsh), definition, glibc)
         return made, (write_image_sif(spec, Path(sif), made.path, definition, made.sha256) if sif else None)

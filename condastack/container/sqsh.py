@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from condastack.archive.unpack import extract_into
-from condastack.container.baseimage import DEFAULT_MIRROR, MIRROR_ENV, debian_suite, rootfs_tarball
+from condastack.container.baseimage import DEFAULT_MIRROR, IMAGE_ADVICE, MIRROR_ENV, debian_suite, rootfs_tarball
 from condastack.container.imagefiles import IMAGE_DIRS, image_files
 from condastack.container.render import render_apptainer
 from condastack.container.spec import ContainerSpec
@@ -142,10 +142,10 @@ def write_sqsh(spec: ContainerSpec, output: Path, definition: str | None, glibc:
     """Write the image to `output` (atomically) and its `.sha256` sidecar. `definition` None: the
     image's own (image_definition, %files relative to the archive's folder)."""
     output = Path(output).absolute()
-    suite = debian_suite(glibc)
+    suite = debian_suite(glibc, IMAGE_ADVICE)
     if definition is None:
         definition = image_definition(spec, suite, spec.archive.path.parent)
-    base = rootfs_tarball(suite, spec.platform)
+    base = rootfs_tarball(suite, spec.platform, IMAGE_ADVICE)
     mtime = source_date_epoch()
     work = make_tempdir(output.parent, output.name)
     try:
