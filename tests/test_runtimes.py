@@ -197,6 +197,18 @@ def test_image_refusals_keep_what_is_on_disk(project: Path, tmp_path: Path) -> N
     assert out.read_bytes() == b"old image" and not (tmp_path / "app.sqsh.sha256").exists()
 
 
+def test_prefix_through_a_symlink_of_the_base_is_refused(project: Path, cache: dict[str, str], tmp_path: Path) -> None:
+    """Debian's /var/run is a symlink to /run: extracting through it would write outside the image tree."""
+    from condastack.archive.pack import pack_prefix
+
+    archive = project / "pack-var" / "app-linux-64.tar.gz"  # inside the project: Dockerfile.thin's context
+    pack_prefix(project / "envs" / "app-pack", archive, fmt="tar.gz", dest_prefix="/var/run/env")
+    res = run_cli("-C", project, "container", "app", "--prefix", "/var/run/env", "--archive", archive,
+                  "--sqsh", tmp_path / "x.sqsh", env=cache)
+    assert_user_error(res, "symlink at /var/run")
+    assert not (tmp_path / "x.sqsh").exists() and not Path("/run/env").exists()
+
+
 # --------------------------------------------------------------------------- enroot
 
 

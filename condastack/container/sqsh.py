@@ -74,9 +74,13 @@ def _mkdirs(tree: Path, rel: str, touched: set[Path]) -> Path:
     for part in Path(rel).parts:
         touched.add(path)
         path = path / part
+        if path.is_symlink():  # it may point out of the tree (Debian's /var/run -> /run): never through one
+            raise CondastackError(f"the base image has a symlink at /{path.relative_to(tree)}, where the image needs "
+                                  "a folder; choose a --prefix that does not pass through it.")
         if not path.is_dir():
-            if path.is_symlink() or path.exists():
-                raise CondastackError(f"the base image has {path.relative_to(tree)} where the image needs a folder.")
+            if path.exists():
+                raise CondastackError(f"the base image has a file at /{path.relative_to(tree)}, where the image "
+                                      "needs a folder; choose another --prefix.")
             path.mkdir(mode=0o755)
             os.chmod(path, 0o755)  # not the umask's
     touched.add(path)
