@@ -154,7 +154,7 @@ class SlurmCluster:
         return self.env(extra)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - kept by the child
+        log = open(self.root / "log" / f"{name}.out", "ab")
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.daemon_env(), start_new_session=True)
         log.close()
         self.procs.append((name, p))
@@ -248,7 +248,7 @@ StorageLoc=slurm_acct_db
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait(self, ok, what: str, timeout: float) -> None:  # noqa: ANN001
+    def _wait(self, ok, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, p in self.procs:

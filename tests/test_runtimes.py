@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_user_error, run_cli
-from tests.slurm_cluster import SlurmCluster, find_pyxis, missing_binaries, runtimes_prefix
-from tests.test_container import _debootstrap_tarball, _seed_debian_rootfs, _write_stack
-
 from condastack.container.sif import DATA_PARTITION, DESCRIPTOR, HEADER
 from condastack.container.spec import container_spec
 from condastack.container.sqsh import image_definition
+from tests.helpers import assert_user_error, run_cli
+from tests.slurm_cluster import SlurmCluster, find_pyxis, missing_binaries, runtimes_prefix
+from tests.test_container import _debootstrap_tarball, _seed_debian_rootfs, _write_stack
 
 PREFIX = "/opt/env"
 LOCK_A, LOCK_B = "a" * 64, "b" * 64
@@ -264,7 +263,7 @@ def test_enroot_image_of_a_changed_env(images: dict[str, Path], tmp_path: Path) 
 
 
 @pytest.fixture(scope="module")
-def pyxis_cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def pyxis_cluster(tmp_path_factory: pytest.TempPathFactory):
     so = find_pyxis()
     if so is None:
         pytest.skip(f"pyxis (spank_pyxis.so) or enroot not installed under {runtimes_prefix()}: {HINT}")
