@@ -290,10 +290,13 @@ def test_pyxis_srun_four_tasks_mounts_and_failure(pyxis_cluster: SlurmCluster, i
                                 check=False, timeout=300)
     assert mounted.returncode == 0 and mounted.stdout == "from the host\n", mounted.stderr
 
-    failed = pyxis_cluster.run("srun", "-n", "1", image, "python", "-c", "import sys; sys.exit(3)",
-                               check=False, timeout=300)
+    failed = pyxis_cluster.run("srun", "-n", "1", "--job-name=failing", image, "python", "-c",
+                               "import sys; sys.exit(3)", check=False, timeout=300)
     assert failed.returncode == 3, failed.stderr
     assert "Exited with exit code 3" in failed.stderr
+    job_id = int(pyxis_cluster.run("sacct", "-n", "-X", "-P", "--name=failing", "-o", "JobID").stdout.split()[0])
+    job = pyxis_cluster.wait(job_id)
+    assert job.state == "FAILED" and job.exit_code == "3:0", job  # accounting sees the failed step too
 
 
 # --------------------------------------------------------------------------- Apptainer
