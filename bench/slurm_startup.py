@@ -21,6 +21,24 @@ runs of `python -c 'import <the env's main modules>'`:
 Here the "shared" path is a local disk, so tree-cold is a lower bound for NFS/Lustre, where
 every file open is also a network round trip. The demo env has no third-party packages, so
 the imports are a broad set of standard-library modules (the env's own lib/python3.11).
+
+    python bench/slurm_startup.py --runtimes [ROUNDS]
+
+The container runtimes against the same env, on the test cluster with pyxis loaded (scripts/runtimes.sh):
+one job per path, each running ROUNDS job steps `srun -n 1 ... python -c 'import <modules>'`, each step
+timed from the batch script (so srun's own cost is in every figure), and reported as the median step
+and as a ratio to the unpacked tree:
+
+  tree           the unpacked tree (`condastack install`), activate.sh;
+  squashfs       the `slurm-preamble` path: sbcast + squashfuse mount once per job (its time is shown
+                 apart), then plain steps;
+  pyxis          `srun --container-image=app.sqsh` (`container --sqsh`): pyxis's default, `enroot create`
+                 unsquashes the image for every step;
+  pyxis-fuse     the same with pyxis's `use_squashfuse=1` (plugstack.conf): the image is mounted, not unpacked;
+  apptainer      `srun apptainer exec app.sif` (`container --sif`), where Apptainer is installed.
+
+The test python's sqlite3 and ssl modules load the host's libsqlite3/libssl, which a minimal Debian image
+lacks, so these imports leave those two out (the same program on every path).
 """
 
 from __future__ import annotations
@@ -95,7 +113,100 @@ def _run_case(cluster: SlurmCluster, root: Path, name: str, setup: str, before: 
     return [int(line.split()[2]) / 1e3 for line in text.splitlines() if line.startswith("t ")]
 
 
+CONTAINER_IMPORTS = ", ".join(m for m in IMPORTS.split(", ") if m not in ("sqlite3", "ssl"))
+
+STEP_JOB = """#!/bin/bash
+#SBATCH --output={out}
+set -euo pipefail
+t0=$(date +%s%N)
+{setup}
+t1=$(date +%s%N); echo "setup $(( (t1 - t0) / 1000 ))"
+for i in $(seq {rounds}); do
+    t0=$(date +%s%N)
+    srun -n 1 {srun_opts} {launcher} python -c 'import {imports}; import sys; print(sys.prefix)' >/dev/null
+    t1=$(date +%s%N); echo "t $i $(( (t1 - t0) / 1000 ))"
+done
+"""
+
+
+def _runtimes_prepare(root: Path, env: dict[str, str]) -> dict[str, Path]:
+    tree, sq, preamble = _prepare(root, env)
+    proj = root / "proj"
+    _cli("pack", "app", "--format", "tar.gz", "--dest-prefix", "/opt/env", cwd=proj, env=env)
+    img = root / "shared" / "images"
+    _cli("container", "app", "--sqsh", str(img / "app.sqsh"), "--sif", str(img / "app.sif"), cwd=proj, env=env)
+    return {"tree": tree, "sq": sq, "preamble": preamble, "sqsh": img / "app.sqsh", "sif": img / "app.sif"}
+
+
+def _step_case(cluster: SlurmCluster, root: Path, name: str, setup: str, srun_opts: str, launcher: str,
+               rounds: int, env: dict[str, str]) -> tuple[float, list[float]]:
+    out, script = root / f"{name}.out", root / f"{name}.sh"
+    script.write_text(STEP_JOB.format(out=out, setup=setup or ":", rounds=rounds, srun_opts=srun_opts,
+                                      launcher=launcher, imports=CONTAINER_IMPORTS))
+    job = cluster.sbatch(str(script), env=env, cwd=root)
+    res = cluster.wait(job, timeout=1800)
+    text = out.read_text()
+    if res.state != "COMPLETED":
+        raise SystemExit(f"{name}: job {job} {res.state} {res.exit_code}\n{text}\n{cluster.logs()}")
+    setup_ms = next(int(line.split()[1]) / 1e3 for line in text.splitlines() if line.startswith("setup "))
+    steps = [int(line.split()[2]) / 1e3 for line in text.splitlines() if line.startswith("t ")]
+    print(f"  {name:11s} setup {setup_ms:7.0f} ms, steps (ms): {' '.join(f'{t:.0f}' for t in steps)}")
+    return setup_ms, steps
+
+
+def runtimes_main(rounds: int) -> None:
+    from slurm_cluster import find_pyxis, runtimes_prefix
+
+    pyxis = find_pyxis()
+    if pyxis is None:
+        raise SystemExit(f"pyxis/enroot not installed under {runtimes_prefix()}: run scripts/runtimes.sh")
+    apptainer = runtimes_prefix() / "bin" / "apptainer"
+    root = Path(tempfile.mkdtemp(prefix="bench-runtimes-"))
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(root), "LANG": "C.UTF-8",
+           "CONDASTACK_PKGS": str(root / "pkgs"), "CONDASTACK_NODE_DIR": str(root / "node-local"),
+           "CONDASTACK_CACHE": str(root / "cache"), "CONDA_OVERRIDE_CUDA": "12.6"}
+    (root / "node-local").mkdir()
+    seed = default_cache_dir() / "debootstrap-bookworm-minbase-v1.tar.zst"  # the tests' debootstrap, if made
+    if seed.is_file():
+        (root / "cache" / "rootfs").mkdir(parents=True)
+        os.link(seed, root / "cache" / "rootfs" / "debian-bookworm-amd64-minbase.tar.zst")
+    t = time.monotonic()
+    p = _runtimes_prepare(root, env)
+    print(f"built the demo app env, its installs and images in {time.monotonic() - t:.0f} s; starting the cluster")
+    cluster = SlurmCluster(root / "slurm", pyxis=pyxis).start()
+    image = f"--container-image={p['sqsh']}"
+    cases = [("tree", f". {p['tree']}/activate.sh", "", ""),
+             ("squashfs", f". {p['preamble']}", "", ""),
+             ("pyxis", "", image, "")]
+    results: dict[str, tuple[float, list[float]]] = {}
+    try:
+        for name, setup, opts, launcher in cases:
+            results[name] = _step_case(cluster, root, name, setup, opts, launcher, rounds, env)
+        # pyxis's use_squashfuse=1: slurmstepd reads plugstack.conf at each step
+        conf = cluster.root / "etc" / "plugstack.conf"
+        conf.write_text(conf.read_text().rstrip("\n") + " use_squashfuse=1\n")
+        results["pyxis-fuse"] = _step_case(cluster, root, "pyxis-fuse", "", image, "", rounds, env)
+        if apptainer.is_file():
+            results["apptainer"] = _step_case(cluster, root, "apptainer", "", "", f"{apptainer} exec {p['sif']}",
+                                              rounds, env)
+        else:
+            print(f"  apptainer   not installed ({apptainer}): not measured")
+    finally:
+        cluster.stop()
+    tree = statistics.median(results["tree"][1])
+    print(f"\none job step `srun -n 1 ... python -c 'import {CONTAINER_IMPORTS}'`, {rounds} steps per path:")
+    print(f"  {'path':11s} {'first':>7s} {'median':>7s} {'ratio':>6s}  (ms; ratio = median / tree median)")
+    for name, (setup_ms, steps) in results.items():
+        med = statistics.median(steps)
+        extra = f"  + {setup_ms:.0f} ms once per job (preamble)" if name == "squashfs" else ""
+        print(f"  {name:11s} {steps[0]:7.0f} {med:7.0f} {med / tree:6.2f}{extra}")
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--runtimes":
+        runtimes_main(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+        return
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
     root = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(root), "LANG": "C.UTF-8",

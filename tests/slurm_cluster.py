@@ -9,6 +9,12 @@ in a container. The node claims 32 CPUs and one GPU whatever the machine has
 (config_overrides; a count-only GPU), so examples/slurm/job.sh's `--cpus-per-task=8
 --gres=gpu:1` and `srun -n 4` are accepted on 2 cores too.
 
+With `pyxis=find_pyxis()` (scripts/runtimes.sh installed enroot and pyxis), slurmd loads pyxis
+through etc/plugstack.conf (Slurm's default PlugStackConfig: plugstack.conf beside slurm.conf), so
+`srun --container-image=IMG.sqsh` works. pyxis runs `enroot` from slurmstepd's PATH, and drops
+ENROOT_* from the job's environment, so enroot's bin/ and ENROOT_*_PATH (folders under ROOT/enroot)
+go into the daemons' environment.
+
     python tests/slurm_cluster.py      # start one, print SLURM_CONF, stop on Enter
 """
 
@@ -35,6 +41,21 @@ class ClusterError(RuntimeError):
 
 def missing_binaries() -> list[str]:
     return [b for b in DAEMONS if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+
+
+RUNTIMES_ENV = "CONDASTACK_RUNTIMES"  # where scripts/runtimes.sh installed enroot, pyxis and Apptainer
+DEFAULT_RUNTIMES = "/opt/condastack-runtimes"
+
+
+def runtimes_prefix() -> Path:
+    return Path(os.environ.get(RUNTIMES_ENV) or DEFAULT_RUNTIMES)
+
+
+def find_pyxis() -> Path | None:
+    """spank_pyxis.so of the runtimes prefix, if pyxis and enroot are installed there."""
+    prefix = runtimes_prefix()
+    so = prefix / "lib" / "spank_pyxis.so"
+    return so if so.is_file() and (prefix / "bin" / "enroot").is_file() else None
 
 
 def _free_port() -> int:
@@ -64,6 +85,7 @@ class SlurmCluster:
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     starting: Future | None = field(default=None, repr=False)  # start() running in a thread, if so
+    pyxis: Path | None = None  # spank_pyxis.so to load through plugstack.conf
 
     @property
     def conf(self) -> Path:
@@ -119,9 +141,21 @@ class SlurmCluster:
             self.run("scancel", *ids, check=False)
             time.sleep(0.5)
 
+    def daemon_env(self) -> dict[str, str]:
+        """The daemons' environment: with pyxis, enroot on PATH and its folders under ROOT/enroot."""
+        if self.pyxis is None:
+            return self.env()
+        prefix = self.pyxis.parent.parent
+        extra = {"PATH": f"{prefix}/bin:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        for kind in ("RUNTIME", "DATA", "CACHE", "CONFIG", "TEMP"):
+            folder = self.root / "enroot" / kind.lower()
+            folder.mkdir(parents=True, exist_ok=True)
+            extra[f"ENROOT_{kind}_PATH"] = str(folder)
+        return self.env(extra)
+
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - kept by the child
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
+        log = open(self.root / "log" / f"{name}.out", "ab")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.daemon_env(), start_new_session=True)
         log.close()
         self.procs.append((name, p))
         return p
@@ -208,10 +242,13 @@ StorageUser=root
 StorageLoc=slurm_acct_db
 """)
         dbd.chmod(0o600)  # slurmdbd refuses a world-readable config
+        if self.pyxis is not None:
+            (r / "pyxis").mkdir(exist_ok=True)
+            (r / "etc" / "plugstack.conf").write_text(f"required {self.pyxis} runtime_path={r}/pyxis\n")
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait(self, ok, what: str, timeout: float) -> None:  # noqa: ANN001
+    def _wait(self, ok, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, p in self.procs:

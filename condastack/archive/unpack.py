@@ -162,6 +162,16 @@ def _rename_into(tmp: Path, dest: Path) -> None:
     _fsync_dir(dest.parent)
 
 
+def extract_into(archive: Path, into: Path, *, max_members: int | None = None, max_bytes: int | None = None) -> int:
+    """Extract `archive` into the existing folder `into` through the member checks, without relocating it
+    (a `--dest-prefix` archive already holds the prefix it is extracted for, as in a container image).
+    Returns the number of members."""
+    guard = _Guard(_limit(max_members, "members"), _limit(max_bytes, "bytes"), None, None)
+    with naming(into):
+        _extract(Path(archive), Path(into), guard)
+    return guard.members
+
+
 def _extract(archive: Path, into: Path, guard: _Guard) -> None:
     dec = subprocess.Popen(_decompressor(archive), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     tar = subprocess.Popen(["tar", "-xf", "-", "-C", str(into), "--no-same-owner", "--delay-directory-restore"],
@@ -207,4 +217,4 @@ def _extract(archive: Path, into: Path, guard: _Guard) -> None:
 # --------------------------------------------------------------------------- relocation
 
 
-__all__ = ["UnpackResult", "unpack_archive"]
+__all__ = ["UnpackResult", "unpack_archive", "extract_into"]

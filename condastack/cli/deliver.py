@@ -269,6 +269,11 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
 @click.option("--oci", type=click.Path(dir_okay=False, path_type=Path), help="Also write an OCI image archive here.")
 @click.option("--oci-base", metavar="DIR[:TAG]", help="Base image for --oci: a local OCI layout, or `scratch` "
               "(default: a minimal Debian made by debootstrap, cached).")
+@click.option("--sqsh", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write an enroot/pyxis image here: a SquashFS of a minimal Debian with the env at the prefix "
+              "(`srun --container-image=FILE`; Apptainer runs it too).")
+@click.option("--sif", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a SIF here (that SquashFS, the definition and labels), with no Apptainer needed.")
 @click.option("--apptainer", type=click.Path(dir_okay=False, path_type=Path),
               help="Apptainer definition to write (default: pack/<layer>.def).")
 @click.option("-o", "--dockerfile", type=click.Path(dir_okay=False, path_type=Path),
@@ -285,15 +290,17 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
 @verbosity_options
 @click.pass_obj
 def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, oci: Path | None,
-              oci_base: str | None, apptainer: Path | None, dockerfile: Path | None, archive: Path | None,
-              platform: str | None, command: str | None, ld_library_path: bool | None, as_json: bool) -> None:
-    """Thin container files for LAYER: Dockerfile.thin, an Apptainer definition, and with --oci an OCI archive."""
+              oci_base: str | None, sqsh: Path | None, sif: Path | None, apptainer: Path | None,
+              dockerfile: Path | None, archive: Path | None, platform: str | None, command: str | None,
+              ld_library_path: bool | None, as_json: bool) -> None:
+    """Thin container files for LAYER: Dockerfile.thin, an Apptainer definition, and with --oci an OCI archive,
+    --sqsh an enroot/pyxis SquashFS image, --sif a SIF."""
     from condastack.container.make import make_container  # lazy: CLI start-up
     from condastack.container.spec import shlex_command  # lazy: CLI start-up
 
     res = make_container(obj.root, layer, base_image=base_image, prefix=prefix, oci=oci, oci_base=oci_base,
                          apptainer=apptainer, dockerfile=dockerfile, archive=archive, platform=platform,
-                         ld_library_path=ld_library_path, command=shlex_command(command))
+                         ld_library_path=ld_library_path, command=shlex_command(command), sqsh=sqsh, sif=sif)
     spec = res.spec
     out = {"layer": spec.layer, "platform": spec.platform, "prefix": spec.prefix, "base_image": spec.base_image,
            "archive": str(spec.archive.path), "archive_sha256": spec.archive.sha256,
@@ -302,7 +309,11 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
            "oci": None if res.oci is None else {"path": str(res.oci.path), "tag": res.oci.tag,
                                                 "manifest": res.oci.manifest_digest,
                                                 "layer": res.oci.layer_digest, "layer_size": res.oci.layer_size,
-                                                "contents": res.oci_contents}}
+                                                "contents": res.oci_contents},
+           "sqsh": None if res.sqsh is None else {"path": str(res.sqsh.path), "sha256": res.sqsh.sha256,
+                                                  "size": res.sqsh.size, "base": res.sqsh.base},
+           "sif": None if res.sif is None else {"path": str(res.sif.path), "sha256": res.sif.sha256,
+                                                "size": res.sif.size, "id": res.sif.image_id}}
     if as_json:
         emit_json(out)
         return
@@ -312,6 +323,13 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
     if res.oci is not None:
         obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer): "
                           f"{res.oci_contents}", markup=False)
+    if res.sqsh is not None:
+        obj.console.print(f"wrote {res.sqsh.path} ({res.sqsh.size / 1e6:.1f} MB SquashFS, sha256 "
+                          f"{res.sqsh.sha256[:16]}): layer {spec.layer} at {spec.prefix} on {res.sqsh.base}",
+                          markup=False)
+    if res.sif is not None:
+        obj.console.print(f"wrote {res.sif.path} ({res.sif.size / 1e6:.1f} MB SIF, sha256 {res.sif.sha256[:16]}): "
+                          f"layer {spec.layer} at {spec.prefix}", markup=False)
     if res.dockerfile is not None:
         obj.console.print(f"Dockerfile: layer {spec.layer} at {spec.prefix} on {spec.base_image}", markup=False)
 

@@ -34,6 +34,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ADVICE = ("Pass --oci-base DIR[:TAG], a local OCI layout of a base image with a C library (e.g. "
           "`skopeo copy docker://debian:bookworm-slim oci:base:bookworm`, then --oci-base base:bookworm).")
+# --sqsh and --sif have no other base: the rootfs must be made once (as root) or copied into the cache.
+IMAGE_ADVICE = ("Run `condastack container LAYER --sqsh FILE` once as root where debootstrap reaches a Debian "
+                f"mirror (${MIRROR_ENV}), or copy a `debootstrap --variant=minbase` rootfs tar.zst to that path.")
 
 
 @dataclass(frozen=True)
@@ -46,20 +49,21 @@ def _ver(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v)[:3]) or (0,)
 
 
-def debian_suite(glibc: str | None) -> str:
+def debian_suite(glibc: str | None, advice: str = ADVICE) -> str:
     """The oldest Debian suite whose glibc is at least `glibc`."""
     for suite, have in DEBIAN_SUITES:
         if glibc is None or _ver(have) >= _ver(glibc):
             return suite
     raise CondastackError(f"the stack needs glibc {glibc}, newer than any Debian suite condastack can make a base "
-                          f"image from ({', '.join(f'{s} {g}' for s, g in DEBIAN_SUITES)}). {ADVICE}")
+                          f"image from ({', '.join(f'{s} {g}' for s, g in DEBIAN_SUITES)}). {advice}")
 
 
-def rootfs_tarball(suite: str, platform: str) -> Path:
-    """The cached minimal rootfs of `suite` (tar.zst), made with debootstrap on first use."""
+def rootfs_tarball(suite: str, platform: str, advice: str = ADVICE) -> Path:
+    """The cached minimal rootfs of `suite` (tar.zst), made with debootstrap on first use; `advice` ends
+    the message where it cannot be made (what the command could use instead)."""
     arch = DEB_ARCH.get(platform)
     if arch is None:
-        raise CondastackError(f"no Debian architecture for platform {platform}. {ADVICE}")
+        raise CondastackError(f"no Debian architecture for platform {platform}. {advice}")
     folder = cache_root() / "rootfs"
     out = folder / f"debian-{suite}-{arch}-minbase.tar.zst"
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,7 @@ def rootfs_tarball(suite: str, platform: str) -> Path:
         if shutil.which("debootstrap") is None or os.geteuid() != 0:
             raise CondastackError(f"no cached Debian {suite} rootfs at {out}, and debootstrap "
                                   f"{'is not installed' if os.geteuid() == 0 else 'needs root'} to make one. "
-                                  + ADVICE)
+                                  + advice)
         work = make_tempdir(folder, out.name)
         try:
             mirror = os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR
@@ -78,7 +82,7 @@ def rootfs_tarball(suite: str, platform: str) -> Path:
             if p.returncode != 0:
                 tail = " | ".join((p.stdout + p.stderr).strip().splitlines()[-3:])
                 raise CondastackError(f"debootstrap of Debian {suite} from {mirror} failed ({tail}). Set "
-                                      f"${MIRROR_ENV} to a reachable mirror, or: {ADVICE}")
+                                      f"${MIRROR_ENV} to a reachable mirror, or: {advice}")
             for deb in (work / "root" / "var/cache/apt/archives").glob("*.deb"):
                 deb.unlink()
             with atomic_path(out) as tmp:

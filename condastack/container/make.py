@@ -1,4 +1,4 @@
-"""condastack container: the container files and OCI archive of one layer, made together."""
+"""condastack container: the container files, OCI archive, enroot/pyxis SquashFS and SIF of one layer, made together."""
 
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from condastack.container.baseimage import debian_base
+from condastack.container.baseimage import IMAGE_ADVICE, debian_base, debian_suite
 from condastack.container.oci import OciResult, write_oci_archive
 from condastack.container.render import DOCKERFILE, render_apptainer, render_dockerfile
+from condastack.container.sif import SifResult, write_image_sif
 from condastack.container.spec import (
     DEFAULT_PREFIX,
     DEFAULT_USER,
@@ -18,8 +19,10 @@ from condastack.container.spec import (
     default_layer,
     gzip_copy,
 )
+from condastack.container.sqsh import SqshResult, image_definition, write_sqsh
 from condastack.core import layout
-from condastack.core.fs import atomic_write_text
+from condastack.core.errors import CondastackError
+from condastack.core.fs import atomic_write_text, make_tempdir, remove_path
 from condastack.spec.stack import Stack, load_stack
 
 
@@ -30,14 +33,18 @@ class ContainerResult:
     apptainer: Path | None
     oci: OciResult | None
     oci_contents: str | None = None  # what the OCI image holds, in words
+    sqsh: SqshResult | None = None
+    sif: SifResult | None = None
 
 
 def make_container(root: Path | str, layer: str | None = None, *, base_image: str | None = None,
                    prefix: str = DEFAULT_PREFIX, oci: Path | None = None, oci_base: str | None = None,
                    apptainer: Path | None = None, dockerfile: Path | None = None, archive: Path | None = None,
                    platform: str | None = None, ld_library_path: bool | None = None,
-                   command: tuple[str, ...] = (), user: str = DEFAULT_USER) -> ContainerResult:
-    """`condastack container`: write Dockerfile.thin, the Apptainer definition and, with `oci`, an OCI archive.
+                   command: tuple[str, ...] = (), user: str = DEFAULT_USER, sqsh: Path | None = None,
+                   sif: Path | None = None) -> ContainerResult:
+    """`condastack container`: write Dockerfile.thin, the Apptainer definition and, with `oci`, an OCI archive;
+    with `sqsh` an enroot/pyxis SquashFS image, with `sif` a SIF (both on the default Debian base).
 
     The Dockerfile goes to ROOT/Dockerfile.thin for the default layer and to
     pack/<layer>.Dockerfile for others (or `dockerfile`); the definition to
@@ -55,21 +62,46 @@ def make_container(root: Path | str, layer: str | None = None, *, base_image: st
         apptainer = spec.archive.path.parent / f"{spec.layer}.def"
     # The Dockerfile and the definition extract with the base image's tar, which reads gzip only;
     # the OCI writer reads any of our formats. So a .tar.zst archive is fine for --oci alone
-    # (then no Dockerfile or definition is written unless asked for, which is an error).
+    # (then no Dockerfile or definition is written unless asked for, which is an error). So do --sqsh and --sif.
     texts: dict[Path, str] = {}
-    if spec.archive.fmt == "tar.zst" and (oci is None or explicit_files):
+    images = oci is not None or sqsh is not None or sif is not None
+    if spec.archive.fmt == "tar.zst" and (not images or explicit_files):
         spec = dataclasses.replace(spec, archive=gzip_copy(spec.archive))
-    if spec.archive.fmt == "tar.gz" or oci is None or explicit_files:
+    if spec.archive.fmt == "tar.gz" or not images or explicit_files:
         texts[Path(dockerfile)] = render_dockerfile(spec, root, Path(dockerfile))
         texts[Path(apptainer)] = render_apptainer(spec, Path(apptainer).parent)
     oci_result, contents = None, None
     if oci is not None:
         oci_base, contents = _oci_base(stack, spec, oci_base)
         oci_result = write_oci_archive(spec, Path(oci), base=oci_base)
+    sqsh_result, sif_result = _runtime_images(stack, spec, sqsh, sif)
     for path, text in texts.items():
         atomic_write_text(path, text)
     return ContainerResult(spec=spec, dockerfile=Path(dockerfile) if texts else None,
-                           apptainer=Path(apptainer) if texts else None, oci=oci_result, oci_contents=contents)
+                           apptainer=Path(apptainer) if texts else None, oci=oci_result, oci_contents=contents,
+                           sqsh=sqsh_result, sif=sif_result)
+
+
+def _runtime_images(stack: Stack, spec: ContainerSpec, sqsh: Path | None,
+                    sif: Path | None) -> tuple[SqshResult | None, SifResult | None]:
+    """--sqsh and --sif: one SquashFS (kept at `sqsh`, or made beside the SIF for it and removed)."""
+    if sqsh is None and sif is None:
+        return None, None
+    if sqsh is not None and sif is not None and Path(sqsh).absolute() == Path(sif).absolute():
+        raise CondastackError(f"--sqsh and --sif both name {sqsh}; give two files.")
+    glibc = stack.virtual_packages_for(spec.platform).get("__glibc")
+    # %files relative to the archive's folder, so the image does not depend on where it is written
+    definition = image_definition(spec, debian_suite(glibc, IMAGE_ADVICE), spec.archive.path.parent)
+    if sqsh is not None:
+        made = write_sqsh(spec, Path(sqsh), definition, glibc)
+        return made, (write_image_sif(spec, Path(sif), made.path, definition, made.sha256) if sif else None)
+    out = Path(sif).absolute()  # type: ignore[arg-type]  # not None: checked above
+    work = make_tempdir(out.parent, out.name)
+    try:
+        made = write_sqsh(spec, work / "image.sqsh", definition, glibc)
+        return None, write_image_sif(spec, out, made.path, definition, made.sha256)
+    finally:
+        remove_path(work)
 
 
 def _oci_base(stack: Stack, spec: ContainerSpec, oci_base: str | None) -> tuple[str | None, str]:

@@ -107,22 +107,52 @@ def render_dockerfile(spec: ContainerSpec, context: Path, dockerfile: Path | Non
 # --------------------------------------------------------------------------- Apptainer
 
 
-def _apptainer_env(spec: ContainerSpec) -> str:
-    """%environment: one line per variable, no value spans lines (a '%' line would open a section)."""
+# Apptainer's local bootstrap agents: `--base-image oci:DIR:TAG` gives `Bootstrap: oci` / `From: DIR:TAG`,
+# so a definition can be built with no registry (a site mirror's layout, or condastack's Debian base).
+APPTAINER_LOCAL_AGENTS = ("oci", "oci-archive", "docker-archive", "localimage")
+
+
+def apptainer_bootstrap(base_image: str) -> str:
+    """The definition's header lines for a base image: a registry image, or a local one as AGENT:PATH."""
+    agent, sep, rest = base_image.partition(":")
+    if sep and agent in APPTAINER_LOCAL_AGENTS and rest:
+        return f"Bootstrap: {agent}\nFrom: {quoting.apptainer_word(rest, 'base image path')}"
+    return f"Bootstrap: docker\nFrom: {quoting.image_ref(base_image)}"
+
+
+def apptainer_environment(spec: ContainerSpec) -> str:
+    """The lines of %environment, and of /.singularity.d/env/90-environment.sh in a written image: one line
+    per variable, no value spans lines (a '%' line would open a section); PATH extends the runtime's."""
     lines = [quoting.SH_NEWLINE_SETUP]
     for k, v, tail in _env_items(spec):
         word = quoting.sh_one_line(v, "variable " + k) + ('"$PATH"' if tail else "")
         lines.append(f"export {k}={word}")
     lines.append(quoting.SH_NEWLINE_TEARDOWN)
-    return "\n".join("    " + line for line in lines)
+    return "\n".join(lines)
 
 
-def render_apptainer(spec: ContainerSpec, def_dir: Path) -> str:
-    """An Apptainer definition from the same base; %files paths are relative to `def_dir`."""
-    _need_gzip(spec)
+def apptainer_runscript(spec: ContainerSpec) -> str:
+    """The body of %runscript: `apptainer run IMAGE prog args` runs prog; no arguments runs the image's
+    command (--command), else a shell."""
+    default = " ".join(quoting.sh(c, "command") for c in spec.command) if spec.command else "/bin/sh"
+    return f'if [ "$#" -eq 0 ]; then exec {default}; fi\nexec "$@"'
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def render_apptainer(spec: ContainerSpec, def_dir: Path, *, bootstrap: str | None = None,
+                     extract: str = "tar -xzf") -> str:
+    """An Apptainer definition from the same base; %files paths are relative to `def_dir`.
+
+    `bootstrap` replaces the header lines (the image writer records its debootstrap base there), and
+    `extract` the command that unpacks the archive (`tar -xf` reads any format tar has a program for)."""
+    if extract == "tar -xzf":
+        _need_gzip(spec)
     src = quoting.apptainer_word(os.path.relpath(spec.archive.path.resolve(), Path(def_dir).resolve()),
                                  "archive path")
-    staged = f"/tmp/condastack-{quoting.check_name('layer', spec.layer)}.tar.gz"
+    staged = f"/tmp/condastack-{quoting.check_name('layer', spec.layer)}.{spec.archive.fmt}"
     labels = "\n".join(f"    {quoting.apptainer_label(k, v)}" for k, v in spec.labels.items())
     sha = spec.archive.sha256
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
@@ -133,8 +163,7 @@ def render_apptainer(spec: ContainerSpec, def_dir: Path) -> str:
 {quoting.sh_comment(f"Apptainer definition for layer '{spec.layer}' of stack '{spec.stack_name}' ({spec.platform}).")}
 # Written by `condastack container`. Build it from the folder that holds this file:
 {quoting.sh_comment(f"  apptainer build {spec.stack_name}-{spec.layer}.sif {spec.layer}.def")}
-Bootstrap: docker
-From: {quoting.image_ref(spec.base_image)}
+{bootstrap or apptainer_bootstrap(spec.base_image)}
 
 %files
     {src} {staged}
@@ -142,20 +171,19 @@ From: {quoting.image_ref(spec.base_image)}
 %post
     echo "{sha}  {staged}" | sha256sum -c -
     mkdir -p {pfx}
-    tar -xzf {staged} -C {pfx} --no-same-owner
+    {extract} {staged} -C {pfx} --no-same-owner
     rm -f {staged}
     chmod -R a+rX {pfx}
 
 %environment
-{_apptainer_env(spec)}
+{_indent(apptainer_environment(spec))}
 
 %labels
 {labels}
 
 %runscript
     # `apptainer run IMAGE prog args` runs prog from the env; no arguments gives a shell.
-    if [ "$#" -eq 0 ]; then exec /bin/sh; fi
-    exec "$@"
+{_indent(apptainer_runscript(spec))}
 
 %help
     {t(f"Layer '{spec.layer}' of '{spec.stack_name}' at {spec.prefix} (lock {spec.archive.lock_hash}).")}
