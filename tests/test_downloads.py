@@ -40,7 +40,7 @@ def _serve(host: str, folder: Path, seen: list[tuple[str, str | None]],
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             seen.append((self.path, self.headers.get("Authorization")))
             if need_auth and self.headers.get("Authorization") != AUTH:
                 self.send_response(401)

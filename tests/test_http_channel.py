@@ -28,7 +28,7 @@ class _Conditional(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def send_head(self):  # noqa: ANN201 - a file object or None, as http.server expects
+    def send_head(self):
         path = self.translate_path(self.path)
         if not os.path.isfile(path):
             return super().send_head()
@@ -43,7 +43,7 @@ class _Conditional(http.server.SimpleHTTPRequestHandler):
             self.send_header("ETag", etag)
             self.end_headers()
             return None
-        f = open(path, "rb")  # noqa: SIM115 - http.server closes it
+        f = open(path, "rb")
         self.send_response(200)
         self.send_header("Content-Length", str(st.st_size))
         self.send_header("ETag", etag)
@@ -54,7 +54,7 @@ class _Conditional(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(params=["sharded", "repodata-json"])
-def served(request: pytest.FixtureRequest, channel: Path, tmp_path: Path):  # noqa: ANN201
+def served(request: pytest.FixtureRequest, channel: Path, tmp_path: Path):
     folder = channel
     if request.param == "repodata-json":  # only repodata.json, as many plain servers have
         folder = tmp_path / "plain-channel"

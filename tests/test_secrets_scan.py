@@ -26,7 +26,7 @@ SECRETS = (TOKEN, PASSWORD, QUERY_SECRET, SIGNATURE)
 
 
 @pytest.fixture(scope="module")
-def secret_server(channel: Path):  # noqa: ANN201
+def secret_server(channel: Path):
     with secret_channel(channel, USER, PASSWORD, TOKEN) as address:
         yield address
 

@@ -250,9 +250,9 @@ def check_package(archive: Path, label: str) -> dict[str, object]:
     archive = Path(archive)
     stamp, line = _stamp(archive)
     with contextlib.suppress(OSError, ValueError):
-        head, _, index = stamp.read_text().partition("\n")
+        head, _, stamped = stamp.read_text().partition("\n")
         if head + "\n" == line:
-            return _index(index.encode(), "")
+            return _index(stamped.encode(), "")
     tree = _Tree(f"{label} ({archive.name})", {}, set())
     meta: dict[str, bytes] = {}
     try:

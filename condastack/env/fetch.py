@@ -99,7 +99,8 @@ def _open_url(url: str, what: str, credentials: list[str] | tuple = ()):  # noqa
         if parsed.scheme in ("http", "https"):
             # Errors below name `url`, the bare one: the credentials stay out of messages.
             full, headers = with_credentials(url, credentials)
-            return _OPENER.open(urllib.request.Request(full, headers=headers), timeout=60)
+            request = urllib.request.Request(full, headers=headers)  # noqa: S310 - http(s) only, checked above
+            return _OPENER.open(request, timeout=60)
     except OSError as e:
         if isinstance(e, FileNotFoundError) or getattr(e, "errno", None) != errno.ENOSPC:
             raise CondastackError(f"{what}: cannot fetch {url}: {e}. Check the channel, or build with --offline "

@@ -183,24 +183,13 @@ class LockEntry:
         if platform not in KNOWN_PLATFORMS:
             raise where.bad("platform", f"{_show(platform)} is not a known platform ({', '.join(KNOWN_PLATFORMS)})")
         where.package = f"{name} ({platform})"
-        hashes = _mapping(where, "hash", data["hash"], 2)
-        for key in hashes:
-            if key not in _HEX:
-                raise where.bad(f"hash.{str(key)[:40]}", "is not md5 or sha256")
-        md5 = check_hash(where, "hash.md5", hashes["md5"], "md5") if "md5" in hashes else None
-        sha = check_hash(where, "hash.sha256", hashes["sha256"], "sha256") if "sha256" in hashes else None
-        if manager == "conda" and sha is None and md5 is None:
-            raise where.bad("hash", "holds neither md5 nor sha256")
+        md5, sha = _entry_hashes(where, data["hash"], manager)
         build = None
         if manager == "conda" or data.get("build") not in (None, ""):
             if "build" not in data:
                 raise where.bad("build", "is missing")
             build = _match(where, "build", data["build"], _BUILD, "a build string", 200)
-        deps = {}
-        for dep, spec in _mapping(where, "dependencies", data.get("dependencies")).items():
-            dname = _text(where, "dependencies", dep, 200)
-            deps[dname] = _match(where, f"dependencies.{dname}", "" if spec is None else spec, _SPEC,
-                                 "a version spec")
+        deps = _entry_dependencies(where, data.get("dependencies"))
         source = None
         if data.get("source") not in (None, ""):
             source = {str(k): _text(where, f"source.{k}", v, _MAX_URL)
@@ -225,6 +214,26 @@ class LockEntry:
         out["category"] = self.category
         out["optional"] = self.optional
         return out
+
+
+def _entry_hashes(where: _Where, value: object, manager: str) -> tuple[str | None, str | None]:
+    hashes = _mapping(where, "hash", value, 2)
+    for key in hashes:
+        if key not in _HEX:
+            raise where.bad(f"hash.{str(key)[:40]}", "is not md5 or sha256")
+    md5 = check_hash(where, "hash.md5", hashes["md5"], "md5") if "md5" in hashes else None
+    sha = check_hash(where, "hash.sha256", hashes["sha256"], "sha256") if "sha256" in hashes else None
+    if manager == "conda" and sha is None and md5 is None:
+        raise where.bad("hash", "holds neither md5 nor sha256")
+    return md5, sha
+
+
+def _entry_dependencies(where: _Where, value: object) -> dict[str, str]:
+    deps = {}
+    for dep, spec in _mapping(where, "dependencies", value).items():
+        name = _text(where, "dependencies", dep, 200)
+        deps[name] = _match(where, f"dependencies.{name}", "" if spec is None else spec, _SPEC, "a version spec")
+    return deps
 
 
 def _pep503(name: str) -> str:
