@@ -210,7 +210,8 @@ def check_against_lock(r: Any, index: dict[str, object], source: Path | str) -> 
             raise LockfileInvalid(source, f"says {want!r}, but the package at its URL ({r.file_name}) is "
                                           f"{index.get('name')} {index.get('version')} {index.get('build')} "
                                           f"for {index.get('subdir')} (its own info/index.json); nothing was "
-                                          "installed", package=f"{said['name']} {said['version']}", field=key)
+                                          "installed", package=f"{said['name']} {said['version']}", field=key,
+                                  kind="a lock entry that is not the package at its URL")
 
 
 def _parallel(fn: Callable[[Any], None], items: list) -> None:

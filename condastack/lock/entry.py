@@ -47,16 +47,17 @@ _TRUE, _FALSE = ("true", "True", "TRUE", True), ("false", "False", "FALSE", Fals
 class _Where:
     """What an error names: the file, and the package once its name is known."""
 
-    def __init__(self, path: Path | str, package: str | None = None) -> None:
-        self.path, self.package = path, package
+    def __init__(self, path: Path | str, package: str | None = None,
+                 kind: str = "not a readable conda-lock file") -> None:
+        self.path, self.package, self.kind = path, package, kind
 
     def bad(self, key: str, problem: str) -> LockfileInvalid:
-        return LockfileInvalid(self.path, problem, package=self.package, field=key)
+        return LockfileInvalid(self.path, problem, package=self.package, field=key, kind=self.kind)
 
 
-def _show(value: object) -> str:
+def _show(value: object, limit: int = 80) -> str:
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _text(where: _Where, key: str, value: object, limit: int = _MAX) -> str:
@@ -108,12 +109,13 @@ def check_hash(where: _Where, key: str, value: object, kind: str) -> str:
 def check_url(where: _Where, key: str, value: object, manager: str) -> str:
     """A package archive URL: http(s) or file (pip: also version control), no traversal, an archive name."""
     url = _text(where, key, value, _MAX_URL)
+    shown = _show(url, 400)
     if any(c.isspace() for c in url) or not url.isascii():
-        raise where.bad(key, f"{_show(url)} is not a URL (spaces or non-ASCII characters)")
+        raise where.bad(key, f"{shown} is not a URL (spaces or non-ASCII characters)")
     vcs = manager == "pip" and url.startswith(_VCS)
     parsed = urllib.parse.urlsplit(url[url.index("+") + 1:] if vcs else url)
     if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc):
-        raise where.bad(key, f"{_show(url)} is not an http(s) or file URL of a package")
+        raise where.bad(key, f"{shown} is not an http(s) or file URL of a package")
     path = parsed.path
     for _ in range(4):  # a doubly encoded '..' ('%252e%252e') is still one
         decoded = urllib.parse.unquote(path)
@@ -121,13 +123,14 @@ def check_url(where: _Where, key: str, value: object, manager: str) -> str:
             break
         path = decoded
     if "\\" in path or "\0" in path or any(part in ("..", ".") for part in path.split("/")):
-        raise where.bad(key, f"{_show(url)} has a '..' or '.' path part (maybe percent-encoded)")
+        raise where.bad(key, f"{shown} does not name a {manager} package: it has a '..' or '.' path part "
+                             "(maybe percent-encoded)")
     if vcs:
         return url
     name = path.rsplit("/", 1)[-1]
     archives = _CONDA_ARCHIVES if manager == "conda" else _PIP_ARCHIVES
     if not name.endswith(archives) or name in archives:
-        raise where.bad(key, f"{_show(url)} does not name a {manager} package archive ({', '.join(archives)})")
+        raise where.bad(key, f"{shown} does not name a {manager} package ({', '.join(archives)})")
     return url
 
 
@@ -178,11 +181,12 @@ class LockEntry:
                 raise where.bad(key, "is missing")
         version = _text(where, "version", data["version"], 200)
         if not (_CONDA_VERSION.match(version) if manager == "conda" else _pip_version(version)):
-            raise where.bad("version", f"{_show(version)} is not a {manager} version")
+            raise where.bad("version", f"malformed version {_show(version)} (not a {manager} version)")
+        where.package = f"{name} {version}"
         platform = _text(where, "platform", data["platform"], 40)
         if platform not in KNOWN_PLATFORMS:
             raise where.bad("platform", f"{_show(platform)} is not a known platform ({', '.join(KNOWN_PLATFORMS)})")
-        where.package = f"{name} ({platform})"
+        where.package = f"{name} {version} ({platform})"
         md5, sha = _entry_hashes(where, data["hash"], manager)
         build = None
         if manager == "conda" or data.get("build") not in (None, ""):
@@ -267,7 +271,9 @@ def check_lock_document(path: Path | str, data: dict) -> list[LockEntry]:
     """The lockfile around its entries: format version 1, metadata of the right shapes; its entries, typed."""
     where = _Where(path)
     if str(data.get("version")) != "1":
-        raise where.bad("version", f"{_show(data.get('version'))} is not 1 (conda-lock's v1 format)")
+        what = "1" if str(data.get("version")).isdigit() else "an integer"
+        raise where.bad("version", f"the format version {_show(data.get('version'))} is not {what} "
+                                   "(conda-lock's v1 format)")
     meta = _mapping(where, "metadata", data["metadata"], 64)
     plats = meta.get("platforms", [])
     if not isinstance(plats, list) or not all(p in KNOWN_PLATFORMS for p in plats):
@@ -318,7 +324,7 @@ class RecordEntry:
 
     @classmethod
     def from_dict(cls, data: object, path: Path | str, platform: str, index: int) -> RecordEntry:
-        where = _Where(path, f"#{index + 1} of {platform}")
+        where = _Where(path, f"#{index + 1} of {platform}", "not a readable records file")
         if not isinstance(data, dict):
             raise where.bad("platforms", f"record #{index + 1} is a {type(data).__name__}, not a mapping")
         for key in ("name", "version", "build", "url", "sha256"):
@@ -377,16 +383,16 @@ class RecordsFile:
         except FileNotFoundError:
             return cls({}, {})
         except OSError as e:
-            raise LockfileInvalid(path, f"cannot be read ({e.strerror})") from None
+            raise LockfileInvalid(path, f"cannot be read: {e.strerror}", kind="not a readable records file") from None
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise LockfileInvalid(path, f"is not JSON ({type(e).__name__})") from None
+            raise LockfileInvalid(path, f"not JSON: {type(e).__name__}", kind="not a readable records file") from None
         return cls.from_dict(data, path)
 
     @classmethod
     def from_dict(cls, data: object, path: Path | str) -> RecordsFile:
-        where = _Where(path)
+        where = _Where(path, kind="not a readable records file")
         if not isinstance(data, dict):
             raise where.bad("records", f"is a JSON {type(data).__name__}, not an object")
         summary = _mapping(where, "lock", data.get("lock"), 16)
