@@ -28,7 +28,7 @@ class _Conditional(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def send_head(self):  # noqa: ANN201 - a file object or None, as http.server expects
+    def send_head(self):
         path = self.translate_path(self.path)
         if not os.path.isfile(path):
             return super().send_head()
@@ -43,7 +43,7 @@ class _Conditional(http.server.SimpleHTTPRequestHandler):
             self.send_header("ETag", etag)
             self.end_headers()
             return None
-        f = open(path, "rb")  # noqa: SIM115 - http.server closes it
+        f = open(path, "rb")
         self.send_response(200)
         self.send_header("Content-Length", str(st.st_size))
         self.send_header("ETag", etag)
@@ -54,7 +54,7 @@ class _Conditional(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(params=["sharded", "repodata-json"])
-def served(request: pytest.FixtureRequest, channel: Path, tmp_path: Path):  # noqa: ANN201
+def served(request: pytest.FixtureRequest, channel: Path, tmp_path: Path):
     folder = channel
     if request.param == "repodata-json":  # only repodata.json, as many plain servers have
         folder = tmp_path / "plain-channel"
@@ -87,3 +87,46 @@ def test_lock_two_layers_from_a_revalidating_channel(served: tuple[str, list[str
     for layer in ("base", "app"):
         text = (root / "lock" / f"{layer}.conda-lock.yml").read_text()
         assert "libhello" in text and url.rstrip("/") in text
+
+
+class _Plain(http.server.SimpleHTTPRequestHandler):
+    """`python -m http.server` as it is: a 304 for If-Modified-Since, with neither ETag nor Last-Modified."""
+
+    codes: list[int]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.codes.append(code)
+        super().send_response(code, message)
+
+
+def test_lock_twice_from_plain_http_server(channel: Path, tmp_path: Path) -> None:
+    """A channel served by `python -m http.server` can be locked twice: py-rattler fails a 304 without
+    validators ("unexpected status code (304 Not Modified)"); the lock refetches instead."""
+    import time
+
+    folder = tmp_path / "channel"
+    shutil.copytree(channel, folder)
+    for p in folder.rglob("*"):  # just written, as a site's freshly indexed channel: a cached copy is stale at once
+        os.utime(p)
+    codes: list[int] = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        type("P", (_Plain,), {"codes": codes}), directory=str(folder)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/"
+        root = write_project(tmp_path / "proj", "name: h\nplatforms: [linux-64]\nvirtual-packages:\n"
+                             "  linux-64: {__glibc: '2.28'}\nlayers:\n  base: {file: base.yml}\n",
+                             {"base.yml": f'channels: ["{url}"]\ndependencies:\n  - libhello\n'})
+        env = {"CONDASTACK_PKGS": str(tmp_path / "pkgs"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+        first = run_cli("-C", root, "lock", env=env, timeout=300)
+        assert first.returncode == 0, first.output
+        time.sleep(2)  # past the heuristic freshness of the cached index (a tenth of its age)
+        again = run_cli("-C", root, "lock", "--update", "libhello", env=env, timeout=300)
+        assert again.returncode == 0, again.output
+        assert 304 in codes, "the server never answered 304: the test did not exercise revalidation"
+        assert "libhello" in (root / "lock" / "base.conda-lock.yml").read_text()
+    finally:
+        srv.shutdown()

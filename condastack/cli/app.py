@@ -20,7 +20,7 @@ from rich.table import Table
 
 from condastack.cli.options import configure_logging
 from condastack.core import interrupt
-from condastack.core.credentials import redact
+from condastack.core.credentials import gate_std_streams, redact
 from condastack.core.errors import CondastackError, from_os_error
 from condastack.core.version import __version__
 from condastack.spec.stack import find_stack_file, load_stack
@@ -177,6 +177,7 @@ def main(ctx: click.Context, root: Path, verbose: int, quiet: bool) -> None:
     Lmod modules and a node doctor. -q and -v may also follow the command.
     """
     interrupt.install()
+    gate_std_streams()  # everything printed, logs included, passes the credentials output gate
     if not root.is_dir():
         raise click.BadParameter(f"{root} is not a folder", param_hint="-C")
     configure_logging(verbose)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import re
+import sys
 import urllib.parse
+from typing import Any
 
 MASK = "***"
 # Characters that end a URL authority or a path segment in running text: ASCII controls and space,
@@ -95,6 +97,62 @@ def redact(text: str) -> str:
     return _queries(text, drop=False)
 
 
+_URL_END = re.compile(r"[\s\"'<>`\\]")
+
+
+def gate(text: str) -> str:
+    """The output gate: `text` with every credential inside a URL masked (see redact), and nothing else
+    touched. Every text file condastack writes (fs.atomic_write_text) and everything it prints passes
+    here, the last line behind strip_credentials/redact at each URL's source. Only the extent of each
+    URL ('scheme://' up to a space, quote or backslash) is looked at, so a path such as `/home/t/x` or
+    a shell line `a; key=b` in a script stays as written. Linear: each URL is scanned once."""
+    if "://" not in text:
+        return text
+    out: list[str] = []
+    pos = 0
+    i = text.find("://")
+    while i != -1:
+        start = i
+        while start > pos and i - start < 32 and text[start - 1] in _SCHEME_CHARS:
+            start -= 1
+        m = _URL_END.search(text, i + 3)
+        end = m.start() if m else len(text)
+        out.append(text[pos:start])
+        url = text[start:end]
+        # a local path carries no token (a folder may be called 't'), as in strip_credentials
+        out.append(_queries(_userinfo(url, f"://{MASK}@"), drop=False) if url[:5].lower() == "file:" else redact(url))
+        pos = end
+        i = text.find("://", end)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+class GatedStream:
+    """A text stream whose every write passes the output gate (stdout, stderr and the logs on them)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def write(self, text: str) -> int:
+        self._raw.write(gate(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding ...: the stream's own
+        return getattr(self._raw, name)
+
+
+def gate_std_streams() -> None:
+    """Route sys.stdout and sys.stderr through the gate (once per process)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, GatedStream):
+            setattr(sys, name, GatedStream(stream))
+
+
 def with_credentials(url: str, credentials: list[str] | tuple) -> tuple[str, dict[str, str]]:
     """The URL to download and its headers, given the credentialed channel URLs it may fall under.
 
@@ -118,4 +176,4 @@ def with_credentials(url: str, credentials: list[str] | tuple) -> tuple[str, dic
     return url, {}
 
 
-__all__ = ["MASK", "strip_credentials", "redact", "with_credentials"]
+__all__ = ["MASK", "strip_credentials", "redact", "gate", "gate_std_streams", "GatedStream", "with_credentials"]

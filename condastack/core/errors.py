@@ -133,3 +133,14 @@ class DeltaRefused(CondastackError):
     def __init__(self, layer: str | None, parent: str | None, reason: str) -> None:
         self.layer, self.parent, self.reason = layer, parent, reason
         super().__init__(f"layer '{layer}' over '{parent}': {reason}")
+
+
+class LockfileInvalid(CondastackError):
+    """A malformed field of a lockfile or records file (`file`, a `kind` of file): `package`, `field`, `problem`."""
+
+    def __init__(self, file: Path | str, problem: str, *, package: str | None = None,
+                 field: str | None = None, kind: str = "not a readable conda-lock file") -> None:
+        self.file, self.package, self.field, self.problem = Path(file), package, field, problem
+        where = ", ".join(([f"package {package}"] if package else []) + ([f"field '{field}'"] if field else []))
+        super().__init__(f"{file}: {kind} ({where + ': ' if where else ''}{problem}). The file is "
+                         "not as condastack writes it; re-create it with `condastack lock`.")

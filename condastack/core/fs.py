@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from condastack.core.credentials import gate
 from condastack.core.errors import CondastackError, naming
 
 TMP_MARK = ".condastack-tmp-"
@@ -109,7 +110,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Write a text file atomically, through the credentials output gate."""
+    atomic_write_bytes(path, gate(text).encode("utf-8"))
 
 
 def _rename_exchange(a: Path, b: Path) -> bool:

@@ -190,7 +190,7 @@ def _tar_members(fileobj: Any, mode: Literal["r|", "r|*", "r|bz2"], tree: _Tree,
         for info in tf:
             tree.add(info)
             name = info.name[2:] if info.name.startswith("./") else info.name
-            if name in ("info/paths.json", "info/files", "info/has_prefix") and info.isfile():
+            if name in ("info/paths.json", "info/files", "info/has_prefix", "info/index.json") and info.isfile():
                 if info.size > _MAX_META:
                     raise UnsafePath(tree.source, name, f"is {info.size} bytes, too large for package metadata")
                 f = tf.extractfile(info)
@@ -241,13 +241,18 @@ def _stamp(archive: Path) -> tuple[Path, str]:
     return archive.parent / STAMP_DIR / archive.name, f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}\n"
 
 
-def check_package(archive: Path, label: str) -> None:
-    """Refuse a conda package (.conda or .tar.bz2) any of whose paths is unsafe; stamp it when it passes."""
+def check_package(archive: Path, label: str) -> dict[str, object]:
+    """Refuse a conda package (.conda or .tar.bz2) any of whose paths is unsafe; stamp it when it passes.
+
+    Returns the package's own `info/index.json` (what it says it is: name, version, build, subdir),
+    read from the same pass and kept in the stamp, so that a caller can hold it against the lock.
+    """
     archive = Path(archive)
     stamp, line = _stamp(archive)
-    with contextlib.suppress(OSError):
-        if stamp.read_text() == line:
-            return
+    with contextlib.suppress(OSError, ValueError):
+        head, _, stamped = stamp.read_text().partition("\n")
+        if head + "\n" == line:
+            return _index(stamped.encode(), "")
     tree = _Tree(f"{label} ({archive.name})", {}, set())
     meta: dict[str, bytes] = {}
     try:
@@ -266,10 +271,29 @@ def check_package(archive: Path, label: str) -> None:
         _metadata_paths(meta, tree)
     except UnsafePath as e:
         raise CondastackError(f"{e.message} The package was refused; nothing was installed.") from None
+    index = _index(meta.get("info/index.json"), tree.source)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     tmp = stamp.with_name(f"{TMP_MARK}{stamp.name}.{os.getpid()}")
-    tmp.write_text(line)
+    tmp.write_text(line + json.dumps(index, sort_keys=True))
     os.replace(tmp, stamp)
+    return index
+
+
+_INDEX_TEXT = ("name", "version", "build", "subdir")
+
+
+def _index(data: bytes | None, source: str) -> dict[str, object]:
+    """info/index.json, with the fields a lock names as strings; ValueError (from a stamp) or a refusal."""
+    try:
+        index = json.loads(data) if data is not None else None
+    except (ValueError, RecursionError):
+        index = None
+    if not isinstance(index, dict) or not all(isinstance(index.get(k), str) for k in _INDEX_TEXT):
+        if not source:
+            raise ValueError("stale stamp")
+        raise CondastackError(f"{source}: info/index.json is missing or malformed (it must name the package's "
+                              f"{', '.join(_INDEX_TEXT)}). The package was refused; nothing was installed.")
+    return index
 
 
 __all__ = ["UnsafePath", "clean_relative", "check_under", "check_package", "check_meta_record", "STAMP_DIR"]

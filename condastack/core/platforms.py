@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform as _platform
 import sys
 
+KNOWN_PLATFORMS = ("linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64")
 # conda's names for the machines containers and Debian bases are made for.
 OCI_ARCH = {"linux-64": "amd64", "linux-aarch64": "arm64", "linux-ppc64le": "ppc64le"}
 DEB_ARCH = {"linux-64": "amd64", "linux-aarch64": "arm64", "linux-ppc64le": "ppc64el"}

@@ -194,7 +194,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
             else:
                 say(f"checking {len(env.conda)} conda packages against the lock")
                 archives = fetch_archives(env.conda, offline=offline, fetched=res.fetched, credentials=creds,
-                                          meter=meter)
+                                          meter=meter, source=lockfile)
                 say(f"linking {len(env.conda)} conda packages")
                 _install_rattler(env.conda, archives, tmp, prefix, meter)
                 compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not

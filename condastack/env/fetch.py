@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import re
 import threading
 import urllib.parse
 import urllib.request
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from condastack.core.credentials import with_credentials
-from condastack.core.errors import CondastackError
+from condastack.core.errors import CondastackError, LockfileInvalid
 from condastack.core.fs import HASH_THREADS, atomic_path, clean_stale_temporaries, remove_path, sha256_file
 from condastack.core.layout import VERIFIED_DIR, pkgs_dir, verified_stamp, wheels_dir
-from condastack.core.pathsafe import STAMP_DIR, check_package, clean_relative
+from condastack.core.pathsafe import STAMP_DIR, check_package, check_under, clean_relative
 from condastack.core.progress import Meter, report
 
 
@@ -98,7 +99,8 @@ def _open_url(url: str, what: str, credentials: list[str] | tuple = ()):  # noqa
         if parsed.scheme in ("http", "https"):
             # Errors below name `url`, the bare one: the credentials stay out of messages.
             full, headers = with_credentials(url, credentials)
-            return urllib.request.urlopen(urllib.request.Request(full, headers=headers), timeout=60)  # noqa: S310
+            request = urllib.request.Request(full, headers=headers)  # noqa: S310 - http(s) only, checked above
+            return _OPENER.open(request, timeout=60)
     except OSError as e:
         if isinstance(e, FileNotFoundError) or getattr(e, "errno", None) != errno.ENOSPC:
             raise CondastackError(f"{what}: cannot fetch {url}: {e}. Check the channel, or build with --offline "
@@ -107,13 +109,40 @@ def _open_url(url: str, what: str, credentials: list[str] | tuple = ()):  # noqa
     raise CondastackError(f"{what}: unsupported URL scheme in the lock: {url}.")
 
 
+class _SameHostCredentials(urllib.request.HTTPRedirectHandler):
+    """Redirects as urllib follows them, but the credentials go only to the host they belong to: a
+    redirect to another host (a CDN, or a hostile mirror) gets no Authorization header, as pip and
+    conda do. urllib itself would send it along."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            for name in [k for k in new.headers if k.lower() in ("authorization", "cookie")]:
+                new.remove_header(name)
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Where credentials belong: the host and its port (http -> https on the same host keeps them)."""
+    p = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}
+    port = p.port if p.port is not None else default.get(p.scheme)
+    return (p.hostname or "", "", 443 if (p.scheme, port) in (("http", 80), ("https", 443)) else port)
+
+
+_OPENER = urllib.request.build_opener(_SameHostCredentials())
+
+
 def _pkg_label(r: Any) -> str:
     return f"package {r.name.normalized} {r.version} {r.build}"
 
 
 def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: list[str] | None = None,
-                   credentials: list[str] | tuple = (), meter: Meter | None = None) -> list[Path]:
-    """Every conda archive of `records` in the cache, sha256-checked against the lock."""
+                   credentials: list[str] | tuple = (), meter: Meter | None = None,
+                   source: Path | str = "the lock") -> list[Path]:
+    """Every conda archive of `records` in the cache, sha256-checked against the lock (`source`), and each
+    the package its entry names."""
     cache = pkgs_dir()
     cache.mkdir(parents=True, exist_ok=True)
     for folder in (cache, cache / VERIFIED_DIR, cache / STAMP_DIR):  # downloads and stamps of killed builds
@@ -137,7 +166,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
             _fetch(r.url, p, sha, _pkg_label(r), credentials)
         else:
             _check_cached(p, sha, _pkg_label(r))
-        _gate(p, _pkg_label(r))
+        check_against_lock(r, _gate(p, _pkg_label(r)), source)
         with lock:
             done[0] += 1
             report(meter, "download", done[0], len(records), "packages")
@@ -158,15 +187,31 @@ def _cache_name(r: Any) -> str:
     return name
 
 
-def _gate(archive: Path, label: str) -> None:
-    """The path-safety gate, before the installer sees the package; a refused one leaves the cache."""
+def _gate(archive: Path, label: str) -> dict[str, object]:
+    """The path-safety gate, before the installer sees the package; a refused one leaves the cache.
+    Returns the package's own info/index.json."""
 
     try:
-        check_package(archive, label)
+        return check_package(archive, label)
     except CondastackError:
         remove_path(archive)
         remove_path(_stamp_path(archive))
         raise
+
+
+def check_against_lock(r: Any, index: dict[str, object], source: Path | str) -> None:
+    """The package at a lock entry's URL must be the package the entry names: an entry renamed in the
+    lock (URL and hash kept) would install one package under another's name, and a reviewer reading
+    the lock's diff would see something else than what is installed."""
+    said = {"name": r.name.normalized, "version": str(r.version), "build": str(r.build), "subdir": r.subdir}
+    for key, want in said.items():
+        have = str(index.get(key))
+        if (have.lower() if key == "name" else have) != want:
+            raise LockfileInvalid(source, f"says {want!r}, but the package at its URL ({r.file_name}) is "
+                                          f"{index.get('name')} {index.get('version')} {index.get('build')} "
+                                          f"for {index.get('subdir')} (its own info/index.json); nothing was "
+                                          "installed", package=f"{said['name']} {said['version']}", field=key,
+                                  kind="a lock entry that is not the package at its URL")
 
 
 def _parallel(fn: Callable[[Any], None], items: list) -> None:
@@ -181,8 +226,14 @@ def _parallel(fn: Callable[[Any], None], items: list) -> None:
 
 
 def _wheel_path(w: Any) -> Path:
+    """The cache path of a locked wheel, through the path gate: its file name is one plain name, even
+    once percent-decoded (`..%2f..%2fx.whl` would write outside the cache)."""
     fname = urllib.parse.unquote(urllib.parse.urlparse(w.url).path.rsplit("/", 1)[-1])
-    return wheels_dir() / w.sha256[:16] / fname
+    what = f"pip package {w.name} {w.version}: the lock's URL {w.url}"
+    if "/" in fname or not re.fullmatch(r"[0-9a-f]{64}", w.sha256):
+        raise CondastackError(f"{what} gives the file name {fname!r}, which is a path (or its sha256 is not "
+                              "one). The lockfile is not as condastack wrote it; re-create it with `condastack lock`.")
+    return check_under(wheels_dir(), f"{w.sha256[:16]}/{clean_relative(fname, what)}", what)
 
 
 def fetch_wheels(wheels: tuple | list, *, offline: bool = False, fetched: list[str] | None = None,

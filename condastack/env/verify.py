@@ -22,8 +22,9 @@ from typing import Any
 
 from condastack.core.errors import CondastackError
 from condastack.core.fs import HASH_THREADS, sha256_file
-from condastack.core.layout import env_prefix, lockfile_path
+from condastack.core.layout import env_prefix, lockfile_path, pkgs_dir
 from condastack.core.names import canonical
+from condastack.core.pathsafe import check_package
 from condastack.core.platforms import host_platform
 from condastack.env.locked import read_locked_env
 from condastack.env.prefix import MARKER, Env, dist_name_version
@@ -33,7 +34,8 @@ from condastack.env.vcswheel import installed_commit, locked_commit
 @dataclass
 class Problem:
     kind: str  # missing-package, wrong-build, extra-package, missing-file, modified-file, clobbered-file,
-    #            missing-pip, wrong-pip-version, wrong-pip-commit (a git package), extra-pip
+    #            missing-pip, wrong-pip-version, wrong-pip-commit (a git package), extra-pip,
+    #            not-the-locked-package
     package: str
     detail: str
     path: str | None = None
@@ -101,6 +103,8 @@ def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
         elif (str(meta.get("version")), str(meta.get("build"))) != (str(r.version), str(r.build)):
             rep.problems.append(Problem("wrong-build", name,
                                         f"installed {meta.get('version')} {meta.get('build')}, locked {want}"))
+        else:
+            _check_own_metadata(r, meta, rep)
     for name in sorted(set(records) - set(locked)):
         m = records[name]
         rep.problems.append(Problem("extra-package", name, f"{m.get('version')} {m.get('build')} is not in the lock"))
@@ -126,6 +130,36 @@ def verify_prefix(prefix: Path, lockfile: Path) -> VerifyReport:
         rep.problems.append(Problem("extra-pip", name, f"{dists[name][0]} is installed by pip but not in the lock",
                                     path=dists[name][1]))
     return rep
+
+
+def _own_metadata(r: Any, meta: dict[str, Any]) -> tuple[str, tuple[str, str, str]] | None:
+    """What the installed package says it is: its archive's info/index.json when the cache holds the
+    archive (read through the path gate), else the name-version-build of the file it was installed from."""
+    archive = pkgs_dir() / str(r.file_name)
+    if "/" not in str(r.file_name) and archive.is_file():
+        try:
+            index = check_package(archive, f"package {r.name.normalized}")
+            return f"{archive.name} (its info/index.json)", (str(index["name"]), str(index["version"]),
+                                                              str(index["build"]))
+        except CondastackError:
+            pass
+    fn = str(meta.get("fn") or str(meta.get("url") or "").rsplit("/", 1)[-1])
+    stem = fn.removesuffix(".conda").removesuffix(".tar.bz2")
+    parts = stem.rsplit("-", 2)
+    if stem == fn or len(parts) != 3:
+        return None
+    return f"{fn} (its file name)", (parts[0], parts[1], parts[2])
+
+
+def _check_own_metadata(r: Any, meta: dict[str, Any], rep: VerifyReport) -> None:
+    """The installed package is what the lock and conda-meta call it: a lock entry renamed with its URL and
+    hash kept installs another package under the entry's name, and conda-meta then agrees with the lock."""
+    own = _own_metadata(r, meta)
+    said = (r.name.normalized, str(r.version), str(r.build))
+    if own is not None and (own[1][0].lower(), own[1][1], own[1][2]) != said:
+        rep.problems.append(Problem("not-the-locked-package", r.name.normalized,
+                                    f"the lock and conda-meta say {' '.join(said)}, but the package installed "
+                                    f"from {own[0]} is {' '.join(own[1])}"))
 
 
 def _check_files(prefix: Path, records: dict[str, dict[str, Any]], pip_owner: dict[str, str],

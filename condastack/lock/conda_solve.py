@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,27 @@ def _gateway():  # noqa: ANN202
     return _SESSION[-1][0]
 
 
+_UNVALIDATED_304 = "304 Not Modified"
+
+
+def _refetching(call: Callable[[Any], Any]) -> Any:
+    """`call(gateway)`, again with a gateway that refetches when the server answered a revalidation
+    with a 304 that carries no ETag or Last-Modified (`python -m http.server` does): py-rattler then
+    fails the fetch (rattler issue 2719), but the channel is fine. The retry's gateway serves the rest
+    of the lock run."""
+    import rattler  # lazy: native, ~0.2 s
+
+    try:
+        return call(_gateway())
+    except Exception as e:  # rattler raises one exception type per cause; only this one is retried
+        if _UNVALIDATED_304 not in str(e):
+            raise
+    fresh = rattler.Gateway(default_config=rattler.SourceConfig(cache_action="no-cache"))
+    if _SESSION:
+        _SESSION[-1][:] = [fresh]
+    return call(fresh)
+
+
 def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dict[str, str], *,
                 pinned: list | None = None, locked: list | None = None) -> list:
     """Solve conda specs for one platform with py-rattler; returns RepoDataRecords.
@@ -71,16 +93,17 @@ def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dic
 
     import rattler  # lazy: native, ~0.2 s
 
-    return asyncio.run(rattler.solve(
-        channels, specs, gateway=_gateway(), platforms=[rattler.Platform(platform), rattler.Platform("noarch")],
+    return _refetching(lambda gateway: asyncio.run(rattler.solve(
+        channels, specs, gateway=gateway, platforms=[rattler.Platform(platform), rattler.Platform("noarch")],
         virtual_packages=virtual_packages(vpkgs), pinned_packages=pinned or None, locked_packages=locked or None,
-    ))
+    )))
 
 
 def query_records(channels: list[str], platform: str, names: list[str]) -> list:
     """Every record of these package names in the channels (platform and noarch), not recursive."""
 
-    found = asyncio.run(_gateway().query(channels, [platform, "noarch"], names, recursive=False))
+    found = _refetching(lambda gateway: asyncio.run(gateway.query(channels, [platform, "noarch"], names,
+                                                                  recursive=False)))
     return [r for recs in found for r in recs]
 
 

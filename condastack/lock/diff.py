@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from condastack.core import layout
-from condastack.core.condalock import parse_lockfile
 from condastack.core.errors import CondastackError
+from condastack.lock.entry import LockEntry
+from condastack.lock.lockfile import read_lock_entries
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Change:
 
 def diff_locks(old: Path, new: Path) -> dict[str, list[Change]]:
     """Per platform: packages added, removed and changed (version, build) between two lockfiles."""
-    return _diff(parse_lockfile(old), parse_lockfile(new))
+    return _diff(read_lock_entries(old), read_lock_entries(new))
 
 
 def diff_against_git(path: Path, rev: str) -> dict[str, list[Change]]:
@@ -40,15 +41,15 @@ def diff_against_git(path: Path, rev: str) -> dict[str, list[Change]]:
     with tempfile.NamedTemporaryFile("w", suffix=layout.LOCKFILE_SUFFIX, delete=False) as f:
         f.write(text)
     try:
-        return _diff(parse_lockfile(Path(f.name)), parse_lockfile(path))
+        return _diff(read_lock_entries(Path(f.name)), read_lock_entries(path))
     finally:
         Path(f.name).unlink()
 
 
-def _diff(a, b) -> dict[str, list[Change]]:  # noqa: ANN001
-    def index(lf) -> dict[str, dict[str, str]]:  # noqa: ANN001
+def _diff(a: list[LockEntry], b: list[LockEntry]) -> dict[str, list[Change]]:
+    def index(entries: list[LockEntry]) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
-        for p in lf.package:
+        for p in entries:
             label = f"{p.version} {p.build}" if p.manager == "conda" else f"{p.version} (pip)"
             out.setdefault(p.platform, {})[f"{p.name}" if p.manager == "conda" else f"pip:{p.name}"] = label
         return out

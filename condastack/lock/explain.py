@@ -158,7 +158,6 @@ def _pin_owner(stack: Stack, name: str, plat: str, rec) -> str:  # noqa: ANN001
     """The highest ancestor whose lock holds this exact record."""
     for layer in stack.chain(name)[:-1]:
         for p in read_lock_entries(lockfile_path(stack.root, layer.name)):
-            if p.get("platform") == plat and p.get("name") == rec.name.normalized \
-                    and str(p.get("version")) == str(rec.version):
+            if p.platform == plat and p.name == rec.name.normalized and p.version == str(rec.version):
                 return layer.name
     return stack.layer(name).extends or "?"

@@ -39,6 +39,7 @@ from condastack.lock.conda_solve import (
     spec_name,
 )
 from condastack.lock.consistency import check_records, describe
+from condastack.lock.entry import RecordsFile
 from condastack.lock.explain import _solve_failure
 from condastack.lock.findlinks import find_links_index
 from condastack.lock.inputs import SolveInputs
@@ -185,8 +186,8 @@ def _inconsistencies(stack: Stack, name: str) -> list[str]:
     out = []
     for plat in stack.platforms:
         records, _ = full_records(stack, name, plat)
-        pip = [(str(p["name"]), str(p["version"])) for p in read_lock_entries(lockfile_path(stack.root, name))
-               if p.get("platform") == plat and p.get("manager") == "pip"]
+        pip = [(p.name, p.version) for p in read_lock_entries(lockfile_path(stack.root, name))
+               if p.platform == plat and p.manager == "pip"]
         bad = check_records(records, stack.effective_virtual_packages_for(plat), pip)
         if bad:
             out.append(describe(name, plat, bad))
@@ -200,11 +201,10 @@ def full_records(stack: Stack, name: str, plat: str) -> tuple[list, bool]:
     sha256; anything it lacks is fetched from the layer's channels by URL.
     """
     entries = [p for p in read_lock_entries(lockfile_path(stack.root, name))
-               if p.get("platform") == plat and p.get("manager") == "conda"]
-    kept = {str(j.get("sha256")): j for j in read_records_sidecar(records_path(stack.root, name), plat)}
-    have = [dict(kept[str((p.get("hash") or {}).get("sha256"))], url=p["url"]) for p in entries
-            if (p.get("hash") or {}).get("sha256") in kept]
-    lacking = [p for p in entries if (p.get("hash") or {}).get("sha256") not in kept]
+               if p.platform == plat and p.manager == "conda"]
+    kept = RecordsFile.read(records_path(stack.root, name)).records_for(plat, entries)
+    have = [dict(kept[p.sha256].to_dict(), url=p.url) for p in entries if p.sha256 in kept]
+    lacking = [p.to_dict() for p in entries if p.sha256 not in kept]
     records = records_from_json(have) if have else []
     if not lacking:
         return records, False
@@ -280,7 +280,7 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
         if not all(explicit_path(stack, name, p).is_file() for p in stack.platforms):
             _write_derived(stack, name, read_raw(path))
         return result
-    previous = read_lock_entries(path) if path.is_file() else None
+    previous = [p.to_dict() for p in read_lock_entries(path)] if path.is_file() else None
     resolver = resolver_for(stack, name, update)
     new_hash: dict[str, str] = {}
     packages = []
@@ -317,7 +317,7 @@ def _check_update_names(stack: Stack, names: list[str], update: list[str]) -> No
     paths = [lockfile_path(stack.root, n) for n in names]
     for lp in paths:
         if lp.is_file():
-            held |= {str(p.get("name", "")).lower() for p in read_lock_entries(lp)}
+            held |= {p.name.lower() for p in read_lock_entries(lp)}
     unknown = [u for u in update if u.lower() not in held]
     if unknown and any(lp.is_file() for lp in paths):
         raise CondastackError(f"--update names {', '.join(unknown)}, which no lock of layer(s) {', '.join(names)} "
@@ -344,8 +344,8 @@ def _write_lock(stack: Stack, name: str, path: Path, packages: list, new_hash: d
     # rewrites the whole set. The records (and the summary) name the lock they describe by its sha256,
     # so records that got ahead of their lockfile are ignored (records then come from the channels).
     summary = _summarize(doc, hashlib.sha256(text.encode()).hexdigest())
-    atomic_write_text(records_path(stack.root, name),
-                      json.dumps({"lock": summary, "platforms": full}, sort_keys=True) + "\n")
+    records = RecordsFile.from_dict({"lock": summary, "platforms": full}, records_path(stack.root, name))
+    atomic_write_text(records_path(stack.root, name), records.to_text())
     _write_derived(stack, name, doc)
     atomic_write_text(path, text)
     remember_lockfile(path, doc)
@@ -395,7 +395,7 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous: list[dict] | N
     if inp.extends:
         ppath = lockfile_path(stack.root, inp.extends)
         pinned, _ = full_records(stack, inp.extends, plat)
-        parent_pip = [p for p in read_lock_entries(ppath) if p.get("platform") == plat and p.get("manager") == "pip"]
+        parent_pip = [p.to_dict() for p in read_lock_entries(ppath) if p.platform == plat and p.manager == "pip"]
         # The child holds every package of its parent, not only those its specs reach.
         have = {spec_name(s) for s in conda_specs}
         conda_specs = conda_specs + [r.name.normalized for r in pinned if r.name.normalized not in have]
@@ -403,8 +403,7 @@ def _solve_platform(stack: Stack, name: str, plat: str, previous: list[dict] | N
     locked = []
     if previous is not None:
         prev_entries = [p for p in read_lock_entries(lockfile_path(stack.root, name))
-                        if p.get("platform") == plat and p.get("manager") == "conda"
-                        and str(p.get("name")).lower() not in upd]
+                        if p.platform == plat and p.manager == "conda" and p.name.lower() not in upd]
         locked = records_from_json(lock_entries_as_json(prev_entries)) if prev_entries else []
     try:
         records = solve_conda(channels, conda_specs, plat, vpkgs, pinned=pinned, locked=locked)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
-import re
 from pathlib import Path
 
 import yaml
@@ -22,6 +20,7 @@ from condastack.core.errors import CondastackError
 from condastack.core.fs import TMP_MARK, remove_path
 from condastack.core.layout import records_sidecar_path
 from condastack.lock.conda_solve import _PLAIN_CHANNEL
+from condastack.lock.entry import ENTRY_KEYS, LockEntry, RecordsFile, check_lock_document
 
 # --------------------------------------------------------------------------- conda-lock's dependency model
 
@@ -29,18 +28,26 @@ from condastack.lock.conda_solve import _PLAIN_CHANNEL
 # --------------------------------------------------------------------------- conda part (py-rattler)
 
 
-def read_lock_document(path: Path, *, strings: bool = False) -> dict:
-    """A conda-lock file as plain YAML (`package` list and `metadata` checked).
+def read_lock_document(path: Path, *, strings: bool = True) -> dict:
+    """A conda-lock file as plain data, every field checked (see lock/entry.py), entries normalised.
 
     py-rattler's LockFile reader rejects the pip dependency values conda-lock
     itself writes ('*' or a bare version), so it is never on a read path.
-    With `strings`, every scalar stays the text it is (a hash of all digits
-    is not a number): what installing from the file needs. One lock run reads
-    a parent's lock several times, so a parse is reused while the file is unchanged.
+    Every scalar is read as the text it is (a hash of all digits is not a number,
+    `1.10` is not `1.1`); `strings` is kept for callers and has no effect.
+    One lock run reads a parent's lock several times, so a parse is reused while the file is unchanged.
     """
-    path = Path(path)
+    return _read_checked(Path(path))[0]
+
+
+def read_lock_entries(path: Path, *, strings: bool = True) -> list[LockEntry]:
+    """The `package` entries of a conda-lock file, typed and checked (see read_lock_document)."""
+    return list(_read_checked(Path(path))[1])
+
+
+def _read_checked(path: Path) -> tuple[dict, tuple[LockEntry, ...]]:
     try:
-        key = _lock_doc_key(path, strings)
+        key = _lock_doc_key(path)
     except FileNotFoundError:
         raise CondastackError(f"lockfile not found: {path}.") from None
     except OSError as e:
@@ -48,81 +55,51 @@ def read_lock_document(path: Path, *, strings: bool = False) -> dict:
     if key not in _LOCK_DOCS:
         if len(_LOCK_DOCS) >= 16:  # a run touches a few files; old versions are dropped
             _LOCK_DOCS.pop(next(iter(_LOCK_DOCS)))
-        _LOCK_DOCS[key] = _load_lock_document(path, strings)
-    return _LOCK_DOCS[key]
+        _LOCK_DOCS[key] = _checked(path, _load_lock_document(path))
+    return _LOCK_DOCS[key]  # shared: callers read it and never change it
 
 
-_LOCK_DOCS: dict[tuple, dict] = {}
+_LOCK_DOCS: dict[tuple, tuple[dict, tuple[LockEntry, ...]]] = {}
 
 
-def _lock_doc_key(path: Path, strings: bool) -> tuple:
+def _lock_doc_key(path: Path) -> tuple:
     st = path.stat()
-    return (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino, strings)
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _checked(path: Path, data: dict) -> tuple[dict, tuple[LockEntry, ...]]:
+    """The document with its entries checked and in the form the writer writes."""
+    entries = tuple(check_lock_document(path, data))
+    return dict(data, package=[e.to_dict() for e in entries]), entries
 
 
 def _remember_lock_document(path: Path, doc: dict) -> None:
+    _LOCK_DOCS[_lock_doc_key(path)] = _checked(path, copy.deepcopy(doc))
 
-    _LOCK_DOCS[_lock_doc_key(path, False)] = copy.deepcopy(doc)
 
-
-def _load_lock_document(path: Path, strings: bool) -> dict:
-    loader = getattr(yaml, "CBaseLoader" if strings else "CSafeLoader", yaml.BaseLoader if strings else yaml.SafeLoader)
+def _load_lock_document(path: Path) -> dict:
+    """The YAML of a lockfile, every scalar a string. Bytes that are not UTF-8 become U+FFFD, which the
+    field checks then name (the field, not only the file)."""
+    loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
     try:
-        data = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - a safe (or base) loader
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CondastackError(f"{path}: not a readable conda-lock file ({type(e).__name__}). "
+        data = yaml.load(path.read_bytes().decode("utf-8", "replace"), Loader=loader)  # noqa: S506 - base loader
+    except (OSError, yaml.YAMLError, RecursionError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f", line {where.line + 1}" if where is not None else ""
+        raise CondastackError(f"{path}: not a readable conda-lock file ({type(e).__name__}{at}). "
                               "Re-create it with `condastack lock`.") from None
     if not isinstance(data, dict) or not isinstance(data.get("package"), list) or \
-            not isinstance(data.get("metadata"), dict) or not all(isinstance(p, dict) for p in data["package"]):
-        raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list or 'metadata').")
-    _check_lock_fields(path, data)
+            not isinstance(data.get("metadata"), dict):
+        raise CondastackError(f"{path}: not a conda-lock lockfile (no 'package' list or 'metadata'). "
+                              "Re-create it with `condastack lock`.")
     return data
 
 
-_LOCK_SCALARS = ("name", "version", "manager", "platform", "url")
-_LOCK_VERSION = re.compile(r"^[A-Za-z0-9_!*]+(?:[.+-][A-Za-z0-9_!*]+)*\Z")
-_CONDA_ARCHIVE = (".conda", ".tar.bz2")
-
-
-def _check_lock_fields(path: Path, data: dict) -> None:
-    """The fields installing reads have the types and shapes conda-lock writes; a lockfile is hostile
-    until checked, and a wrong one must be a message naming it, not a crash deeper in the installer."""
-    def bad(why: str) -> CondastackError:
-        return CondastackError(f"{path}: not a readable conda-lock file ({why}). Re-create it with "
-                               "`condastack lock`.")
-
-    if "version" in data and not str(data["version"]).isdigit():
-        raise bad(f"its format 'version' {str(data['version'])[:40]!r} is not an integer")
-    for i, p in enumerate(data["package"]):
-        for key in _LOCK_SCALARS:
-            if not isinstance(p.get(key), (str, int, float)) or isinstance(p.get(key), bool):
-                raise bad(f"package #{i + 1}: '{key}' is {type(p.get(key)).__name__}, not a string")
-        label = f"package {str(p['name'])[:80]}"
-        if not _LOCK_VERSION.match(str(p["version"])):
-            raise bad(f"{label}: malformed version {str(p['version'])[:80]!r}")
-        if "://" not in str(p["url"]):
-            raise bad(f"{label}: 'url' {str(p['url'])[:80]!r} is not a URL")
-        if p["manager"] == "conda" and not str(p["url"]).endswith(_CONDA_ARCHIVE):
-            raise bad(f"{label}: the URL {str(p['url'])[:200]} does not name a conda package (.conda or .tar.bz2)")
-        if not isinstance(p.get("hash", {}), dict):
-            raise bad(f"{label}: 'hash' is {type(p['hash']).__name__}, not a mapping")
-
-
-def read_lock_entries(path: Path, *, strings: bool = False) -> list[dict]:
-    """The `package` entries of a conda-lock file (see read_lock_document)."""
-    return list(read_lock_document(path, strings=strings)["package"])
-
-
-def lock_entries_as_json(entries: list[dict]) -> list[dict]:
+def lock_entries_as_json(entries: list[LockEntry]) -> list[dict]:
     """Conda entries of a lockfile as repodata JSON (no constrains: the file does not carry them)."""
-    out = []
-    for p in entries:
-        h = p.get("hash") or {}
-        deps = p.get("dependencies") or {}
-        out.append({"name": p["name"], "version": str(p["version"]), "build": str(p.get("build") or ""),
-                    "depends": [f"{k} {v}".strip() if v and v != "*" else k for k, v in deps.items()],
-                    "md5": h.get("md5"), "sha256": h.get("sha256"), "url": p.get("url")})
-    return out
+    return [{"name": p.name, "version": p.version, "build": p.build or "",
+             "depends": [f"{k} {v}".strip() if v and v != "*" else k for k, v in p.dependencies.items()],
+             "md5": p.md5, "sha256": p.sha256, "url": p.url} for p in entries]
 
 
 # --------------------------------------------------------------------------- pip part (conda-lock)
@@ -145,7 +122,8 @@ def render_lockfile(path: Path, packages: list[dict], *, channels: list[str], pl
     try:
         conda_lock_write(tmpdir / Path(path).name, packages, channels=channels, platforms=platforms,
                          sources=sources, content_hash=content_hash, custom=custom)
-        return (tmpdir / Path(path).name).read_text(), _load_lock_document(tmpdir / Path(path).name, False)
+        written = tmpdir / Path(path).name
+        return written.read_text(), _checked(Path(path), _load_lock_document(written))[0]
     finally:
         remove_path(tmpdir)
 
@@ -162,14 +140,8 @@ def remember_lockfile(path: Path, doc: dict) -> None:
 
 
 def read_records_sidecar(path: Path, platform: str) -> list[dict]:
-    """One platform's repodata JSON entries from a records file ([] when absent or unreadable)."""
-
-    try:
-        data = json.loads(Path(path).read_text())
-        items = data["platforms"][platform]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+    """One platform's repodata JSON entries from a records file ([] when absent), checked (RecordsFile)."""
+    return [r.to_dict() for r in RecordsFile.read(path).platforms.get(platform, ())]
 
 
 # --------------------------------------------------------------------------- lockfile format, without the import
@@ -179,19 +151,12 @@ def read_records_sidecar(path: Path, platform: str) -> list[dict]:
 # every change, so conda-lock stays the authority on the format.
 
 
-def _v1_entry(p: dict) -> dict:
-    """An entry in conda-lock's written key order, unset fields left out, dependencies sorted."""
-    out = {k: p[k] for k in ("name", "version", "manager", "platform") if k in p}
-    out["version"] = str(out.get("version"))
-    out["dependencies"] = dict(sorted((p.get("dependencies") or {}).items()))
-    out["url"] = p["url"]
+def _v1_entry(p: dict, name: str) -> dict:
+    """An entry in conda-lock's written key order, unset fields left out, dependencies sorted: checked
+    as the reader checks it (LockEntry), so nothing is written that would not read back."""
+    out = {k: p[k] for k in ENTRY_KEYS if p.get(k) is not None}
     out["hash"] = {k: v for k, v in (p.get("hash") or {}).items() if v is not None}
-    for k in ("source", "build"):
-        if p.get(k) is not None:
-            out[k] = p[k]
-    out["category"] = p.get("category", "main")
-    out["optional"] = bool(p.get("optional", False))
-    return out
+    return LockEntry.from_dict(out, name, 0).to_dict()
 
 
 def can_write_fast(packages: list[dict], channels: list[str]) -> bool:
@@ -228,7 +193,7 @@ def lockfile_document(name: str, packages: list[dict], *, channels: list[str], p
                   "platforms": platforms, "sources": sources}
     if custom:
         meta["custom_metadata"] = custom
-    out = {"version": 1, "metadata": meta, "package": [_v1_entry(p) for p in pkgs]}
+    out = {"version": 1, "metadata": meta, "package": [_v1_entry(p, name) for p in pkgs]}
     dumper = getattr(yaml, "CDumper", yaml.Dumper)
     text = "".join(("# " + line).rstrip() + "\n" for line in header) + yaml.dump(out, Dumper=dumper, sort_keys=False)
     return text, out
@@ -273,24 +238,20 @@ def explicit_text(packages: list[dict], platform: str, input_hash: str | None) -
 
 
 def read_raw(path: Path) -> dict:
-    """A lockfile as plain YAML: the fast path for hashes and pins (conda-lock's import is slow)."""
+    """A lockfile as plain data, checked: the fast path for hashes and pins (conda-lock's import is slow)."""
     return read_lock_document(path)
 
 
 def lock_summary(path: Path) -> dict:
     """What no-op locks and hashes need from a lockfile: content_hash, counts and pins per platform.
 
-    The records file beside the lock keeps this summary with the sha256 of the
-    lockfile it describes; while that matches, the lockfile is not parsed at all.
+    The records file beside the lock (read through RecordsFile) keeps this summary with the sha256
+    of the lockfile it describes; while that matches, the lockfile is not parsed at all.
     """
-    data = Path(path).read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        summary = json.loads(records_sidecar_path(path).read_bytes()).get("lock") or {}
-        if summary.get("sha256") == sha:
-            return summary
-    except (OSError, ValueError, AttributeError):
-        pass
+    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    summary = RecordsFile.read(records_sidecar_path(path)).summary
+    if summary.get("sha256") == sha:
+        return summary
     return _summarize(read_raw(path), sha)
 
 

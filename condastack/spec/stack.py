@@ -18,20 +18,13 @@ from condastack.core.credentials import redact
 from condastack.core.errors import CondastackError, StackInvalid
 from condastack.core.layout import stack_file
 from condastack.core.names import NAME_PATTERNS, is_name
+from condastack.core.platforms import KNOWN_PLATFORMS
 from condastack.spec import yamlfile
 from condastack.spec.envfile import PYPI_SIMPLE, EnvFile, expand_channels, load_env_file, read_env_shape
 from condastack.spec.pipreqs import PipOptions, apply_constraints
 from condastack.spec.vcsreq import parse_vcs
 from condastack.spec.virtual import effective_virtual_packages
 
-KNOWN_PLATFORMS = (
-    "linux-64",
-    "linux-aarch64",
-    "linux-ppc64le",
-    "osx-64",
-    "osx-arm64",
-    "win-64",
-)
 _STACK_KEYS = {"name", "platforms", "virtual-packages", "layers", "pip-index", "channels"}
 _LAYER_KEYS = {"file", "extends", "description"}
 _LAYER_NAME = NAME_PATTERNS["layer"]  # the one layer-name pattern (core.names)
