@@ -59,7 +59,7 @@ def project(tmp_path: Path) -> Path:
 def test_the_command_list() -> None:
     """The parametrized tests below cover every command; a new one must be added to MISSING as well."""
     assert COMMANDS == sorted(["build", "container", "diff", "doctor", "install", "layers", "lock", "module", "pack",
-                               "relocate", "slurm-preamble", "unpack", "verify", "wrap"])
+                               "relocate", "sbom", "slurm-preamble", "unpack", "verify", "wrap"])
     assert set(MISSING) | NO_REQUIRED_ARGUMENT == set(COMMANDS)
 
 
@@ -99,6 +99,7 @@ MISSING: dict[str, list[list[str]]] = {
     "wrap": [[]],
     "diff": [[], ["old.conda-lock.yml"]],
     "slurm-preamble": [[]],
+    "sbom": [[]],
 }
 NO_REQUIRED_ARGUMENT = {"layers", "lock", "doctor", "container"}  # all their arguments have defaults
 

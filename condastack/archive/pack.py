@@ -346,11 +346,13 @@ def start_job(prefix: Path, output: Path, *, fmt: str, dest_prefix: str | None, 
     clean_stale_temporaries(output.parent, output.name)
     near = prefix.parent if fmt == "squashfs" else output.parent  # a link tree must be on the env's disk
     clean_stale_temporaries(near, "pack.")
+    # Everything that reads (and may refuse) the env comes before the staging folder is made,
+    # so a refusal leaves nothing behind.
+    mtime, mtime_from = archive_mtime(prefix)
+    sbom = env_sbom_text(prefix, timestamp=mtime)
     job = _Job(prefix, output, fmt, dest_prefix, DEFAULT_LEVEL[fmt] if level is None else level,
                _threads(threads), allow_modified, make_tempdir(near, "pack"), t0)
-    job.mtime, job.mtime_from = archive_mtime(prefix)
-    job.sbom = env_sbom_text(prefix, timestamp=job.mtime)
-    job.meter = meter
+    job.mtime, job.mtime_from, job.sbom, job.meter = mtime, mtime_from, sbom, meter
     return job, meta
 
 
