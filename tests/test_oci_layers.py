@@ -54,6 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict:
           base: {file: base.yml}
           app: {file: app.yml, extends: base}
           app2: {file: app2.yml, extends: base}
+          app3: {file: app3.yml, extends: app}
         """, {
         "base.yml": f"""
             channels: ["{channel_url}"]
@@ -67,12 +68,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict:
             channels: ["{channel_url}"]
             dependencies: [noarch-data]
             """,
+        "app3.yml": f"""
+            channels: ["{channel_url}"]
+            dependencies: [noarch-data]
+            """,
     })
     cli(env, "-C", proj, "lock")
-    for layer in ("base", "app", "app2"):
+    for layer in ("base", "app", "app2", "app3"):
         cli(env, "-C", proj, "build", layer)
     (proj / "envs" / "base" / "lib" / "site-note.txt").write_text("only in base\n")
-    for args in (["base"], ["app", "--over", "base"], ["app2", "--over", "base"],
+    for args in (["base"], ["app", "--over", "base"], ["app2", "--over", "base"], ["app3", "--over", "base"],
                  ["app", "--format", "tar.gz"]):
         cli(env, "-C", proj, "pack", *args, "--dest-prefix", PREFIX, "-j2")
     return {"proj": proj, "env": env, "top": top, "full": proj / "pack" / "app-linux-64.tar.gz"}
@@ -134,6 +139,15 @@ def test_children_share_the_base_env_layer(stack: dict) -> None:
 
     again, _ = image(stack, "app", "app-again.oci.tar", "--oci-base", "scratch")
     assert again.manifest_digest == app.manifest_digest  # reproducible, byte for byte
+
+
+def test_a_grandchild_over_base_shares_base_too(stack: dict) -> None:
+    """app3 extends app; packed `--over base` (no delta over app is there), its image shares base's layer."""
+    app, _ = image(stack, "app", "app.oci.tar", "--oci-base", "scratch")
+    app3, out = image(stack, "app3", "app3.oci.tar", "--oci-base", "scratch")
+    assert "layers base + app3" in out and len(app3.layers) == 2 and app3.layers[0] == app.layers[0]
+    top = app3.members(app3.layers[1])
+    assert "opt/env/bin/hello" in top and "opt/env/share/noarch-data/where.txt" in top
 
 
 def _unpack(oci: Path, work: Path) -> Path:

@@ -19,11 +19,11 @@ from condastack.spec.stack import Stack
 
 
 def delta_pack_commands(chain: list[str], prefix: str) -> str:
-    """The pack commands that make the archives of a layered image of `chain` (root first)."""
-    cmds = [f"condastack pack {chain[0]} --dest-prefix {prefix}"]
-    cmds += [f"condastack pack {child} --over {parent} --dest-prefix {prefix}"
-             for parent, child in zip(chain, chain[1:], strict=False)]
-    return "`" + "` and `".join(cmds) + "`"
+    """The pack commands that give `chain[-1]` an image layer of its own over its parent's (chain: root first).
+    A delta goes on top of a full archive, so a deeper stack's image has the parent's env whole, then the delta."""
+    parent, layer = chain[-2], chain[-1]
+    return (f"`condastack pack {parent} --dest-prefix {prefix}` and "
+            f"`condastack pack {layer} --over {parent} --dest-prefix {prefix}`")
 
 
 def layer_chain(stack: Stack, layer: str, platform: str, prefix: str,
@@ -42,8 +42,8 @@ def layer_chain(stack: Stack, layer: str, platform: str, prefix: str,
     else:
         if len(chain) == 1:
             return None
-        found = [read_archive(p) for p in
-                 pack_candidates(layout.pack_dir(stack.root), f"{layer}-over-{chain[-2]}", platform)]
+        found = [read_archive(p) for parent in reversed(chain[:-1])  # the nearest ancestor first
+                 for p in pack_candidates(layout.pack_dir(stack.root), f"{layer}-over-{parent}", platform)]
         tops = [a for a in found if a.dest_prefix is not None and a.dest_prefix.rstrip("/") == prefix]
         if not tops:
             return None
