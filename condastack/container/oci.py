@@ -212,6 +212,7 @@ class EnvLayer:
 
     layer: str
     archive: Path
+    archive_sha256: str
     digest: str
     diff_id: str
     size: int
@@ -276,7 +277,8 @@ def _image_config(spec: ContainerSpec, config: dict[str, Any], base: str | None,
                                 *(lay.diff_id for lay in layers)]},
         "history": [*(config.get("history") or []),
                     *({"created": created, "created_by": f"condastack container {spec.layer} --prefix {spec.prefix}",
-                       "comment": f"environment of layer {lay.layer}: {lay.archive.name}"} for lay in layers)],
+                       "comment": f"environment of layer {lay.layer}: {lay.archive.name} ({lay.archive_sha256})"}
+                      for lay in layers)],
     }
 
 
@@ -302,8 +304,8 @@ def _write_env_layers(work: Path, archives: list[PackedArchive], prefix: str,
         tmp_blob = work / "layer.tmp"
         digest, diff_id, size, hidden = _write_env_layer(a, prefix, tmp_blob, level)
         os.replace(tmp_blob, _blob_path(work, digest))
-        out.append(EnvLayer(layer=a.layer or "?", archive=a.path, digest=digest, diff_id=diff_id, size=size,
-                            whiteouts=hidden))
+        out.append(EnvLayer(layer=a.layer or "?", archive=a.path, archive_sha256=a.sha256, digest=digest,
+                            diff_id=diff_id, size=size, whiteouts=hidden))
     return tuple(out)
 
 
