@@ -266,7 +266,9 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
 @click.argument("layer", required=False)
 @click.option("--base-image", metavar="IMAGE", help="FROM image (default: fits the stack's __cuda and __glibc).")
 @click.option("--prefix", default="/opt/env", show_default=True, help="Where the env lives in the image.")
-@click.option("--oci", type=click.Path(dir_okay=False, path_type=Path), help="Also write an OCI image archive here.")
+@click.option("--oci", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write an OCI image archive here: one image layer per stack layer where LAYER's delta "
+                   "(`pack LAYER --over PARENT --dest-prefix P`) is packed, else LAYER's env as one layer.")
 @click.option("--oci-base", metavar="DIR[:TAG]", help="Base image for --oci: a local OCI layout, or `scratch` "
               "(default: a minimal Debian made by debootstrap, cached).")
 @click.option("--sqsh", type=click.Path(dir_okay=False, path_type=Path),
@@ -280,7 +282,8 @@ def relocate_cmd(obj: Ctx, prefix: Path) -> None:
               help="Dockerfile to write (default: Dockerfile.thin for the default layer, else "
                    "pack/<layer>.Dockerfile).")
 @click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
-              help="The --dest-prefix archive to use (default: found in pack/).")
+              help="The --dest-prefix archive to use (default: found in pack/): a full archive gives one env "
+                   "layer, a delta one layer per stack layer.")
 @click.option("--platform", help="Target platform (default: the stack's first).")
 @click.option("--command", "command", metavar="CMD", help="The image's CMD (default: /bin/sh).")
 @click.option("--ld-library-path/--no-ld-library-path", default=None,
@@ -309,6 +312,10 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
            "oci": None if res.oci is None else {"path": str(res.oci.path), "tag": res.oci.tag,
                                                 "manifest": res.oci.manifest_digest,
                                                 "layer": res.oci.layer_digest, "layer_size": res.oci.layer_size,
+                                                "env_layers": [{"layer": e.layer, "archive": str(e.archive),
+                                                                "digest": e.digest, "size": e.size,
+                                                                "whiteouts": e.whiteouts}
+                                                               for e in res.oci.env_layers],
                                                 "contents": res.oci_contents},
            "sqsh": None if res.sqsh is None else {"path": str(res.sqsh.path), "sha256": res.sqsh.sha256,
                                                   "size": res.sqsh.size, "base": res.sqsh.base},
@@ -321,8 +328,9 @@ def container(obj: Ctx, layer: str | None, base_image: str | None, prefix: str, 
         if out[what]:
             obj.console.print(f"wrote {out[what]}", markup=False)
     if res.oci is not None:
-        obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {res.oci.layer_size / 1e6:.1f} MB layer): "
-                          f"{res.oci_contents}", markup=False)
+        sizes = ", ".join(f"{e.layer} {e.size / 1e6:.1f} MB" for e in res.oci.env_layers)
+        what = f"{res.oci.layer_size / 1e6:.1f} MB layer" if len(res.oci.env_layers) == 1 else f"env layers {sizes}"
+        obj.console.print(f"wrote {res.oci.path} (tag {res.oci.tag}, {what}): {res.oci_contents}", markup=False)
     if res.sqsh is not None:
         obj.console.print(f"wrote {res.sqsh.path} ({res.sqsh.size / 1e6:.1f} MB SquashFS, sha256 "
                           f"{res.sqsh.sha256[:16]}): layer {spec.layer} at {spec.prefix} on {res.sqsh.base}",

@@ -1,11 +1,17 @@
-"""The OCI image archive, written in plain Python (tar + sha256 + JSON): the env as a gzip layer over an optional
+"""The OCI image archive, written in plain Python (tar + sha256 + JSON): the env as gzip layers over an optional
 base image given as a local OCI layout. No daemon, skopeo or umoci is needed to make it.
+
+The env is one layer (LAYER's full archive), or one layer per stack layer (the root layer's archive, then
+each child's delta with `.wh.NAME` whiteouts for the paths it removes; see layers.py). Each layer tar is
+reproducible (the archive's order, mtimes and modes, owner root, gzip without name or mtime), so the
+same archive gives the same layer digest in every image that holds it.
 """
 
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import gzip
 import hashlib
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from condastack.container.layers import whiteouts
 from condastack.container.spec import DEFAULT_PATH, LABEL_NS, ContainerSpec, PackedArchive
 from condastack.core import quoting
 from condastack.core.errors import CondastackError
@@ -96,9 +103,32 @@ def _safe_member_name(name: str, archive: Path) -> str:
         raise CondastackError(f"{archive}: member {name!r} {e.why}; the archive is unsafe.") from None
 
 
-def _write_env_layer(src: PackedArchive, prefix: str, blob: Path, level: int) -> tuple[str, str, int]:
-    """Re-root the archive's members under `prefix` into a gzip layer; returns (digest, diff_id, size)."""
+def _dir_member(name: str) -> tarfile.TarInfo:
+    d = tarfile.TarInfo(name)
+    d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, 0
+    return d
+
+
+def _copy_members(out: tarfile.TarFile, src: PackedArchive, root: str) -> None:
+    """The archive's members re-rooted under `root`, owned by root, in the archive's order."""
+    with _open_tar_stream(src.path, src.fmt) as tf:
+        for m in tf:
+            name = _safe_member_name(m.name, src.path)
+            if name == ".":
+                continue  # the prefix folder itself is written before
+            m.name = f"{root}/{name}"
+            if m.islnk():  # hard links name another member: re-root them too
+                m.linkname = f"{root}/{_safe_member_name(m.linkname, src.path)}"
+            m.uid = m.gid = 0
+            m.uname = m.gname = "root"
+            out.addfile(m, tf.extractfile(m) if m.isreg() else None)
+
+
+def _write_env_layer(src: PackedArchive, prefix: str, blob: Path, level: int) -> tuple[str, str, int, int]:
+    """Re-root the archive's members under `prefix` into a gzip layer, with a whiteout for each path a delta
+    removes; returns (digest, diff_id, size, whiteouts)."""
     root = prefix.strip("/")
+    hide = whiteouts(src.removed, src.path) if src.parent_layer is not None else []
     with open(blob, "wb") as raw:
         outer = _HashingWriter(raw)
         with gzip.GzipFile(filename="", mode="wb", fileobj=outer, compresslevel=level, mtime=0) as gz:
@@ -106,22 +136,14 @@ def _write_env_layer(src: PackedArchive, prefix: str, blob: Path, level: int) ->
             with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as out:  # type: ignore[call-overload]
                 parts = root.split("/")
                 for i in range(1, len(parts) + 1):  # parents of the prefix, world-readable
-                    d = tarfile.TarInfo("/".join(parts[:i]))
-                    d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, 0
-                    out.addfile(d)
-                with _open_tar_stream(src.path, src.fmt) as tf:
-                    for m in tf:
-                        name = _safe_member_name(m.name, src.path)
-                        if name == ".":
-                            continue  # the prefix folder itself is written above
-                        m.name = f"{root}/{name}"
-                        if m.islnk():  # hard links name another member: re-root them too
-                            m.linkname = f"{root}/{_safe_member_name(m.linkname, src.path)}"
-                        m.uid = m.gid = 0
-                        m.uname = m.gname = "root"
-                        out.addfile(m, tf.extractfile(m) if m.isreg() else None)
+                    out.addfile(_dir_member("/".join(parts[:i])))
+                _copy_members(out, src, root)
+                for wh in hide:  # an empty file `.wh.NAME` hides NAME of the layers below (OCI image spec)
+                    m = tarfile.TarInfo(f"{root}/{wh}")
+                    m.mode, m.mtime, m.uname, m.gname = 0o644, 0, "root", "root"
+                    out.addfile(m)
             inner_digest = inner.digest
-    return outer.digest, inner_digest, outer.size
+    return outer.digest, inner_digest, outer.size, len(hide)
 
 
 def _write_json_blob(layout: Path, obj: dict) -> tuple[str, int]:
@@ -185,15 +207,29 @@ def _read_base_layout(ref: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
 
 
 @dataclass(frozen=True)
+class EnvLayer:
+    """One image layer made from one packed archive (a stack layer's env, or a child's delta)."""
+
+    layer: str
+    archive: Path
+    archive_sha256: str
+    digest: str
+    diff_id: str
+    size: int
+    whiteouts: int = 0
+
+
+@dataclass(frozen=True)
 class OciResult:
     path: Path
     manifest_digest: str
-    layer_digest: str
+    layer_digest: str  # the top env layer (LAYER's archive or delta)
     diff_id: str
     layer_size: int
     tag: str
     base_layers: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    env_layers: tuple[EnvLayer, ...] = ()
 
 
 def _created() -> str:
@@ -211,8 +247,9 @@ def _default_command(spec: ContainerSpec, has_base: bool) -> list[str]:
     return [f"{spec.prefix}/bin/python"]
 
 
-def _image_config(spec: ContainerSpec, config: dict[str, Any], base: str | None, diff_id: str) -> dict[str, Any]:
-    """The image config: the base image's (if any) with the env's variables, labels, user and layer added."""
+def _image_config(spec: ContainerSpec, config: dict[str, Any], base: str | None,
+                  layers: tuple[EnvLayer, ...]) -> dict[str, Any]:
+    """The image config: the base image's (if any) with the env's variables, labels, user and layers added."""
     arch = OCI_ARCH[spec.platform]
     if config and config.get("architecture") not in (None, arch):
         raise CondastackError(f"--oci-base {base}: image is {config.get('architecture')}, "
@@ -224,6 +261,8 @@ def _image_config(spec: ContainerSpec, config: dict[str, Any], base: str | None,
     # The base image's own variables pass as they are; ours go through the gate (names, NUL).
     cfg["Env"] = [quoting.oci_env(k, v) if k in new_env else f"{k}={v}" for k, v in base_env.items()]
     cfg["Labels"] = {**(cfg.get("Labels") or {}), **spec.labels}
+    if len(layers) > 1:
+        cfg["Labels"][f"{LABEL_NS}.env-layers"] = " ".join(lay.layer for lay in layers)
     cfg["User"] = spec.user
     cfg["Cmd"] = _default_command(spec, base is not None)
     cfg.setdefault("WorkingDir", "/")
@@ -234,10 +273,12 @@ def _image_config(spec: ContainerSpec, config: dict[str, Any], base: str | None,
         "os": "linux",
         "config": cfg,
         "rootfs": {"type": "layers",
-                   "diff_ids": [*((config.get("rootfs") or {}).get("diff_ids") or []), diff_id]},
+                   "diff_ids": [*((config.get("rootfs") or {}).get("diff_ids") or []),
+                                *(lay.diff_id for lay in layers)]},
         "history": [*(config.get("history") or []),
-                    {"created": created, "created_by": f"condastack container {spec.layer} --prefix {spec.prefix}",
-                     "comment": f"environment {spec.archive.path.name} ({spec.archive.sha256})"}],
+                    *({"created": created, "created_by": f"condastack container {spec.layer} --prefix {spec.prefix}",
+                       "comment": f"environment of layer {lay.layer}: {lay.archive.name} ({lay.archive_sha256})"}
+                      for lay in layers)],
     }
 
 
@@ -256,22 +297,33 @@ def _tar_layout(work: Path, output: Path, base_layers: list[dict[str, Any]], bas
             tar.add(p, arcname=f"blobs/sha256/{p.name}")
 
 
-def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = None, tag: str | None = None,
-                      compresslevel: int = 6) -> OciResult:
-    """Write an OCI image archive (`oci-archive:` for skopeo/apptainer) with the env as one layer.
+def _write_env_layers(work: Path, archives: list[PackedArchive], prefix: str,
+                      level: int) -> tuple[EnvLayer, ...]:
+    out = []
+    for a in archives:
+        tmp_blob = work / "layer.tmp"
+        digest, diff_id, size, hidden = _write_env_layer(a, prefix, tmp_blob, level)
+        os.replace(tmp_blob, _blob_path(work, digest))
+        out.append(EnvLayer(layer=a.layer or "?", archive=a.path, archive_sha256=a.sha256, digest=digest,
+                            diff_id=diff_id, size=size, whiteouts=hidden))
+    return tuple(out)
 
-    With `base` (a local OCI layout, DIR or DIR:TAG) its layers and config come first;
-    otherwise the image is scratch and holds only the environment.
+
+def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = None, tag: str | None = None,
+                      compresslevel: int = 6, layers: list[PackedArchive] | None = None) -> OciResult:
+    """Write an OCI image archive (`oci-archive:` for skopeo/apptainer).
+
+    The env is one layer made from `spec.archive`, or with `layers` (root first: a full archive, then
+    deltas, as `layers.layer_chain` gives) one layer per archive. With `base` (a local OCI layout, DIR
+    or DIR:TAG) its layers and config come first; otherwise the image is scratch and holds only the env.
     """
     output = Path(output)
     tag = tag or spec.layer
+    archives = layers or [dataclasses.replace(spec.archive, layer=spec.archive.layer or spec.layer)]
     work = make_tempdir(output.parent, output.name)
     try:
-        blobs = work / "blobs" / "sha256"
-        blobs.mkdir(parents=True)
-        tmp_blob = work / "layer.tmp"
-        digest, diff_id, size = _write_env_layer(spec.archive, spec.prefix, tmp_blob, compresslevel)
-        os.replace(tmp_blob, _blob_path(work, digest))
+        (work / "blobs" / "sha256").mkdir(parents=True)
+        env_layers = _write_env_layers(work, archives, spec.prefix, compresslevel)
 
         base_layers: list[dict[str, Any]] = []
         config: dict[str, Any] = {}
@@ -280,9 +332,10 @@ def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = N
             base_dir, bman, config = _read_base_layout(base)
             base_layers = list(bman.get("layers", []))
         arch = OCI_ARCH[spec.platform]
-        image_config = _image_config(spec, config, base, diff_id)
-        if len(image_config["rootfs"]["diff_ids"]) != len(base_layers) + 1:
-            raise CondastackError(f"--oci-base {base}: its config lists {len(image_config['rootfs']['diff_ids']) - 1} "
+        image_config = _image_config(spec, config, base, env_layers)
+        if len(image_config["rootfs"]["diff_ids"]) != len(base_layers) + len(env_layers):
+            raise CondastackError(f"--oci-base {base}: its config lists "
+                                  f"{len(image_config['rootfs']['diff_ids']) - len(env_layers)} "
                                   f"layers but its manifest {len(base_layers)}; the layout is inconsistent.")
         cfg_digest, cfg_size = _write_json_blob(work, image_config)
         sbom = _sbom_annotations(work, spec)
@@ -291,7 +344,8 @@ def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = N
             "schemaVersion": 2,
             "mediaType": _OCI_MANIFEST,
             "config": {"mediaType": _OCI_CONFIG, "digest": cfg_digest, "size": cfg_size},
-            "layers": [*base_layers, {"mediaType": _OCI_LAYER_GZIP, "digest": digest, "size": size}],
+            "layers": [*base_layers, *({"mediaType": _OCI_LAYER_GZIP, "digest": lay.digest, "size": lay.size}
+                                       for lay in env_layers)],
             "annotations": {f"{LABEL_NS}.layer": spec.layer, **sbom},
         }
         man_digest, man_size = _write_json_blob(work, manifest)
@@ -308,5 +362,7 @@ def write_oci_archive(spec: ContainerSpec, output: Path, *, base: str | None = N
         _tar_layout(work, output, base_layers, base_dir)
     finally:
         remove_path(work)
-    return OciResult(path=output, manifest_digest=man_digest, layer_digest=digest, diff_id=diff_id,
-                     layer_size=size, tag=tag, base_layers=len(base_layers), config=image_config)
+    top = env_layers[-1]
+    return OciResult(path=output, manifest_digest=man_digest, layer_digest=top.digest, diff_id=top.diff_id,
+                     layer_size=top.size, tag=tag, base_layers=len(base_layers), config=image_config,
+                     env_layers=env_layers)

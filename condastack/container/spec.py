@@ -67,6 +67,12 @@ class PackedArchive:
     lock_hash: str
     platform: str | None
     max_prefix_len: int | None  # shortest binary placeholder, None if unknown
+    layer: str | None = None  # the stack layer the manifest names
+    # A delta archive (`pack LAYER --over PARENT`): the parent it goes on top of, and the parent's paths it lacks.
+    parent_layer: str | None = None
+    parent_archive: str | None = None
+    parent_sha256: str | None = None
+    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,11 @@ def read_archive(path: Path) -> PackedArchive:
         lock_hash=str(lock_hash),
         platform=(manifest.platform if manifest else None) or None,
         max_prefix_len=_binary_placeholder_len(manifest),
+        layer=manifest.layer if manifest else None,
+        parent_layer=manifest.parent_layer if manifest else None,
+        parent_archive=manifest.parent_archive if manifest else None,
+        parent_sha256=manifest.parent_sha256 if manifest else None,
+        removed=manifest.removed if manifest else (),
     )
 
 
@@ -203,7 +214,8 @@ def pack_command(layer: str, prefix: str) -> str:
     return f"condastack pack {layer} --format tar.gz --dest-prefix {prefix}"
 
 
-def _candidates(pack_dir: Path, layer: str, platform: str) -> list[Path]:
+def pack_candidates(pack_dir: Path, layer: str, platform: str) -> list[Path]:
+    """pack/<layer>-<platform>* archives, gzip first (`layer` may be `app-over-base` for deltas)."""
     if not pack_dir.is_dir():
         return []
     stem = f"{layer}-{platform}"
@@ -244,7 +256,7 @@ def find_archive(root: Path, layer: str, platform: str, prefix: str, archive: Pa
         return found
     pack_dir = layout.pack_dir(root)
     others: list[PackedArchive] = []
-    for path in _candidates(pack_dir, layer, platform):
+    for path in pack_candidates(pack_dir, layer, platform):
         info = read_archive(path)
         if info.dest_prefix is not None and info.dest_prefix.rstrip("/") == prefix:
             check_prefix(prefix, info)
