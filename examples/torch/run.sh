@@ -49,8 +49,10 @@ if [ "$LAYER" = app ] && ! ls "$HERE/environments/wheels/"flashinfer_python-0.2.
 fi
 
 if [ -z "${SKIP_LOCK:-}" ]; then
-  step "lock base + app against the real PyPI"
-  t "${CS[@]}" lock "${UPDATE[@]}"
+  # LAYER=base locks base alone: app's flashinfer wheel is built from the base env first
+  LOCKED=(); [ "$LAYER" = base ] && LOCKED=(base)
+  step "lock ${LOCKED[*]:-base + app} against the real PyPI"
+  t "${CS[@]}" lock "${UPDATE[@]}" "${LOCKED[@]}"
 fi
 step "build $LAYER, verify"
 t "${CS[@]}" build "$LAYER"
