@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -46,6 +47,16 @@ def assert_user_error(res: Result, *needles: str) -> None:
     assert "Traceback" not in res.output, res.output
     for n in needles:
         assert n in res.output, f"{n!r} not in:\n{res.output}"
+
+
+def demo_project(project: Path, channel: Path, src: Path = REPO / "examples" / "demo") -> Path:
+    """A copy of the bundled example's stack files under project, its `channel` linked to `channel`.
+
+    Only the stack's own files are copied: `bash examples/run.sh` (README command 1) leaves its own
+    channel link in src/environments, which must neither be copied nor clash with this link."""
+    shutil.copytree(src / "environments", project / "environments", ignore=shutil.ignore_patterns("channel"))
+    (project / "environments" / "channel").symlink_to(channel)
+    return project
 
 
 def write_project(root: Path, stack: str, layers: dict[str, str]) -> Path:

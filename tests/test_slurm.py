@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, demo_project
 from tests.slurm_cluster import SlurmCluster, missing_binaries
 
 pytestmark = [
@@ -85,8 +85,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 def site(cluster: SlurmCluster, channel: Path, tmp_path_factory: pytest.TempPathFactory) -> Site:
     root = tmp_path_factory.mktemp("site")
     project = root / "proj"
-    shutil.copytree(REPO / "examples" / "demo" / "environments", project / "environments")
-    (project / "environments" / "channel").symlink_to(channel)
+    demo_project(project, channel)
     bindir = root / "bin"
     bindir.mkdir()
     (bindir / "condastack").symlink_to(Path(sys.executable).parent / "condastack")
