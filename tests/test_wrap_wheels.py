@@ -144,12 +144,86 @@ def test_conda_forge_mapping_is_inverted_and_ranked() -> None:
     m = mm.pypi_to_conda({
         "fooish": ["foo"], "fooish-cuda": ["foo"],  # variants: the shorter name
         "gym": ["gym", "typing_extensions"], "typing_extensions": ["typing-extensions"],  # vendored: the owner
-        "bar-conda": ["bar_py"], "pytorch-cpu": ["torch"], "pytorch": ["torch"], "nothing": None})
+        "typing-extensions": None,  # conda-forge's empty alias of typing_extensions provides nothing
+        "bar-conda": ["bar_py"], "pytorch-cpu": ["torch"], "pytorch": ["torch"], "nothing": None,
+        "ruamel_yaml": ["ruamel.yaml", "ruamel.yaml.conda"], "ruamel.yaml": ["ruamel.yaml"],  # the one shipping only it
+        "importlib_metadata": ["importlib_metadata"], "importlib-metadata": ["importlib-metadata"]})  # spelled alike
     assert (m["foo"], m["bar-py"], m["torch"]) == ("fooish", "bar-conda", "pytorch")
-    assert "typing-extensions" not in m and "gym" not in m  # same name on both sides
+    assert (m["typing-extensions"], m["ruamel-yaml"]) == ("typing_extensions", "ruamel.yaml")  # conda-forge spelling
+    assert "gym" not in m and "importlib-metadata" not in m  # spelled alike on both sides
+    compact = mm.compact({"typing_extensions": ["typing-extensions"], "pip": ["pip"], "gym": ["gym"]})
+    assert compact == {"typing_extensions": ["typing-extensions"]}
     shipped = pypi_to_conda_names()
     assert (shipped["torch"], shipped["msgpack"], shipped["tables"]) == ("pytorch", "msgpack-python", "pytables")
-    assert "typing-extensions" not in shipped
+    assert (shipped["huggingface-hub"], shipped["typing-extensions"], shipped["ruamel-yaml"]) == (
+        "huggingface_hub", "typing_extensions", "ruamel.yaml")
+    assert "importlib-metadata" not in shipped and "pip" not in shipped
+
+
+FULL_MAPPING = REPO.parent / "shared" / "realworld" / "conda-forge-pypi-names.json"
+
+
+def test_shipped_mapping_is_made_from_the_full_conda_forge_mapping() -> None:
+    """The shipped file is what scripts/make_mapping.py makes from parselmouth's full mapping, and every
+    conda name it maps a PyPI name to is a real conda-forge package providing that name."""
+    if not FULL_MAPPING.is_file():
+        pytest.skip(f"{FULL_MAPPING} (parselmouth's full conda-forge mapping) is not on this machine")
+    import importlib.util
+
+    from condastack.core.names import NAMES_FILE
+
+    spec = importlib.util.spec_from_file_location("make_mapping", REPO / "scripts" / "make_mapping.py")
+    mm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mm)
+    full = json.loads(FULL_MAPPING.read_text())
+    shipped = json.loads(NAMES_FILE.read_text())
+    assert shipped == {"conda_to_pypi": mm.compact(full), "pypi_to_conda": mm.pypi_to_conda(full)}
+    for pypi, conda in shipped["pypi_to_conda"].items():
+        assert pypi in {mm.canonical(p) for p in full[conda]}, (pypi, conda)
+    respelled = {c for c in full if c != mm.canonical(c) and mm.canonical(c) in {mm.canonical(p) for p in full[c] or []}}
+    assert len(respelled) == 1241  # conda-forge names spelled otherwise than the PyPI name they provide
+    for conda in respelled:  # each either is the name wrap uses, or one spelled exactly as PyPI provides it too
+        p = mm.canonical(conda)
+        assert shipped["pypi_to_conda"].get(p, p) in full and p in {
+            mm.canonical(x) for x in full[shipped["pypi_to_conda"].get(p, p)] or []}, conda
+
+
+SPELLED = {  # PyPI requirement -> the conda-forge package that provides it
+    "huggingface-hub>=0.30": "huggingface_hub >=0.30",
+    "typing-extensions>=4.0": "typing_extensions >=4.0",
+    "ruamel.yaml": "ruamel.yaml",
+    "importlib-metadata": "importlib-metadata",
+    "Typing_Extensions<5": "typing_extensions <5",  # any spelling of the PyPI name: one conda name
+}
+
+
+def test_requires_dist_spelled_as_conda_forge_spells_it() -> None:
+    metadata = "Name: x\nVersion: 1\n" + "".join(f"Requires-Dist: {r}\n" for r in SPELLED)
+    specs = [d.spec for d in wheel_requirements(metadata, PY, "linux-64")]
+    assert specs == ["huggingface_hub >=0.30", "typing_extensions >=4.0,<5", "ruamel.yaml", "importlib-metadata"]
+
+
+def test_wrapped_wheels_name_and_need_conda_forge_spellings(channel: Path, tmp_path: Path) -> None:
+    """A wheel needing huggingface-hub, typing-extensions, ruamel.yaml and importlib-metadata, wrapped with
+    those wheels: each is wrapped under its conda-forge name, and the site channel solves."""
+    import asyncio
+
+    import rattler
+
+    d = tmp_path / "wheels"
+    top = write_wheel(d, "hubuser", "1.0", "py3-none-any", {"hubuser/__init__.py": ""}, list(SPELLED)[:4])
+    for name, ver in (("huggingface_hub", "0.33.0"), ("typing_extensions", "4.12.2"), ("ruamel.yaml", "0.18.6"),
+                      ("importlib_metadata", "8.7.0")):
+        write_wheel(d, name, ver, "py3-none-any", {f"{name.replace('.', '_')}/__init__.py": ""})
+    site = tmp_path / "site"
+    placed = wrap(top, channel=site, python=PY, wheel=WheelOptions(check_channels=(channel.as_uri(),), wheel_dir=d))
+    assert sorted(p.name for p in placed) == ["hubuser", "huggingface_hub", "importlib-metadata", "ruamel.yaml",
+                                              "typing_extensions"]
+    rec = record_of(site, "hubuser")
+    assert rec["depends"] == [f"python {PY}.*", *list(SPELLED.values())[:4]]
+    solved = asyncio.run(rattler.solve([site.as_uri(), channel.as_uri()], ["hubuser"], platforms=["linux-64", "noarch"]))
+    assert {r.name.normalized for r in solved} >= {"hubuser", "huggingface_hub", "typing_extensions", "ruamel.yaml",
+                                                    "importlib-metadata"}
 
 
 def test_elf_reader_finds_glibc_symbol_versions(tmp_path: Path) -> None:

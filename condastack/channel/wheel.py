@@ -38,6 +38,7 @@ from condastack.core.elf import max_glibc, tree_glibc_floor
 from condastack.core.errors import CondastackError
 from condastack.core.fs import sha256_file
 from condastack.core.layout import wrapped_meta
+from condastack.core.names import conda_name_for_pypi
 from condastack.core.pyc import compile_environ, compileall_argv
 
 
@@ -120,7 +121,8 @@ def _build_from_wheel(wheel: Path, work: Path, name: str | None, version: str | 
                       opts: WheelOptions, channel: Path, provenance: Provenance | None = None) -> _Built:
     info = _read_wheel(wheel)
     provenance = provenance or Provenance()
-    name = _check_name(name or info.name, "--name")
+    # named as conda-forge names the distribution, as the dependencies of other wrapped wheels name it
+    name = _check_name(name or conda_name_for_pypi(info.name), "--name")
     raw_version, local = _conda_version(info.version, opts.keep_local_version)
     version = _check_version(version or raw_version)
     py = _wheel_python(wheel, info, python, platform)

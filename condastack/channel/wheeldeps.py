@@ -39,8 +39,7 @@ class WheelDep:
 
 
 def pypi_to_conda_names() -> dict[str, str]:
-    """Canonical PyPI name -> conda-forge name, for the names that differ (the shipped mapping)."""
-
+    """Canonical PyPI name -> conda-forge name, for the names that differ, spelling included (the shipped mapping)."""
     return pypi_to_conda()
 
 

@@ -53,6 +53,7 @@ from condastack.core.elf import tree_glibc_floor
 from condastack.core.errors import CondastackError
 from condastack.core.fs import file_lock, make_tempdir, remove_path, sha256_file
 from condastack.core.layout import wrapped_meta
+from condastack.core.names import conda_name_for_pypi
 from condastack.spec.stack import find_stack_file, load_stack
 
 SITE_CHANNEL = Path("environments") / "channel"
@@ -151,9 +152,8 @@ def stack_channels(root: Path) -> tuple[str, ...]:
 
 def still_unsatisfied(pkg: WrappedPackage, placed: Sequence[WrappedPackage]) -> list[str]:
     """The requirements of pkg that neither a channel nor another package of this wrap satisfies."""
-
-    wrapped = {canonicalize_name(p.name) for p in placed}
-    return [u for u in pkg.unsatisfied if canonicalize_name(Requirement(u).name) not in wrapped]
+    wrapped = {p.name for p in placed}  # conda names, as the requirement maps to one
+    return [u for u in pkg.unsatisfied if conda_name_for_pypi(Requirement(u).name) not in wrapped]
 
 
 # --------------------------------------------------------------------------- validation

@@ -1,7 +1,10 @@
 """conda-forge <-> PyPI names, from the compact mapping shipped in data/ (no network).
 
 `data/conda-pypi-names.json` lists only the conda-forge names whose PyPI names
-differ (built by scripts/make_mapping.py); any other name provides itself.
+differ (built by scripts/make_mapping.py); any other name provides itself. Differ
+means spelled differently, not only in PEP 503 form: conda-forge's `huggingface_hub`
+provides PyPI's `huggingface-hub`, and no conda-forge package is spelled that way.
+Conda names are compared as spelled (lowercase); PyPI names in PEP 503 form.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def mapping_url() -> str:
 
 @functools.cache
 def _table() -> dict[str, list[str]]:
-    return {canonical(k): v for k, v in json.loads(NAMES_FILE.read_text())["conda_to_pypi"].items()}
+    # keyed by the conda name as spelled: `ruamel.yaml` and `ruamel_yaml` are two packages
+    return dict(json.loads(NAMES_FILE.read_text())["conda_to_pypi"])
 
 
 @functools.cache
@@ -58,7 +62,7 @@ def pypi_to_conda() -> dict[str, str]:
 
 def pypi_names_for_conda(name: str) -> list[str]:
     """The PyPI distributions a conda-forge package provides."""
-    return list(_table().get(canonical(name), [canonical(name)]))
+    return list(_table().get(name.lower(), [canonical(name)]))
 
 
 def conda_names_for_pypi(name: str) -> list[str]:
@@ -68,6 +72,13 @@ def conda_names_for_pypi(name: str) -> list[str]:
     if cname not in _table() and cname not in out:
         out.append(cname)
     return out
+
+
+def conda_name_for_pypi(name: str) -> str:
+    """The one conda-forge name for a PyPI distribution, spelled as conda-forge spells it
+    (`huggingface-hub` -> `huggingface_hub`, `torch` -> `pytorch`); the PEP 503 name when unlisted."""
+    cname = canonical(name)
+    return pypi_to_conda().get(cname, cname)
 
 
 def conda_lock_mapping(cache: Path) -> Path:
