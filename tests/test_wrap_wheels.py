@@ -180,7 +180,8 @@ def test_shipped_mapping_is_made_from_the_full_conda_forge_mapping() -> None:
     assert shipped == {"conda_to_pypi": mm.compact(full), "pypi_to_conda": mm.pypi_to_conda(full)}
     for pypi, conda in shipped["pypi_to_conda"].items():
         assert pypi in {mm.canonical(p) for p in full[conda]}, (pypi, conda)
-    respelled = {c for c in full if c != mm.canonical(c) and mm.canonical(c) in {mm.canonical(p) for p in full[c] or []}}
+    respelled = {c for c in full
+                 if c != mm.canonical(c) and mm.canonical(c) in {mm.canonical(p) for p in full[c] or []}}
     assert len(respelled) == 1241  # conda-forge names spelled otherwise than the PyPI name they provide
     for conda in respelled:  # each either is the name wrap uses, or one spelled exactly as PyPI provides it too
         p = mm.canonical(conda)
@@ -221,7 +222,8 @@ def test_wrapped_wheels_name_and_need_conda_forge_spellings(channel: Path, tmp_p
                                               "typing_extensions"]
     rec = record_of(site, "hubuser")
     assert rec["depends"] == [f"python {PY}.*", *list(SPELLED.values())[:4]]
-    solved = asyncio.run(rattler.solve([site.as_uri(), channel.as_uri()], ["hubuser"], platforms=["linux-64", "noarch"]))
+    solved = asyncio.run(rattler.solve([site.as_uri(), channel.as_uri()], ["hubuser"],
+                                       platforms=["linux-64", "noarch"]))
     assert {r.name.normalized for r in solved} >= {"hubuser", "huggingface_hub", "typing_extensions", "ruamel.yaml",
                                                     "importlib-metadata"}
 
