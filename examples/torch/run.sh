@@ -14,6 +14,9 @@ MODS="torch, tensordict"; [ "$LAYER" = app ] && MODS="torch, tensordict, sglang,
 CS=("$REPO/.venv/bin/python" "$REPO/cli.py" -C "$HERE")
 [ -x "$REPO/.venv/bin/python" ] || bash "$REPO/scripts/setup.sh"
 step() { printf '\n=== %s  [%s]\n' "$*" "$(date +%T)"; }
+export COLUMNS="${COLUMNS:-120}"  # tables as wide as a terminal's, also under tee
+echo "examples/torch/run.sh LAYER=$LAYER  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $(git -C "$REPO" rev-parse --short HEAD)"
+echo "host: $(nproc) cores, glibc $(ldd --version | head -1 | grep -o '[0-9.]*$'), python root $PYROOT"
 t() { local s=$SECONDS; "$@"; echo "  ($(( SECONDS - s )) s)"; }
 
 step "site channel: conda python + pip from $PYROOT (condastack wrap --recipe)"
