@@ -198,6 +198,11 @@ def test_node_local_squashfs_preamble_with_4_tasks(delivered: Site) -> None:
     site.cluster.run("scancel", str(long))
     res = site.cluster.wait(long)
     assert res.state == "CANCELLED", res
+    # sacct says CANCELLED once Slurm has signalled the step; squashfuse then unmounts as it exits,
+    # which takes a moment on a loaded node: wait for it (nobody else unmounts it)
+    give_up = time.monotonic() + 60
+    while os.path.ismount(prefix) and time.monotonic() < give_up:
+        time.sleep(0.1)
     assert not os.path.ismount(prefix)
 
 
