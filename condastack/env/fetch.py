@@ -59,6 +59,16 @@ def _remember(archive: Path, sha256: str) -> None:
         tmp.write_text(_Stamp.of(archive, sha256).line())
 
 
+def _cached_is(archive: Path, sha256: str) -> bool:
+    """Whether the cached `archive` holds what the lock says (remembered once hashed)."""
+    if _verified(archive, sha256):
+        return True
+    if sha256_file(archive) != sha256:
+        return False
+    _remember(archive, sha256)
+    return True
+
+
 def _check_cached(archive: Path, sha256: str, what: str) -> None:
     """Refuse a cached file whose content is not what the lock says."""
     if _verified(archive, sha256):
@@ -156,6 +166,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
             "Build once with network access (or fill $CONDASTACK_PKGS) first."
         )
     want = {id(r) for r, _ in missing}
+    refetched: list[str] = []
     done = [0]
     lock = threading.Lock()
 
@@ -164,8 +175,15 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
         sha = r.sha256.hex()
         if id(r) in want:
             _fetch(r.url, p, sha, _pkg_label(r), credentials)
-        else:
+        elif offline or _cached_is(p, sha):
             _check_cached(p, sha, _pkg_label(r))
+        else:
+            # The cache is keyed by file name, and two channels can hold one name with other bytes (a site's
+            # python built twice from one recipe): fetch the locked file again, as conda and micromamba do
+            # on a hash mismatch. _fetch checks it against the lock; the folder extracted from the old one
+            # is extracted again (its .lock file names the old sha256).
+            _fetch(r.url, p, sha, _pkg_label(r), credentials)
+            refetched.append(p.name)
         check_against_lock(r, _gate(p, _pkg_label(r)), source)
         with lock:
             done[0] += 1
@@ -173,7 +191,7 @@ def fetch_archives(records: tuple | list, *, offline: bool = False, fetched: lis
 
     _parallel(one, list(zip(records, paths, strict=False)))
     if fetched is not None:
-        fetched += [p.name for _, p in missing]
+        fetched += [p.name for _, p in missing] + refetched
     return paths
 
 
