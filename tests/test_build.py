@@ -170,14 +170,22 @@ def test_tampered_cache_and_lock_mismatch_refused(base_app_project: Path, pkgs_c
 
     # a same-size, in-place change of a cached archive
     archive = next(pkgs_cache.glob("libhello-*.conda"))
-    data = bytearray(archive.read_bytes())
+    good = archive.read_bytes()
+    data = bytearray(good)
     data[len(data) // 2] ^= 0xFF
     archive.write_bytes(bytes(data))
-    res = run_cli("-C", proj, "build", "base", "--force")
+    # offline it cannot be fetched again: refused, naming it
+    res = run_cli("-C", proj, "build", "base", "--force", "--offline")
     assert_user_error(res, "libhello", str(archive), "tampered")
     # the existing env is untouched, nothing half-made is left
     assert (prefix / "conda-meta" / "condastack.info").read_bytes() == before
     assert _leftovers(proj / "envs") == []
+    assert run_cli("-C", proj, "verify", "base").returncode == 0
+    # online it is fetched again from its locked URL and checked, as conda and micromamba do on a hash
+    # mismatch (the cache is keyed by file name: two channels can hold one name with other bytes)
+    res = run_cli("-C", proj, "build", "base", "--force")
+    assert res.returncode == 0, res.output
+    assert archive.read_bytes() == good
     assert run_cli("-C", proj, "verify", "base").returncode == 0
 
     # a lock whose sha256 does not match the channel's file: refused on fetch, naming package and URL
