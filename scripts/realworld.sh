@@ -22,7 +22,7 @@ START=$SECONDS
 
 echo "scripts/realworld.sh  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $(git -C "$REPO" rev-parse --short HEAD)$(
   [ -z "$(git -C "$REPO" status --porcelain -- condastack scripts examples/realworld)" ] || echo ' (modified)')"
-echo "host: $(nproc) cores, $(ldd --version | head -1 | grep -o '[0-9.]*$') glibc, python root $PYROOT"
+echo "host: $(nproc) cores, glibc $(ldd --version | head -1 | grep -o '[0-9.]*$'), python root $PYROOT"
 timeout 20 curl -fsS -o /dev/null https://pypi.org/simple/torch/ ||
   { echo "PyPI (https://pypi.org/simple) is not reachable: this example locks against it." >&2; exit 1; }
 
