@@ -48,7 +48,9 @@ if [ "$LAYER" = app ] && ! ls "$HERE/environments/wheels/"flashinfer_python-0.2.
   (cd /tmp && t env PYTHONPATH="$WORK/build-tools" "$BASEPY" -m pip wheel -q --disable-pip-version-check \
     --no-deps --no-build-isolation "$FI" -w "$HERE/environments/wheels")
   ls -l "$HERE/environments/wheels/"
-  UPDATE=(--update flashinfer-python)  # a new wheel has a new sha256: re-solve that package
+  # a new wheel has a new sha256: re-solve that package in an app lock a previous run wrote (a fresh
+  # clone has none: the first lock solves it anyway)
+  [ -f "$HERE/lock/app.conda-lock.yml" ] && UPDATE=(--update flashinfer-python)
 fi
 
 if [ -z "${SKIP_LOCK:-}" ]; then
