@@ -185,7 +185,7 @@ def _inconsistencies(stack: Stack, name: str) -> list[str]:
     """The consistency check of a written lock, per platform: a paragraph per failing platform."""
     out = []
     for plat in stack.platforms:
-        records, _ = full_records(stack, name, plat)
+        records, _ = full_records(stack, name, plat, as_written=True)
         pip = [(p.name, p.version) for p in read_lock_entries(lockfile_path(stack.root, name))
                if p.platform == plat and p.manager == "pip"]
         bad = check_records(records, stack.effective_virtual_packages_for(plat), pip)
@@ -194,15 +194,21 @@ def _inconsistencies(stack: Stack, name: str) -> list[str]:
     return out
 
 
-def full_records(stack: Stack, name: str, plat: str) -> tuple[list, bool]:
+def full_records(stack: Stack, name: str, plat: str, *, as_written: bool = False) -> tuple[list, bool]:
     """The full records of a layer's lock on one platform, and whether they came from the channels.
 
-    The records file beside the lock is used where it matches the lock entry by
-    sha256; anything it lacks is fetched from the layer's channels by URL.
+    The records file beside the lock is used where it holds the lock entry's package; anything
+    it lacks is fetched from the layer's channels by URL. `as_written` (lock --check) takes its
+    records by sha256 alone, as the file has them, so a hand edit is judged, not replaced.
     """
     entries = [p for p in read_lock_entries(lockfile_path(stack.root, name))
                if p.platform == plat and p.manager == "conda"]
-    kept = RecordsFile.read(records_path(stack.root, name)).records_for(plat, entries)
+    records_file = RecordsFile.read(records_path(stack.root, name))
+    if as_written:
+        by_sha = {r.sha256: r for r in records_file.platforms.get(plat, ())}
+        kept = {p.sha256: by_sha[p.sha256] for p in entries if p.sha256 in by_sha}
+    else:
+        kept = records_file.records_for(plat, entries)
     have = [dict(kept[p.sha256].to_dict(), url=p.url) for p in entries if p.sha256 in kept]
     lacking = [p.to_dict() for p in entries if p.sha256 not in kept]
     records = records_from_json(have) if have else []
