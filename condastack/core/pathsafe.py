@@ -47,6 +47,11 @@ def clean_relative(path: object, source: str) -> str:
     """`path` if it is a relative, normalized POSIX path; UnsafePath otherwise."""
     if not isinstance(path, str):
         raise UnsafePath(source, repr(path)[:200], "not a string")
+    # The common, clean case in one pass of C string searches (a record lists tens of thousands).
+    if (path and "\0" not in path and "//" not in path and "/./" not in path and "/../" not in path
+            and not path.startswith(("/", "./", "../")) and not path.endswith(("/", "/.", "/.."))
+            and path not in (".", "..")):
+        return path
     if not path:
         raise UnsafePath(source, path, "empty")
     if "\0" in path:

@@ -198,6 +198,22 @@ def _pip_component(d: PipDist) -> Any:
                      properties=[Property(name=f"{PROPERTY_NS}:kind", value="pip")])
 
 
+_LAST: list[tuple[tuple, list[Any]]] = []  # the last env's conda components, while its records are unchanged
+
+
+def _conda_components(env: Env) -> list[Any]:
+    """One component per conda package; reused while the records are the same files (pack asks twice:
+    once for the copy inside the archive, once for the sidecar), since reading them is most of the cost."""
+    meta = env.meta_dir
+    key = (str(env.prefix), tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size)
+                                         for f in meta.glob("*.json"))))
+    if _LAST and _LAST[0][0] == key:
+        return _LAST[0][1]
+    comps = [_conda_component(rec, _wrapped(env, rec)) for _, rec in sorted(env.records.items())]
+    _LAST[:] = [(key, comps)]
+    return comps
+
+
 def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str, str] | None = None,
             lock_hashes: dict[str, str] | None = None) -> Any:
     """The cyclonedx `Bom` of the env at `prefix`; `properties` are added to its metadata (the archive's)."""
@@ -207,8 +223,7 @@ def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str,
 
     env = Env(prefix)
     marker = env.marker
-    comps = [_conda_component(rec, _wrapped(env, rec)) for _, rec in sorted(env.records.items())]
-    comps += [_pip_component(d) for d in pip_dists(env, lock_hashes)]
+    comps = [*_conda_components(env), *(_pip_component(d) for d in pip_dists(env, lock_hashes))]
     facts: dict[str, str | None] = {k: getattr(marker, k, None) for k in ("stack", "layer", "lock_hash", "platform")}
     facts.update(properties or {})
     when = sbom_timestamp(env) if timestamp is None else timestamp
