@@ -384,10 +384,12 @@ def _link(records: tuple | list, archives: list[Path], tmp: Path, final: Path, m
     finally:
         if watch is not None:
             watch.finish()
+    fresh: list[Path] = []
     for orig, used in zip(records, local, strict=False):
         if used is not orig:
-            stamp(_extracted_dir(orig))  # just extracted from the verified archive
+            fresh.append(_extracted_dir(orig))
             _restore_origin(Env(tmp).record_path(orig.name.normalized, str(orig.version), orig.build), used, orig)
+    stamp(*fresh)  # just extracted from the verified archives: one `find` lists them all
 
 
 def _restore_origin(meta_file: Path, used: Any, orig: Any) -> None:

@@ -4,42 +4,111 @@ Environments are hard links into the cache's extracted folders, so a file
 edited in place in any environment is edited in the cache too, and every
 later build would link the edited file again. Before a build links from an
 extracted folder, that folder is checked against a stamp written when it was
-known good: the size and mtime of each of its files (an in-place edit changes
-the mtime; replacing a file breaks the link and leaves the cache alone). A
-folder that differs, or has no stamp yet, is hashed against its own
-`info/paths.json`; one that still differs is removed, so the installer
-extracts it again from its sha256-verified archive. The check runs beside
-the linking (a stat per file costs ~10% of a warm build otherwise); a build
-that linked an edited folder links again once it is re-extracted.
+known good: a listing of its entries with each file's size and mtime (an
+in-place edit changes the mtime; replacing a file breaks the link and leaves
+the cache alone). A folder that differs, or has no stamp yet, is hashed
+against its own `info/paths.json`; one that still differs is removed, so the
+installer extracts it again from its sha256-verified archive.
+
+The listing of all the folders of a build comes from ONE `find -printf`
+process (C, outside the GIL: ~58k files cost ~0.1 s of CPU, against ~0.6 s
+for a Python lstat per file), run beside the linking; a build that linked an
+edited folder links again once it is re-extracted. Where `find` has no
+`-printf` (busybox), os.scandir writes the same listing. A stamp of an older
+format never equals a listing, so that folder is hashed once and stamped anew.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 
 from condastack.core.fs import atomic_path, remove_path, sha256_file
 from condastack.core.layout import verified_stamp
+
+# One entry per file, symlink or folder, each ended by NUL (a name cannot hold one): "d REL" for a
+# folder (the folder itself is "d ", with an empty REL), else "SIZE MTIME REL" with find's %T@
+# (seconds, 10 fractional digits). `find` lists pre-order, so each folder's listing starts with "d ".
+_FIND_EXPR = ["-type", "d", "-printf", "d %P\\0", "-o", "-printf", "%s %T@ %P\\0"]
+_ROOT = b"d \0"
+_FIND_BROKEN = False  # set once find has no -printf here: later checks go straight to os.scandir
 
 
 def _stamp_path(folder: Path) -> Path:
     return verified_stamp(folder, ".tree")
 
 
-def _tree_lines(folder: Path, paths: Iterable[str]) -> list[str] | None:
-    """'size mtime_ns path' of each file, or None if one is missing."""
-    out = []
-    base = str(folder) + "/"
-    for rel in paths:
-        try:
-            st = os.lstat(base + rel)
-        except OSError:
-            return None
-        out.append(f"{st.st_size} {st.st_mtime_ns} {rel}")
-    return out
+def _scan(folder: str, rel: str, out: list[bytes]) -> None:
+    """The listing of `folder` (pre-order, like find) appended to `out`, entry by entry."""
+    with os.scandir(folder) as it:
+        for e in it:
+            name = rel + e.name
+            if e.is_dir(follow_symlinks=False):
+                out.append(b"d " + os.fsencode(name) + b"\0")
+                _scan(e.path, name + "/", out)
+            else:
+                st = e.stat(follow_symlinks=False)
+                ns = st.st_mtime_ns
+                out.append(b"%d %d.%09d0 %s\0" % (st.st_size, ns // 10**9, ns % 10**9, os.fsencode(name)))
+
+
+def _scan_listing(folder: Path) -> bytes | None:
+    out = [_ROOT]
+    try:
+        _scan(str(folder), "", out)
+    except OSError:
+        return None
+    return b"".join(out)
+
+
+def _find_listings(folders: list[Path]) -> list[bytes] | None:
+    """The listings of `folders` from one `find`; None if find failed (a folder gone, no -printf)."""
+    global _FIND_BROKEN
+    if _FIND_BROKEN or not folders:
+        return None
+    try:
+        p = subprocess.run(["find", *(str(f) for f in folders), *_FIND_EXPR], capture_output=True, check=False)
+    except OSError:
+        _FIND_BROKEN = True
+        return None
+    if p.returncode != 0:
+        if b"printf" in p.stderr:  # busybox: "unrecognized: -printf"
+            _FIND_BROKEN = True
+        return None
+    parts = (b"\0" + p.stdout).split(b"\0" + _ROOT)  # a root is the only entry that is exactly "d "
+    if len(parts) != len(folders) + 1 or parts[0]:
+        return None
+    return [_ROOT + part + (b"\0" if i < len(folders) - 1 else b"") for i, part in enumerate(parts[1:])]
+
+
+def listings(folders: list[Path]) -> list[bytes | None]:
+    """Each folder's listing (None for one that cannot be read), in one `find` where it can."""
+    found = _find_listings(folders)
+    if found is not None:
+        return list(found)
+    return [_scan_listing(f) for f in folders]
+
+
+def _same(stamp_bytes: bytes, now: bytes) -> bool:
+    """Equal listings; the order may differ (find and os.scandir may walk a folder differently)."""
+    return stamp_bytes == now or sorted(stamp_bytes.split(b"\0")) == sorted(now.split(b"\0"))
+
+
+def _write_stamp(folder: Path, listing: bytes) -> None:
+    target = _stamp_path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, durable=False) as tmp:
+        tmp.write_bytes(listing)
+
+
+def stamp(*folders: Path) -> None:
+    """Record the folders as good now (just extracted from a verified archive, or hashed)."""
+    for folder, listing in zip(folders, listings(list(folders)), strict=True):
+        if listing is not None:
+            _write_stamp(folder, listing)
 
 
 def _listed_files(folder: Path) -> list[tuple[str, str | None]] | None:
@@ -51,31 +120,7 @@ def _listed_files(folder: Path) -> list[tuple[str, str | None]] | None:
         return None
 
 
-def stamp(folder: Path) -> None:
-    """Record the folder as good now (it was just extracted from a verified archive, or hashed)."""
-    listed = _listed_files(folder)
-    lines = _tree_lines(folder, [p for p, _ in listed]) if listed is not None else None
-    if lines is None:
-        return
-    target = _stamp_path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target, durable=False) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
-def _stamp_holds(folder: Path) -> bool:
-    try:
-        lines = _stamp_path(folder).read_text().splitlines()
-    except OSError:
-        return False
-    now = _tree_lines(folder, (line.split(" ", 2)[2] for line in lines if line.count(" ") >= 2))
-    return now == lines
-
-
-def _hashes_hold(folder: Path) -> bool:
-    listed = _listed_files(folder)
-    if listed is None:
-        return False
+def _hashes_hold(listed: list[tuple[str, str | None]], folder: Path) -> bool:
     for rel, sha in listed:
         path = folder / rel
         if path.is_symlink() or not sha:
@@ -88,16 +133,35 @@ def _hashes_hold(folder: Path) -> bool:
     return True
 
 
-def intact(folder: Path) -> bool:
-    """Whether the extracted `folder` still holds its package's files (stamp, else hashes)."""
-    if _stamp_holds(folder):
+def _stamp_holds(folder: Path, now: bytes | None) -> bool:
+    if now is None:
+        return False
+    try:
+        return _same(_stamp_path(folder).read_bytes(), now)
+    except OSError:
+        return False
+
+
+def _hashed_intact(folder: Path) -> bool:
+    """The slow path, for a folder whose stamp is missing, old or differs: hash it, stamp it if good."""
+    listed = _listed_files(folder)
+    if listed is None:  # an old-style package without paths.json: nothing to check against
         return True
-    if _listed_files(folder) is None:  # an old-style package without paths.json: nothing to check against
-        return True
-    if _hashes_hold(folder):
+    if _hashes_hold(listed, folder):
         stamp(folder)
         return True
     return False
+
+
+def edited_folders(folders: list[Path]) -> list[Path]:
+    """The extracted folders that no longer hold their package's files (stamp, else hashes)."""
+    return [f for f, now in zip(folders, listings(folders), strict=True)
+            if not _stamp_holds(f, now) and not _hashed_intact(f)]
+
+
+def intact(folder: Path) -> bool:
+    """Whether the extracted `folder` still holds its package's files (stamp, else hashes)."""
+    return not edited_folders([folder])
 
 
 def discard(folder: Path) -> None:
@@ -108,9 +172,9 @@ def discard(folder: Path) -> None:
 
 
 class Checker(threading.Thread):
-    """Checks extracted folders on a thread, while the installer links from them: the ~1 lstat
-    per file is then hidden behind the linking. `edited()` waits and lists the bad ones; a build
-    that used one links again after `discard`."""
+    """Checks extracted folders on a thread, while the installer links from them (the thread mostly
+    waits on `find`, outside the GIL). `edited()` waits and lists the bad ones; a build that used one
+    links again after `discard`."""
 
     def __init__(self, folders: list[Path]) -> None:
         super().__init__(daemon=True)
@@ -120,7 +184,7 @@ class Checker(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.bad = [f for f in self.folders if not intact(f)]
+            self.bad = edited_folders(self.folders)
         except BaseException as e:
             self.error = e
 
@@ -131,4 +195,4 @@ class Checker(threading.Thread):
         return self.bad
 
 
-__all__ = ["Checker", "discard", "intact", "stamp"]
+__all__ = ["Checker", "discard", "edited_folders", "intact", "listings", "stamp"]
