@@ -60,3 +60,29 @@ def test_malformed_conda_meta_record(case: str, cmd: str, env: dict[str, Path], 
     assert (env["proj"] / "canary" / "keep.txt").read_text() == "keep\n"
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     assert not [p for p in env["proj"].rglob("*") if TMP in p.name]
+
+
+def test_batch_path_check_agrees_with_the_one_by_one_check() -> None:
+    """check_meta_record scans a record's paths joined (one scan for ~100k paths): it must pass exactly
+    the lists whose every path passes clean_relative, and the error still names the bad path."""
+    import itertools
+
+    from condastack.core.errors import CondastackError
+    from condastack.core.pathsafe import UnsafePath, _all_clean, check_meta_record, clean_relative
+
+    def one_by_one(paths: tuple) -> bool:
+        try:
+            for p in paths:
+                clean_relative(p, "x")
+        except UnsafePath:
+            return False
+        return True
+
+    cases = ["a", "a/b", ".a", "a..", "..a", "a/.b", "...", "", "/a", "a/", "a//b", "./a", "a/.", "a/..", "../a",
+             "a\0b", ".", "..", "a/./b", None, 3]
+    for n in (0, 1, 2, 3):
+        for combo in itertools.product(cases, repeat=n):
+            assert _all_clean(list(combo)) == one_by_one(combo), combo
+    record = {"name": "x", "files": ["lib/a", "lib/../../etc/passwd"], "paths_data": {"paths": [{"_path": "lib/a"}]}}
+    with pytest.raises(CondastackError, match=r"lib/\.\./\.\./etc/passwd"):
+        check_meta_record(record, "x.json")
