@@ -37,6 +37,9 @@ N_PROGRAMS = 24       # distinct gcc-compiled binaries with the prefix inside
 N_BIN_COPIES = 16     # copies of each (binary placeholder files)
 N_TEXT = 3000         # text files with the prefix inside
 LIB_BUDGET = 450_000_000  # bytes of /usr/lib payload (ELF, compresses ~3x)
+# A cap on the /usr/share and site-packages payloads, for machines where those are GBs (the GPU node's
+# interpreter holds torch, jax, ...): $CONDASTACK_BENCH_BUDGET bytes each; unset, no cap.
+OTHER_BUDGET = int(os.environ.get("CONDASTACK_BENCH_BUDGET") or 0) or None
 
 BASE = ["rt-syslibs", "rt-share", "rt-tools"]
 APP = ["rt-app"]
@@ -49,6 +52,8 @@ def cache_dir() -> Path:
 def _key() -> str:
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(f"{sys.version}|{sys.base_prefix}".encode())
+    if OTHER_BUDGET is not None:
+        h.update(f"|{OTHER_BUDGET}".encode())
     return h.hexdigest()[:16]
 
 
@@ -122,8 +127,8 @@ def _build_channel(out: Path) -> None:
     site = Path(sysconfig.get_paths()["purelib"])
     payloads = {
         "rt-syslibs": [(Path("/usr/lib/x86_64-linux-gnu"), "lib", LIB_BUDGET)],
-        "rt-share": [(Path("/usr/share"), "share", None)],
-        "rt-app": [(site, "lib/python3/site-packages", None)],
+        "rt-share": [(Path("/usr/share"), "share", OTHER_BUDGET)],
+        "rt-app": [(site, "lib/python3/site-packages", OTHER_BUDGET)],
     }
     depends = {"rt-app": ["rt-syslibs", "rt-tools"], "rt-syslibs": [], "rt-share": []}
     with tempfile.TemporaryDirectory(dir=out.parent) as work:
