@@ -102,9 +102,10 @@ def _all_clean(paths: list) -> bool:
     shows as '//', '/./' or '/../' in it. False: check them one by one for the error."""
     if not paths:
         return True
-    if not all(type(p) is str for p in paths):
+    try:
+        joined = "/" + "/".join(paths) + "/"
+    except TypeError:  # one is not a string
         return False
-    joined = "/" + "/".join(paths) + "/"
     return not ("//" in joined or "/./" in joined or "/../" in joined or "\0" in joined)
 
 
