@@ -143,7 +143,10 @@ import os, pathlib, sys, time
 rank, n = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
 prefix = os.environ["CONDA_PREFIX"]
 fstype = next((ln.split(" - ")[1].split()[0] for ln in open("/proc/self/mountinfo") if ln.split()[4] == prefix), "-")
-served = "-"  # the file the squashfuse serving the prefix reads
+served = "-"  # the file the squashfuse (or the kernel's loop device) serving the prefix reads
+source = next((ln.split(" - ")[1].split()[1] for ln in open("/proc/self/mountinfo") if ln.split()[4] == prefix), "-")
+if source.startswith("/dev/loop"):
+    served = open(f"/sys/block/{source[5:]}/loop/backing_file").read().strip().removesuffix(" (deleted)")
 for cmd in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
     try:
         args = cmd.read_bytes().split(b"\\0")
@@ -169,18 +172,24 @@ def test_node_local_squashfs_preamble_with_4_tasks(delivered: Site) -> None:
         site.sh(line)
     prefix = site.shared / "envs" / "verl" / "app-sq"
     (site.project / "train.py").write_text(TRAIN)
-    job = site.submit(block[-1])
-    res = site.cluster.wait(job)
-    out = site.output(job)
-    assert (res.state, res.exit_code) == ("COMPLETED", "0:0"), out
-    assert "all checks passed" in out
-    local = f"{site.node_dir}/condastack-{job}-app-sq.squashfs"
-    tasks = sorted(ln for ln in out.splitlines() if ln.startswith("task "))
     fuse = "squashfuse_ll" if shutil.which("squashfuse_ll") else "squashfuse"
-    assert tasks == [f"task {r}/4 python={prefix}/bin/python fs=fuse.{fuse} image={local} together=4"
-                     for r in range(4)], out
-    # unmounted and the node-local copy deleted at the end
-    assert not os.path.ismount(prefix) and list(site.node_dir.iterdir()) == []
+    # a root job gets the kernel's squashfs where it can mount one; CONDASTACK_MOUNT=fuse, squashfuse
+    for extra in ({}, {"CONDASTACK_MOUNT": "fuse"}):
+        job = site.submit(block[-1], extra=extra)
+        res = site.cluster.wait(job)
+        out = site.output(job)
+        assert (res.state, res.exit_code) == ("COMPLETED", "0:0"), out
+        assert "all checks passed" in out
+        local = f"{site.node_dir}/condastack-{job}-app-sq.squashfs"
+        tasks = sorted(ln for ln in out.splitlines() if ln.startswith("task "))
+        kernel = "mounted by the kernel (squashfs on a loop device)" in out
+        assert kernel == (not extra and os.geteuid() == 0 and "squashfs" in Path("/proc/filesystems").read_text()
+                          and Path("/dev/loop-control").exists()), out
+        assert kernel or f"mounted by {fuse}" in out, out
+        assert tasks == [f"task {r}/4 python={prefix}/bin/python fs={'squashfs' if kernel else 'fuse.' + fuse} "
+                         f"image={local} together=4" for r in range(4)], out
+        # unmounted and the node-local copy deleted at the end
+        assert not os.path.ismount(prefix) and list(site.node_dir.iterdir()) == []
 
     # A failing job: it fails with the program's exit code, and the trap still unmounts.
     bad = site.submit(block[-1].replace("python train.py", "python -c 'import sys; sys.exit(3)'"))

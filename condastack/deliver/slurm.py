@@ -8,7 +8,8 @@ broadcast) and mounting the local copy keeps the start-up reads node-local.
 The preamble is a bash fragment to source at the top of an sbatch script. On
 every node of the job it:
 1. `sbcast`s the image to node-local storage ($CONDASTACK_NODE_DIR, default /tmp);
-2. mounts the copy with `squashfuse_ll -f` (or `squashfuse -f`) at P, in a job step that lasts as long as
+2. mounts the copy at P: with the kernel's squashfs (`mount -o loop`) where the job runs as root,
+   else with `squashfuse_ll -f` (or `squashfuse -f`), and says which; in a job step that lasts as long as
    the script (Slurm kills a step's processes when the step ends, so the FUSE
    daemon must live in a step of its own; `--overlap` keeps it from holding CPUs
    the job's own steps need);
@@ -99,7 +100,8 @@ def _mount_block(image: Path, prefix: Path, base: Path | None = None) -> list[st
         "    trap - EXIT",
         "    cd / || true",
         '    if [ -n "${_cs_mounter:-}" ]; then',
-        '        _cs_each_node fusermount -u "$_cs_prefix" ||',
+        # a FUSE mount, or the kernel's (root jobs: see _kernel_mount)
+        "        _cs_each_node bash -c 'fusermount -u \"$1\" 2>/dev/null || umount \"$1\"' - \"$_cs_prefix\" ||",
         '            echo "condastack: could not unmount $_cs_prefix on every node (busy?)" >&2',
         *(["        _cs_each_node bash -c 'for d in \"$1/child\" \"$1/base\"; do ! mountpoint -q \"$d\" || "
            "fusermount -u \"$d\"; done' - \"$_cs_lower\" || true"] if base is not None else []),
@@ -131,6 +133,23 @@ def _mount_block(image: Path, prefix: Path, base: Path | None = None) -> list[st
     return lines
 
 
+def _kernel_mount() -> list[str]:
+    """Where the job runs as root (and $CONDASTACK_MOUNT is not `fuse`), the kernel's squashfs through a
+    loop device: no daemon, and python starts from it as from the unpacked tree (README: start-up). The
+    step then only waits, and unmounts on Slurm's SIGTERM (lazily, if the job's programs still hold it)."""
+    return [
+        '    if [ "$(id -u)" = 0 ] && [ "${CONDASTACK_MOUNT:-}" != fuse ] &&',
+        '            mount -t squashfs -o loop,ro,nodev,nosuid "$2" "$1" 2>/dev/null; then',
+        '        echo "condastack: $(hostname): $1 mounted by the kernel (squashfs on a loop device)" >&2',
+        '        rm -f "$2"; mp=$1',
+        '        bye() { ! mountpoint -q "$mp" || umount "$mp" 2>/dev/null || umount -l "$mp"; exit 143; }',
+        "        trap bye TERM",
+        '        while mountpoint -q "$mp"; do sleep 1 & wait $!; done',
+        "        exit 0",
+        "    fi",
+    ]
+
+
 def _node_mount(overlay: bool) -> list[str]:
     """The step that mounts on each node and lasts the job: the image at the prefix, or, for a delta, both
     images at node-local lower dirs and their fuse-overlayfs merge (child over parent, read-only) at the prefix."""
@@ -145,7 +164,8 @@ def _node_mount(overlay: bool) -> list[str]:
         '        { echo "condastack: no squashfuse on $(hostname)" >&2; exit 1; }',
     ]
     if not overlay:
-        return head + [
+        return head + _kernel_mount() + [
+            '    echo "condastack: $(hostname): $1 mounted by $(basename "$fuse")" >&2',
             '    "$fuse" -f "$2" "$1" & pid=$!',
             # Mounted, the copy needs no name: it is freed when squashfuse exits, however the job ends.
             '    until mountpoint -q "$1"; do kill -0 "$pid" 2>/dev/null || exit 1; sleep 0.05; done',
