@@ -182,6 +182,18 @@ def test_squashfs_mounted_at_dest_prefix(app_env: Path, tmp_path: Path) -> None:
     finally:
         if subprocess.run(["fusermount", "-u", str(mnt)], capture_output=True).returncode != 0:
             subprocess.run(["umount", str(mnt)], check=False)
+    # the files a warm-up reads go first (mksquashfs -sort): another warm-up, another layout of the same files
+    again = tmp_path / "again.squashfs"
+    res = run_cli("pack", "--prefix", app_env, "--format", "squashfs", "--dest-prefix", mnt, "-o", again, "-j", "2")
+    assert res.returncode == 0 and again.read_bytes() == img.read_bytes(), res.output  # reproducible
+    json_first = tmp_path / "json.squashfs"
+    res = run_cli("pack", "--prefix", app_env, "--format", "squashfs", "--dest-prefix", mnt, "-o", json_first,
+                  "-j", "2", "--warmup", "import json, email.mime.text")
+    assert res.returncode == 0, res.output
+    assert json_first.read_bytes() != img.read_bytes() and json_first.stat().st_size == pytest.approx(
+        img.stat().st_size, rel=0.05)
+    res = run_cli("pack", "--prefix", app_env, "-o", tmp_path / "x.tar.zst", "--warmup", "pass")
+    assert res.returncode == 2 and "--warmup orders a squashfs image" in res.output, res.output
     # squashfs without a dest prefix cannot work: refused
     assert_user_error(run_cli("pack", "--prefix", app_env, "--format", "squashfs", "-o", tmp_path / "x.sqfs"),
                       "--dest-prefix")

@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from condastack.archive.access import WARMUP_DEFAULT, first_access, sort_file_text
 from condastack.archive.manifest import Manifest, PackageRef, Placeholder
 from condastack.archive.plan import (
     _add_scripts,
@@ -169,6 +170,7 @@ class _Job:
     sbom: str = ""  # the env's SBOM as the archive holds it (conda-meta/condastack.cdx)
     records: RawRecords = field(default_factory=dict)  # conda-meta records, read by the scan
     timings: dict[str, float] = field(default_factory=dict)
+    warmup: str | None = None  # squashfs: python code whose first reads order the image (archive.access)
     _env: Any = None
 
     def conda_pack_env(self) -> Any:
@@ -235,7 +237,8 @@ def _write_squashfs(job: _Job, tmp: Path) -> _Written:
     modified = _scan_managed(job.prefix, None, job.records)[0]
     job.refuse_modified(modified)
     plan = job.plan(modified)
-    writer = SquashfsWriter(tmp, job.staging, job.level, job.threads, job.mtime)
+    sort = sort_file_text(first_access(job.prefix, job.warmup)) if job.warmup is not None else ""
+    writer = SquashfsWriter(tmp, job.staging, job.level, job.threads, job.mtime, sort)
     writer.add_plan(job.prefix, plan, job.staging)
     return _Written(plan, writer.finish())
 
@@ -325,11 +328,14 @@ def _check_request(fmt: str, dest_prefix: str | None) -> str | None:
 
 def pack_prefix(prefix: Path, output: Path, *, fmt: str = "tar.zst", dest_prefix: str | None = None,
                 level: int | None = None, threads: int | None = None, allow_modified: bool = False,
-                allow_foreign: bool = False, meter: Meter | None = None, sign: Path | None = None) -> PackResult:
+                allow_foreign: bool = False, meter: Meter | None = None, sign: Path | None = None,
+                warmup: str | None = WARMUP_DEFAULT) -> PackResult:
     """Pack the env at `prefix` into `output` (+ .sha256, .manifest.json and .cdx.json beside it; with
-    `sign`, an SSH key, also the .sig of the archive and of the manifest)."""
+    `sign`, an SSH key, also the .sig of the archive and of the manifest). A squashfs image holds first
+    the files that the env's python reads running `warmup` (None: mksquashfs's order)."""
     job, meta = start_job(prefix, output, fmt=fmt, dest_prefix=dest_prefix, level=level, threads=threads,
                           allow_modified=allow_modified, allow_foreign=allow_foreign, meter=meter)
+    job.warmup = warmup
     return publish(job, meta, _write_squashfs if fmt == "squashfs" else _write_tar, sign=sign)
 
 

@@ -165,8 +165,10 @@ class TarWriter(_Writer):
 class SquashfsWriter(_Writer):
     """Links every member into `tree` (which already holds the staged files), then one `mksquashfs`."""
 
-    def __init__(self, out: Path, tree: Path, level: int, threads: int, mtime: int = 0) -> None:
+    def __init__(self, out: Path, tree: Path, level: int, threads: int, mtime: int = 0,
+                 sort: str = "") -> None:
         self.out, self.tree, self.level, self.threads, self.mtime = out, tree, level, threads, mtime
+        self.sort = sort  # a `mksquashfs -sort` file's text: these files first (archive.access)
         # Clamped like tar's --clamp-mtime: mksquashfs (4.5+) gives any file newer than
         # $SOURCE_DATE_EPOCH that time, and the image's creation time. No -all-time: a .py must
         # keep the mtime its timestamp .pyc records, and the hard links into the env are not touched.
@@ -190,11 +192,17 @@ class SquashfsWriter(_Writer):
     def finish(self) -> str:
         cmd = ["mksquashfs", str(self.tree), str(self.out), "-noappend", "-no-progress", "-quiet", "-comp", "zstd",
                "-Xcompression-level", str(self.level), "-processors", str(self.threads), "-all-root", "-no-xattrs"]
+        sort = self.out.with_name(self.out.name + ".sort")
+        if self.sort:
+            sort.write_text(self.sort)
+            cmd += ["-sort", str(sort)]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True,
                                env={**os.environ, "SOURCE_DATE_EPOCH": str(self.mtime)})
         except FileNotFoundError:
             raise CondastackError("mksquashfs is not installed (apt-get install squashfs-tools).") from None
+        finally:
+            sort.unlink(missing_ok=True)
         if p.returncode != 0:
             raise CondastackError(f"mksquashfs failed for {self.out}: {(p.stderr or p.stdout).strip()}")
         return sha256_file(self.out)

@@ -176,6 +176,10 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
 @mode_option
 @click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
               help="Sign the archive and its manifest with this SSH key (ssh-keygen -Y sign, namespace condastack).")
+@click.option("--warmup", metavar="CODE", default=None,
+              help="squashfs only: python code the env's python runs once now; the files it reads are placed "
+              "first in the image, in that order, for a faster cold start (default: 'pass', the interpreter's "
+              "start-up; e.g. 'import torch').")
 @click.option("--over", "parent", metavar="PARENT", help="Pack only what LAYER adds to its ancestor PARENT (a delta "
               "archive that goes on top of PARENT's archive).")
 @click.option("--parent-archive", type=click.Path(dir_okay=False, path_type=Path), help="With --over: the parent's "
@@ -184,7 +188,7 @@ def wrap_cmd(obj: Ctx, source: Path, name: str | None, pkg_version: str | None, 
 @click.pass_obj
 def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_prefix: str | None,
              output: Path | None, level: int | None, threads: int | None, allow_modified: bool,
-             allow_foreign: bool, mode: str, sign_key: Path | None, parent: str | None,
+             allow_foreign: bool, mode: str, sign_key: Path | None, warmup: str | None, parent: str | None,
              parent_archive: Path | None) -> None:
     """Export the built env of LAYER (or --prefix PATH) as a relocatable archive."""
     from condastack.archive.pack import pack_layer, pack_prefix  # lazy: CLI start-up
@@ -195,6 +199,10 @@ def pack_cmd(obj: Ctx, layer: str | None, prefix: Path | None, fmt: str, dest_pr
                               allow_modified=allow_modified, allow_foreign=allow_foreign, sign=sign_key)
     if parent_archive is not None and parent is None:
         raise click.UsageError("--parent-archive goes with --over PARENT.")
+    if warmup is not None:
+        if fmt != "squashfs" or parent is not None:
+            raise click.UsageError("--warmup orders a squashfs image (not a tar archive or a delta).")
+        kw["warmup"] = warmup
     with terminal_meter(not obj.quiet) as meter:
         kw["meter"] = meter
         if parent is not None:
