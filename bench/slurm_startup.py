@@ -8,8 +8,9 @@ layer on the offline test channel (python 3.11 + C libraries), installs it twice
 `condastack slurm-preamble`. Then, in one sbatch job per case, it times ROUNDS (default 7)
 runs of `python -c 'import <the env's main modules>'`:
 
-  squashfs    from the node-local squashfuse mount (sbcast copy), the first run after the
-              mount and the median of the rest;
+  squashfs    from the node-local mount the preamble makes (sbcast copy; the kernel's squashfs
+              where the job is root), the first run after the mount and the median of the rest;
+  fuse, fuse-cold  the same with CONDASTACK_MOUNT=fuse (squashfuse_ll, as a non-root job gets it);
   tree        from the unpacked tree, page cache warm (median);
   tree-cold   from the unpacked tree after `sync; echo 3 > /proc/sys/vm/drop_caches` before
               each run (median; needs root), the stand-in for a cold shared file system;
@@ -109,7 +110,8 @@ def _run_case(cluster: SlurmCluster, root: Path, name: str, setup: str, before: 
     text = out.read_text()
     if res.state != "COMPLETED":
         raise SystemExit(f"{name}: job {job} {res.state} {res.exit_code}\n{text}")
-    print(f"  {name:14s} {text.splitlines()[-1]}")
+    mounted = [ln for ln in text.splitlines() if "mounted by" in ln]
+    print(f"  {name:14s} {text.splitlines()[-1]} {mounted[0].split(': ', 2)[-1] if mounted else ''}")
     return [int(line.split()[2]) / 1e3 for line in text.splitlines() if line.startswith("t ")]
 
 
@@ -225,6 +227,9 @@ def main() -> None:
             "tree": (f". {tree}/activate.sh", ""),
             "tree-cold": (f". {tree}/activate.sh", drop),
             "squashfs-cold": (f". {preamble}", drop),
+            # the preamble's FUSE path (squashfuse_ll), as a job that is not root gets it
+            "fuse": (f"export CONDASTACK_MOUNT=fuse; . {preamble}", ""),
+            "fuse-cold": (f"export CONDASTACK_MOUNT=fuse; . {preamble}", drop),
         }
         times = {k: _run_case(cluster, root, k, s, b, rounds, env) for k, (s, b) in cases.items()}
     finally:
@@ -244,6 +249,9 @@ def main() -> None:
     print(f"  squashfs cold / tree cold:            {med['squashfs-cold'] / med['tree-cold']:.2f}")
     print(f"  squashfs first run / squashfs warm:   {first / med['squashfs']:.2f}")
     print(f"  squashfs warm / tree no .pyc written: {med['squashfs'] / med['tree-nowrite']:.2f}")
+    print(f"  FUSE (squashfuse_ll) warm / tree warm: {med['fuse'] / med['tree']:.2f}")
+    print(f"  FUSE cold / tree cold:                 {med['fuse-cold'] / med['tree-cold']:.2f}")
+    print(f"  load average at the end: {os.getloadavg()}")
     shutil.rmtree(root, ignore_errors=True)
 
 
