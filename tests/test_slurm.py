@@ -186,6 +186,7 @@ def test_node_local_squashfs_preamble_with_4_tasks(delivered: Site) -> None:
         assert kernel == (not extra and os.geteuid() == 0 and "squashfs" in Path("/proc/filesystems").read_text()
                           and Path("/dev/loop-control").exists()), out
         assert kernel or f"mounted by {fuse}" in out, out
+        assert "error" not in out, out  # the mounting step ends quietly too
         assert tasks == [f"task {r}/4 python={prefix}/bin/python fs={'squashfs' if kernel else 'fuse.' + fuse} "
                          f"image={local} together=4" for r in range(4)], out
         # unmounted and the node-local copy deleted at the end

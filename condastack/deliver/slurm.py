@@ -105,6 +105,8 @@ def _mount_block(image: Path, prefix: Path, base: Path | None = None) -> list[st
         '            echo "condastack: could not unmount $_cs_prefix on every node (busy?)" >&2',
         *(["        _cs_each_node bash -c 'for d in \"$1/child\" \"$1/base\"; do ! mountpoint -q \"$d\" || "
            "fusermount -u \"$d\"; done' - \"$_cs_lower\" || true"] if base is not None else []),
+        # unmounted, the mounting step ends by itself (in 0.2 s): cancelled, Slurm would log an error
+        '        for _cs_i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$_cs_mounter" 2>/dev/null || break; sleep 0.2; done',
         '        kill "$_cs_mounter" 2>/dev/null || true; wait "$_cs_mounter" 2>/dev/null || true',
         "    fi",
         '    _cs_each_node rm -f "$_cs_local"' + (' "$_cs_base_local"' if base is not None else "") + " || true",
@@ -142,9 +144,10 @@ def _kernel_mount() -> list[str]:
         '            mount -t squashfs -o loop,ro,nodev,nosuid "$2" "$1" 2>/dev/null; then',
         '        echo "condastack: $(hostname): $1 mounted by the kernel (squashfs on a loop device)" >&2',
         '        rm -f "$2"; mp=$1',
-        '        bye() { ! mountpoint -q "$mp" || umount "$mp" 2>/dev/null || umount -l "$mp"; exit 143; }',
+        # unmounted already (the EXIT trap's cleanup), a quiet end; else (cancelled) unmount, lazily if busy
+        '        bye() { mountpoint -q "$mp" || exit 0; umount "$mp" 2>/dev/null || umount -l "$mp"; exit 143; }',
         "        trap bye TERM",
-        '        while mountpoint -q "$mp"; do sleep 1 & wait $!; done',
+        '        while mountpoint -q "$mp"; do sleep 0.2 & wait $!; done',
         "        exit 0",
         "    fi",
     ]
