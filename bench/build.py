@@ -19,6 +19,7 @@ writeback of 57k unlinked files lands in the next timed run.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import statistics
@@ -58,7 +59,8 @@ PLATFORM = "linux-64"
 def write_lock(path: Path, channel: str, specs: list[str], pinned: list | None = None) -> list:
     recs = solve_conda([channel], specs, PLATFORM, {}, pinned=pinned)
     text, _ = render_lockfile(path, [record_entry(r, PLATFORM) for r in recs], channels=[channel],
-                              platforms=[PLATFORM], sources=["bench"], content_hash={PLATFORM: "bench"}, custom={})
+                              platforms=[PLATFORM], sources=["bench"], custom={},
+                              content_hash={PLATFORM: hashlib.sha256(b"bench").hexdigest()})
     path.write_text(text)
     return recs
 
