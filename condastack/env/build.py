@@ -41,7 +41,7 @@ from condastack.core.platforms import host_platform
 from condastack.core.progress import Meter
 from condastack.env.bytecode import compile_noarch_python
 from condastack.env.fetch import fetch_archives, fetch_wheels
-from condastack.env.locked import read_locked_env
+from condastack.env.locked import LockedEnv, read_locked_env
 from condastack.env.pip import install_wheels
 from condastack.env.pkgcache import Checker, discard, stamp
 from condastack.env.prefix import (
@@ -130,6 +130,18 @@ def build_layer(root: Path, layer: str, *, prefix: Path | None = None, offline: 
                         credentials=channel_urls, meter=meter, pip_env=pip_env)
 
 
+def _installer_for(installer: str, env: LockedEnv, lockfile: Path) -> str:
+    """The installer to use; micromamba would hand pip a git URL unchecked, so git packages need rattler."""
+    chosen = choose_installer(installer)
+    if chosen == "micromamba" and any(w.vcs for w in env.pip):
+        if installer == "micromamba":
+            git = ", ".join(w.name for w in env.pip if w.vcs)
+            raise CondastackError(f"{lockfile}: the lock has git packages ({git}), which condastack builds itself; "
+                                  "use --installer rattler.")
+        chosen = "rattler"
+    return chosen
+
+
 def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stack: str | Callable[[], str] = "",
                  offline: bool = False, installer: str = "auto", force: bool = False,
                  progress: Progress | None = None,
@@ -156,13 +168,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
     env = read_locked_env(lockfile, host_platform())
     lock_hash = env.lock_hash()
     variables = lock_variables(lockfile)
-    chosen = choose_installer(installer)
-    if chosen == "micromamba" and any(w.vcs for w in env.pip):  # micromamba would hand pip the git URL unchecked
-        if installer == "micromamba":
-            git = ", ".join(w.name for w in env.pip if w.vcs)
-            raise CondastackError(f"{lockfile}: the lock has git packages ({git}), which condastack builds itself; "
-                                  "use --installer rattler.")
-        chosen = "rattler"
+    chosen = _installer_for(installer, env, lockfile)
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(prefix.parent / f".{prefix.name}.condastack-build.lock"):
