@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -294,9 +295,21 @@ def test_pyxis_srun_four_tasks_mounts_and_failure(pyxis_cluster: SlurmCluster, i
                                "import sys; sys.exit(3)", check=False, timeout=300)
     assert failed.returncode == 3, failed.stderr
     assert "Exited with exit code 3" in failed.stderr
-    job_id = int(pyxis_cluster.run("sacct", "-n", "-X", "-P", "--name=failing", "-o", "JobID").stdout.split()[0])
+    job_id = _job_id_by_name(pyxis_cluster, "failing")
     job = pyxis_cluster.wait(job_id)
     assert job.state == "FAILED" and job.exit_code == "3:0", job  # accounting sees the failed step too
+
+
+def _job_id_by_name(cluster: SlurmCluster, name: str, timeout: float = 60) -> int:
+    """The id of a finished job, once slurmdbd has recorded it (accounting lags the step's exit)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = cluster.run("sacct", "-n", "-X", "-P", f"--name={name}", "-o", "JobID").stdout.split()
+        if ids:
+            return int(ids[0])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sacct never listed job {name!r} in {timeout:.0f} s\n{cluster.logs()}")
+        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------------- Apptainer
