@@ -23,6 +23,7 @@ from packaging.version import InvalidVersion, Version
 
 from condastack.core.credentials import strip_credentials
 from condastack.core.errors import LockfileInvalid
+from condastack.core.names import canonical
 from condastack.core.platforms import KNOWN_PLATFORMS
 
 MANAGERS = ("conda", "pip")
@@ -154,7 +155,7 @@ class LockEntry:
     @property
     def key(self) -> tuple[str, str, str]:
         """What may appear once per lockfile: (manager, platform, name)."""
-        return self.manager, self.platform, self.name.lower() if self.manager == "conda" else _pep503(self.name)
+        return self.manager, self.platform, self.name.lower() if self.manager == "conda" else canonical(self.name)
 
     @property
     def file_name(self) -> str:
@@ -238,10 +239,6 @@ def _entry_dependencies(where: _Where, value: object) -> dict[str, str]:
         name = _text(where, "dependencies", dep, 200)
         deps[name] = _match(where, f"dependencies.{name}", "" if spec is None else spec, _SPEC, "a version spec")
     return deps
-
-
-def _pep503(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _pip_version(text: str) -> bool:
