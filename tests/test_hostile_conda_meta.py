@@ -26,7 +26,12 @@ RECORDS = {
 }
 WHY = {"not-json": "unreadable package record", "a-list": "not an object", "name-not-string": "'name'",
        "files-not-list": "'files'", "paths-data-not-list": "paths_data", "files-dotdot": "not normalized",
-       "paths-data-absolute": "is absolute", "no-link": "link.source"}
+       "paths-data-absolute": "is absolute", "no-link": "link.source",
+       "sha256-not-hex": "'sha256'", "md5-too-short": "'md5'"}
+# Edits of the real record: the digests name the package in the SBOM (a schema-invalid one there before).
+EDITS = {"no-link": lambda r: {k: v for k, v in r.items() if k != "link"},
+         "sha256-not-hex": lambda r: {**r, "sha256": "z" * 64},
+         "md5-too-short": lambda r: {**r, "md5": "0" * 31}}
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +44,14 @@ def env(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict[str,
     return {"proj": proj, "env": env, "record": record}
 
 
-CASES = [(c, "verify") for c in [*RECORDS, "no-link"]] + [
-    (c, "pack") for c in ("not-json", "a-list", "files-not-list", "files-dotdot", "no-link")]
+CASES = [(c, "verify") for c in [*RECORDS, *EDITS]] + [
+    (c, "pack") for c in ("not-json", "a-list", "files-not-list", "files-dotdot", *EDITS)]
 
 
 @pytest.mark.parametrize(("case", "cmd"), CASES)
 def test_malformed_conda_meta_record(case: str, cmd: str, env: dict[str, Path], tmp_path: Path) -> None:
     good = env["record"].read_text()
-    bad = RECORDS.get(case) or json.dumps({k: v for k, v in json.loads(good).items() if k != "link"})
+    bad = RECORDS.get(case) or json.dumps(EDITS[case](json.loads(good)))
     env["record"].write_text(bad)
     try:
         args = ["pack", "app", "-o", tmp_path / "out" / "a.tar.zst"] if cmd == "pack" else ["verify", "app"]

@@ -19,16 +19,15 @@ name, for messages) and removed (paths of the parent's env that the child's lack
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from condastack.core.errors import CondastackError
+from condastack.core.names import is_digest
 from condastack.core.pathsafe import UnsafePath, clean_relative
 
 FORMAT_VERSION = 1
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _PKG_KEYS = ("name", "version", "build", "channel", "subdir", "fn", "sha256", "md5")
 
 
@@ -128,7 +127,7 @@ class Manifest:
             if not isinstance(kw.get(name), str):
                 raise ManifestInvalid(path, name, "a string", data.get(name))
         for name in ("sha256", "parent_sha256"):
-            if kw.get(name) is not None and not _HEX64.match(kw[name].lower()):
+            if kw.get(name) is not None and not is_digest("sha256", kw[name]):
                 raise ManifestInvalid(path, name, "64 hex digits", kw[name])
         if (kw.get("parent_sha256") is None) != (kw.get("parent_layer") is None):
             raise ManifestInvalid(path, "parent_layer", "given together with parent_sha256",

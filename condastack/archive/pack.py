@@ -103,7 +103,7 @@ from condastack.env.prefix import (
     RawRecords,
     check_dest_fits,
 )
-from condastack.env.sbom import env_sbom_text
+from condastack.env.sbom import add_properties, bom_text, env_bom
 
 FORMATS = ("tar.zst", "tar.gz", "squashfs")
 SUFFIX = {"tar.zst": ".tar.zst", "tar.gz": ".tar.gz", "squashfs": ".squashfs"}
@@ -167,7 +167,7 @@ class _Job:
     mtime: int = 0  # the newest member mtime: later ones are clamped to it (see archive_mtime)
     meter: Meter | None = None
     mtime_from: str = ""
-    sbom: str = ""  # the env's SBOM as the archive holds it (conda-meta/condastack.cdx)
+    bom: Any = None  # the env's SBOM (a cyclonedx Bom), made once the records are read (see plan)
     records: RawRecords = field(default_factory=dict)  # conda-meta records, read by the scan
     timings: dict[str, float] = field(default_factory=dict)
     warmup: str | None = None  # squashfs: python code whose first reads order the image (archive.access)
@@ -196,7 +196,9 @@ class _Job:
         plan = _plan(self.prefix, self.conda_pack_env(), self.staging, self.dest, set(modified), skip=skip,
                      records=self.records)
         _add_scripts(plan, self.staging, self.dest)
-        _add_sbom(plan, self.prefix, self.staging, self.sbom)
+        # Made here, not at the start: the records are read by now, and the stream is already running.
+        self.bom = env_bom(self.prefix, timestamp=self.mtime, records=self.records)
+        _add_sbom(plan, self.prefix, self.staging, bom_text(self.bom))
         plan.from_prefix.sort()  # a member order that depends only on the env's content
         plan.staged.sort()
         self.mark("plan")
@@ -355,10 +357,9 @@ def start_job(prefix: Path, output: Path, *, fmt: str, dest_prefix: str | None, 
     # Everything that reads (and may refuse) the env comes before the staging folder is made,
     # so a refusal leaves nothing behind.
     mtime, mtime_from = archive_mtime(prefix)
-    sbom = env_sbom_text(prefix, timestamp=mtime)
     job = _Job(prefix, output, fmt, dest_prefix, DEFAULT_LEVEL[fmt] if level is None else level,
                _threads(threads), allow_modified, make_tempdir(near, "pack"), t0)
-    job.mtime, job.mtime_from, job.sbom, job.meter = mtime, mtime_from, sbom, meter
+    job.mtime, job.mtime_from, job.meter = mtime, mtime_from, meter
     return job, meta
 
 
@@ -366,7 +367,7 @@ def publish(job: _Job, meta: EnvMarker, write: Callable[[_Job, Path], _Written],
             amend: Callable[[Manifest], Manifest] | None = None, sign: Path | None = None) -> PackResult:
     """Write the archive with `write` and publish it with its sidecars (the manifest `amend`ed), as one set;
     the job's staging folder is removed."""
-    output, prefix = job.output, job.prefix
+    output = job.output
     try:
         # Two packs to one folder take turns, so an archive and its sidecars stay one set
         # (the lock is on the folder itself: nothing is left beside the outputs).
@@ -380,9 +381,9 @@ def publish(job: _Job, meta: EnvMarker, write: Callable[[_Job, Path], _Written],
                 manifest = amend(manifest)
             mtmp.write_text(manifest.text())
             stmp.write_text(f"{written.digest}  {output.name}\n")
-            btmp.write_text(env_sbom_text(prefix, timestamp=job.mtime, properties={
-                "archive": output.name, "archive_sha256": written.digest, "archive_format": job.fmt,
-                "dest_prefix": job.dest or ""}))
+            add_properties(job.bom, {"archive": output.name, "archive_sha256": written.digest,
+                                     "archive_format": job.fmt, "dest_prefix": job.dest or ""})
+            btmp.write_text(bom_text(job.bom))
             n = 4
             if sign is not None:
                 sig_tmp.write_bytes(sign_file(sign, tmp))

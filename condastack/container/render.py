@@ -13,12 +13,12 @@ make it.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from condastack.container.spec import LABEL_NS, ContainerSpec, pack_command
 from condastack.core import quoting
 from condastack.core.errors import CondastackError
+from condastack.core.names import is_digest
 
 DOCKERFILE = "Dockerfile.thin"
 
@@ -155,7 +155,7 @@ def render_apptainer(spec: ContainerSpec, def_dir: Path, *, bootstrap: str | Non
     staged = f"/tmp/condastack-{quoting.check_name('layer', spec.layer)}.{spec.archive.fmt}"
     labels = "\n".join(f"    {quoting.apptainer_label(k, v)}" for k, v in spec.labels.items())
     sha = spec.archive.sha256
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+    if not is_digest("sha256", sha):
         raise CondastackError(f"{spec.archive.path}: its sha256 {sha[:80]!r} is not 64 hex digits; re-pack it.")
     pfx = quoting.sh_one_line(spec.prefix, "prefix")
     t = quoting.text_line

@@ -124,3 +124,13 @@ def check_name(kind: str, value: object, where: str = "") -> str:
 
 
 ENV_VAR_NAME = NAME_PATTERNS["variable"]
+
+# Hex digests, as package records, lockfiles and manifests spell them (either case is accepted: conda
+# writes lowercase, some indexes uppercase; writers lowercase them).
+DIGEST_HEX_DIGITS = {"md5": 32, "sha256": 64}
+_DIGEST = {kind: re.compile(rf"[0-9a-fA-F]{{{n}}}\Z") for kind, n in DIGEST_HEX_DIGITS.items()}
+
+
+def is_digest(kind: str, value: object) -> bool:
+    """Whether `value` is a `kind` ("md5" or "sha256") hex digest."""
+    return isinstance(value, str) and _DIGEST[kind].match(value) is not None

@@ -28,6 +28,7 @@ import zstandard
 
 from condastack.core.errors import CondastackError
 from condastack.core.fs import TMP_MARK
+from condastack.core.names import DIGEST_HEX_DIGITS, is_digest
 
 STAMP_DIR = ".condastack-pathsafe"
 _MAX_META = 256 << 20  # an info/ file larger than this is not a real one
@@ -123,6 +124,9 @@ def check_meta_record(info: object, source: str, *, need_link: bool = False) -> 
     for key in ("name", "version", "build"):
         if key in info and not isinstance(info[key], str):
             raise bad(f"'{key}' is not a string")
+    for kind in ("sha256", "md5"):  # they name the package in the SBOM and in verify's comparisons
+        if info.get(kind) and not is_digest(kind, info[kind]):
+            raise bad(f"'{kind}' is {ascii(info[kind])[:80]}, not {DIGEST_HEX_DIGITS[kind]} hex digits")
     files = info.get("files", [])
     if not isinstance(files, list):
         raise bad("'files' is not a list")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import re
 import threading
 import urllib.parse
 import urllib.request
@@ -21,6 +20,7 @@ from condastack.core.credentials import with_credentials
 from condastack.core.errors import CondastackError, LockfileInvalid
 from condastack.core.fs import HASH_THREADS, atomic_path, clean_stale_temporaries, remove_path, sha256_file
 from condastack.core.layout import VERIFIED_DIR, pkgs_dir, verified_stamp, wheels_dir
+from condastack.core.names import is_digest
 from condastack.core.pathsafe import STAMP_DIR, check_package, check_under, clean_relative
 from condastack.core.progress import Meter, report
 
@@ -248,7 +248,7 @@ def _wheel_path(w: Any) -> Path:
     once percent-decoded (`..%2f..%2fx.whl` would write outside the cache)."""
     fname = urllib.parse.unquote(urllib.parse.urlparse(w.url).path.rsplit("/", 1)[-1])
     what = f"pip package {w.name} {w.version}: the lock's URL {w.url}"
-    if "/" in fname or not re.fullmatch(r"[0-9a-f]{64}", w.sha256):
+    if "/" in fname or not (is_digest("sha256", w.sha256) and w.sha256.islower()):
         raise CondastackError(f"{what} gives the file name {fname!r}, which is a path (or its sha256 is not "
                               "one). The lockfile is not as condastack wrote it; re-create it with `condastack lock`.")
     return check_under(wheels_dir(), f"{w.sha256[:16]}/{clean_relative(fname, what)}", what)

@@ -317,6 +317,11 @@ class Env:
             out[str(data.get("name", f.stem))] = data
         return out
 
+    def use_records(self, raw: RawRecords) -> None:
+        """Take the records a caller has already read with `raw_records(strict=True)` (and so checked)
+        as this env's `records`, instead of parsing them again."""
+        self.__dict__["records"] = {str(d.get("name", Path(path).stem)): d for path, (_, d) in raw.items()}
+
     def write_record(self, record: dict[str, Any]) -> None:
         """Replace a package's conda-meta record (atomically), e.g. to list files made at link time."""
 

@@ -1,7 +1,7 @@
 """The CycloneDX SBOM of an environment: what is inside it, for security teams and CVE scanners.
 
-One CycloneDX 1.6 JSON document per env, made with `cyclonedx-python-lib` and checked against
-the CycloneDX schema before it is written:
+One CycloneDX 1.6 JSON document per env, made with `cyclonedx-python-lib` from typed models
+(see `bom_text` for where it is checked against the CycloneDX schema):
 
 - one component per conda package: `pkg:conda/<channel>/NAME@VERSION?build=..&subdir=..&type=conda`,
   with the package file's sha256 (and md5) and the license of its index.json (as its conda-meta
@@ -39,7 +39,7 @@ from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_write_text
 from condastack.core.layout import wrapped_meta
 from condastack.core.version import __version__
-from condastack.env.prefix import SBOM_FILE, Env
+from condastack.env.prefix import SBOM_FILE, Env, RawRecords
 
 # cyclonedx-python-lib, packageurl and the jsonschema validator take 1 to 3 s to import here (measured with
 # -X importtime): they are imported inside the functions that need them ("lazy" below), so only the
@@ -198,30 +198,21 @@ def _pip_component(d: PipDist) -> Any:
                      properties=[Property(name=f"{PROPERTY_NS}:kind", value="pip")])
 
 
-_LAST: list[tuple[tuple, list[Any]]] = []  # the last env's conda components, while its records are unchanged
-
-
 def _conda_components(env: Env) -> list[Any]:
-    """One component per conda package; reused while the records are the same files (pack asks twice:
-    once for the copy inside the archive, once for the sidecar), since reading them is most of the cost."""
-    meta = env.meta_dir
-    key = (str(env.prefix), tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size)
-                                         for f in meta.glob("*.json"))))
-    if _LAST and _LAST[0][0] == key:
-        return _LAST[0][1]
-    comps = [_conda_component(rec, _wrapped(env, rec)) for _, rec in sorted(env.records.items())]
-    _LAST[:] = [(key, comps)]
-    return comps
+    """One component per conda package."""
+    return [_conda_component(rec, _wrapped(env, rec)) for _, rec in sorted(env.records.items())]
 
 
 def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str, str] | None = None,
-            lock_hashes: dict[str, str] | None = None) -> Any:
-    """The cyclonedx `Bom` of the env at `prefix`; `properties` are added to its metadata (the archive's)."""
-    from cyclonedx.model import Property  # lazy: see above
+            lock_hashes: dict[str, str] | None = None, records: RawRecords | None = None) -> Any:
+    """The cyclonedx `Bom` of the env at `prefix`; `properties` are added to its metadata (the archive's).
+    `records` are the env's conda-meta records already read (pack's scan), so they are not parsed again."""
     from cyclonedx.model.bom import Bom  # lazy: see above
     from cyclonedx.model.component import Component, ComponentType  # lazy: see above
 
     env = Env(prefix)
+    if records is not None:
+        env.use_records(records)
     marker = env.marker
     comps = [*_conda_components(env), *(_pip_component(d) for d in pip_dists(env, lock_hashes))]
     facts: dict[str, str | None] = {k: getattr(marker, k, None) for k in ("stack", "layer", "lock_hash", "platform")}
@@ -235,23 +226,33 @@ def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str,
     bom.metadata.timestamp = datetime.datetime.fromtimestamp(when, tz=datetime.timezone.utc)
     bom.metadata.tools.components.add(Component(type=ComponentType.APPLICATION, name="condastack",
                                                 version=__version__))
-    for k, v in sorted(facts.items()):
-        if v:
-            bom.metadata.properties.add(Property(name=f"{PROPERTY_NS}:{k}", value=str(v)))
+    add_properties(bom, facts)
     bom.register_dependency(top, comps)
     return bom
 
 
+def add_properties(bom: Any, facts: dict[str, str | None]) -> None:
+    """`condastack:KEY` metadata properties (the empty ones are left out)."""
+    from cyclonedx.model import Property  # lazy: see above
+
+    for k, v in sorted(facts.items()):
+        if v:
+            bom.metadata.properties.add(Property(name=f"{PROPERTY_NS}:{k}", value=str(v)))
+
+
 def bom_text(bom: Any) -> str:
-    """The Bom as CycloneDX JSON, with a serial number derived from its content; checked against the schema."""
+    """The Bom as CycloneDX JSON, with a serial number derived from its content.
+
+    Not schema-checked here: importing jsonschema's format checkers costs ~1 s (its IRI grammar is compiled
+    at import), paid by every build and pack. What enters the document is checked on the way in instead
+    (package records by the path gate, digests as hex), the suite validates every document it makes, and
+    documents read from archives are validated (`validate_sbom`)."""
     from cyclonedx.output.json import JsonV1Dot6  # lazy: see above
 
     bom.serial_number = _SERIAL_NS  # a fixed placeholder while the content is hashed
     draft = JsonV1Dot6(bom).output_as_string(indent=1)
     bom.serial_number = uuid.uuid5(_SERIAL_NS, draft)
-    text = JsonV1Dot6(bom).output_as_string(indent=1) + "\n"
-    validate_sbom(text, "the SBOM condastack made")
-    return text
+    return JsonV1Dot6(bom).output_as_string(indent=1) + "\n"
 
 
 def validate_sbom(text: str, where: str) -> None:
@@ -289,5 +290,5 @@ def write_env_sbom(prefix: Path, *, lock_hashes: dict[str, str] | None = None) -
     return path
 
 
-__all__ = ["SPEC_VERSION", "PipDist", "bom_text", "env_bom", "env_sbom_text", "pip_dists", "sbom_bytes",
-           "sbom_timestamp", "validate_sbom", "write_env_sbom"]
+__all__ = ["SPEC_VERSION", "PipDist", "add_properties", "bom_text", "env_bom", "env_sbom_text", "pip_dists",
+           "sbom_bytes", "sbom_timestamp", "validate_sbom", "write_env_sbom"]

@@ -23,7 +23,7 @@ from packaging.version import InvalidVersion, Version
 
 from condastack.core.credentials import strip_credentials
 from condastack.core.errors import LockfileInvalid
-from condastack.core.names import canonical
+from condastack.core.names import DIGEST_HEX_DIGITS, canonical, is_digest
 from condastack.core.platforms import KNOWN_PLATFORMS
 
 MANAGERS = ("conda", "pip")
@@ -32,7 +32,6 @@ ENTRY_KEYS = ("name", "version", "manager", "platform", "dependencies", "url", "
 _MAX = 1000  # longest scalar a real lock holds (a URL may be longer: _MAX_URL)
 _MAX_URL = 4096
 _MAX_DEPS = 10000
-_HEX = {"md5": re.compile(r"[0-9a-fA-F]{32}\Z"), "sha256": re.compile(r"[0-9a-fA-F]{64}\Z")}
 _CONDA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z")  # rattler's PackageName alphabet
 _PIP_NAME = re.compile(r"(?i)([A-Z0-9]|[A-Z0-9][A-Z0-9._-]{0,198}[A-Z0-9])\Z")  # PEP 508 names
 _CONDA_VERSION = re.compile(r"[A-Za-z0-9_!*]+(?:[.+-][A-Za-z0-9_!*]+){0,60}\Z")
@@ -102,8 +101,8 @@ def _mapping(where: _Where, key: str, value: object, limit: int = _MAX_DEPS) -> 
 
 def check_hash(where: _Where, key: str, value: object, kind: str) -> str:
     text = _text(where, key, value)
-    if not _HEX[kind].match(text):
-        raise where.bad(key, f"{_show(text)} is not a {kind} ({32 if kind == 'md5' else 64} hex digits)")
+    if not is_digest(kind, text):
+        raise where.bad(key, f"{_show(text)} is not a {kind} ({DIGEST_HEX_DIGITS[kind]} hex digits)")
     return text.lower()
 
 
@@ -224,7 +223,7 @@ class LockEntry:
 def _entry_hashes(where: _Where, value: object, manager: str) -> tuple[str | None, str | None]:
     hashes = _mapping(where, "hash", value, 2)
     for key in hashes:
-        if key not in _HEX:
+        if key not in DIGEST_HEX_DIGITS:
             raise where.bad(f"hash.{str(key)[:40]}", "is not md5 or sha256")
     md5 = check_hash(where, "hash.md5", hashes["md5"], "md5") if "md5" in hashes else None
     sha = check_hash(where, "hash.sha256", hashes["sha256"], "sha256") if "sha256" in hashes else None
