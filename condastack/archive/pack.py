@@ -251,7 +251,7 @@ def _stream_early(job: _Job, writer: TarWriter) -> _Written:
     tar reads its name list well ahead, so that work overlaps the compression. (One thread: a
     second Python thread would fight this one for the GIL on every system call.)"""
     prefix = job.prefix
-    modified, early, early_bytes = _scan_managed(prefix, lambda rel: writer.add(prefix, rel), job.records)
+    modified, early, early_bytes = _scan_managed(prefix, lambda names: writer.add_names(prefix, names), job.records)
     job.refuse_modified(modified)
     job.mark("scan")
     if not _confirm_early(job.conda_pack_env(), early):
