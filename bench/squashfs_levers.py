@@ -44,26 +44,26 @@ def _drop() -> None:
     subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
 
 
-def _import_ms(prefix: Path) -> float:
+def _import_ms(prefix: Path, code: str = f"import {IMPORTS}") -> float:
     t = time.perf_counter()
-    subprocess.run([str(prefix / "bin" / "python"), "-c", f"import {IMPORTS}"], env=ENV, check=True,
-                   cwd="/")
+    subprocess.run([str(prefix / "bin" / "python"), "-c", code], env=ENV, check=True, cwd="/")
     return (time.perf_counter() - t) * 1e3
 
 
-def _times(prefix: Path, tree: Path, warm: int, cold: int) -> tuple[float, float, float, float]:
-    """Medians (warm, cold) of the image at `prefix` and of the unpacked `tree`, runs alternating
-    between the two, so that both see the same load on a shared machine."""
+def _times(prefix: Path, tree: Path, warm: int, cold: int,
+           code: str = f"import {IMPORTS}") -> tuple[float, float, float, float]:
+    """Medians (warm, cold) of `python -c code` from the image at `prefix` and from the unpacked `tree`,
+    runs alternating between the two, so that both see the same load on a shared machine."""
     runs: dict[tuple[Path, bool], list[float]] = {(p, c): [] for p in (prefix, tree) for c in (False, True)}
     for i in range(cold):
         for p in (prefix, tree) if i % 2 == 0 else (tree, prefix):
             _drop()
-            runs[p, True].append(_import_ms(p))
-    _import_ms(prefix)
-    _import_ms(tree)
+            runs[p, True].append(_import_ms(p, code))
+    _import_ms(prefix, code)
+    _import_ms(tree, code)
     for i in range(warm):
         for p in (prefix, tree) if i % 2 == 0 else (tree, prefix):
-            runs[p, False].append(_import_ms(p))
+            runs[p, False].append(_import_ms(p, code))
     m = {k: statistics.median(v) for k, v in runs.items()}
     return m[prefix, False], m[prefix, True], m[tree, False], m[tree, True]
 
