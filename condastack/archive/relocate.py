@@ -10,12 +10,14 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from condastack.core.errors import CondastackError
-from condastack.core.fs import atomic_path
+from condastack.core.fs import HASH_THREADS, atomic_path
 from condastack.core.pathsafe import check_under
 from condastack.env.prefix import PREFIXES_FILE, Env, check_dest_fits
 
@@ -151,24 +153,38 @@ def relocate(prefix: Path, *, as_prefix: Path | None = None) -> RelocateResult:
     current = state.current
     records = list(state.records)
     check_dest_fits(records, new)  # every binary first, so nothing is half-done
-    changed = 0
     held: dict[str, tuple[str | None, int]] = {}
     if current != new:
-        for f, ph, mode in records:
-            old = current or ph
-            path = prefix / f
-            if path.is_symlink() or not path.is_file():
-                continue
-            data = path.read_bytes()
-            # conda-unpack leaves bin/python* alone, so those may still hold the placeholder.
-            out = rewrite_prefix(data, [old, ph], new, ph, mode, f)
-            if out != data:
-                _replace_file(path, out)
-                held[f] = (hashlib.sha256(out).hexdigest(), len(out))
-                changed += 1
+        # Threads: reading, writing, renaming and hashing release the GIL (thousands of files in a real env).
+        with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+            for f, got in zip((r[0] for r in records),
+                              pool.map(lambda r: _relocate_file(prefix, r, current, new), records), strict=True):
+                if got is not None:
+                    held[f] = got
         Env(prefix).update_file_hashes(held)  # what `verify` compares the rewritten files against
         _replace_file(prefix / PREFIXES_FILE, RelocationRecord(new, state.records).text().encode())
-    return RelocateResult(prefix=prefix, old_prefix=current, files_changed=changed)
+    return RelocateResult(prefix=prefix, old_prefix=current, files_changed=len(held))
+
+
+def _relocate_file(prefix: Path, record: tuple[str, str, str], current: str | None,
+                   new: str) -> tuple[str | None, int] | None:
+    """Rewrite one placeholder file for `new`; its new (sha256, size), or None when it is unchanged."""
+    f, ph, mode = record
+    path = os.path.join(prefix, f)
+    try:  # a regular file only: never through a link, and a fifo must not block the open
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # missing, or a link (ELOOP): as before, left alone
+        return None
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = fh.read()
+    # conda-unpack leaves bin/python* alone, so those may still hold the placeholder.
+    out = rewrite_prefix(data, [current or ph, ph], new, ph, mode, f)
+    if out == data:
+        return None
+    _replace_file(Path(path), out)
+    return hashlib.sha256(out).hexdigest(), len(out)
 
 
 def _replace_file(path: Path, data: bytes) -> None:
