@@ -58,9 +58,9 @@ PLATFORM = "linux-64"
 
 def write_lock(path: Path, channel: str, specs: list[str], pinned: list | None = None) -> list:
     recs = solve_conda([channel], specs, PLATFORM, {}, pinned=pinned)
-    text, _ = render_lockfile(path, [record_entry(r, PLATFORM) for r in recs], channels=[channel],
-                              platforms=[PLATFORM], sources=["bench"], custom={},
-                              content_hash={PLATFORM: hashlib.sha256(b"bench").hexdigest()})
+    text = render_lockfile(path, [record_entry(r, PLATFORM) for r in recs], channels=[channel],
+                           platforms=[PLATFORM], sources=["bench"], custom={},
+                           content_hash={PLATFORM: hashlib.sha256(b"bench").hexdigest()}).text
     path.write_text(text)
     return recs
 

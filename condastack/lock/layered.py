@@ -343,18 +343,18 @@ def _write_lock(stack: Stack, name: str, path: Path, packages: list, new_hash: d
     for plat in stack.platforms:
         custom[f"condastack.virtual-packages.{plat}"] = json.dumps(stack.effective_virtual_packages_for(plat),
                                                                    sort_keys=True)
-    text, doc = render_lockfile(path, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
+    lock = render_lockfile(path, packages, channels=[strip_credentials(c) for c in stack.channels_for(name)],
                                 platforms=list(stack.platforms), sources=sources, content_hash=new_hash,
                                 custom=custom)
     # The lockfile is written last: while it is the old one, the next run finds its inputs changed and
     # rewrites the whole set. The records (and the summary) name the lock they describe by its sha256,
     # so records that got ahead of their lockfile are ignored (records then come from the channels).
-    summary = _summarize(doc, hashlib.sha256(text.encode()).hexdigest())
+    summary = _summarize(lock.doc, hashlib.sha256(lock.text.encode()).hexdigest())
     records = RecordsFile.from_dict({"lock": summary, "platforms": full}, records_path(stack.root, name))
     atomic_write_text(records_path(stack.root, name), records.to_text())
-    _write_derived(stack, name, doc)
-    atomic_write_text(path, text)
-    remember_lockfile(path, doc)
+    _write_derived(stack, name, lock.doc)
+    atomic_write_text(path, lock.text)
+    remember_lockfile(path, lock)
 
 
 def _write_derived(stack: Stack, name: str, raw: dict) -> None:

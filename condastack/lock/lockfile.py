@@ -8,10 +8,10 @@ between the two lives here and nowhere else.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -21,6 +21,7 @@ from condastack.core.fs import TMP_MARK, remove_path
 from condastack.core.layout import records_sidecar_path
 from condastack.lock.conda_solve import _PLAIN_CHANNEL
 from condastack.lock.entry import ENTRY_KEYS, LockEntry, RecordsFile, check_lock_document
+from condastack.lock.lockyaml import package_yaml
 
 # --------------------------------------------------------------------------- conda-lock's dependency model
 
@@ -73,10 +74,6 @@ def _checked(path: Path, data: dict) -> tuple[dict, tuple[LockEntry, ...]]:
     return dict(data, package=[e.to_dict() for e in entries]), entries
 
 
-def _remember_lock_document(path: Path, doc: dict) -> None:
-    _LOCK_DOCS[_lock_doc_key(path)] = _checked(path, copy.deepcopy(doc))
-
-
 def _load_lock_document(path: Path) -> dict:
     """The YAML of a lockfile, every scalar a string. Bytes that are not UTF-8 become U+FFFD, which the
     field checks then name (the field, not only the file)."""
@@ -108,13 +105,21 @@ def lock_entries_as_json(entries: list[LockEntry]) -> list[dict]:
 # --------------------------------------------------------------------------- lockfile format (conda-lock)
 
 
+class RenderedLock(NamedTuple):
+    """A lockfile not yet written: its text, the document reading it back gives, and its checked entries."""
+
+    text: str
+    doc: dict
+    entries: tuple[LockEntry, ...]
+
+
 def render_lockfile(path: Path, packages: list[dict], *, channels: list[str], platforms: list[str],
-                    sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> tuple[str, dict]:
-    """conda-lock's unified lockfile (v1 on disk) for `path`, not yet written: (its text, the document
-    reading it back gives). The plain writer where it covers the lock, else conda-lock's own writer."""
+                    sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> RenderedLock:
+    """conda-lock's unified lockfile (v1 on disk) for `path`, not yet written. The plain writer where it
+    covers the lock, else conda-lock's own writer."""
     if can_write_fast(packages, channels):
-        return lockfile_document(Path(path).name, packages, channels=channels, platforms=platforms,
-                                 sources=sources, content_hash=content_hash, custom=custom)
+        return _lockfile_parts(Path(path).name, packages, channels=channels, platforms=platforms,
+                               sources=sources, content_hash=content_hash, custom=custom)
     # conda-lock writes the file's own name into its header: a temporary folder keeps that name.
 
     tmpdir = Path(path).parent / f"{TMP_MARK}{Path(path).name}.{os.getpid()}.new"
@@ -123,14 +128,17 @@ def render_lockfile(path: Path, packages: list[dict], *, channels: list[str], pl
         conda_lock_write(tmpdir / Path(path).name, packages, channels=channels, platforms=platforms,
                          sources=sources, content_hash=content_hash, custom=custom)
         written = tmpdir / Path(path).name
-        return written.read_text(), _checked(Path(path), _load_lock_document(written))[0]
+        return RenderedLock(written.read_text(), *_checked(Path(path), _load_lock_document(written)))
     finally:
         remove_path(tmpdir)
 
 
-def remember_lockfile(path: Path, doc: dict) -> None:
-    """`doc` is what reading the lockfile just written at `path` gives: no re-parse in this run."""
-    _remember_lock_document(Path(path), doc)
+def remember_lockfile(path: Path, lock: RenderedLock) -> None:
+    """`lock` was just written at `path`: reading it in this run gives its document, with no re-parse.
+    Its entries were checked one by one as it was rendered; the document around them is checked here
+    (metadata, no package twice), so what is remembered is what reading the file accepts."""
+    check_lock_document(path, lock.doc, checked=lock.entries)
+    _LOCK_DOCS[_lock_doc_key(Path(path))] = (lock.doc, lock.entries)  # shared: readers never change it
 
 
 # --------------------------------------------------------------------------- build seam: build and verify
@@ -151,12 +159,12 @@ def read_records_sidecar(path: Path, platform: str) -> list[dict]:
 # every change, so conda-lock stays the authority on the format.
 
 
-def _v1_entry(p: dict, name: str) -> dict:
-    """An entry in conda-lock's written key order, unset fields left out, dependencies sorted: checked
-    as the reader checks it (LockEntry), so nothing is written that would not read back."""
+def _v1_entry(p: dict, name: str) -> LockEntry:
+    """An entry, checked as the reader checks it (LockEntry), so nothing is written that would not read back;
+    its to_dict() is conda-lock's written key order, unset fields left out, dependencies sorted."""
     out = {k: p[k] for k in ENTRY_KEYS if p.get(k) is not None}
     out["hash"] = {k: v for k, v in (p.get("hash") or {}).items() if v is not None}
-    return LockEntry.from_dict(out, name, 0).to_dict()
+    return LockEntry.from_dict(out, name, 0)
 
 
 def can_write_fast(packages: list[dict], channels: list[str]) -> bool:
@@ -175,6 +183,13 @@ def lockfile_text(name: str, packages: list[dict], *, channels: list[str], platf
 def lockfile_document(name: str, packages: list[dict], *, channels: list[str], platforms: list[str],
                       sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> tuple[str, dict]:
     """The lockfile's text and the document it holds."""
+    lock = _lockfile_parts(name, packages, channels=channels, platforms=platforms, sources=sources,
+                           content_hash=content_hash, custom=custom)
+    return lock.text, lock.doc
+
+
+def _lockfile_parts(name: str, packages: list[dict], *, channels: list[str], platforms: list[str],
+                    sources: list[str], content_hash: dict[str, str], custom: dict[str, str]) -> RenderedLock:
     header = [
         'This lock file was generated by conda-lock (https://github.com/conda/conda-lock). DO NOT EDIT!', '',
         'A "lock file" contains a concrete list of package versions (with checksums) to be installed. Unlike',
@@ -188,15 +203,20 @@ def lockfile_document(name: str, packages: list[dict], *, channels: list[str], p
     ]
     pkgs = sorted((p for p in packages if not (p["manager"] == "conda" and p["name"].startswith("__"))),
                   key=lambda p: (p["manager"], p["name"], p["platform"]))
-    meta: dict = {"content_hash": content_hash,
+    # copies: the document is kept (remember_lockfile) and must not change with the caller's objects
+    meta: dict = {"content_hash": dict(content_hash),
                   "channels": [{"url": c, "used_env_vars": []} for c in channels],
-                  "platforms": platforms, "sources": sources}
+                  "platforms": list(platforms), "sources": list(sources)}
     if custom:
-        meta["custom_metadata"] = custom
-    out = {"version": 1, "metadata": meta, "package": [_v1_entry(p, name) for p in pkgs]}
+        meta["custom_metadata"] = dict(custom)
+    entries = tuple(_v1_entry(p, name) for p in pkgs)
+    out = {"version": 1, "metadata": meta, "package": [e.to_dict() for e in entries]}
     dumper = getattr(yaml, "CDumper", yaml.Dumper)
-    text = "".join(("# " + line).rstrip() + "\n" for line in header) + yaml.dump(out, Dumper=dumper, sort_keys=False)
-    return text, out
+    # the same text as one yaml.dump of `out`: a top-level block mapping is its keys' texts in order
+    text = ("".join(("# " + line).rstrip() + "\n" for line in header)
+            + yaml.dump({"version": 1, "metadata": meta}, Dumper=dumper, sort_keys=False)
+            + package_yaml(out["package"]))
+    return RenderedLock(text, out, entries)
 
 
 def _toposort(deps: dict[str, set[str]]) -> list[str]:
