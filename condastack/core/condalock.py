@@ -11,6 +11,7 @@ conda-lock changes it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import re
 from pathlib import Path
@@ -18,6 +19,24 @@ from urllib.parse import urldefrag
 
 from condastack.core.errors import CondastackError
 from condastack.core.names import canonical, mapping_url, pypi_names_for_conda
+
+
+def conda_lock_version() -> str:
+    """conda-lock's installed version (spec cache keys), without importing conda-lock or importlib.metadata.
+
+    importlib.metadata's import (its email parser) costs ~30 CPU ms on every `lock`, a no-op one too; the
+    version is in the name of the dist-info folder beside the package (`conda_lock-4.0.3.dist-info`,
+    PEP 376/427). importlib.metadata answers where there is no single such folder (another kind of install).
+    """
+    spec = importlib.util.find_spec("conda_lock")
+    if spec is not None and spec.origin:
+        site = Path(spec.origin).parent.parent
+        found = [p.name for p in site.glob("conda_lock-*.dist-info")] if site.is_dir() else []
+        if len(found) == 1:
+            return found[0][len("conda_lock-"):-len(".dist-info")]
+    from importlib.metadata import version  # lazy: ~30 CPU ms, only for an unusual install
+
+    return version("conda-lock")
 
 
 def to_match_spec(dep: object) -> str:

@@ -5,7 +5,6 @@ and records.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -91,6 +90,8 @@ def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dic
     preferences (the previous lock, so a re-solve moves as little as possible).
     """
 
+    import asyncio  # lazy, with rattler: a lock that solves nothing needs neither (~12 ms)
+
     import rattler  # lazy: native, ~0.2 s
 
     return _refetching(lambda gateway: asyncio.run(rattler.solve(
@@ -101,6 +102,7 @@ def solve_conda(channels: list[str], specs: list[str], platform: str, vpkgs: dic
 
 def query_records(channels: list[str], platform: str, names: list[str]) -> list:
     """Every record of these package names in the channels (platform and noarch), not recursive."""
+    import asyncio  # lazy, with rattler: a lock that solves nothing needs neither (~12 ms)
 
     found = _refetching(lambda gateway: asyncio.run(gateway.query(channels, [platform, "noarch"], names,
                                                                   recursive=False)))

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
-
 from condastack.core.credentials import strip_credentials
 from condastack.core.errors import LockfileInvalid
 from condastack.core.names import DIGEST_HEX_DIGITS, canonical, is_digest
@@ -248,6 +246,8 @@ def _entry_dependencies(where: _Where, value: object) -> dict[str, str]:
 def _pip_version(text: str) -> bool:
     if not text or any(c.isspace() for c in text):  # packaging would strip the spaces
         return False
+    from packaging.version import InvalidVersion, Version  # lazy: pip entries only (with packaging, ~3 ms)
+
     try:
         Version(text)
     except InvalidVersion:

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
 from condastack.core import layout
 from condastack.core.credentials import redact, strip_credentials
@@ -41,7 +39,6 @@ from condastack.lock.conda_solve import (
 from condastack.lock.consistency import check_records, describe
 from condastack.lock.entry import RecordsFile
 from condastack.lock.explain import _solve_failure
-from condastack.lock.findlinks import find_links_index
 from condastack.lock.inputs import SolveInputs
 from condastack.lock.lockfile import (
     _summarize,
@@ -450,6 +447,8 @@ def _solve_pip_part(inp: SolveInputs, parent_pip: list, conda_locked: list[dict]
                 and not is_vcs_entry(p)] if previous else []
 
     indexes, options = list(inp.pip_indexes), inp.pip_options
+    from condastack.lock.findlinks import find_links_index  # lazy: http.server, urllib.request (~10 ms a lock)
+
     try:
         with find_links_index(options.find_links) as (links_index, served):
             if links_index:  # pip's --find-links adds to the indexes (to PyPI when none is named),
@@ -492,9 +491,10 @@ def _check_no_overlap(name: str, plat: str, conda_locked: list, pip_locked: list
 
 def requirement_name(spec: str) -> str:
     """The canonical project name of a pip requirement string (`Foo_Bar[x]~=1.0` -> `foo-bar`)."""
+    from packaging.requirements import InvalidRequirement, Requirement  # lazy: ~12 ms a lock; pip specs only
 
     try:
-        return canonicalize_name(Requirement(spec).name)
+        return canonical(Requirement(spec).name)
     except InvalidRequirement:  # e.g. a bare URL or a path: conda-lock reports it; compare it whole
         return spec.strip().lower()
 

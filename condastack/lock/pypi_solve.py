@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import urllib.request
 
 from condastack.core.condalock import solve_pypi
 from condastack.core.errors import CondastackError
@@ -41,6 +40,7 @@ def solve_pip(pip_specs: list[str], conda_entries: list[dict], platform: str, vp
 
 
 def _url_sha256(url: str, name: str) -> str:
+    import urllib.request  # lazy: with http.client and email, ~10 ms of every lock's start-up
 
     h = hashlib.sha256()
     try:

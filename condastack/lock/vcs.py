@@ -10,7 +10,6 @@ credentials) got is kept in the lock's metadata (VCS_KEY), so a re-solve keeps i
 
 from __future__ import annotations
 
-import email.parser
 import json
 import os
 import subprocess
@@ -20,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from packaging.requirements import InvalidRequirement, Requirement
 
 from condastack.core.credentials import redact
 from condastack.core.errors import CondastackError
@@ -54,6 +51,8 @@ class VcsLocked:
 
     def entry(self, platform: str) -> dict[str, Any]:
         """The lock entry: the URL with the full commit; no sha256 (the wheel is built, and hashed, by build)."""
+        from packaging.requirements import Requirement  # lazy: ~12 ms a lock; pip specs only
+
         deps = {}
         for r in self.requires:
             q = Requirement(r)
@@ -174,6 +173,8 @@ def _prepare_metadata(src: Path, what: str, pip_env: dict[str, str]) -> dict[str
         raise
     except Exception as e:  # the backend's and build's errors are of many types; all are the project's
         raise build_failure(what, "reading its metadata", log, e) from None
+    import email.parser  # lazy: ~5 ms of every lock's start-up, for git requirements only
+
     msg = email.parser.Parser().parsestr(text)
     if not msg.get("Name") or not msg.get("Version"):
         raise CondastackError(f"{what}: the source's metadata has no Name or Version.")
@@ -206,6 +207,8 @@ def build_failure(what: str, doing: str, log: list[str], e: BaseException) -> Co
 def applying_requirements(requires: list[str], extras: tuple[str, ...]) -> list[str]:
     """The Requires-Dist that join the solve: those without `extra` markers, and those of the requested
     extras (their marker's extra part evaluated here, so the line joins without a marker)."""
+    from packaging.requirements import InvalidRequirement, Requirement  # lazy: ~12 ms a lock; pip specs only
+
     out = []
     for line in requires:
         try:
@@ -252,6 +255,8 @@ def is_vcs_entry(entry: dict) -> bool:
 def add_requirements(specs: list[str], extra: list[str]) -> list[str]:
     """`specs` with a git package's requirements added; one of a name already there narrows it
     (conda-lock keeps one requirement per name, so two would replace each other)."""
+    from packaging.requirements import InvalidRequirement, Requirement  # lazy: ~12 ms a lock; pip specs only
+
     out = list(specs)
     for line in extra:
         new = Requirement(line)

@@ -19,13 +19,12 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from condastack.core.condalock import conda_match_spec
+from condastack.core.condalock import conda_lock_version, conda_match_spec
 from condastack.core.credentials import redact
 from condastack.core.errors import StackInvalid
 from condastack.core.fs import atomic_write_text
@@ -357,7 +356,7 @@ def _cache_file(path: Path, data: bytes, platforms: list[str]) -> Path:
 
 
     key = hashlib.sha256(b"|".join([b"envfile-1", str(path.resolve()).encode(), data, ",".join(platforms).encode(),
-                                    version("conda-lock").encode(), __version__.encode(),
+                                    conda_lock_version().encode(), __version__.encode(),
                                     Path(__file__).read_bytes(), MAPPING_FILE.read_bytes()])).hexdigest()
     return cache_root() / "envfiles" / f"{key}.json"
 

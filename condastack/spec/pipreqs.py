@@ -12,12 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
 from condastack.core.condalock import marker_holds, parse_pip_requirement
 from condastack.core.credentials import redact
 from condastack.core.errors import StackInvalid
+from condastack.core.names import canonical
 from condastack.spec.vcsreq import is_vcs, parse_vcs
 
 
@@ -230,6 +228,9 @@ def _check_url(url: str, line: str, base: Path, where: Where) -> None:
 
 def apply_constraints(reqs: list[str], constraints: tuple[str, ...] | list[str]) -> list[str]:
     """pip's -c: a constraint narrows a requirement of the same name (it never adds a package)."""
+    if not constraints:
+        return list(reqs)
+    from packaging.requirements import InvalidRequirement, Requirement  # lazy: ~12 ms a lock; pip specs only
 
     narrow: dict[str, list[str]] = {}
     for c in constraints:
@@ -238,7 +239,7 @@ def apply_constraints(reqs: list[str], constraints: tuple[str, ...] | list[str])
         except InvalidRequirement:
             continue
         if str(r.specifier):
-            narrow.setdefault(canonicalize_name(r.name), []).append(str(r.specifier))
+            narrow.setdefault(canonical(r.name), []).append(str(r.specifier))
     out = []
     for line in reqs:
         try:
@@ -246,7 +247,7 @@ def apply_constraints(reqs: list[str], constraints: tuple[str, ...] | list[str])
         except InvalidRequirement:
             out.append(line)
             continue
-        extra = narrow.get(canonicalize_name(r.name))
+        extra = narrow.get(canonical(r.name))
         if not extra or r.url:
             out.append(line)
             continue
