@@ -13,6 +13,7 @@ which strips credentials from every URL.
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ _TRUE, _FALSE = ("true", "True", "TRUE", True), ("false", "False", "FALSE", Fals
 # lock of a real stack): the same character classes as ord() comparisons, checked for every code point.
 _NOT_UTF8 = re.compile("[\ud800-\udfff\ufffd]")  # lone surrogates, or U+FFFD from a 'replace' decode
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_EITHER = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffd]")  # one scan for both; which one, only on a hit
 _SPACE = re.compile(r"\s")  # exactly str.isspace
 
 
@@ -65,14 +67,17 @@ def _show(value: object, limit: int = 80) -> str:
 
 def _text(where: _Where, key: str, value: object, limit: int = _MAX) -> str:
     """A string field: a string (YAML may give a number for an unquoted one), printable, bounded."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    if type(value) is str:  # the common case first: ~9000 fields in a cold lock of a real stack
+        text = value
+    elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise where.bad(key, f"is a {type(value).__name__}, not a string")
-    text = str(value)
+    else:
+        text = str(value)
     if len(text) > limit:
         raise where.bad(key, f"is {len(text)} characters long (at most {limit})")
-    if _NOT_UTF8.search(text):
-        raise where.bad(key, f"is not valid UTF-8 text: {_show(text)}")
-    if _CONTROL.search(text):
+    if _EITHER.search(text):
+        if _NOT_UTF8.search(text):
+            raise where.bad(key, f"is not valid UTF-8 text: {_show(text)}")
         raise where.bad(key, f"holds a control character: {_show(text)}")
     return text
 
@@ -311,7 +316,7 @@ def check_lock_document(path: Path | str, data: dict, *,
 # --------------------------------------------------------------------------- records file
 
 
-_RECORD_TEXT = ("name", "version", "build", "subdir", "url", "channel", "fn")
+_RECORD_TEXT = ("subdir", "channel", "fn")  # name, version, build and url: by their own, stricter checks
 _RECORD_INT = ("build_number", "size", "timestamp", "indexed_timestamp")
 _RECORD_LISTS = ("depends", "constrains", "track_features")
 
@@ -384,9 +389,19 @@ class RecordsFile:
 
     @classmethod
     def read(cls, path: Path) -> RecordsFile:
-        """The records file at `path` (empty when there is none); LockfileInvalid when malformed."""
+        """The records file at `path` (empty when there is none); LockfileInvalid when malformed.
+
+        One lock run reads a parent's records file several times (its summary for each child's input hash,
+        its records for the child's solve): a file checked once is reused while it is unchanged (the key
+        is the status of the file as it was read). Callers read the result and never change it.
+        """
         try:
-            raw = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, st.st_ino)
+                if key in _RECORDS_READ:
+                    return _RECORDS_READ[key]
+                raw = f.read()
         except FileNotFoundError:
             return cls({}, {})
         except OSError as e:
@@ -395,7 +410,11 @@ class RecordsFile:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise LockfileInvalid(path, f"not JSON: {type(e).__name__}", kind="not a readable records file") from None
-        return cls.from_dict(data, path)
+        out = cls.from_dict(data, path)
+        if len(_RECORDS_READ) >= 16:  # a run touches a few files; old versions are dropped
+            _RECORDS_READ.pop(next(iter(_RECORDS_READ)))
+        _RECORDS_READ[key] = out
+        return out
 
     @classmethod
     def from_dict(cls, data: object, path: Path | str) -> RecordsFile:
@@ -427,6 +446,9 @@ class RecordsFile:
         by_sha = {r.sha256: r for r in self.platforms.get(platform, ())}
         return {e.sha256: by_sha[e.sha256] for e in entries
                 if e.sha256 is not None and e.sha256 in by_sha and by_sha[e.sha256].matches(e)}
+
+
+_RECORDS_READ: dict[tuple, RecordsFile] = {}
 
 
 __all__ = ["LockEntry", "RecordEntry", "RecordsFile", "check_lock_document", "entries_from_dicts", "check_url",
