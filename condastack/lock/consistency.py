@@ -44,6 +44,7 @@ def check_records(records: list, vpkgs: dict[str, str], pip: list[tuple[str, str
             if cname not in held:
                 held[cname] = [_stand_in(cname, version, "pypi_0")]
     out: list[Violation] = []
+    met: dict[str, bool] = {}  # spec -> whether the set meets it: the same few specs recur in most records
     for r in records:
         label = f"{r.name.normalized} {r.version} {r.build}"
         for kind, specs in (("depends", r.depends), ("constrains", r.constrains)):
@@ -54,8 +55,10 @@ def check_records(records: list, vpkgs: dict[str, str], pip: list[tuple[str, str
                     if kind == "depends":
                         out.append(Violation(label, kind, spec, "nothing"))
                     continue
-                ms = _match_spec(rattler, spec)
-                if ms is not None and not any(ms.matches(h) for h in have):
+                if spec not in met:
+                    ms = _match_spec(rattler, spec)
+                    met[spec] = ms is None or any(ms.matches(h) for h in have)
+                if not met[spec]:
                     found = ", ".join(f"{h.name.normalized} {h.version} {h.build}" for h in have)
                     out.append(Violation(label, kind, spec, found))
     return out

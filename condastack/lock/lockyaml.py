@@ -24,7 +24,11 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _WIDTH = 80  # PyYAML's default best_width: a scalar with a space may be folded past it
 _MAX_KEY = 100  # a simple key is at most 128 characters in libyaml; stay well below
 _RESOLVER = yaml.resolver.Resolver()
-_STYLED: dict[tuple[str, bool], str | None] = {}
+# The first characters of a plain scalar that an implicit type (bool, int, float, null, timestamp, merge, value)
+# may claim: any other string is a string without asking the resolver (unless it has catch-all resolvers).
+_TYPED_FIRST = frozenset(k for k in _RESOLVER.yaml_implicit_resolvers if k)
+_ANY_TYPED = None in _RESOLVER.yaml_implicit_resolvers
+_STYLED: dict[bool, dict[str, str | None]] = {True: {}, False: {}}
 
 
 def _plain_allowed(s: str) -> bool:
@@ -39,19 +43,21 @@ def _plain_allowed(s: str) -> bool:
 
 def _styled(s: str, key: bool) -> str | None:
     """The scalar as the emitter writes it, or None where this module does not decide (yaml.dump does)."""
-    out = _STYLED.get((s, key), "")
+    memo = _STYLED[key]
+    out = memo.get(s, "")
     if out != "":
         return out
     if s == "":
         out = "''"
     elif not _PRINTABLE.match(s) or (key and (" " in s or len(s) > _MAX_KEY)):
         out = None
-    elif _plain_allowed(s) and _RESOLVER.resolve(yaml.ScalarNode, s, (True, False)) == _STR_TAG:
+    elif _plain_allowed(s) and (not (_ANY_TYPED or s[0] in _TYPED_FIRST)
+                                or _RESOLVER.resolve(yaml.ScalarNode, s, (True, False)) == _STR_TAG):
         out = s
     else:
         out = "'" + s.replace("'", "''") + "'"
-    if len(_STYLED) < 100_000:
-        _STYLED[(s, key)] = out
+    if len(memo) < 100_000:
+        memo[s] = out
     return out
 
 
