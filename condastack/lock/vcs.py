@@ -26,7 +26,6 @@ from condastack.core.fs import atomic_write_text, file_lock
 from condastack.core.git import commit_time, fetch_commit, resolve_ref
 from condastack.core.layout import lockfile_path, vcs_metadata_path, vcs_mutex, vcs_source_dir
 from condastack.core.names import canonical
-from condastack.core.pathsafe import check_under
 from condastack.lock.lockfile import read_lock_document
 from condastack.spec.stack import Stack
 from condastack.spec.vcsreq import VCS_PREFIXES, VcsRequirement, credential_urls, parse_vcs
@@ -135,6 +134,8 @@ def read_metadata(req: VcsRequirement, commit: str, what: str, credentials: list
 
 def source_tree(req: VcsRequirement, commit: str, what: str, credentials: list[str]) -> Path:
     """The project folder at `commit` (the checkout, or its #subdirectory=), fetched once into the cache."""
+    from condastack.core.pathsafe import check_under  # lazy: with tarfile and zipfile, ~3 ms of every lock
+
     src = fetch_commit(req.bare_url, commit, vcs_source_dir(req.locked_url(commit)), what, credentials)
     if req.subdirectory:
         src = check_under(src, req.subdirectory, f"{what}: #subdirectory=")
