@@ -60,7 +60,8 @@ ENTRY_FIELDS = {  # field -> mutations that must be refused (beyond BAD_SCALARS 
     "url": ["https://example.org/ch/linux-64/", "ftp://example.org/x.conda", "not a url",
             "https://example.org/ch/linux-64/../../x.conda", "https://example.org/ch/%2e%2e/x.conda",
             "https://example.org/ch/%252e%252e/x.conda", "https://example.org/ch/linux-64/x.conda.txt",
-            "https://example.org/ch/linux-64/" + "x" * 5000 + ".conda", "file:///etc/passwd"],
+            "https://example.org/ch/linux-64/" + "x" * 5000 + ".conda", "file:///etc/passwd",
+            "https://[::1/ch/linux-64/x.conda"],
     "hash": ["abc", ["md5"], {"sha1": SHA}, {"sha256": SHA[:-1]}, {"sha256": SHA + "0"}, {"md5": MD5[:-2]},
              {"sha256": "zz" * 32}, {"md5": 12345}, {"sha256": NON_UTF8}],
     "build": ["h 0", "h0/../x", "x" * 201],
@@ -133,6 +134,14 @@ def test_every_metadata_field_mutated_is_refused(tmp_path: Path, mutation: tuple
         read_lock_document(path)
     assert str(path) in str(info.value)
     assert key.split(".")[-1] in str(info.value) or info.value.field == "platform", str(info.value)
+
+
+def test_a_url_that_does_not_parse_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """urllib raises ValueError for a bracketed host that is not an IPv6 address: exit 1 naming the field."""
+    for url in ("https://[::1/ch/linux-64/x.conda", "https://[zz]/ch/linux-64/x.conda"):
+        doc = _doc()
+        doc["package"][0]["url"] = url
+        _expect_refused(_write(tmp_path, doc), "url", "libhello")
 
 
 def test_same_package_twice_on_one_platform_is_refused(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ which strips credentials from every URL.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -124,13 +125,24 @@ def check_hash(where: _Where, key: str, value: object, kind: str) -> str:
 def check_url(where: _Where, key: str, value: object, manager: str) -> str:
     """A package archive URL: http(s) or file (pip: also version control), no traversal, an archive name."""
     url = _text(where, key, value, _MAX_URL)
-    shown = _show(url, 400)
+    problem = _url_problem(url, manager)
+    if problem is not None:
+        raise where.bad(key, f"{_show(url, 400)} {problem}")
+    return url
+
+
+@functools.lru_cache(maxsize=4096)  # a URL is checked in the lock and in its records, a parent's again in a child
+def _url_problem(url: str, manager: str) -> str | None:
+    """What is wrong with `url` as a package archive URL (after the shown URL), or None."""
     if not url.isascii() or _SPACE.search(url):
-        raise where.bad(key, f"{shown} is not a URL (spaces or non-ASCII characters)")
+        return "is not a URL (spaces or non-ASCII characters)"
     vcs = manager == "pip" and url.startswith(_VCS)
-    parsed = urllib.parse.urlsplit(url[url.index("+") + 1:] if vcs else url)
+    try:
+        parsed = urllib.parse.urlsplit(url[url.index("+") + 1:] if vcs else url)
+    except ValueError:  # an unclosed '[' of an IPv6 host, a bad port
+        return "is not an http(s) or file URL of a package"
     if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc):
-        raise where.bad(key, f"{shown} is not an http(s) or file URL of a package")
+        return "is not an http(s) or file URL of a package"
     path = parsed.path
     for _ in range(4):  # a doubly encoded '..' ('%252e%252e') is still one
         decoded = urllib.parse.unquote(path)
@@ -138,15 +150,14 @@ def check_url(where: _Where, key: str, value: object, manager: str) -> str:
             break
         path = decoded
     if "\\" in path or "\0" in path or any(part in ("..", ".") for part in path.split("/")):
-        raise where.bad(key, f"{shown} does not name a {manager} package: it has a '..' or '.' path part "
-                             "(maybe percent-encoded)")
+        return f"does not name a {manager} package: it has a '..' or '.' path part (maybe percent-encoded)"
     if vcs:
-        return url
+        return None
     name = path.rsplit("/", 1)[-1]
     archives = _CONDA_ARCHIVES if manager == "conda" else _PIP_ARCHIVES
     if not name.endswith(archives) or name in archives:
-        raise where.bad(key, f"{shown} does not name a {manager} package ({', '.join(archives)})")
-    return url
+        return f"does not name a {manager} package ({', '.join(archives)})"
+    return None
 
 
 @dataclass(frozen=True)

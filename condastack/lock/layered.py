@@ -273,7 +273,8 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
     path = lockfile_path(stack.root, name)
     old_hash = dict(lock_summary(path)["content_hash"]) if path.is_file() else {}
     result = LayerLock(layer=name, path=path)
-    fresh = {p: input_hash(stack, name, p) for p in stack.platforms}
+    inputs = {p: SolveInputs.of(stack, name, p) for p in stack.platforms}  # asked once, for hash and solve
+    fresh = {p: inputs[p].content_hash() for p in stack.platforms}
     if not update and old_hash and all(old_hash.get(p) == fresh[p] for p in stack.platforms):
         # Nothing changed: no solve, no write; only re-derive files a user deleted.
         result.unchanged = list(stack.platforms)
@@ -301,7 +302,7 @@ def _lock_layer(stack: Stack, name: str, platforms: list[str], update: list[str]
         else:
             if progress:
                 progress(f"solving {name} for {plat}")
-            solved, records = _solve_platform(stack, name, plat, previous, update, resolver)
+            solved, records = _solve_platform(stack, inputs[plat], previous, update, resolver)
             packages += solved
             full[plat] = records_to_json(records)
             result.solved.append(plat)
@@ -384,10 +385,10 @@ def _write_if_changed(path: Path, text: str) -> None:
         atomic_write_text(path, text)
 
 
-def _solve_platform(stack: Stack, name: str, plat: str, previous: list[dict] | None,
+def _solve_platform(stack: Stack, inp: SolveInputs, previous: list[dict] | None,
                     update: list[str], resolver: VcsResolver) -> tuple[list[dict], list]:
     """Solve one layer on one platform; returns (conda-lock entries, full conda records)."""
-    inp = SolveInputs.of(stack, name, plat)
+    name, plat = inp.layer, inp.platform
     channels, vpkgs = list(inp.channels), inp.virtual_packages
     conda_specs, pip_specs = list(inp.conda), list(inp.pip)
     if not channels:

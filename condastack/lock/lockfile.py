@@ -210,12 +210,13 @@ def _lockfile_parts(name: str, packages: list[dict], *, channels: list[str], pla
     if custom:
         meta["custom_metadata"] = dict(custom)
     entries = tuple(_v1_entry(p, name) for p in pkgs)
-    out = {"version": 1, "metadata": meta, "package": [e.to_dict() for e in entries]}
+    package = [e.to_dict() for e in entries]
+    out = {"version": 1, "metadata": meta, "package": package}
     dumper = getattr(yaml, "CDumper", yaml.Dumper)
     # the same text as one yaml.dump of `out`: a top-level block mapping is its keys' texts in order
     text = ("".join(("# " + line).rstrip() + "\n" for line in header)
             + yaml.dump({"version": 1, "metadata": meta}, Dumper=dumper, sort_keys=False)
-            + package_yaml(out["package"]))
+            + package_yaml(package))
     return RenderedLock(text, out, entries)
 
 
