@@ -130,6 +130,11 @@ class _Group(click.Group):
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # a closed pipe shows here, not in interpreter shutdown (exit 120)
+            if ctx.invoked_subcommand == "lock" and "rattler" in sys.modules:
+                # py-rattler's threads can crash a finalizing interpreter after good solves too (a SIGSEGV
+                # seen after two), and tearing down a process that holds solved repodata costs ~0.03 CPU s:
+                # a lock run has written and printed everything by now.
+                _exit_now(0)
             return result
         except CondastackError as e:
             err_console.print(f"condastack: error: {redact(str(e))}", markup=False)
