@@ -21,7 +21,6 @@ from condastack.core.fs import TMP_MARK, remove_path
 from condastack.core.layout import records_sidecar_path
 from condastack.lock.conda_solve import _PLAIN_CHANNEL
 from condastack.lock.entry import ENTRY_KEYS, LockEntry, RecordsFile, check_lock_document
-from condastack.lock.lockyaml import package_yaml
 
 # --------------------------------------------------------------------------- conda-lock's dependency model
 
@@ -213,10 +212,8 @@ def _lockfile_parts(name: str, packages: list[dict], *, channels: list[str], pla
     package = [e.to_dict() for e in entries]
     out = {"version": 1, "metadata": meta, "package": package}
     dumper = getattr(yaml, "CDumper", yaml.Dumper)
-    # the same text as one yaml.dump of `out`: a top-level block mapping is its keys' texts in order
     text = ("".join(("# " + line).rstrip() + "\n" for line in header)
-            + yaml.dump({"version": 1, "metadata": meta}, Dumper=dumper, sort_keys=False)
-            + package_yaml(package))
+            + yaml.dump(out, Dumper=dumper, sort_keys=False))
     return RenderedLock(text, out, entries)
 
 
