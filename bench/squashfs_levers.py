@@ -46,7 +46,9 @@ def _drop() -> None:
 
 def _import_ms(prefix: Path, code: str = f"import {IMPORTS}") -> float:
     t = time.perf_counter()
-    subprocess.run([str(prefix / "bin" / "python"), "-c", code], env=ENV, check=True, cwd="/")
+    p = subprocess.run([str(prefix / "bin" / "python"), "-c", code], env=ENV, cwd="/", capture_output=True)
+    if p.returncode != 0:  # the program's own warnings are not shown otherwise (torch without numpy warns)
+        raise SystemExit(f"{prefix}: python -c {code!r} exited {p.returncode}: {p.stderr.decode(errors='replace')}")
     return (time.perf_counter() - t) * 1e3
 
 
