@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -134,6 +135,22 @@ def test_wrapped_components(tmp_path: Path, channel: Path, pypi_index, pkgs_cach
     text = env_sbom_text(prefix)
     doc = _valid(text)
     assert run_cli("sbom", "--prefix", prefix).stdout == text
+    # build's view (the records it linked, not conda-meta read back) makes the same document, also where the
+    # prefix cannot answer: a conda dist-info file copied (not a hard link), a dist-info no package lists
+    assert env_sbom_text(prefix, linked=recs) == text
+    (dist,) = prefix.glob("lib/python3.*/site-packages/tinylib-1.0.dist-info")
+    assert (dist / "METADATA").stat().st_nlink > 1  # linked from the cache: the view needs no record for it
+    for name in ("METADATA", "RECORD"):
+        shutil.copy(dist / name, dist / f"{name}.copy")
+        os.replace(dist / f"{name}.copy", dist / name)
+    extra = dist.with_name("extra-2.0.dist-info")
+    extra.mkdir()
+    (extra / "METADATA").write_text("Metadata-Version: 2.1\nName: extra\nVersion: 2.0\n\n")
+    again = env_sbom_text(prefix)
+    assert {c["purl"] for c in _valid(again)["components"] if c["purl"].startswith("pkg:pypi/")} == \
+        {"pkg:pypi/extra@2.0"}
+    assert env_sbom_text(prefix, linked=recs) == again
+    shutil.rmtree(extra)
     comps = {c["name"]: c for c in doc["components"]}
     assert len(doc["components"]) == len(recs)  # the solve is the lock here
     mytool = comps["mytool"]

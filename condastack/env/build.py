@@ -203,7 +203,7 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
                                           meter=meter, source=lockfile)
                 say(f"linking {len(env.conda)} conda packages")
                 _install_rattler(env.conda, archives, tmp, prefix, meter)
-                compile_noarch_python(tmp, prefix)  # conda does this when linking; rattler does not
+                compile_noarch_python(tmp, prefix, env.conda)  # conda does this when linking; rattler does not
                 if env.pip:
                     say(f"installing {len(env.pip)} pip packages")
                     built = _install_pip(env.pip, tmp, prefix, offline=offline, fetched=res.fetched,
@@ -211,7 +211,8 @@ def build_prefix(lockfile: Path, prefix: Path, *, layer: str | None = None, stac
             write_marker(tmp, EnvMarker(layer=layer, stack=stack_name, platform=env.platform, lock_hash=lock_hash,
                                         lockfile=str(lockfile), created_by=CREATED_BY))
             write_env_vars(tmp, variables)
-            write_env_sbom(tmp, lock_hashes={canonical(w.name): w.sha256 for w in env.pip if w.sha256} | built)
+            write_env_sbom(tmp, lock_hashes={canonical(w.name): w.sha256 for w in env.pip if w.sha256} | built,
+                           linked=env.conda if chosen == "rattler" else None)
             swap_dir(tmp, prefix)
         except OSError as e:
             if e.errno == errno.ENOSPC:

@@ -12,21 +12,25 @@ managed sources).
 
 from __future__ import annotations
 
+import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from condastack.core.pyc import compile_environ, compileall_argv
 from condastack.env.prefix import Env
 
 
-def compile_noarch_python(tmp: Path, final: Path) -> int:
-    """Byte-compile the `noarch: python` packages of the env at `tmp` (to live at `final`); returns .pyc count."""
+def compile_noarch_python(tmp: Path, final: Path, linked: Sequence[Any] | None = None) -> int:
+    """Byte-compile the `noarch: python` packages of the env at `tmp` (to live at `final`); returns .pyc count.
+    `linked`: the RepoDataRecords just linked there, so that only the noarch ones' records are read."""
     python = tmp / "bin" / "python"
     if not python.exists():
         return 0
     env = Env(tmp)
     records = []
-    for rec in env.readable_records():
+    for rec in _noarch_candidates(env, linked):
         if rec.get("noarch") == "python" and all(rec.get(k) for k in ("name", "version", "build")):
             sources = [f for f in rec.get("files") or [] if f.endswith(".py") and "/site-packages/" in f]
             if sources:
@@ -52,6 +56,23 @@ def compile_noarch_python(tmp: Path, final: Path) -> int:
         env.write_record(rec)
         count += len(new)
     return count
+
+
+def _noarch_candidates(env: Env, linked: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """The records that may be `noarch: python`: all of them, or only those `linked` says are (a large env's
+    records are 10+ MB of JSON, nearly all of packages with no python sources)."""
+    if linked is None:
+        return env.readable_records()
+    out = []
+    for r in linked:
+        if r.noarch.python:
+            try:
+                rec = json.loads(env.record_path(r.name.normalized, str(r.version), r.build).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
 
 
 def _pyc_of(source: str, tag: str) -> str:

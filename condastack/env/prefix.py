@@ -321,6 +321,7 @@ class Env:
         """Take the records a caller has already read with `raw_records(strict=True)` (and so checked)
         as this env's `records`, instead of parsing them again."""
         self.__dict__["records"] = {str(d.get("name", Path(path).stem)): d for path, (_, d) in raw.items()}
+        self.__dict__.pop("_conda_files", None)
 
     def write_record(self, record: dict[str, Any]) -> None:
         """Replace a package's conda-meta record (atomically), e.g. to list files made at link time."""
@@ -328,6 +329,7 @@ class Env:
         path = self.record_path(str(record["name"]), str(record["version"]), str(record["build"]))
         atomic_write_text(path, json.dumps(record, indent=2))
         self.__dict__.pop("records", None)
+        self.__dict__.pop("_conda_files", None)
 
     def readable_records(self) -> list[dict[str, Any]]:
         """The records that can be read, skipping damaged ones (for best-effort questions)."""
@@ -338,6 +340,16 @@ class Env:
         return {e.get("_path") or e.get("path") for m in self.records.values()
                 for e in (m.get("paths_data") or {}).get("paths") or []}
 
+    def conda_owns(self, *rels: str) -> bool:
+        """Whether a conda package lists one of the prefix-relative `rels` among its files."""
+        if "_conda_files" not in self.__dict__:
+            self.__dict__["_conda_files"] = self.conda_files()
+        return any(rel in self.__dict__["_conda_files"] for rel in rels)
+
+    def owns(self, record: dict[str, Any], rel: str) -> bool:
+        """Whether the package of `record` (one of `records`) lists the prefix-relative `rel`."""
+        return rel in {p.get("_path") for p in (record.get("paths_data") or {}).get("paths") or []}
+
     def site_packages_dirs(self) -> list[Path]:
         return site_packages_dirs(self.prefix)
 
@@ -347,12 +359,11 @@ class Env:
 
     def pip_dists(self) -> dict[str, tuple[str, str]]:
         """canonical name -> (version, dist-info path) of distributions no conda package owns."""
-        conda_files = self.conda_files()
         out: dict[str, tuple[str, str]] = {}
         for sp in self.site_packages_dirs():
             for d in sp.glob("*.dist-info"):
                 rel = os.path.relpath(d, self.prefix)
-                if f"{rel}/METADATA" in conda_files or f"{rel}/RECORD" in conda_files:
+                if self.conda_owns(f"{rel}/METADATA", f"{rel}/RECORD"):
                     continue
                 name, version = dist_name_version(d)
                 out[canonical(name)] = (version, rel)

@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_write_text
 from condastack.core.layout import wrapped_meta
 from condastack.core.version import __version__
+from condastack.env.linkview import LinkedEnv
 from condastack.env.prefix import SBOM_FILE, Env, RawRecords
 
 # cyclonedx-python-lib, packageurl and the jsonschema validator take 1 to 3 s to import here (measured with
@@ -109,7 +111,7 @@ def pip_dists(env: Env, lock_hashes: dict[str, str] | None = None) -> list[PipDi
 def _wrapped(env: Env, record: dict[str, Any]) -> dict[str, Any] | None:
     """What `condastack wrap` recorded about a package's source, when the package holds that file."""
     rel = wrapped_meta(str(record.get("name")))
-    if rel not in {p.get("_path") for p in (record.get("paths_data") or {}).get("paths") or []}:
+    if not env.owns(record, rel):
         return None
     try:
         data = json.loads((env.prefix / rel).read_text())
@@ -204,13 +206,15 @@ def _conda_components(env: Env) -> list[Any]:
 
 
 def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str, str] | None = None,
-            lock_hashes: dict[str, str] | None = None, records: RawRecords | None = None) -> Any:
+            lock_hashes: dict[str, str] | None = None, records: RawRecords | None = None,
+            linked: Sequence[Any] | None = None) -> Any:
     """The cyclonedx `Bom` of the env at `prefix`; `properties` are added to its metadata (the archive's).
-    `records` are the env's conda-meta records already read (pack's scan), so they are not parsed again."""
+    `records` are the env's conda-meta records already read (pack's scan), so they are not parsed again;
+    `linked`: the RepoDataRecords rattler has just linked into `prefix` (build), see env.linkview."""
     from cyclonedx.model.bom import Bom  # lazy: see above
     from cyclonedx.model.component import Component, ComponentType  # lazy: see above
 
-    env = Env(prefix)
+    env = Env(prefix) if linked is None else LinkedEnv(prefix, linked)
     if records is not None:
         env.use_records(records)
     marker = env.marker
@@ -273,9 +277,10 @@ def validate_sbom(text: str, where: str) -> None:
 
 
 def env_sbom_text(prefix: Path, *, timestamp: int | None = None, properties: dict[str, str] | None = None,
-                  lock_hashes: dict[str, str] | None = None) -> str:
+                  lock_hashes: dict[str, str] | None = None, linked: Sequence[Any] | None = None) -> str:
     """The SBOM of the env at `prefix` as CycloneDX JSON text (see the module docstring)."""
-    return bom_text(env_bom(prefix, timestamp=timestamp, properties=properties, lock_hashes=lock_hashes))
+    return bom_text(env_bom(prefix, timestamp=timestamp, properties=properties, lock_hashes=lock_hashes,
+                            linked=linked))
 
 
 def sbom_bytes(prefix: Path, **kw: Any) -> bytes:
@@ -283,10 +288,11 @@ def sbom_bytes(prefix: Path, **kw: Any) -> bytes:
     return env_sbom_text(prefix, **kw).encode()
 
 
-def write_env_sbom(prefix: Path, *, lock_hashes: dict[str, str] | None = None) -> Path:
-    """Write the env's SBOM to `conda-meta/condastack.cdx` inside it (atomically)."""
+def write_env_sbom(prefix: Path, *, lock_hashes: dict[str, str] | None = None,
+                   linked: Sequence[Any] | None = None) -> Path:
+    """Write the env's SBOM to `conda-meta/condastack.cdx` inside it (atomically); `linked`: see env_bom."""
     path = Path(prefix) / SBOM_FILE
-    atomic_write_text(path, env_sbom_text(prefix, lock_hashes=lock_hashes))
+    atomic_write_text(path, env_sbom_text(prefix, lock_hashes=lock_hashes, linked=linked))
     return path
 
 
