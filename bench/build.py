@@ -9,7 +9,9 @@ In one run, on one machine, it measures:
 
 Warm figures: REPEAT interleaved runs each, alternating which side goes first;
 the ratio uses the fastest run of each side (least disturbed by other load on a
-shared machine), the median is shown too. The env folders are removed between
+shared machine), the median is shown too, and so are the CPU seconds (user+sys of
+this process, rattler's threads and the integrity check's `find` included), which
+other load on the machine disturbs less. The env folders are removed between
 runs and the removal is synced to disk, outside the timed part: otherwise the
 writeback of 57k unlinked files lands in the next timed run.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -71,6 +74,20 @@ def timed(fn) -> float:  # noqa: ANN001
     return time.perf_counter() - t
 
 
+def cpu_seconds() -> float:
+    """user + sys of this process (rattler's threads included) and of its waited-for children (find, pip)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed_cpu(fn, cpu: list[float]) -> float:  # noqa: ANN001
+    """Wall seconds of fn(); its CPU seconds are appended to `cpu`."""
+    c = cpu_seconds()
+    wall = timed(fn)
+    cpu.append(cpu_seconds() - c)
+    return wall
+
+
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
@@ -107,18 +124,20 @@ def main(repeat: int = 5) -> None:
         # warm: the cache filled by the app-cold build; condastack vs bare rattler, interleaved
         os.environ["CONDASTACK_PKGS"] = str(work / "pkgs-cold")
         ours, bare = [], []
+        ours_cpu: list[float] = []
+        bare_cpu: list[float] = []
 
         def run_ours() -> None:
             target = fresh(work / "warm-ours")
             os.sync()  # the removal's writeback must not land inside the next timed run
-            ours.append(timed(lambda: build_prefix(app_lock, target, stack="bench", layer="app")))
+            ours.append(timed_cpu(lambda: build_prefix(app_lock, target, stack="bench", layer="app"), ours_cpu))
 
         def run_bare() -> None:
             target = fresh(work / "warm-bare")
             os.sync()
-            bare.append(timed(lambda: asyncio.run(rattler.install(
+            bare.append(timed_cpu(lambda: asyncio.run(rattler.install(
                 list(app.conda), str(target), cache_dir=str(work / "pkgs-cold"), installed_packages=[],
-                show_progress=False))))
+                show_progress=False)), bare_cpu))
 
         for i in range(repeat):  # alternate which side goes first
             for run in ((run_ours, run_bare) if i % 2 == 0 else (run_bare, run_ours)):
@@ -153,10 +172,15 @@ def main(repeat: int = 5) -> None:
             ("no-op rebuild, CLI", t_cli_noop),
         ]:
             print(f"{label:48} {v:8.2f}")
-        print(f"  runs: condastack {[round(x, 2) for x in ours]}, rattler {[round(x, 2) for x in bare]}")
+        print(f"  runs (wall s): condastack {[round(x, 2) for x in ours]}, rattler {[round(x, 2) for x in bare]}")
+        print(f"  runs (CPU s, user+sys): condastack {[round(x, 2) for x in ours_cpu]}, "
+              f"rattler {[round(x, 2) for x in bare_cpu]}")
+        print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
         print()
         print(f"ratio warm condastack build / bare rattler.install: {m_ours / m_bare:.2f}x best-of, "
               f"{statistics.median(ours) / statistics.median(bare):.2f}x median (target <= 1.1x)")
+        print(f"  in CPU seconds:                                   {min(ours_cpu) / min(bare_cpu):.2f}x best-of, "
+              f"{statistics.median(ours_cpu) / statistics.median(bare_cpu):.2f}x median")
         print(f"ratio app-after-base / app-cold:                    {t_app_after / t_app_cold:.2f}x")
         sys.stdout.flush()
     finally:
