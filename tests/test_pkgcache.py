@@ -58,6 +58,20 @@ def test_stamped_folders_hold_and_an_edit_is_caught(tmp_path: Path) -> None:
     assert not folders[1].exists() and not verified_stamp(folders[1], ".tree").exists()
 
 
+def test_stamps_shifted_between_folders_are_not_trusted(tmp_path: Path) -> None:
+    """find's whole output is compared with the stamps one after the other; stamps whose bytes add up
+    to it but are cut at other places (one folder's listing moved into the stamp before it) are not
+    taken as good: those folders are hashed and stamped anew."""
+    folders = [_package(tmp_path, f"pkg{i}-1.0-0") for i in range(3)]
+    pkgcache.stamp(*folders)
+    first, second = (verified_stamp(f, ".tree") for f in folders[:2])
+    first.write_bytes(first.read_bytes() + second.read_bytes())
+    second.write_bytes(b"")
+    assert pkgcache.edited_folders(folders) == []  # the files are as their paths.json says
+    assert second.read_bytes().startswith(b"d \0")  # hashed and stamped again, not trusted as it was
+    assert sorted(first.read_bytes().split(b"\0")) == sorted(pkgcache.listings([folders[0]])[0].split(b"\0"))
+
+
 def test_touched_but_unchanged_and_old_stamps_are_hashed_and_restamped(tmp_path: Path) -> None:
     folder = _package(tmp_path, "pkg-1.0-0")
     stamp_file = verified_stamp(folder, ".tree")
