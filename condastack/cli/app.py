@@ -126,16 +126,15 @@ def _stdout_gone() -> NoReturn:
 class _Group(click.Group):
     """Maps errors to exit codes: user errors 1 (no traceback), bugs 70."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: click.Context) -> NoReturn:
         try:
-            result = super().invoke(ctx)
+            super().invoke(ctx)
             sys.stdout.flush()  # a closed pipe shows here, not in interpreter shutdown (exit 120)
-            if ctx.invoked_subcommand == "lock":
-                # A lock run has written and printed everything by now. py-rattler's threads can crash a
-                # finalizing interpreter after good solves too (a SIGSEGV seen after two), and the teardown
-                # costs ~0.02 CPU s of a no-op lock, ~0.03 after solves.
-                _exit_now(0)
-            return result
+            # Every command has written and printed everything by now. The native threads of py-rattler and
+            # rattler-build can crash a finalizing interpreter after good runs too (a SIGSEGV after two good
+            # solves; SIGABRT in PyGILState_Release after a good `wrap`, seen in a CI run), and the teardown
+            # costs ~0.02-0.03 CPU s. So every command leaves the way errors do, through one exit.
+            _exit_now(0)
         except CondastackError as e:
             err_console.print(f"condastack: error: {redact(str(e))}", markup=False)
             _exit_now(EXIT_USER)
@@ -146,7 +145,7 @@ class _Group(click.Group):
         except OSError as e:
             mapped = from_os_error(e)
             if mapped is None:
-                return self._bug(ctx, e)
+                self._bug(ctx, e)
             err_console.print(f"condastack: error: {redact(str(mapped))}", markup=False)
             _exit_now(EXIT_USER)
         except KeyboardInterrupt as e:  # every `finally` has run: children ended, temporaries removed
