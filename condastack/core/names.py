@@ -16,6 +16,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from condastack.core.errors import CondastackError
 from condastack.core.fs import atomic_write_text
 from condastack.core.layout import cache_root
@@ -23,13 +25,9 @@ from condastack.core.layout import cache_root
 NAMES_FILE = Path(__file__).parent / "data" / "conda-pypi-names.json"  # not importlib.resources: ~3 ms
 
 
-_PEP503_RUN = re.compile(r"[-_.]+")
-
-
 def canonical(name: str) -> str:
-    """A PyPI name in its PEP 503 normal form (also used to compare conda names): packaging's
-    canonicalize_name, whose module (with packaging.tags) costs ~7 ms of every command's start-up."""
-    return _PEP503_RUN.sub("-", name).lower()
+    """A PyPI name in its PEP 503 normal form (also used to compare conda names)."""
+    return str(canonicalize_name(name))
 
 
 def mapping_url() -> str:
