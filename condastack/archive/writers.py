@@ -217,6 +217,11 @@ _TAR = ["tar", "-cf", "-", "--format=gnu", "--no-recursion", "--numeric-owner", 
         "--null", "--no-verbatim-files-from", "-T", "-"]
 
 
+def _member(name: bytes) -> bytes:
+    """A name as tar's list holds it: one starting with '-' would be read as an option."""
+    return b"--add-file=" + name if name.startswith(b"-") else name
+
+
 class _TarFeed:
     """Names for GNU tar's `-T -` (NUL-separated), each group read relative to its own folder.
 
@@ -245,26 +250,25 @@ class _TarFeed:
             except (BrokenPipeError, ValueError):  # tar died (or was killed): its status says why
                 self.broken = True
 
-    def add(self, base: str | Path, name: str) -> None:
+    def _folder(self, base: str | Path) -> None:
         base = str(base)
         if base != self.base:  # position-sensitive, like -C on the command line
             self.buf.append(b"--directory=" + os.fsencode(base) + b"\0")
             self.base = base
-        n = os.fsencode(name)
-        self.buf.append((b"--add-file=" + n if n.startswith(b"-") else n) + b"\0")
+
+    def add(self, base: str | Path, name: str) -> None:
+        self._folder(base)
+        self.buf.append(_member(os.fsencode(name)) + b"\0")
         self.count += 1
         if len(self.buf) >= 1024:
             self.flush()
 
     def add_names(self, base: str | Path, names: list[str]) -> None:
         """`add` for many names of one folder: one join (a package's worth of files at a time)."""
-        base = str(base)
-        if base != self.base:
-            self.buf.append(b"--directory=" + os.fsencode(base) + b"\0")
-            self.base = base
+        self._folder(base)
         encoded = [os.fsencode(n) for n in names]
-        if any(n.startswith(b"-") for n in encoded):  # rare: a name tar would read as an option
-            encoded = [b"--add-file=" + n if n.startswith(b"-") else n for n in encoded]
+        if any(n.startswith(b"-") for n in encoded):  # rare: checked once for the batch
+            encoded = [_member(n) for n in encoded]
         self.buf.append(b"\0".join(encoded) + b"\0")
         self.count += len(names)
         self.flush()
