@@ -340,11 +340,13 @@ class Env:
         return {e.get("_path") or e.get("path") for m in self.records.values()
                 for e in (m.get("paths_data") or {}).get("paths") or []}
 
+    @cached_property
+    def _conda_files(self) -> set[str]:  # dropped with `records` (use_records, write_record)
+        return self.conda_files()
+
     def conda_owns(self, *rels: str) -> bool:
         """Whether a conda package lists one of the prefix-relative `rels` among its files."""
-        if "_conda_files" not in self.__dict__:
-            self.__dict__["_conda_files"] = self.conda_files()
-        return any(rel in self.__dict__["_conda_files"] for rel in rels)
+        return any(rel in self._conda_files for rel in rels)
 
     def owns(self, record: dict[str, Any], rel: str) -> bool:
         """Whether the package of `record` (one of `records`) lists the prefix-relative `rel`."""

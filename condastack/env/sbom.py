@@ -205,10 +205,9 @@ def _conda_components(env: Env) -> list[Any]:
     return [_conda_component(rec, _wrapped(env, rec)) for _, rec in sorted(env.records.items())]
 
 
-def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str, str] | None = None,
-            lock_hashes: dict[str, str] | None = None, records: RawRecords | None = None,
-            linked: Sequence[Any] | None = None) -> Any:
-    """The cyclonedx `Bom` of the env at `prefix`; `properties` are added to its metadata (the archive's).
+def env_bom(prefix: Path, *, timestamp: int | None = None, lock_hashes: dict[str, str] | None = None,
+            records: RawRecords | None = None, linked: Sequence[Any] | None = None) -> Any:
+    """The cyclonedx `Bom` of the env at `prefix` (more metadata properties: `add_properties`).
     `records` are the env's conda-meta records already read (pack's scan), so they are not parsed again;
     `linked`: the RepoDataRecords rattler has just linked into `prefix` (build), see env.linkview."""
     from cyclonedx.model.bom import Bom  # lazy: see above
@@ -220,7 +219,6 @@ def env_bom(prefix: Path, *, timestamp: int | None = None, properties: dict[str,
     marker = env.marker
     comps = [*_conda_components(env), *(_pip_component(d) for d in pip_dists(env, lock_hashes))]
     facts: dict[str, str | None] = {k: getattr(marker, k, None) for k in ("stack", "layer", "lock_hash", "platform")}
-    facts.update(properties or {})
     when = sbom_timestamp(env) if timestamp is None else timestamp
     top = Component(type=ComponentType.APPLICATION, bom_ref="condastack-env",
                     name="/".join(str(v) for v in (facts["stack"], facts["layer"]) if v) or env.prefix.name,
@@ -276,11 +274,10 @@ def validate_sbom(text: str, where: str) -> None:
         raise CondastackError(f"{where}: not valid CycloneDX {claimed}: {str(error).splitlines()[0]}")
 
 
-def env_sbom_text(prefix: Path, *, timestamp: int | None = None, properties: dict[str, str] | None = None,
-                  lock_hashes: dict[str, str] | None = None, linked: Sequence[Any] | None = None) -> str:
+def env_sbom_text(prefix: Path, *, timestamp: int | None = None, lock_hashes: dict[str, str] | None = None,
+                  linked: Sequence[Any] | None = None) -> str:
     """The SBOM of the env at `prefix` as CycloneDX JSON text (see the module docstring)."""
-    return bom_text(env_bom(prefix, timestamp=timestamp, properties=properties, lock_hashes=lock_hashes,
-                            linked=linked))
+    return bom_text(env_bom(prefix, timestamp=timestamp, lock_hashes=lock_hashes, linked=linked))
 
 
 def sbom_bytes(prefix: Path, **kw: Any) -> bytes:
