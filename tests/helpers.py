@@ -41,6 +41,13 @@ def run_cli(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, st
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+def run_ok(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """`run_cli` of a command that must succeed; its stdout."""
+    res = run_cli(*args, cwd=cwd, env=env)  # type: ignore[arg-type]
+    assert res.returncode == 0, res.output
+    return res.stdout
+
+
 def assert_user_error(res: Result, *needles: str) -> None:
     """Exit 1, no traceback, and the message contains every needle."""
     assert res.returncode == 1, f"exit {res.returncode}\n{res.output}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_user_error, run_cli, write_project
+from tests.helpers import assert_user_error, run_cli, run_ok, write_project
 
 
 def stack_project(root: Path, channel_url: str) -> Path:
@@ -44,12 +44,6 @@ def stack_project(root: Path, channel_url: str) -> Path:
     })
 
 
-def cli(env: dict[str, str], *args: object) -> str:
-    res = run_cli(*args, env=env)
-    assert res.returncode == 0, res.output
-    return res.stdout
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict:
     """The project locked and built; base has an unmanaged file its children lack (a removed path);
@@ -57,12 +51,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict:
     top = tmp_path_factory.mktemp("delta")
     env = {"CONDASTACK_PKGS": str(top / "pkgs")}
     proj = stack_project(top / "proj", channel_url)
-    cli(env, "-C", proj, "lock")
+    run_ok("-C", proj, "lock", env=env)
     for layer in ("base", "app", "app2"):
-        cli(env, "-C", proj, "build", layer)
+        run_ok("-C", proj, "build", layer, env=env)
     (proj / "envs" / "base" / "share" / "site-note.txt").write_text("only in base\n")
     for args in (["base"], ["app"], ["app2"], ["app", "--over", "base"], ["app2", "--over", "base"]):
-        cli(env, "-C", proj, "pack", *args, "-j2")
+        run_ok("-C", proj, "pack", *args, "-j2", env=env)
     return {"proj": proj, "env": env, "pack": proj / "pack", "top": top}
 
 
@@ -119,7 +113,7 @@ def test_delta_holds_only_what_app_adds(stack: dict) -> None:
     assert delta.stat().st_size * 20 < full.stat().st_size
     # reproducible: packed again from the same envs, byte for byte the same delta
     again = stack["top"] / "again" / delta.name
-    cli(stack["env"], "-C", stack["proj"], "pack", "app", "--over", "base", "-o", again, "-j1")
+    run_ok("-C", stack["proj"], "pack", "app", "--over", "base", "-o", again, "-j1", env=stack["env"])
     assert again.read_bytes() == delta.read_bytes()
 
 
@@ -143,7 +137,7 @@ def test_delta_refused_when_the_parent_lock_changed(stack: dict, tmp_path: Path)
         subprocess.run(["cp", "-al", src / "envs" / layer, proj / "envs" / layer], check=True)
     layer_file = proj / "environments" / "base.yml"
     layer_file.write_text(layer_file.read_text().replace("libfoo,", "libfoo <2,"))
-    cli(stack["env"], "-C", proj, "lock", "base")
+    run_ok("-C", proj, "lock", "base", env=stack["env"])
     before = {p.name: p.read_bytes() for p in (proj / "pack").iterdir()}
     res = run_cli("-C", proj, "pack", "app", "--over", "base", env=stack["env"])
     assert_user_error(res, "layer 'app' over 'base'", "the lock of 'base' changed", "base-linux-64.tar.zst")
@@ -156,12 +150,12 @@ def test_delta_refused_when_the_parent_lock_changed(stack: dict, tmp_path: Path)
 def test_linked_install_equals_full_install_and_links_base(stack: dict, tmp_path: Path) -> None:
     env, pack = stack["env"], stack["pack"]
     base, prefix = tmp_path / "shared" / "base", tmp_path / "shared" / "app"
-    cli(env, "install", pack / "base-linux-64.tar.zst", "--prefix", base)
-    cli(env, "install", pack / "app-linux-64.tar.zst", "--prefix", prefix)
+    run_ok("install", pack / "base-linux-64.tar.zst", "--prefix", base, env=env)
+    run_ok("install", pack / "app-linux-64.tar.zst", "--prefix", prefix, env=env)
     full = prefix.with_name("app.full")
     prefix.rename(full)  # the full install, kept for comparison; its files name `prefix`
-    out = json.loads(cli(env, "install", pack / "app-over-base-linux-64.tar.zst", "--prefix", prefix,
-                         "--base", base, "--json"))
+    out = json.loads(run_ok("install", pack / "app-over-base-linux-64.tar.zst", "--prefix", prefix,
+                            "--base", base, "--json", env=env))
     assert out["base"] == str(base) and out["linked"] > 1000
 
     mine, theirs = tree(prefix), tree(full)
@@ -193,7 +187,7 @@ def test_linked_install_equals_full_install_and_links_base(stack: dict, tmp_path
     # base replaced later by `install` (atomic swap): the app's links stay on the old inodes and keep working
     py_file = "lib/python3.11/os.py"
     ino = os.stat(prefix / py_file).st_ino
-    cli(env, "install", pack / "base-linux-64.tar.zst", "--prefix", base)
+    run_ok("install", pack / "base-linux-64.tar.zst", "--prefix", base, env=env)
     assert os.stat(base / py_file).st_ino != ino == os.stat(prefix / py_file).st_ino
     assert run_cli("verify", "--prefix", prefix, env=env).returncode == 0
 
@@ -202,15 +196,15 @@ def test_linked_install_refuses_the_wrong_base(stack: dict, tmp_path: Path) -> N
     env, pack = stack["env"], stack["pack"]
     delta = pack / "app-over-base-linux-64.tar.zst"
     app2 = tmp_path / "app2"
-    cli(env, "install", pack / "app2-linux-64.tar.zst", "--prefix", app2)
+    run_ok("install", pack / "app2-linux-64.tar.zst", "--prefix", app2, env=env)
     target = tmp_path / "app"
     assert_user_error(run_cli("install", delta, "--prefix", target, "--base", app2, env=env),
                       "layer 'app' over 'base'", f"--base {app2}", "layer 'app2'")
     # base's own lock, but installed from another archive than the one the delta names
     other = tmp_path / "other" / "base-linux-64.tar.zst"
-    cli(env, "-C", stack["proj"], "pack", "base", "--level", "1", "-o", other)
+    run_ok("-C", stack["proj"], "pack", "base", "--level", "1", "-o", other, env=env)
     base = tmp_path / "base"
-    cli(env, "install", other, "--prefix", base)
+    run_ok("install", other, "--prefix", base, env=env)
     assert_user_error(run_cli("install", delta, "--prefix", target, "--base", base, env=env),
                       "layer 'app' over 'base'", "installed from base-linux-64.tar.zst")
     # a delta alone, and a full archive with --base

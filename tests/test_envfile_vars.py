@@ -10,13 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.helpers import run_cli, write_project
-
-
-def _ok(*args: object) -> str:
-    res = run_cli(*args)
-    assert res.returncode == 0, res.output
-    return res.stdout
+from tests.helpers import run_cli, run_ok, write_project
 
 
 def test_variables_reach_env_archive_modules_and_containers(tmp_path: Path, channel_url: str,
@@ -42,43 +36,43 @@ def test_variables_reach_env_archive_modules_and_containers(tmp_path: Path, chan
             """,
     })
     want = {"GREETING": "hello world", "OMP_NUM_THREADS": "8"}
-    layers = json.loads(_ok("-C", proj, "layers", "--json"))["layers"]
+    layers = json.loads(run_ok("-C", proj, "layers", "--json"))["layers"]
     assert layers["app"]["variables"] == want and layers["base"]["variables"]["OMP_NUM_THREADS"] == "4"
-    dry = json.loads(_ok("-C", proj, "lock", "--dry-run", "--json"))
+    dry = json.loads(run_ok("-C", proj, "lock", "--dry-run", "--json"))
     assert next(d for d in (dry if isinstance(dry, list) else dry["plan"]) if d["layer"] == "app")["variables"] == want
-    _ok("-C", proj, "lock")
-    _ok("-C", proj, "build", "app")
+    run_ok("-C", proj, "lock")
+    run_ok("-C", proj, "build", "app")
     state = proj / "envs" / "app" / "conda-meta" / "state"
     assert json.loads(state.read_text()) == {"env_vars": want}
-    _ok("-C", proj, "verify", "app")
+    run_ok("-C", proj, "verify", "app")
 
     # only a variable changes: the lock is stale, and a rebuild rewrites the state without relinking
     app_yml = proj / "environments" / "app.yml"
     app_yml.write_text(app_yml.read_text().replace('"8"', '"16"'))
     assert run_cli("-C", proj, "lock", "--check").returncode == 1
-    _ok("-C", proj, "lock")
-    _ok("-C", proj, "build", "app")
+    run_ok("-C", proj, "lock")
+    run_ok("-C", proj, "build", "app")
     want["OMP_NUM_THREADS"] = "16"
     assert json.loads(state.read_text()) == {"env_vars": want}
 
     # pack -> install: the state travels, activate.sh and the modulefile set the variables
     archive = tmp_path / "app.tar.zst"
-    _ok("-C", proj, "pack", "app", "-o", archive)
+    run_ok("-C", proj, "pack", "app", "-o", archive)
     inst = tmp_path / "inst"
-    _ok("install", archive, "--prefix", inst)
+    run_ok("install", archive, "--prefix", inst)
     assert json.loads((inst / "conda-meta" / "state").read_text()) == {"env_vars": want}
     out = subprocess.run(["sh", "-c", f'. "{inst}/activate.sh" && printf "%s|%s" "$GREETING" "$OMP_NUM_THREADS"'],
                          capture_output=True, text=True, check=True).stdout
     assert out == "hello world|16"
     mods = tmp_path / "mods"
-    _ok("module", inst, "--name", "vars/app", "--version", "1", "-o", mods)
+    run_ok("module", inst, "--name", "vars/app", "--version", "1", "-o", mods)
     lua = next(mods.rglob("*.lua")).read_text()
     assert 'setenv("GREETING", "hello world")' in lua and 'setenv("OMP_NUM_THREADS", "16")' in lua
 
     # containers: Dockerfile ENV, Apptainer %environment, OCI config Env
-    _ok("-C", proj, "pack", "app", "--format", "tar.gz", "--dest-prefix", "/opt/env")
+    run_ok("-C", proj, "pack", "app", "--format", "tar.gz", "--dest-prefix", "/opt/env")
     oci = tmp_path / "app.oci.tar"
-    _ok("-C", proj, "container", "app", "--oci", oci)
+    run_ok("-C", proj, "container", "app", "--oci", oci)
     docker = (proj / "Dockerfile.thin").read_text()
     assert 'GREETING="hello world"' in docker and 'OMP_NUM_THREADS="16"' in docker
     definition = (proj / "pack" / "app.def").read_text()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_user_error, run_cli, write_project
+from tests.helpers import assert_user_error, run_cli, run_ok, write_project
 
 PREFIX = "/opt/env"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="podman as used here (runc, rootful storage) needs root")
@@ -33,12 +33,6 @@ def _need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: run scripts/setup.sh")
-
-
-def cli(env: dict[str, str], *args: object) -> str:
-    res = run_cli(*args, env=env)
-    assert res.returncode == 0, res.output
-    return res.stdout
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +67,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> dict:
             dependencies: [noarch-data]
             """,
     })
-    cli(env, "-C", proj, "lock")
+    run_ok("-C", proj, "lock", env=env)
     for layer in ("base", "app", "app2", "app3"):
-        cli(env, "-C", proj, "build", layer)
+        run_ok("-C", proj, "build", layer, env=env)
     (proj / "envs" / "base" / "lib" / "site-note.txt").write_text("only in base\n")
     for args in (["base"], ["app", "--over", "base"], ["app2", "--over", "base"], ["app3", "--over", "base"],
                  ["app", "--format", "tar.gz"]):
-        cli(env, "-C", proj, "pack", *args, "--dest-prefix", PREFIX, "-j2")
+        run_ok("-C", proj, "pack", *args, "--dest-prefix", PREFIX, "-j2", env=env)
     return {"proj": proj, "env": env, "top": top, "full": proj / "pack" / "app-linux-64.tar.gz"}
 
 
@@ -111,7 +105,8 @@ class Image:
 
 def image(stack: dict, layer: str, name: str, *args: object, env: dict[str, str] | None = None) -> tuple[Image, str]:
     out = stack["top"] / name
-    stdout = cli({**stack["env"], **(env or {})}, "-C", stack["proj"], "container", layer, "--oci", out, *args)
+    stdout = run_ok("-C", stack["proj"], "container", layer, "--oci", out, *args,
+                    env={**stack["env"], **(env or {})})
     return Image(out), stdout
 
 
