@@ -6,10 +6,11 @@
 #           cyclonedx-python-lib 11.12.0 and its needs (py-serializable, license-expression, boolean.py,
 #           packageurl-python, defusedxml); click, rich, pyyaml and packaging are there already
 #   C/pkg/  Debian's zstd .deb (apt-get download zstd), unpacked with dpkg -x
-# then: run(command="ROUNDS=3 BUDGET=1500000000 bash bench/gpu_pack.sh .cache/speedcarry",
+# then: run(command="ROUNDS=3 CP_ROUNDS=0 BUDGET=3000000000 bash bench/gpu_pack.sh .cache/speedcarry",
 #           carry=[".cache/speedcarry"]).
 # It builds bench/realistic.py's env there (site-packages and /usr/share capped at BUDGET bytes each),
-# runs bench/pack.py, times pack and raw tar|zstd (CPU split) and writes a cProfile of pack to $OUT.
+# runs bench/pack_timeline.py (where pack's wall time goes) and bench/pack.py, and times pack and raw
+# tar|zstd (CPU split); the logs land in $OUT.
 set -uo pipefail
 C="$(cd "${1:?usage: bench/gpu_pack.sh CARRY_FOLDER}" && pwd)"
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,13 +28,9 @@ cd "$SRC"
 export CONDASTACK_BENCH_CACHE=/tmp/bcache CONDASTACK_BENCH_BUDGET=${BUDGET:-450000000}
 t=$(date +%s); python3 bench/realistic.py || exit 1; echo "realistic env built in $(( $(date +%s) - t )) s"
 ENV=$(ls -d /tmp/bcache/env-*/env)
+# where pack's wall time goes (bench/pack_timeline.py), then the bench itself, then the CPU split
+python3 bench/pack_timeline.py "$ENV" ${ROUNDS:-3} 2>&1 | tee "$OUT/timeline.txt"
 BENCH_TMP=/tmp BENCH_ROUNDS=${ROUNDS:-3} BENCH_CONDA_PACK_ROUNDS=${CP_ROUNDS:-1} python3 bench/pack.py 2>&1 | tee "$OUT/pack.txt"
-# where pack's time goes: CPU of pack vs raw, and a profile of the Python side (the planner)
-for i in 1; do
-  TIMEFORMAT="pack: wall %R s, user %U s, sys %S s"; time python3 cli.py pack --prefix "$ENV" -o /tmp/p.tar.zst >/dev/null
-  TIMEFORMAT="raw:  wall %R s, user %U s, sys %S s"; time bash -c "tar -C '$ENV' -cf - . | zstd -T0 -3 -q -f -o /tmp/r.tar.zst"
-done
-python3 -m cProfile -o "$OUT/pack.prof" cli.py pack --prefix "$ENV" -o /tmp/p.tar.zst >/dev/null
-python3 -c "import pstats; s = pstats.Stats('$OUT/pack.prof'); s.sort_stats('cumulative').print_stats(35); s.sort_stats('tottime').print_stats(25)" > "$OUT/profile.txt"
-head -120 "$OUT/profile.txt"
+TIMEFORMAT="pack: wall %R s, user %U s, sys %S s"; time python3 cli.py pack --prefix "$ENV" -o /tmp/p.tar.zst >/dev/null
+TIMEFORMAT="raw:  wall %R s, user %U s, sys %S s"; time bash -c "tar -C '$ENV' -cf - . | zstd -T0 -3 -q -f -o /tmp/r.tar.zst"
 date -u
