@@ -94,7 +94,8 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     work = Path(tempfile.mkdtemp(prefix="condastack-timeline-", dir=os.environ.get("BENCH_TMP")))
     raw, cs = work / "raw.tar.zst", work / "cs.tar.zst"
-    subprocess.run(f"tar -C {env} -cf - . > /dev/null", shell=True, check=True)  # warm the page cache
+    subprocess.run(f"tar -C {env} -cf - . > /dev/null", shell=True, check=True)  # warm the page cache,
+    one_pack(env, cs)  # the package cache and conda-meta too (pack reads them)
     runs: list[dict[str, float]] = []
     raws: list[float] = []
     synced: list[float] = []
