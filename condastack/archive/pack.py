@@ -92,7 +92,6 @@ from condastack.core.fs import (
 )
 from condastack.core.layout import env_prefix, lockfile_path, pack_output, sidecar
 from condastack.core.progress import Meter
-from condastack.env.locked import read_locked_env
 from condastack.env.prefix import (
     CREATED_BY,
     MARKER,
@@ -426,6 +425,7 @@ def pack_layer(root: Path, layer: str, *, output: Path | None = None, **kw) -> P
 
 def _lock_moved_on(root: Path, layer: str, meta: EnvMarker) -> str | None:
     """A warning when the env was built from another lock than the current `lock/<layer>` one."""
+    from condastack.env.locked import read_locked_env  # lazy: ~10 ms (the lockfile model) that `pack --prefix` skips
 
     lockfile = lockfile_path(root, layer)
     if not meta.lock_hash or not meta.platform or not lockfile.is_file():

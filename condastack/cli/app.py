@@ -12,18 +12,19 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from condastack.cli.options import configure_logging
 from condastack.core import interrupt
 from condastack.core.credentials import gate_std_streams, redact
 from condastack.core.errors import CondastackError, from_os_error
 from condastack.core.version import __version__
-from condastack.spec.stack import find_stack_file, load_stack
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 EXIT_USER = 1
 
@@ -45,6 +46,8 @@ class Ctx:
         return Console(quiet=self.quiet, highlight=False, soft_wrap=True)
 
     def stack(self):  # noqa: ANN201 - Stack, imported lazily by callers
+        from condastack.spec.stack import load_stack  # lazy: ~35 ms (yaml) that pack, unpack, doctor... never use
+
         return load_stack(self.root)
 
     def show_progress(self) -> bool:
@@ -57,6 +60,8 @@ def fail(message: str) -> NoReturn:
 
 def table(*columns: str, **kw: Any) -> Table:
     """A rich Table whose cells fold long names and paths onto more lines instead of cutting them."""
+    from rich.table import Table  # lazy: CLI start-up
+
     t = Table(**kw)
     for c in columns:
         t.add_column(c, overflow="fold")
@@ -92,6 +97,8 @@ def known_layer(obj: Ctx, layer: str) -> str:
     Without a stack file there is nothing to check against: the built env's own marker
     still names its layer, and the library checks that.
     """
+    from condastack.spec.stack import find_stack_file  # lazy: see Ctx.stack
+
     if find_stack_file(obj.root).is_file():
         obj.stack().layer(layer)
     return layer
