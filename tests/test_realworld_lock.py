@@ -55,10 +55,10 @@ def _assert_conda_lock_writes_the_same(lock: Path, explicit: Path) -> None:
     # what a lock run keeps in memory after writing is what reading the file gives
     from condastack.lock.lockfile import lockfile_document
 
-    text, doc = lockfile_document(lock.name, data["package"], channels=[c["url"] for c in meta["channels"]],
-                                  platforms=meta["platforms"], sources=meta["sources"],
-                                  content_hash=meta["content_hash"], custom=meta["custom_metadata"])
-    assert text == lock.read_text() and doc == data
+    rendered = lockfile_document(lock.name, data["package"], channels=[c["url"] for c in meta["channels"]],
+                                 platforms=meta["platforms"], sources=meta["sources"],
+                                 content_hash=meta["content_hash"], custom=meta["custom_metadata"])
+    assert rendered.text == lock.read_text() and rendered.doc == data
     assert render_explicit(parse_conda_lock_file(lock), "linux-64") == explicit.read_text()
 
 
