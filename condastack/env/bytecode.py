@@ -12,7 +12,6 @@ managed sources).
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,16 +62,9 @@ def _noarch_candidates(env: Env, linked: Sequence[Any] | None) -> list[dict[str,
     records are 10+ MB of JSON, nearly all of packages with no python sources)."""
     if linked is None:
         return env.readable_records()
-    out = []
-    for r in linked:
-        if r.noarch.python:
-            try:
-                rec = json.loads(env.record_path(r.name.normalized, str(r.version), r.build).read_bytes())
-            except (OSError, ValueError):
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    return out
+    found = (env.readable_record(env.record_path(r.name.normalized, str(r.version), r.build))
+             for r in linked if r.noarch.python)
+    return [rec for rec in found if rec is not None]
 
 
 def _pyc_of(source: str, tag: str) -> str:

@@ -203,7 +203,7 @@ def edited_folders(folders: list[Path]) -> list[Path]:
     if out is not None and _all_hold(folders, out):
         return []
     found = None if out is None else _split(out, len(folders))
-    now = list(found) if found is not None else [_scan_listing(f) for f in folders]
+    now = found if found is not None else [_scan_listing(f) for f in folders]
     return [f for f, n in zip(folders, now, strict=True) if not _stamp_holds(f, n) and not _hashed_intact(f)]
 
 

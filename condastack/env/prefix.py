@@ -295,11 +295,8 @@ class Env:
 
         for name in self.record_names():
             path = self.meta_dir / name
-            try:
-                info = json.loads(path.read_bytes())
-            except (OSError, ValueError):
-                continue
-            new = with_file_hashes(info, hashes) if isinstance(info, dict) else None
+            info = self.readable_record(path)
+            new = with_file_hashes(info, hashes) if info is not None else None
             if new is not None:
                 atomic_write_text(path, json.dumps(new, sort_keys=True))
 
@@ -334,6 +331,15 @@ class Env:
     def readable_records(self) -> list[dict[str, Any]]:
         """The records that can be read, skipping damaged ones (for best-effort questions)."""
         return list(self.raw_records({}))
+
+    @staticmethod
+    def readable_record(path: Path) -> dict[str, Any] | None:
+        """One record file's JSON object, or None where it cannot be read (for best-effort questions)."""
+        try:
+            info = json.loads(Path(path).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
 
     def conda_files(self) -> set[str]:
         """Prefix-relative paths of every conda-managed file."""
